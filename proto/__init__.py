@@ -1,0 +1,1 @@
+"""The Taskmesh contract: every message, subject, stream, consumer and bucket. No I/O here."""

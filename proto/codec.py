@@ -1,0 +1,102 @@
+"""Encoders and decoders, built once: JSON on every subject."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from proto import api, control, events, runs
+from proto.errors import ErrorBody, FieldError
+from proto.tasks import TaskSpec
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[Any, msgspec.json.Decoder] = {}
+
+
+def encode(message: Any) -> bytes:
+    """JSON bytes of any proto Struct (or plain JSON value)."""
+    return _encoder.encode(message)
+
+
+def decoder(kind: type[T] | Any) -> msgspec.json.Decoder:
+    """The cached decoder for ``kind`` (a Struct type or a union alias)."""
+    found = _decoders.get(kind)
+    if found is None:
+        found = _decoders[kind] = msgspec.json.Decoder(kind)
+    return found
+
+
+def decode(kind: type[T] | Any, data: bytes) -> T:
+    """Decode ``data`` as ``kind``; raises msgspec.ValidationError / DecodeError."""
+    return decoder(kind).decode(data)
+
+
+task_event_decoder = decoder(events.TaskEvent)
+run_event_decoder = decoder(runs.RunEvent | events.ScheduleEvent)
+run_due_decoder = decoder(runs.RunDue)
+log_chunk_decoder = decoder(runs.LogChunk)
+heartbeat_decoder = decoder(control.Heartbeat)
+cancel_decoder = decoder(control.CancelRun)
+
+
+class _ErrorProbe(msgspec.Struct):
+    error: Any = None
+
+
+_error_probe = msgspec.json.Decoder(_ErrorProbe)
+
+
+def reply_error(data: bytes) -> ErrorBody | None:
+    """The error of a store reply, or None when the reply is a success payload."""
+    try:
+        probe = _error_probe.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if probe.error is None:
+        return None
+    return msgspec.convert(probe, ErrorBody)
+
+
+def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> FieldError:
+    """Translate msgspec's error into a FieldError naming the top-level field."""
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return FieldError(None, f"request {body_name} is not valid JSON: {text}", code="invalid_json")
+    field = None
+    if " - at `$." in text:
+        path = text.rsplit(" - at `$.", 1)[1].rstrip("`")
+        field = path.split(".")[0].split("[")[0]
+    elif text.startswith("Object contains unknown field `"):
+        field = text.split("`")[1]
+        text = f"unknown field {field!r}"
+    elif text.startswith("Object missing required field `"):
+        field = text.split("`")[1]
+        text = f"{field} is required"
+    elif "- at `$`" in text:
+        text = f"request {body_name} must be a JSON object"
+    message = text.split(" - at `")[0]
+    if field and not message.startswith(field):
+        message = f"{field}: {message}"
+    return FieldError(field, message)
+
+
+def decode_spec(data: bytes) -> TaskSpec:
+    """Decode a task submission, translating errors into FieldError."""
+    try:
+        return decode(TaskSpec, data)
+    except msgspec.MsgspecError as exc:
+        raise field_error_from(exc) from None
+
+
+def decode_request(kind: type[T], data: bytes) -> T:
+    """Decode an API request body (empty means ``{}``), translating errors into FieldError."""
+    try:
+        return decode(kind, data or b"{}")
+    except msgspec.MsgspecError as exc:
+        raise field_error_from(exc) from None
+
+
+__all__ = ["encode", "decode", "decoder", "decode_spec", "decode_request", "reply_error", "api"]

@@ -1,0 +1,59 @@
+"""The scheduler's durable timers, as kept in the ``schedules`` bucket (one key per timer)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from msgspec import Struct
+
+from proto.tasks import TaskSpec
+
+
+class Timer(Struct, kw_only=True, tag_field="kind"):
+    """Something due at ``due_at`` for task ``task_id``."""
+
+    task_id: str
+    spec: TaskSpec
+    due_at: datetime
+
+
+class OnceTimer(Timer, tag="once"):
+    """The only run of a delayed task."""
+
+    @property
+    def key(self) -> str:
+        return f"once.{self.task_id}"
+
+
+class RetryTimer(Timer, tag="retry"):
+    """The next attempt of a run that failed and has retries left."""
+
+    run_id: str
+    slot: str
+    attempt: int
+    retry: int
+    scheduled_for: datetime
+
+    @property
+    def key(self) -> str:
+        return f"retry.{self.task_id}.{self.run_id}"
+
+
+class CronTimer(Timer, tag="cron"):
+    """A schedule: ``due_at`` is its next fire time; counters say what became of past ones."""
+
+    state: Literal["active", "paused"] = "active"
+    fired_count: int = 0
+    missed_count: int = 0
+    skipped_count: int = 0
+    last_fire_at: datetime | None = None
+    active_runs: list[str] = []
+    """Runs fired and not yet finished (for the overlap policy)."""
+
+    @property
+    def key(self) -> str:
+        return f"cron.{self.task_id}"
+
+
+AnyTimer = OnceTimer | RetryTimer | CronTimer

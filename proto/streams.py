@@ -1,0 +1,130 @@
+"""JetStream streams, durable consumers and KV buckets: their definitions and their owners.
+
+Each is created idempotently by the service that owns it; the others wait for it to exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final
+
+from nats.js import api as js_api
+
+from proto import subjects
+
+DAY = 24 * 3600.0
+
+RUNNER_ACK_WAIT: Final = timedelta(seconds=10)
+"""A runner that stops heartbeating (``in_progress``) loses its run after this long."""
+STORE_ACK_WAIT: Final = timedelta(seconds=30)
+SCHEDULER_ACK_WAIT: Final = timedelta(seconds=30)
+LEASE_TTL: Final = timedelta(seconds=4)
+"""A scheduler leader that stops renewing its lease is replaced after at most this long."""
+WORK_DEDUP_WINDOW: Final = timedelta(hours=1)
+"""Fires published twice (failover, restart) within this window land once."""
+MAX_PAYLOAD_BYTES: Final = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A stream and the service that creates it."""
+
+    owner: str
+    config: js_api.StreamConfig
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer and the stream it reads."""
+
+    stream: str
+    config: js_api.ConsumerConfig
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """A KV bucket and the service that creates (and solely writes) it."""
+
+    owner: str
+    config: js_api.KeyValueConfig
+
+
+def streams(replicas: int = 1) -> dict[str, StreamSpec]:
+    """Every stream, by name."""
+    file = js_api.StorageType.FILE
+    limits = js_api.RetentionPolicy.LIMITS
+    return {
+        subjects.STREAM_TASKS: StreamSpec("store", js_api.StreamConfig(
+            name=subjects.STREAM_TASKS, subjects=[subjects.TASK_EVENTS_ALL], retention=limits,
+            storage=file, num_replicas=replicas, max_age=30 * DAY, duplicate_window=120.0,
+            max_msg_size=MAX_PAYLOAD_BYTES, description="Task lifecycle events")),
+        subjects.STREAM_EVENTS: StreamSpec("store", js_api.StreamConfig(
+            name=subjects.STREAM_EVENTS, subjects=[subjects.RUN_EVENTS_ALL, subjects.SCHEDULE_EVENTS_ALL],
+            retention=limits, storage=file, num_replicas=replicas, max_age=7 * DAY,
+            duplicate_window=600.0, max_msg_size=MAX_PAYLOAD_BYTES, allow_direct=True,
+            description="Run and schedule events")),
+        subjects.STREAM_LOGS: StreamSpec("store", js_api.StreamConfig(
+            name=subjects.STREAM_LOGS, subjects=[subjects.LOGS_ALL], retention=limits, storage=file,
+            num_replicas=replicas, max_age=1 * DAY, max_msg_size=MAX_PAYLOAD_BYTES,
+            description="Run output on its way to the logs bucket")),
+        subjects.STREAM_DEAD_LETTERS: StreamSpec("store", js_api.StreamConfig(
+            name=subjects.STREAM_DEAD_LETTERS, subjects=[subjects.DEAD_LETTERS_ALL], retention=limits,
+            storage=file, num_replicas=replicas, max_age=30 * DAY, max_msg_size=MAX_PAYLOAD_BYTES,
+            description="Runs given up after too many deliveries")),
+        subjects.STREAM_WORK: StreamSpec("scheduler", js_api.StreamConfig(
+            name=subjects.STREAM_WORK, subjects=[subjects.WORK_ALL],
+            retention=js_api.RetentionPolicy.WORK_QUEUE, storage=file, num_replicas=replicas,
+            duplicate_window=WORK_DEDUP_WINDOW.total_seconds(), max_msg_size=MAX_PAYLOAD_BYTES,
+            description="Due runs, pulled by runners")),
+    }
+
+
+def _durable(name: str, *, ack_wait: timedelta, filter_subject: str | None = None,
+             max_ack_pending: int = 20_000) -> js_api.ConsumerConfig:
+    return js_api.ConsumerConfig(
+        durable_name=name, filter_subject=filter_subject, ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL, ack_wait=ack_wait.total_seconds(), max_deliver=-1,
+        max_ack_pending=max_ack_pending, max_waiting=1024)
+
+
+CONSUMERS: Final[dict[str, ConsumerSpec]] = {
+    subjects.CONSUMER_STORE_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
+        subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT)),
+    subjects.CONSUMER_STORE_EVENTS: ConsumerSpec(subjects.STREAM_EVENTS, _durable(
+        subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT)),
+    subjects.CONSUMER_STORE_LOGS: ConsumerSpec(subjects.STREAM_LOGS, _durable(
+        subjects.CONSUMER_STORE_LOGS, ack_wait=STORE_ACK_WAIT)),
+    subjects.CONSUMER_SCHEDULER_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
+        subjects.CONSUMER_SCHEDULER_TASKS, ack_wait=SCHEDULER_ACK_WAIT)),
+    subjects.CONSUMER_SCHEDULER_RUNS: ConsumerSpec(subjects.STREAM_EVENTS, _durable(
+        subjects.CONSUMER_SCHEDULER_RUNS, ack_wait=SCHEDULER_ACK_WAIT,
+        filter_subject=subjects.RUN_FINISHED_ALL)),
+    subjects.CONSUMER_RUNNER_CODE: ConsumerSpec(subjects.STREAM_WORK, _durable(
+        subjects.CONSUMER_RUNNER_CODE, ack_wait=RUNNER_ACK_WAIT, filter_subject=subjects.WORK_CODE)),
+    subjects.CONSUMER_RUNNER_API: ConsumerSpec(subjects.STREAM_WORK, _durable(
+        subjects.CONSUMER_RUNNER_API, ack_wait=RUNNER_ACK_WAIT, filter_subject=subjects.WORK_API)),
+}
+"""Every durable consumer, by name."""
+
+
+def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
+    """Every KV bucket, by name."""
+    file = js_api.StorageType.FILE
+    return {
+        subjects.BUCKET_TASKS: BucketSpec("store", js_api.KeyValueConfig(
+            bucket=subjects.BUCKET_TASKS, history=1, storage=file, replicas=replicas,
+            max_value_size=MAX_PAYLOAD_BYTES, description="Task records")),
+        subjects.BUCKET_RUNS: BucketSpec("store", js_api.KeyValueConfig(
+            bucket=subjects.BUCKET_RUNS, history=1, storage=file, replicas=replicas,
+            max_value_size=MAX_PAYLOAD_BYTES, description="Run records")),
+        subjects.BUCKET_LOGS: BucketSpec("store", js_api.KeyValueConfig(
+            bucket=subjects.BUCKET_LOGS, history=1, storage=file, replicas=replicas,
+            max_value_size=MAX_PAYLOAD_BYTES, description="Run output, chunked")),
+        subjects.BUCKET_SCHEDULES: BucketSpec("scheduler", js_api.KeyValueConfig(
+            bucket=subjects.BUCKET_SCHEDULES, history=1, storage=file, replicas=replicas,
+            max_value_size=MAX_PAYLOAD_BYTES, description="Durable timers")),
+        subjects.BUCKET_LEASES: BucketSpec("scheduler", js_api.KeyValueConfig(
+            bucket=subjects.BUCKET_LEASES, history=1, storage=file, replicas=replicas,
+            ttl=LEASE_TTL.total_seconds(), description="Leader leases")),
+    }

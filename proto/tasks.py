@@ -1,0 +1,296 @@
+"""What a user submits (``TaskSpec``), how it is checked, and the task record they read back."""
+
+from __future__ import annotations
+
+import ast
+import keyword
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta, Struct
+
+from proto import cron
+from proto.errors import FieldError
+
+TaskType = Literal["immediate", "delayed", "scheduled"]
+TaskKind = Literal["code", "api"]
+HttpMethod = Literal["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+OverlapPolicy = Literal["allow", "forbid", "replace"]
+MisfirePolicy = Literal["run_once", "skip", "run_all"]
+
+TaskStatus = Literal[
+    "pending", "queued", "running", "retrying",
+    "succeeded", "failed", "timed_out", "cancelled", "expired",
+    "active", "paused", "completed",
+]
+"""One-shot tasks: pending → queued → running → succeeded | failed | timed_out | cancelled | expired
+(``retrying`` between attempts). Scheduled tasks: active | paused, then completed or cancelled."""
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired", "completed"})
+"""A task in one of these states changes no more."""
+
+MAX_CODE_CHARS = 256 * 1024
+MAX_NAME_CHARS = 200
+MAX_REQUIREMENTS = 50
+MAX_HEADERS = 50
+MAX_URL_CHARS = 2048
+MAX_DELAY_SECONDS = 366 * 24 * 3600.0
+
+NonNegativeSeconds = Annotated[float, Meta(ge=0)]
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+
+
+class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A task as submitted: the JSON body of ``POST /api/tasks`` and of ``SUBMIT_TASK``.
+
+    A code task has ``function_code`` + ``function_name``; an API task has ``api_url``.
+    Field names of the original system (the seeds) are kept as they were.
+    """
+
+    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+    task_type: TaskType
+    # code tasks
+    function_code: str | None = None
+    function_name: str | None = None
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    requirements: list[str] = []
+    # API tasks
+    api_url: str | None = None
+    method: str = "GET"
+    headers: dict[str, str] = {}
+    data: Any = None
+    expected_status: list[Annotated[int, Meta(ge=100, le=599)]] = []
+    # when
+    delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS)] | None = None
+    cron_expression: str | None = None
+    timezone: str = "UTC"
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    max_runs: Annotated[int, Meta(ge=1)] | None = None
+    overlap_policy: OverlapPolicy = "allow"
+    misfire_policy: MisfirePolicy = "run_once"
+    start_deadline_seconds: PositiveSeconds | None = None
+    # how
+    timeout: PositiveSeconds | None = None
+    isolated: bool = False
+    network: bool = False
+    memory_mb: Annotated[int, Meta(ge=16)] | None = None
+    cpus: Annotated[float, Meta(gt=0)] | None = None
+    max_retries: Annotated[int, Meta(ge=0, le=20)] = 0
+    retry_delay_seconds: NonNegativeSeconds = 1.0
+    retry_backoff: Annotated[float, Meta(ge=1, le=10)] = 2.0
+    retry_delay_max_seconds: NonNegativeSeconds = 300.0
+
+    @property
+    def kind(self) -> TaskKind:
+        """``code`` when there is function code, else ``api``."""
+        return "code" if self.function_code is not None else "api"
+
+    @property
+    def sandboxed(self) -> bool:
+        """Code tasks always run in a sandbox; API tasks only when ``isolated``."""
+        return self.kind == "code" or self.isolated
+
+
+class Limits(Struct, kw_only=True, frozen=True):
+    """Operator-set defaults and maxima for per-task overrides (validated at submission)."""
+
+    code_timeout_seconds: float = 300.0
+    api_timeout_seconds: float = 30.0
+    max_timeout_seconds: float = 3600.0
+    memory_mb: int = 512
+    max_memory_mb: int = 2048
+    cpus: float = 0.5
+    max_cpus: float = 2.0
+    allow_network: bool = True
+
+
+_REQUIREMENT = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"  # project name
+    r"(?:\[[A-Za-z0-9._-]+(?:\s*,\s*[A-Za-z0-9._-]+)*\])?"  # extras
+    r"(?:\s*(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+"  # first version clause
+    r"(?:\s*,\s*(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?$"  # more clauses
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+
+
+def normalise_requirements(requirements: list[str]) -> list[str]:
+    """Requirements with whitespace removed, de-duplicated and sorted: the cache key's input."""
+    return sorted({"".join(r.split()) for r in requirements})
+
+
+def check_spec(spec: TaskSpec, limits: Limits) -> None:
+    """Raise FieldError for the first problem msgspec's types cannot express."""
+    kind_fields(spec)
+    trigger_fields(spec)
+    if spec.kind == "code":
+        code_fields(spec)
+    else:
+        api_fields(spec)
+    execution_fields(spec, limits)
+
+
+def kind_fields(spec: TaskSpec) -> None:
+    if spec.function_code is not None and spec.api_url is not None:
+        raise FieldError("api_url", "give either function_code (a code task) or api_url (an API task), not both")
+    if spec.function_code is None and spec.api_url is None:
+        if spec.function_name is not None:
+            raise FieldError("function_code", "a code task needs function_code")
+        if spec.headers or spec.data is not None or spec.method != "GET":
+            raise FieldError("api_url", "an API task needs api_url")
+        raise FieldError("function_code", "a task needs function_code + function_name (code) or api_url (API)")
+
+
+def trigger_fields(spec: TaskSpec) -> None:
+    if spec.task_type == "delayed" and spec.delay_seconds is None:
+        raise FieldError("delay_seconds", "a delayed task needs delay_seconds")
+    if spec.task_type != "delayed" and spec.delay_seconds is not None:
+        raise FieldError("delay_seconds", "delay_seconds applies only to task_type 'delayed'")
+    if spec.task_type == "scheduled":
+        if spec.cron_expression is None:
+            raise FieldError("cron_expression", "a scheduled task needs cron_expression")
+        try:
+            cron.load_zone(spec.timezone)
+        except cron.CronError as exc:
+            raise FieldError("timezone", str(exc)) from None
+        try:
+            cron.CronSchedule(spec.cron_expression, spec.timezone)
+        except cron.CronError as exc:
+            raise FieldError("cron_expression", str(exc)) from None
+        if spec.start_at and spec.end_at and spec.end_at <= spec.start_at:
+            raise FieldError("end_at", "end_at must be after start_at")
+    else:
+        for name in ("cron_expression", "start_at", "end_at", "max_runs"):
+            if getattr(spec, name) is not None:
+                raise FieldError(name, f"{name} applies only to task_type 'scheduled'")
+
+
+def code_fields(spec: TaskSpec) -> None:
+    code = spec.function_code or ""
+    if not code.strip():
+        raise FieldError("function_code", "function_code is empty")
+    if len(code) > MAX_CODE_CHARS:
+        raise FieldError("function_code", f"function_code is longer than {MAX_CODE_CHARS} characters")
+    name = spec.function_name
+    if name is None:
+        raise FieldError("function_name", "a code task needs function_name")
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise FieldError("function_name", f"{name!r} is not a Python identifier")
+    for field in ("api_url", "headers", "data"):
+        if getattr(spec, field):
+            raise FieldError(field, f"{field} applies only to API tasks")
+    check_source(code, name)
+    check_requirements(spec.requirements)
+    try:
+        msgspec.json.encode(spec.args)
+        msgspec.json.encode(spec.kwargs)
+    except (TypeError, ValueError, OverflowError):
+        raise FieldError("args", "args and kwargs must be JSON values") from None
+
+
+def check_source(code: str, function_name: str) -> None:
+    """Parse (never run) the code: a syntax error or a missing function is known now."""
+    try:
+        tree = ast.parse(code, filename="task.py", mode="exec")
+    except SyntaxError as exc:
+        where = f" (line {exc.lineno})" if exc.lineno else ""
+        raise FieldError("function_code", f"syntax error{where}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise FieldError("function_code", f"function_code cannot be parsed: {type(exc).__name__}") from None
+    bound: set[str] = set()
+    star_import = False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                bound.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    star_import = True
+                bound.add((alias.asname or alias.name).split(".")[0])
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            # conditional definitions: trust them rather than reject working code
+            bound.update(n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            bound.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    if function_name not in bound and not star_import:
+        raise FieldError("function_name", f"function_code defines no top-level {function_name!r}")
+
+
+def check_requirements(requirements: list[str]) -> None:
+    if len(requirements) > MAX_REQUIREMENTS:
+        raise FieldError("requirements", f"at most {MAX_REQUIREMENTS} requirements")
+    for requirement in requirements:
+        if len(requirement) > 200 or not _REQUIREMENT.match(requirement.strip()):
+            raise FieldError(
+                "requirements",
+                f"{requirement[:80]!r} is not a package requirement such as 'pandas==2.2.3' "
+                "(URLs, paths and installer options are not accepted)",
+            )
+
+
+def api_fields(spec: TaskSpec) -> None:
+    url = spec.api_url or ""
+    if len(url) > MAX_URL_CHARS:
+        raise FieldError("api_url", f"api_url is longer than {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise FieldError("api_url", "api_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise FieldError("api_url", "api_url must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise FieldError("api_url", "api_url has no host")
+    if any(c.isspace() for c in url):
+        raise FieldError("api_url", "api_url must not contain whitespace")
+    if spec.method.upper() not in HttpMethod.__args__:  # type: ignore[attr-defined]
+        raise FieldError("method", f"method must be one of {', '.join(HttpMethod.__args__)}")  # type: ignore[attr-defined]
+    if len(spec.headers) > MAX_HEADERS:
+        raise FieldError("headers", f"at most {MAX_HEADERS} headers")
+    for key, value in spec.headers.items():
+        if not _HEADER_NAME.match(key):
+            raise FieldError("headers", f"{key[:60]!r} is not a valid header name")
+        if "\r" in value or "\n" in value or len(value) > 8192:
+            raise FieldError("headers", f"header {key!r} has an invalid value")
+    for field in ("function_name",):
+        if getattr(spec, field) is not None:
+            raise FieldError(field, f"{field} applies only to code tasks")
+    if spec.args or spec.kwargs:
+        raise FieldError("args", "args and kwargs apply only to code tasks")
+    if spec.requirements and not spec.isolated:
+        raise FieldError("requirements", "requirements apply to code tasks and isolated API tasks")
+    check_requirements(spec.requirements)
+
+
+def execution_fields(spec: TaskSpec, limits: Limits) -> None:
+    if spec.timeout is not None and spec.timeout > limits.max_timeout_seconds:
+        raise FieldError("timeout", f"timeout may be at most {limits.max_timeout_seconds:g} seconds")
+    if spec.memory_mb is not None and spec.memory_mb > limits.max_memory_mb:
+        raise FieldError("memory_mb", f"memory_mb may be at most {limits.max_memory_mb}")
+    if spec.cpus is not None and spec.cpus > limits.max_cpus:
+        raise FieldError("cpus", f"cpus may be at most {limits.max_cpus:g}")
+    if spec.network and not limits.allow_network:
+        raise FieldError("network", "network access for sandboxes is disabled by the operator")
+    if not spec.sandboxed:
+        for field in ("network", "memory_mb", "cpus"):
+            if getattr(spec, field):
+                raise FieldError(field, f"{field} applies to sandboxed tasks (code or isolated)")
+
+
+def normalised(spec: TaskSpec, *, isolated: bool = False) -> TaskSpec:
+    """The spec as stored: upper-case method; isolated API tasks get the seed's default 'requests'."""
+    changes: dict[str, Any] = {}
+    if spec.method != spec.method.upper():
+        changes["method"] = spec.method.upper()
+    if isolated and not spec.isolated:
+        changes["isolated"] = True
+    if (isolated or spec.isolated) and spec.kind == "api" and not spec.requirements:
+        changes["requirements"] = ["requests"]
+    return msgspec.structs.replace(spec, **changes) if changes else spec

@@ -1,0 +1,1 @@
+"""Runtime every service shares: settings from env, NATS connection, logging, lifecycle, presence."""

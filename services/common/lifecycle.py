@@ -1,0 +1,63 @@
+"""Process lifecycle: run ``main(settings, stop)`` under uvloop; SIGTERM/SIGINT only set ``stop``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from services.common.logs import configure_logging
+from services.common.settings import ServiceSettings, SettingsError, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
+log = logging.getLogger(__name__)
+
+
+def run_service(name: str, settings_type: type[S], main: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    """Load settings, configure logging, run ``main`` until it returns; exit 2 on bad settings."""
+    try:
+        settings = load_settings(settings_type)
+    except SettingsError as exc:
+        print(f"taskmesh {name}: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(name, settings.log_level, settings.log_format)
+    try:
+        import uvloop
+    except ImportError:  # optional speed-up
+        runner: Callable[..., object] = asyncio.run
+    else:
+        runner = uvloop.run
+    runner(_supervise(name, settings, main))
+
+
+async def _supervise(name: str, settings: S, main: Callable[[S, asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("%s received; stopping (again to force)", signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("second signal; exiting now")
+            sys.exit(1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await main(settings, stop)
+    log.info("%s stopped", name)
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True when ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+        return True
+    except TimeoutError:
+        return stop.is_set()

@@ -1,0 +1,155 @@
+"""NATS: connect (and keep reconnecting), and create or wait for streams, consumers and buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from proto import streams
+from services.common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: ServiceSettings, name: str, stop: asyncio.Event | None = None) -> Client:
+    """Connect to NATS, retrying until it answers (or ``stop`` is set); reconnect forever after."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"url": nc.connected_url.netloc if nc.connected_url else "?"})
+
+    delay = 0.2
+    while True:
+        nc = Client()
+        try:
+            await nc.connect(
+                servers=[u.strip() for u in settings.nats_url.split(",")], name=name,
+                user=settings.nats_user, password=settings.nats_password, token=settings.nats_token,
+                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                connect_timeout=2, ping_interval=10, max_outstanding_pings=3,
+                error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                pending_size=64 * 1024 * 1024, drain_timeout=int(settings.shutdown_grace.total_seconds()) + 5,
+            )
+            log.info("connected to nats", extra={"url": nc.connected_url.netloc if nc.connected_url else "?"})
+            return nc
+        except Exception as exc:  # nats-py raises several types for "not there yet"
+            log.warning("nats not reachable at %s (%s); retrying", settings.nats_url, exc or type(exc).__name__)
+            if stop is not None and stop.is_set():
+                raise
+            try:
+                await asyncio.wait_for(stop.wait(), delay) if stop else await asyncio.sleep(delay)
+            except TimeoutError:
+                pass
+            if stop is not None and stop.is_set():
+                raise ConnectionAbortedError("stopped before NATS was reachable") from None
+            delay = min(delay * 2, 5.0)
+
+
+def _same_stream(have: js_api.StreamConfig, want: js_api.StreamConfig) -> bool:
+    keys = ("subjects", "retention", "max_age", "duplicate_window", "max_msg_size", "num_replicas", "storage")
+    return all(getattr(have, k) == getattr(want, k) for k in keys)
+
+
+async def ensure_stream(js: JetStreamContext, spec: streams.StreamSpec) -> None:
+    """Create the stream, or bring its settings in line with ``spec``."""
+    want = spec.config
+    try:
+        info = await js.stream_info(want.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(want)
+            log.info("created stream %s", want.name)
+            return
+        except BadRequestError:  # created by a concurrent starter
+            info = await js.stream_info(want.name)
+    if not _same_stream(info.config, want):
+        await js.update_stream(want)
+        log.info("updated stream %s", want.name)
+
+
+async def ensure_consumer(js: JetStreamContext, name: str) -> None:
+    """Create the durable consumer ``name`` (from ``proto.streams.CONSUMERS``) if it is missing."""
+    spec = streams.CONSUMERS[name]
+    try:
+        await js.consumer_info(spec.stream, name)
+    except NotFoundError:
+        await js.add_consumer(spec.stream, spec.config)
+        log.info("created consumer %s on %s", name, spec.stream)
+
+
+async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyValue:
+    """Create the KV bucket if missing and return it."""
+    try:
+        return await js.key_value(spec.config.bucket)
+    except NotFoundError:  # BucketNotFoundError
+        pass
+    kv = await js.create_key_value(config=js_api.KeyValueConfig(**asdict(spec.config)))
+    log.info("created bucket %s", spec.config.bucket)
+    return kv
+
+
+async def wait_for_stream(js: JetStreamContext, name: str, stop: asyncio.Event) -> None:
+    """Wait until another service has created stream ``name``."""
+    delay = 0.1
+    logged = False
+    while not stop.is_set():
+        try:
+            await js.stream_info(name)
+            return
+        except NotFoundError:
+            if not logged:
+                log.info("waiting for stream %s (created by %s)", name,
+                         streams.streams().get(name, streams.StreamSpec("?", None)).owner)  # type: ignore[arg-type]
+                logged = True
+        except Exception as exc:  # timeouts while NATS restarts
+            log.debug("stream_info %s: %s", name, exc)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
+        delay = min(delay * 2, 2.0)
+
+
+async def wait_for_bucket(js: JetStreamContext, name: str, stop: asyncio.Event) -> KeyValue:
+    """Wait until another service has created KV bucket ``name``; return it."""
+    await wait_for_stream(js, f"KV_{name}", stop)
+    return await js.key_value(name)
+
+
+async def setup_owned(js: JetStreamContext, owner: str, replicas: int) -> dict[str, KeyValue]:
+    """Create every stream and bucket ``owner`` owns; return its buckets by name."""
+    for spec in streams.streams(replicas).values():
+        if spec.owner == owner:
+            await ensure_stream(js, spec)
+    owned: dict[str, KeyValue] = {}
+    for name, bucket in streams.buckets(replicas).items():
+        if bucket.owner == owner:
+            owned[name] = await ensure_bucket(js, bucket)
+    return owned
+
+
+async def read_bucket(kv: KeyValue, keys: str = ">") -> AsyncIterator[tuple[str, bytes]]:
+    """Every live (key, value) of a bucket matching ``keys``, once, then stop."""
+    watcher = await kv.watch(keys, ignore_deletes=True)
+    try:
+        while True:
+            entry = await watcher.updates(timeout=30)
+            if entry is None:
+                return
+            if entry.value:
+                yield entry.key, entry.value
+    finally:
+        await watcher.stop()

@@ -1,0 +1,151 @@
+"""The aiohttp application: middlewares (errors, auth, metrics), routes, and the process main."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from nats.aio.client import Client
+
+from proto import codec
+from proto.control import Heartbeat
+from services import VERSION
+from services.common import natsio
+from services.common.clock import utcnow
+from services.common.ids import new_instance_id
+from services.common.presence import ServiceRegistry, announce_forever, hostname
+from services.gateway.context import GATEWAY, Gateway
+from services.gateway.errors import ApiError, error_response, from_body
+from services.gateway.metrics import HttpMetrics
+from services.gateway.openapi import build_spec, docs_page
+from services.gateway.routes import ENDPOINTS
+from services.gateway.settings import GatewaySettings
+from services.gateway.store_client import StoreClient, StoreReplyError
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/api/health"})
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error body; nothing a client sends yields a 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except StoreReplyError as exc:
+        return from_body(exc.body)
+    except web.HTTPMethodNotAllowed as exc:
+        return web.Response(status=405, body=codec.encode({"error": {
+            "code": "method_not_allowed", "message": f"{request.method} is not allowed on {request.path}"}}),
+            content_type="application/json", headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+    except web.HTTPRequestEntityTooLarge:
+        return error_response("payload_too_large", "the body is too large")
+    except web.HTTPNotFound:
+        return error_response("not_found", f"no endpoint {request.method} {request.path}; see /api/docs")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.Response(status=exc.status, body=codec.encode({"error": {
+            "code": "http_error", "message": exc.reason}}), content_type="application/json")
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.Response(status=500, body=codec.encode({"error": {
+            "code": "internal", "message": "internal error; it has been logged"}}), content_type="application/json")
+
+
+def auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Require ``Authorization: Bearer <token>`` on every path but /api/health when tokens are set."""
+    expected = [token.encode() for token in tokens if token]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not expected or request.path in PUBLIC_PATHS:
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), t) for t in expected):
+            return await handler(request)
+        return error_response("unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
+                              headers={"WWW-Authenticate": 'Bearer realm="taskmesh"'})
+
+    return middleware
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        request.app[GATEWAY].metrics.observe(request.method, route, status, time.perf_counter() - started)
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    """The application, with the whole URL table registered."""
+    settings = gateway.settings
+    app = web.Application(client_max_size=settings.max_body_bytes + 1024, middlewares=[
+        metrics_middleware, errors_middleware, auth_middleware(settings.api_tokens)])
+    app[GATEWAY] = gateway
+    spec = build_spec(auth=bool(settings.api_tokens))
+    spec_body = codec.encode(spec)
+    page = docs_page(spec)
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(body=spec_body, content_type="application/json")
+
+    async def docs(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/api/docs", docs)
+    return app
+
+
+async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
+    """Serve HTTP at once (503s until NATS answers); stop cleanly on SIGTERM."""
+    instance_id = new_instance_id()
+    started_at = utcnow()
+    gateway = Gateway(settings=settings, nc=Client(), store=StoreClient(Client(), settings.store_timeout_seconds),
+                      registry=ServiceRegistry(), metrics=HttpMetrics())
+    runner = web.AppRunner(create_app(gateway), access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
+    await site.start()
+    log.info("gateway listening", extra={"address": f"http://{settings.http_host}:{settings.http_port}",
+                                         "auth": "bearer token" if settings.api_tokens else "none"})
+    try:
+        nc = await natsio.connect(settings, f"taskmesh-gateway-{instance_id}", stop)
+    except ConnectionAbortedError:
+        await runner.cleanup()
+        return
+    gateway.nc = nc
+    gateway.store = StoreClient(nc, settings.store_timeout_seconds)
+    await gateway.registry.follow(nc)
+
+    def heartbeat() -> Heartbeat:
+        return Heartbeat(service="gateway", instance_id=instance_id, host=hostname(), version=VERSION,
+                         started_at=started_at, sent_at=utcnow())
+
+    beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
+    await stop.wait()
+    log.info("stopping: finishing requests in progress")
+    await site.stop()
+    await runner.cleanup()
+    await beats
+    try:
+        await nc.drain()
+    except Exception:  # already closed
+        await nc.close()

@@ -1,0 +1,114 @@
+"""``GET /api/tasks/{id}/logs?follow=true``: stored output, then live chunks, as Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import msgspec
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from proto import api, codec, subjects
+from proto.records import RunRecord, TaskRecord
+from proto.runs import LogChunk, RunFinished
+from services.gateway.context import GATEWAY
+from services.gateway.store_client import StoreClient
+
+KEEPALIVE_SECONDS = 15.0
+SETTLE_SECONDS = 0.3
+
+
+class _Follower:
+    """Sends each chunk of the followed run once, in order of arrival, until the run ends."""
+
+    def __init__(self, response: web.StreamResponse, run_id: str | None) -> None:
+        self.response = response
+        self.run_id = run_id
+        self.sent: set[tuple[int, int]] = set()
+
+    async def send_chunk(self, chunk: LogChunk) -> None:
+        if self.run_id is None:
+            self.run_id = chunk.run_id
+        if chunk.run_id != self.run_id or (chunk.attempt, chunk.seq) in self.sent:
+            return
+        self.sent.add((chunk.attempt, chunk.seq))
+        data = codec.encode({"run_id": chunk.run_id, "attempt": chunk.attempt, "seq": chunk.seq,
+                             "stream": chunk.stream, "data": chunk.data}).decode()
+        await self.response.write(f"event: log\nid: {chunk.attempt}:{chunk.seq}\ndata: {data}\n\n".encode())
+
+    async def send_end(self, status: str, run_id: str | None) -> None:
+        data = codec.encode({"run_id": run_id, "status": status}).decode()
+        await self.response.write(f"event: end\ndata: {data}\n\n".encode())
+
+
+async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    nc, store = gateway.nc, gateway.store
+    inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
+
+    async def on_chunk(msg: Msg) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            inbox.put_nowait(("chunk", msg.data))
+
+    async def on_finished(msg: Msg) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            inbox.put_nowait(("finished", msg.data))
+
+    run_filter = query.run_id or "*"
+    subscriptions = [
+        await nc.subscribe(subjects.log_chunks(query.id, run_filter), cb=on_chunk),
+        await nc.subscribe(subjects.run_event(query.id, run_filter, "finished"), cb=on_finished),
+    ]
+    try:
+        stored = await store.call(subjects.GET_LOGS, query, api.LogsReply)  # a 404 is still a JSON error
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        follower = _Follower(response, stored.run_id)
+        for chunk in stored.chunks:
+            await follower.send_chunk(chunk)
+        if stored.finished:
+            status = await _run_status(store, query.id, stored.run_id)
+            if status not in ("retrying", "running", "queued", "pending", "active", "paused"):
+                await follower.send_end(status, stored.run_id)
+                return response
+        while True:
+            try:
+                kind, data = await asyncio.wait_for(inbox.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if kind == "chunk":
+                with contextlib.suppress(msgspec.MsgspecError):
+                    await follower.send_chunk(codec.log_chunk_decoder.decode(data))
+                continue
+            try:
+                finished = codec.decode(RunFinished, data)
+            except msgspec.MsgspecError:
+                continue
+            if follower.run_id not in (None, finished.run_id) or finished.will_retry:
+                continue
+            await asyncio.sleep(SETTLE_SECONDS)  # chunks published just before the end reach the store
+            while not inbox.empty():
+                kind, data = inbox.get_nowait()
+                if kind == "chunk":
+                    with contextlib.suppress(msgspec.MsgspecError):
+                        await follower.send_chunk(codec.log_chunk_decoder.decode(data))
+            latest = await store.call(subjects.GET_LOGS, api.GetLogsRequest(
+                id=query.id, run_id=finished.run_id, attempt=finished.attempt), api.LogsReply)
+            for chunk in latest.chunks:
+                await follower.send_chunk(chunk)
+            await follower.send_end(finished.status, finished.run_id)
+            return response
+    finally:
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+
+async def _run_status(store: StoreClient, task_id: str, run_id: str | None) -> str:
+    """The status of the run (or, before any run, of the task)."""
+    if run_id is None:
+        return (await store.call(subjects.GET_TASK, api.TaskRef(id=task_id), TaskRecord)).status  # type: ignore[union-attr]
+    return (await store.call(subjects.GET_RUN, api.RunRef(id=task_id, run_id=run_id), RunRecord)).status  # type: ignore[union-attr]

@@ -1,0 +1,226 @@
+"""HTTP handlers: translate a request into a store request and the reply into a response."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from proto import api, codec, subjects
+from proto.records import TaskRecord
+from services.gateway.context import GATEWAY
+from services.gateway.errors import ApiError
+from services.gateway.follow import follow_logs
+from services.gateway.store_client import StoreClient
+
+T = TypeVar("T")
+JSON = "application/json"
+
+
+def json_bytes(data: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=data, status=status, content_type=JSON, headers=headers)
+
+
+def json_struct(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return json_bytes(codec.encode(value), status, headers)
+
+
+def store(request: web.Request) -> StoreClient:
+    return request.app[GATEWAY].store
+
+
+def task_ref(request: web.Request) -> bytes:
+    return codec.encode(api.TaskRef(id=request.match_info["task_id"]))
+
+
+def query_as(request: web.Request, kind: type[T], **extra: Any) -> T:
+    """Query parameters (plus path values) as a request Struct; 400 naming the bad parameter."""
+    values: dict[str, Any] = {k: v for k, v in request.query.items() if k not in ("wait", "follow", "format")}
+    values.update(extra)
+    try:
+        return msgspec.convert(values, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise codec_error(exc) from None
+
+
+def codec_error(exc: msgspec.ValidationError) -> ApiError:
+    problem = codec.field_error_from(exc, body_name="query")
+    return ApiError("invalid_field", problem.message.replace("unknown field", "unknown parameter"), problem.field)
+
+
+async def json_body(request: web.Request) -> bytes:
+    """The request body, checked for media type and size (the store checks the content)."""
+    media = request.content_type if request.headers.get("Content-Type") else ""
+    if media and media != JSON and not media.endswith("+json"):
+        raise ApiError("unsupported_media_type", f"send the body as application/json, not {media}")
+    limit = request.app[GATEWAY].settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("payload_too_large", f"the body is larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise ApiError("payload_too_large", f"the body is larger than {limit} bytes")
+    if not body.strip():
+        raise ApiError("invalid_json", "the request body is empty; send the task as a JSON object")
+    return body
+
+
+def wait_seconds(request: web.Request) -> float | None:
+    raw = request.query.get("wait")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ApiError("invalid_field", "wait must be a number of seconds", "wait") from None
+    limit = request.app[GATEWAY].settings.max_wait_seconds
+    if not 0 <= seconds <= limit:
+        raise ApiError("invalid_field", f"wait must be between 0 and {limit:g} seconds", "wait")
+    return seconds
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+async def submit(request: web.Request, route: str = "") -> web.Response:
+    wait = wait_seconds(request)
+    body = await json_body(request)
+    headers: dict[str, str] = {}
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        headers[subjects.HEADER_IDEMPOTENCY_KEY] = key
+    if route:
+        headers[subjects.HEADER_ROUTE] = route
+    client = store(request)
+    accepted = codec.decode(api.SubmitAccepted, await client.raw(subjects.SUBMIT_TASK, body, headers or None))
+    response_headers = {"Location": f"/api/tasks/{accepted.id}"}
+    if accepted.replayed:
+        response_headers["Idempotent-Replayed"] = "true"
+    if wait is None:
+        return json_struct(accepted.task, 201, response_headers)
+    reply = await client.call(subjects.WAIT_TASK, api.WaitTaskRequest(id=accepted.id, timeout_seconds=wait),
+                              api.WaitReply, timeout=wait + 5)
+    return json_struct(reply.task, 201 if reply.done else 202, response_headers)
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    return await submit(request)
+
+
+async def submit_isolated(request: web.Request) -> web.Response:
+    return await submit(request, "isolated")
+
+
+async def submit_scheduled(request: web.Request) -> web.Response:
+    return await submit(request, "scheduled")
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    query = query_as(request, api.ListTasksRequest)
+    return json_bytes(await store(request).raw(subjects.LIST_TASKS, codec.encode(query)))
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.GET_TASK, task_ref(request)))
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    reason = request.query.get("reason", "cancelled by user")
+    payload = codec.encode(api.CancelTaskRequest(id=request.match_info["task_id"], reason=reason[:500]))
+    return json_bytes(await store(request).raw(subjects.CANCEL_TASK, payload))
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ApiError("invalid_field", f"{name} must be true or false", name)
+
+
+async def delete_task(request: web.Request, cancel_running_default: bool = True) -> web.Response:
+    payload = codec.encode(api.DeleteTaskRequest(
+        id=request.match_info["task_id"], cancel_running=_flag(request, "cancel_running", cancel_running_default)))
+    return json_bytes(await store(request).raw(subjects.DELETE_TASK, payload))
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    task = codec.decode(TaskRecord, await store(request).raw(subjects.GET_TASK, task_ref(request)))
+    if task.task_type != "scheduled":
+        raise ApiError("not_found", f"task {task.id} is not a scheduled task; use DELETE /api/tasks/{task.id}", "task_id")
+    return await delete_task(request, cancel_running_default=False)
+
+
+async def wait_task(request: web.Request) -> web.Response:
+    seconds = wait_seconds(request)
+    payload = api.WaitTaskRequest(id=request.match_info["task_id"], timeout_seconds=30.0 if seconds is None else seconds)
+    reply = await store(request).call(subjects.WAIT_TASK, payload, api.WaitReply, timeout=payload.timeout_seconds + 5)
+    return json_struct(reply.task, 200 if reply.done else 202)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    query = query_as(request, api.ListRunsRequest, id=request.match_info["task_id"])
+    return json_bytes(await store(request).raw(subjects.LIST_RUNS, codec.encode(query)))
+
+
+async def get_run(request: web.Request) -> web.Response:
+    payload = api.RunRef(id=request.match_info["task_id"], run_id=request.match_info["run_id"])
+    return json_bytes(await store(request).raw(subjects.GET_RUN, codec.encode(payload)))
+
+
+async def get_logs(request: web.Request) -> web.StreamResponse:
+    extra: dict[str, Any] = {"id": request.match_info["task_id"]}
+    if "run_id" in request.match_info:
+        extra["run_id"] = request.match_info["run_id"]
+    query = query_as(request, api.GetLogsRequest, **extra)
+    if _flag(request, "follow", False):
+        return await follow_logs(request, query)
+    if request.query.get("format") == "text":
+        reply = await store(request).call(subjects.GET_LOGS, query, api.LogsReply)
+        return web.Response(text="".join(c.data for c in reply.chunks), content_type="text/plain")
+    return json_bytes(await store(request).raw(subjects.GET_LOGS, codec.encode(query)))
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.LIST_SCHEDULES))
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    data = await store(request).raw(subjects.GET_TASK, task_ref(request))
+    if codec.decode(TaskRecord, data).task_type != "scheduled":
+        raise ApiError("not_found", f"task {request.match_info['task_id']} is not a scheduled task", "task_id")
+    return json_bytes(data)
+
+
+async def pause_schedule(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.PAUSE_SCHEDULE, task_ref(request)))
+
+
+async def resume_schedule(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.RESUME_SCHEDULE, task_ref(request)))
+
+
+async def trigger_schedule(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.TRIGGER_SCHEDULE, task_ref(request)), 202)
+
+
+async def schedule_ledger(request: web.Request) -> web.Response:
+    query = query_as(request, api.LedgerRequest, id=request.match_info["task_id"])
+    return json_bytes(await store(request).raw(subjects.GET_LEDGER, codec.encode(query)))
+
+
+# --- operations -------------------------------------------------------------------------------
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.GET_STATS))
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    return json_bytes(await store(request).raw(subjects.LIST_DEAD_LETTERS))

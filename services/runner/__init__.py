@@ -1,0 +1,1 @@
+"""The runner: pulls due runs and executes them (HTTP requests, Docker sandboxes); scales out."""

@@ -1,0 +1,269 @@
+"""One due run, from the work queue to its outcome: check, start, execute, report, acknowledge.
+
+The ack / nak / term decision for a WORK message lives here and only here:
+- ack   after the run's ``RunFinished`` is durable (or when there is nothing to do: already
+        finished, task deleted or cancelled, dead-lettered);
+- nak   when this runner hands the run back (shutdown past its grace period);
+- term  for a message that is not a ``RunDue`` at all.
+A runner killed before acking loses nothing: the message is redelivered as attempt + 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from proto import codec, streams, subjects
+from proto.control import CancelRun
+from proto.records import RunRecord, TaskRecord
+from proto.retry import backoff, should_retry
+from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
+from services.common.clock import utcnow
+from services.runner.http_task import HttpTasks
+from services.runner.outcome import Outcome
+from services.runner.output import RunOutput
+from services.runner.sandbox.docker_sandbox import DockerSandboxes, SandboxJob
+from services.runner.settings import RunnerSettings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = streams.RUNNER_ACK_WAIT.total_seconds() / 3
+
+
+@dataclass
+class ActiveRun:
+    """A run this runner holds."""
+
+    task_id: str
+    run_id: str
+    attempt: int
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = ""
+    hand_back: bool = False
+
+
+class RunExecutor:
+    """Executes due runs for one runner."""
+
+    def __init__(self, js: JetStreamContext, tasks_kv: KeyValue, runs_kv: KeyValue, runner_id: str,
+                 settings: RunnerSettings, http: HttpTasks, sandboxes: DockerSandboxes) -> None:
+        self.js = js
+        self.tasks_kv = tasks_kv
+        self.runs_kv = runs_kv
+        self.runner_id = runner_id
+        self.settings = settings
+        self.limits = settings.limits()
+        self.http = http
+        self.sandboxes = sandboxes
+        self.active: dict[str, ActiveRun] = {}
+        self.finished = 0
+
+    # --- control ------------------------------------------------------------------------------
+
+    def cancel(self, request: CancelRun) -> int:
+        """Cancel runs held here that match ``request``; returns how many."""
+        hit = 0
+        for run in list(self.active.values()):
+            if run.task_id == request.task_id and (request.run_id is None or run.run_id == request.run_id):
+                run.cancel_reason = request.reason
+                run.cancelled.set()
+                hit += 1
+        return hit
+
+    def hand_back_all(self) -> int:
+        """Stop every held run so it is redelivered to another runner (shutdown)."""
+        for run in self.active.values():
+            run.hand_back = True
+            run.cancelled.set()
+        return len(self.active)
+
+    # --- one message --------------------------------------------------------------------------
+
+    async def handle(self, message: Msg) -> None:
+        try:
+            due = codec.run_due_decoder.decode(message.data)
+        except msgspec.MsgspecError as exc:
+            log.warning("not a due run on %s, terminated: %s", message.subject, exc)
+            await message.term()
+            return
+        delivered = message.metadata.num_delivered or 1
+        attempt = due.attempt + delivered - 1
+        active = ActiveRun(due.task_id, due.run_id, attempt)
+        self.active[due.run_id] = active  # before the checks: a cancel arriving now is not missed
+        keep_alive = asyncio.create_task(self._keep_alive(message))
+        try:
+            await self._handle(message, due, delivered, active)
+        finally:
+            keep_alive.cancel()
+            if self.active.get(due.run_id) is active:
+                del self.active[due.run_id]
+
+    async def _handle(self, message: Msg, due: RunDue, delivered: int, active: ActiveRun) -> None:
+        attempt = active.attempt
+        if delivered > 1:
+            if await self._already_finished(due):
+                await message.ack()
+                return
+            if delivered > self.settings.poison_deliveries:
+                await self._dead_letter(due, attempt, delivered)
+                await message.ack()
+                return
+        verdict = await self._still_wanted(due)
+        if verdict == "deleted":
+            await message.ack()
+            return
+        if verdict == "cancelled" or active.cancelled.is_set():
+            await self._report(due, attempt, Outcome(status="cancelled", error=RunError(
+                type="cancelled", message=active.cancel_reason or "cancelled before it started")), None, 0)
+            await message.ack()
+            return
+        now = utcnow()
+        if due.deadline_at is not None and now > due.deadline_at:
+            await self._report(due, attempt, Outcome(status="expired", error=RunError(
+                type="expired", message=f"waited in the queue past its start deadline {due.deadline_at.isoformat()}")),
+                None, 0)
+            await message.ack()
+            return
+        started = RunStarted(event_id=f"s:{due.task_id}:{due.slot}:{attempt}", occurred_at=now, task_id=due.task_id,
+                             run_id=due.run_id, attempt=attempt, runner_id=self.runner_id,
+                             scheduled_for=due.scheduled_for)
+        started_ack = await self.js.publish_async(
+            subjects.run_event(due.task_id, due.run_id, "started"), codec.encode(started),
+            headers={subjects.HEADER_MSG_ID: started.event_id})
+        output = RunOutput(self.js, due.task_id, due.run_id, attempt, self.settings.log_cap_bytes)
+        if delivered > 1:
+            output.system(f"attempt {attempt}: delivered again (the previous runner stopped without an outcome)")
+        try:
+            outcome = await self._execute(due, active, output)
+        except Exception as exc:  # a runner bug must not lose the run: report it as such
+            log.exception("run %s failed inside the runner", due.run_id)
+            outcome = Outcome(status="failed", error=RunError(type="runner_error", message=f"{type(exc).__name__}: {exc}"))
+        await output.close()
+        if active.hand_back:
+            await asyncio.wait_for(started_ack, 10)
+            await message.nak()
+            log.info("run handed back", extra={"run": due.run_id, "attempt": attempt})
+            return
+        await asyncio.wait_for(started_ack, 10)
+        await self._report(due, attempt, outcome, now, output.bytes_seen)
+        await message.ack()
+
+    async def _keep_alive(self, message: Msg) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await message.in_progress()
+            except Exception as exc:  # NATS away: the ack wait may pass; redelivery then fences us
+                log.debug("in_progress failed: %s", exc)
+
+    async def _already_finished(self, due: RunDue) -> bool:
+        """Whether this message's work is already done (the last runner died before acking)."""
+        try:
+            last = await self.js.get_last_msg(subjects.STREAM_EVENTS,
+                                              subjects.run_event(due.task_id, due.run_id, "finished"))
+        except NotFoundError:
+            return False
+        try:
+            finished = codec.decode(RunFinished, last.data)
+        except msgspec.MsgspecError:
+            return False
+        return finished.attempt >= due.attempt
+
+    async def _still_wanted(self, due: RunDue) -> str:
+        """``run``, or ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted)."""
+        task_entry, run_entry = await asyncio.gather(
+            self._get(self.tasks_kv, due.task_id), self._get(self.runs_kv, subjects.run_key(due.task_id, due.run_id)))
+        if task_entry == "deleted":
+            return "deleted"
+        if isinstance(task_entry, bytes):
+            task = codec.decode(TaskRecord, task_entry)
+            if task.status == "cancelled":
+                return "cancelled"
+        if isinstance(run_entry, bytes):
+            run = codec.decode(RunRecord, run_entry)
+            if run.status == "cancelled":
+                return "cancelled"
+        return "run"
+
+    @staticmethod
+    async def _get(kv: KeyValue, key: str) -> bytes | str | None:
+        try:
+            entry = await kv.get(key)
+            return entry.value
+        except KeyDeletedError:
+            return "deleted"
+        except KeyNotFoundError:
+            return None  # not written yet: the store may not have flushed it
+        except Exception as exc:  # NATS trouble: run it; a later cancel still reaches us
+            log.debug("kv get %s: %s", key, exc)
+            return None
+
+    async def _execute(self, due: RunDue, active: ActiveRun, output: RunOutput) -> Outcome:
+        spec = due.spec
+        if spec.sandboxed:
+            default = self.limits.code_timeout_seconds if spec.kind == "code" else self.limits.api_timeout_seconds
+            job = SandboxJob(
+                task_id=due.task_id, run_id=due.run_id, attempt=active.attempt, spec=spec,
+                timeout_seconds=min(spec.timeout or default, self.limits.max_timeout_seconds),
+                memory_mb=min(spec.memory_mb or self.limits.memory_mb, self.limits.max_memory_mb),
+                cpus=min(spec.cpus or self.limits.cpus, self.limits.max_cpus),
+                network=(spec.network or spec.kind == "api") and self.limits.allow_network)
+            if spec.kind == "api":
+                blocked = await self.http.egress_blocked(spec.api_url or "")
+                if blocked:
+                    output.system(f"blocked: {blocked}")
+                    return Outcome(status="failed", error=RunError(type="egress_denied", message=blocked))
+            return await self.sandboxes.run(job, output, active.cancelled)
+        request = asyncio.create_task(self.http.execute(spec, output))
+        stopper = asyncio.create_task(active.cancelled.wait())
+        try:
+            done, _ = await asyncio.wait({request, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if request in done:
+            return request.result()
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+        output.system("cancelled: request aborted")
+        return Outcome(status="cancelled", error=RunError(type="cancelled", message=active.cancel_reason or "cancelled"))
+
+    async def _report(self, due: RunDue, attempt: int, outcome: Outcome, started_at: object, log_bytes: int) -> None:
+        """Publish the attempt's ``RunFinished`` and wait until JetStream has it."""
+        poison = outcome.error is not None and outcome.error.type == "poison"
+        will_retry = should_retry(due.spec, outcome.status, due.retry) and not poison
+        now = utcnow()
+        finished = RunFinished(
+            event_id=f"f:{due.task_id}:{due.slot}:{attempt}", occurred_at=now, task_id=due.task_id,
+            run_id=due.run_id, attempt=attempt, runner_id=self.runner_id, status=outcome.status, slot=due.slot,
+            scheduled_for=due.scheduled_for, started_at=started_at, result=outcome.result,  # type: ignore[arg-type]
+            error=outcome.error, exit_code=outcome.exit_code, deps_cache_hit=outcome.deps_cache_hit,
+            timings=outcome.timings, output_truncated=outcome.output_truncated or log_bytes > self.settings.log_cap_bytes,
+            log_bytes=log_bytes, will_retry=will_retry, retry=due.retry,
+            retry_at=now + backoff(due.spec, due.retry + 1) if will_retry else None)
+        payload = codec.encode(finished)
+        if len(payload) > streams.MAX_PAYLOAD_BYTES - 4096:
+            finished = msgspec.structs.replace(finished, result=None, error=RunError(
+                type="result_too_large", message=f"the outcome is {len(payload)} bytes; too large to record"),
+                status="failed", will_retry=False, retry_at=None)
+            payload = codec.encode(finished)
+        await self.js.publish(subjects.run_event(due.task_id, due.run_id, "finished"), payload,
+                              headers={subjects.HEADER_MSG_ID: finished.event_id}, timeout=10)
+        self.finished += 1
+
+    async def _dead_letter(self, due: RunDue, attempt: int, delivered: int) -> None:
+        reason = (f"delivered {delivered} times without an outcome (the runners holding it stopped); "
+                  f"given up after {self.settings.poison_deliveries}")
+        letter = DeadLetter(task_id=due.task_id, run_id=due.run_id, attempt=attempt, deliveries=delivered,
+                            reason=reason, at=utcnow(), due=due)
+        await self.js.publish(subjects.dead_letter(due.task_id), codec.encode(letter), timeout=10,
+                              headers={subjects.HEADER_MSG_ID: f"dl:{due.task_id}:{due.slot}:{due.attempt}"})
+        await self._report(due, attempt, Outcome(status="failed", error=RunError(type="poison", message=reason)),
+                           None, 0)
+        log.warning("run dead-lettered", extra={"run": due.run_id, "deliveries": delivered})

@@ -1,0 +1,109 @@
+"""A run's output: decoded, chunked, capped, and published as it happens."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+
+from nats.js import JetStreamContext
+
+from proto import codec, subjects
+from proto.runs import LogChunk, LogStream
+from services.common.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 32 * 1024
+FLUSH_SECONDS = 0.1
+
+
+class RunOutput:
+    """Collects stdout/stderr/system text for one attempt and publishes ``LogChunk``s on LOGS:
+    at most every 100 ms or 32 KiB, in order, until ``cap_bytes``; the rest is counted and dropped."""
+
+    def __init__(self, js: JetStreamContext, task_id: str, run_id: str, attempt: int, cap_bytes: int) -> None:
+        self.js = js
+        self.task_id, self.run_id, self.attempt = task_id, run_id, attempt
+        self.cap_bytes = cap_bytes
+        self.subject = subjects.log_chunks(task_id, run_id)
+        self.bytes_kept = 0
+        self.bytes_seen = 0
+        self.truncated = False
+        self._seq = 0
+        self._buffer: list[tuple[LogStream, str]] = []
+        self._buffered = 0
+        self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
+        self._timer: asyncio.TimerHandle | None = None
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._acks: list[asyncio.Future] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    def write(self, stream: LogStream, data: bytes) -> None:
+        """Add raw output of the sandbox or request."""
+        self.bytes_seen += len(data)
+        if self.truncated:
+            return
+        room = self.cap_bytes - self.bytes_kept
+        if len(data) > room:
+            data = data[:room]
+            self._append(stream, self._decoders[stream].decode(data, final=True))  # type: ignore[index]
+            self.bytes_kept += len(data)
+            self.truncated = True
+            self._append("system", f"\n[output truncated at {self.cap_bytes} bytes; the rest was discarded]\n")
+            return
+        self.bytes_kept += len(data)
+        self._append(stream, self._decoders[stream].decode(data))  # type: ignore[index]
+
+    def system(self, text: str) -> None:
+        """Add a line of Taskmesh's own (what happened to the run), never user secrets."""
+        self._append("system", text if text.endswith("\n") else text + "\n")
+
+    def _append(self, stream: LogStream, text: str) -> None:
+        if not text:
+            return
+        if self._buffer and self._buffer[-1][0] == stream:
+            self._buffer[-1] = (stream, self._buffer[-1][1] + text)
+        else:
+            self._buffer.append((stream, text))
+        self._buffered += len(text)
+        if self._buffered >= CHUNK_BYTES:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        buffered, self._buffer, self._buffered = self._buffer, [], 0
+        for stream, text in buffered:
+            chunk = LogChunk(task_id=self.task_id, run_id=self.run_id, attempt=self.attempt, seq=self._seq,
+                             stream=stream, data=text, at=utcnow())
+            self._seq += 1
+            self._outbox.put_nowait(codec.encode(chunk))
+        if self._worker is None and buffered:
+            self._worker = asyncio.create_task(self._publish_in_order())
+
+    async def _publish_in_order(self) -> None:
+        while (payload := await self._outbox.get()) is not None:
+            try:
+                self._acks.append(await self.js.publish_async(self.subject, payload))
+            except Exception as exc:  # output is best effort; the outcome is not
+                log.warning("log chunk not published: %s", exc)
+
+    async def close(self) -> None:
+        """Publish what is buffered and wait until JetStream has it all."""
+        for stream, decoder in self._decoders.items():
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                self._append(stream, tail)  # type: ignore[arg-type]
+        self._flush()
+        if self._worker is None:
+            return
+        self._outbox.put_nowait(None)
+        await self._worker
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._acks, return_exceptions=True), 10)
+        except TimeoutError:
+            log.warning("log chunks of run %s not all acknowledged", self.run_id)

@@ -1,0 +1,1 @@
+"""Sandboxes: fresh, locked-down Docker containers, a warm pool, and a requirement-set cache."""

@@ -1,0 +1,438 @@
+"""Docker sandboxes: one fresh, locked-down container per run, removed afterwards, always.
+
+Default lockdown: network none, memory with no extra swap, CPU quota, pids limit, read-only root
+filesystem with a small tmpfs /tmp, user nobody, every capability dropped, no-new-privileges,
+tini as PID 1, no log driver, no host path but the read-only requirement set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import msgspec
+from docker.types import LogConfig, Ulimit
+from nats.aio.client import Client
+
+from proto import subjects
+from proto.control import SandboxStatus
+from proto.runs import RunError, RunTimings
+from proto.tasks import TaskSpec
+from services.runner.http_task import judge_response, redacted
+from services.runner.outcome import Outcome, failed
+from services.runner.output import RunOutput
+from services.runner.sandbox.channel import STDERR, Channel, ResultScanner
+from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
+from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
+from services.runner.sandbox.pool import Sandbox, Shape, WarmPool
+from services.runner.settings import RunnerSettings
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP = (Path(__file__).with_name("bootstrap.py")).read_text()
+LABEL_MANAGED = "org.taskmesh.managed"
+LABEL_INSTANCE = "org.taskmesh.instance"
+LABEL_RUNNER = "org.taskmesh.runner"
+LABEL_RUN = "org.taskmesh.run"
+SANDBOX_IMAGE_LABELS = ("org.taskmesh.sandbox", "org.taskmesh.recipe")
+DEFAULT_IMAGE = "python:3.12-slim"
+EXIT_WAIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class SandboxJob:
+    """One attempt to run in a sandbox, with limits already resolved against the operator's."""
+
+    task_id: str
+    run_id: str
+    attempt: int
+    spec: TaskSpec
+    timeout_seconds: float
+    memory_mb: int
+    cpus: float
+    network: bool
+
+
+class _Frame(msgspec.Struct):
+    ok: bool
+    result: Any = None
+    error: dict[str, Any] | None = None
+    reason: str = ""
+
+
+_frame_decoder = msgspec.json.Decoder(_Frame)
+
+
+class DockerSandboxes:
+    """Runs sandbox jobs; owns the warm pool, the dependency cache and orphan reaping."""
+
+    def __init__(self, settings: RunnerSettings, runner_id: str, nc: Client) -> None:
+        self.settings = settings
+        self.runner_id = runner_id
+        self.nc = nc
+        self.engine = Engine(settings.docker_host, threads=settings.effective_code_slots() * 3 + 8)
+        self.labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: settings.instance, LABEL_RUNNER: runner_id}
+        self.image = settings.sandbox_image
+        self.image_id = ""
+        self.usable = False
+        self.detail = "not checked yet"
+        self.deps: DependencyCache | None = None
+        self.pool: WarmPool | None = None
+        self.active: dict[str, str] = {}  # run id -> container id
+        self.started_total = 0
+        self.reaped_total = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._removals: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, stop: asyncio.Event) -> None:
+        """Check the engine and image, reap orphans, start the pool; recheck in the background."""
+        await self.check()
+        if self.usable:
+            await self.reap_orphans()
+        default = Shape(image=self.image, memory_mb=self.settings.sandbox_memory_mb, cpus=self.settings.sandbox_cpus)
+        self.pool = WarmPool(self._create, self.engine.remove, self.settings.pool_size,
+                             self.settings.pool_max_idle.total_seconds(),
+                             default if self.settings.pool_size > 0 else None)
+        self._tasks = [asyncio.create_task(self.pool.run(stop, lambda: self.usable), name="warm-pool"),
+                       asyncio.create_task(self._watch(stop), name="sandbox-watch")]
+
+    async def close(self) -> None:
+        """Remove pooled and running containers; nothing of ours is left behind."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+        for container_id in list(self.active.values()):
+            try:
+                await self.engine.remove(container_id)
+            except Exception as exc:  # reaped at the next start
+                log.warning("container %s not removed: %s", container_id[:12], exc)
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+        self.engine.close()
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        beats = 0
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 10.0)
+                return
+            except TimeoutError:
+                pass
+            was_usable = self.usable
+            await self.check()
+            beats += 1
+            if self.usable and (not was_usable or beats % 6 == 0):
+                await self.reap_orphans()
+
+    async def check(self) -> None:
+        """Find out whether sandboxes can start, and say why not in plain words."""
+        try:
+            await self.engine.ping()
+            self.image, self.image_id = await self._resolve_image()
+            if self.deps is None:
+                self.deps = DependencyCache(self.engine, DepsConfig(
+                    root=self.settings.deps_dir, volume=self.settings.deps_volume, image=self.image,
+                    uv_path=self.settings.uv_path, index_url=self.settings.index_url, ca_bundle=self.settings.ca_bundle,
+                    network=self.settings.builder_network, timeout_seconds=self.settings.install_timeout_seconds,
+                    max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels))
+            if not self.usable:
+                log.info("sandboxes usable", extra={"image": self.image})
+            self.usable, self.detail = True, "ok"
+        except EngineUnavailable as exc:
+            self._unusable(str(exc))
+        except Exception as exc:  # anything else the engine says
+            self._unusable(f"sandbox backend error: {type(exc).__name__}: {exc}")
+
+    def _unusable(self, detail: str) -> None:
+        if self.usable or detail != self.detail:
+            log.warning("sandboxes unavailable: %s", detail)
+        self.usable, self.detail = False, detail
+
+    async def _resolve_image(self) -> tuple[str, str]:
+        try:
+            return self.image, (await self.engine.call("inspect_image", self.image))["Id"]
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            repository, _, tag = self.image.partition(":")
+            await asyncio.wait_for(self.engine.call("pull", repository, tag=tag or "latest"), 300)
+            return self.image, (await self.engine.call("inspect_image", self.image))["Id"]
+        except Exception as exc:
+            if self.settings.sandbox_image == DEFAULT_IMAGE:
+                for label in SANDBOX_IMAGE_LABELS:
+                    images = await self.engine.call("images", filters={"label": label})
+                    tagged = [i for i in images if i.get("RepoTags")]
+                    if tagged:
+                        newest = max(tagged, key=lambda i: i.get("Created", 0))
+                        log.info("no %s (no registry?); using local sandbox image %s", DEFAULT_IMAGE,
+                                 newest["RepoTags"][0])
+                        return newest["RepoTags"][0], newest["Id"]
+            raise EngineUnavailable(
+                f"sandbox image {self.image} not found and could not be pulled ({type(exc).__name__}); "
+                "build one (deploy/sandbox/build.sh) or set TASKMESH_SANDBOX_IMAGE") from exc
+
+    def status(self) -> SandboxStatus:
+        return SandboxStatus(usable=self.usable, detail=self.detail, image=self.image,
+                             pool_ready=self.pool.count() if self.pool else 0)
+
+    # --- containers ---------------------------------------------------------------------------
+
+    async def _create(self, shape: Shape, run_id: str = "pool") -> Sandbox:
+        """Create, attach and start a container of ``shape``; it then waits for its payload."""
+        started = time.perf_counter()
+        binds: dict[str, dict[str, str]] = {}
+        environment = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+                       "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp"}
+        if shape.deps_key is not None:
+            if self.settings.deps_volume:
+                binds[self.settings.deps_volume] = {"bind": "/deps-root", "mode": "ro"}
+            else:
+                binds[shape.deps_host_path or ""] = {"bind": "/deps", "mode": "ro"}
+            environment["TASKMESH_DEPS"] = shape.deps_in_sandbox or "/deps"
+        host_config = await self.engine.call(
+            "create_host_config",
+            network_mode=shape.network, mem_limit=f"{shape.memory_mb}m", memswap_limit=f"{shape.memory_mb}m",
+            nano_cpus=int(shape.cpus * 1e9), pids_limit=self.settings.sandbox_pids_limit, read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.settings.sandbox_tmpfs_mb}m,mode=1777"},
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True, binds=binds or None,
+            log_config=LogConfig(type="none"),
+            ulimits=[Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)])
+        created = await self.engine.call(
+            "create_container", shape.image, command=["python3", "-I", "-u", "-c", BOOTSTRAP],
+            stdin_open=True, tty=False, user=self.settings.sandbox_user, working_dir="/tmp",
+            environment=environment, labels={**self.labels, LABEL_RUN: run_id}, host_config=host_config)
+        container_id = created["Id"]
+        try:
+            channel = Channel(await self.engine.attach(container_id))
+            await self.engine.call("start", container_id)
+        except BaseException:
+            await self.engine.remove(container_id)
+            raise
+        self.started_total += 1
+        return Sandbox(container_id, channel, shape, start_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def _remove_later(self, container_id: str) -> None:
+        async def remove() -> None:
+            try:
+                await self.engine.remove(container_id)
+            except Exception as exc:  # the reaper gets it
+                log.warning("container %s not removed: %s", container_id[:12], exc)
+
+        task = asyncio.create_task(remove())
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def reap_orphans(self) -> int:
+        """Remove containers of this installation whose runner no longer answers its ping."""
+        try:
+            containers = await self.engine.call(
+                "containers", all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={self.settings.instance}"]})
+        except Exception as exc:
+            log.warning("orphan scan failed: %s", exc)
+            return 0
+        owners: dict[str, list[str]] = {}
+        for container in containers:
+            owner = container.get("Labels", {}).get(LABEL_RUNNER, "")
+            if owner != self.runner_id:
+                owners.setdefault(owner, []).append(container["Id"])
+        reaped = 0
+        for owner, ids in owners.items():
+            if await self._runner_alive(owner):
+                continue
+            for container_id in ids:
+                try:
+                    await self.engine.remove(container_id)
+                    reaped += 1
+                except Exception as exc:
+                    log.warning("orphan %s not removed: %s", container_id[:12], exc)
+        if reaped:
+            self.reaped_total += reaped
+            log.info("reaped orphan containers", extra={"count": reaped, "runners": len(owners)})
+        return reaped
+
+    async def _runner_alive(self, runner_id: str) -> bool:
+        if not runner_id:
+            return False
+        try:
+            await self.nc.request(subjects.runner_ping(runner_id), b"", timeout=1.0)
+            return True
+        except Exception as exc:  # NoRespondersError: gone; a timeout: unsure, leave its containers
+            return "NoResponders" not in type(exc).__name__
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    async def run(self, job: SandboxJob, output: RunOutput, cancelled: asyncio.Event) -> Outcome:
+        """Run ``job`` in a fresh container and return its outcome; the container is removed."""
+        if not self.usable or self.deps is None or self.pool is None:
+            output.system(f"sandbox unavailable: {self.detail}")
+            return failed("sandbox_unavailable", f"sandbox unavailable: {self.detail}")
+        started = time.perf_counter()
+        shape = Shape(image=self.image, network="none" if not job.network else self.settings.sandbox_network,
+                      memory_mb=job.memory_mb, cpus=job.cpus)
+        deps_hit, install_ms = None, None
+        if job.spec.requirements:
+            output.system(f"requirements: {', '.join(job.spec.requirements)}")
+            try:
+                deps = await self.deps.ensure(job.spec.requirements, self.image_id)
+            except DependencyInstallFailed as exc:
+                output.system(f"dependency install failed: {exc}")
+                return failed("dependency_install_failed", f"dependency install failed: {exc}")
+            except EngineUnavailable as exc:
+                return failed("sandbox_unavailable", f"sandbox unavailable: {exc}")
+            deps_hit, install_ms = deps.cache_hit, deps.install_ms
+            output.system("requirements: cached" if deps.cache_hit else f"requirements installed in {install_ms:.0f} ms")
+            shape = Shape(image=shape.image, network=shape.network, memory_mb=shape.memory_mb, cpus=shape.cpus,
+                          deps_key=deps.key, deps_host_path=deps.host_path, deps_in_sandbox=deps.path_in_sandbox)
+        sandbox = self.pool.take(shape)
+        try:
+            if sandbox is None:
+                sandbox = await self._create(shape, job.run_id)
+            else:
+                sandbox.start_ms = 0.0
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, EngineUnavailable) else f"{type(exc).__name__}: {exc}"
+            output.system(f"container failed to start: {detail}")
+            return failed("sandbox_unavailable", f"container failed to start: {detail}")
+        self.active[job.run_id] = sandbox.container_id
+        try:
+            outcome = await self._execute(sandbox, job, output, cancelled)
+        finally:
+            self.active.pop(job.run_id, None)
+            sandbox.channel.close()
+            self._remove_later(sandbox.container_id)
+        outcome.deps_cache_hit = deps_hit
+        total_ms = round((time.perf_counter() - started) * 1000, 3)
+        run_ms = (outcome.timings.run_ms if outcome.timings else None)
+        outcome.timings = RunTimings(deps_install_ms=install_ms, start_ms=sandbox.start_ms, run_ms=run_ms,
+                                     total_ms=total_ms)
+        return outcome
+
+    def _payload(self, job: SandboxJob, nonce: str) -> bytes:
+        spec = job.spec
+        payload: dict[str, Any] = {"nonce": nonce, "result_cap": self.settings.result_cap_bytes}
+        if spec.kind == "code":
+            payload.update(mode="code", code=spec.function_code, function=spec.function_name,
+                           args=spec.args, kwargs=spec.kwargs)
+        else:
+            body = spec.data if isinstance(spec.data, str) or spec.data is None else msgspec.json.encode(spec.data).decode()
+            headers = dict(spec.headers)
+            if spec.data is not None and not isinstance(spec.data, str) and \
+                    not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
+            payload.update(mode="api", body_cap=self.settings.response_body_cap_bytes, request={
+                "method": spec.method, "url": spec.api_url, "headers": headers, "body": body,
+                "timeout": job.timeout_seconds, "log_url": redacted(spec.api_url or "")})
+        return msgspec.json.encode(payload) + b"\n"
+
+    async def _execute(self, sandbox: Sandbox, job: SandboxJob, output: RunOutput,
+                       cancelled: asyncio.Event) -> Outcome:
+        nonce = secrets.token_hex(16)
+        scanner = ResultScanner(nonce)
+        started = time.perf_counter()
+
+        async def read() -> None:
+            async for stream, data in sandbox.channel.frames():
+                if stream == STDERR:
+                    output.write("stderr", data)
+                    continue
+                shown = scanner.feed(data)
+                if shown:
+                    output.write("stdout", shown)
+                if scanner.result is not None:
+                    return
+            leftover = scanner.leftover()
+            if leftover:
+                output.write("stdout", leftover)
+
+        reader = asyncio.create_task(read())
+        stopper = asyncio.create_task(cancelled.wait())
+        try:
+            await sandbox.channel.send(self._payload(job, nonce))
+            done, _ = await asyncio.wait({reader, stopper}, timeout=job.timeout_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except OSError as exc:
+            done = set()
+            reader.cancel()
+            output.system(f"sandbox channel failed: {exc}")
+            return await self._died(sandbox, output, started)
+        finally:
+            stopper.cancel()
+        run_ms = round((time.perf_counter() - started) * 1000, 3)
+        if reader in done:
+            if reader.exception() is not None:
+                output.system(f"sandbox channel failed: {reader.exception()}")
+            if scanner.result is not None:
+                return self._from_frame(scanner.result, job, run_ms, output)
+            return await self._died(sandbox, output, started)
+        reader.cancel()
+        await self.engine.remove(sandbox.container_id)
+        if cancelled.is_set():
+            output.system("cancelled: container killed")
+            return Outcome(status="cancelled", error=RunError(type="cancelled", message="cancelled while running"),
+                           timings=RunTimings(run_ms=run_ms))
+        output.system(f"timed out after {job.timeout_seconds:g} s: container killed")
+        return Outcome(status="timed_out", timings=RunTimings(run_ms=run_ms), error=RunError(
+            type="timed_out", message=f"still running after the {job.timeout_seconds:g} s timeout; killed"))
+
+    def _from_frame(self, raw: bytes, job: SandboxJob, run_ms: float, output: RunOutput) -> Outcome:
+        try:
+            frame = _frame_decoder.decode(raw)
+        except msgspec.MsgspecError as exc:
+            return Outcome(status="failed", exit_code=0, timings=RunTimings(run_ms=run_ms),
+                           error=RunError(type="runner_error", message=f"unreadable result frame: {exc}"))
+        timings = RunTimings(run_ms=run_ms)
+        if frame.ok and job.spec.kind == "api":
+            outcome = judge_response(frame.result, frame.reason, job.spec.expected_status)
+            outcome.exit_code, outcome.timings = 0, timings
+            return outcome
+        if frame.ok:
+            return Outcome(status="succeeded", result=frame.result, exit_code=0, timings=timings)
+        error = frame.error or {}
+        error_type = error.get("type", "exception")
+        status = "timed_out" if error_type == "timed_out" else "failed"
+        if error.get("traceback"):
+            output.write("stderr", error["traceback"].encode())
+        return Outcome(status=status, exit_code=0, timings=timings, error=RunError(  # type: ignore[arg-type]
+            type=error_type, message=str(error.get("message", "failed"))[:4000],
+            exc_type=error.get("exc_type"), traceback=(error.get("traceback") or None)))
+
+    async def _died(self, sandbox: Sandbox, output: RunOutput, started: float) -> Outcome:
+        """The process ended without a result: find out how (OOM, signal, exit code)."""
+        run_ms = round((time.perf_counter() - started) * 1000, 3)
+        try:
+            status = await asyncio.wait_for(self.engine.call("wait", sandbox.container_id), EXIT_WAIT_SECONDS)
+            state = (await self.engine.call("inspect_container", sandbox.container_id))["State"]
+        except Exception as exc:
+            return Outcome(status="failed", timings=RunTimings(run_ms=run_ms), error=RunError(
+                type="runner_error", message=f"sandbox ended and its state is unknown: {type(exc).__name__}"))
+        code = int(status.get("StatusCode", state.get("ExitCode", -1)))
+        timings = RunTimings(run_ms=run_ms)
+        if state.get("OOMKilled"):
+            output.system(f"killed: out of memory (limit {sandbox.shape.memory_mb} MB)")
+            return Outcome(status="failed", exit_code=code, timings=timings, error=RunError(
+                type="oom_killed", message=f"out of memory: the sandbox exceeded its {sandbox.shape.memory_mb} MB limit"))
+        if code > 128:
+            output.system(f"killed by signal {code - 128}")
+            return Outcome(status="failed", exit_code=code, timings=timings, error=RunError(
+                type="signal", signal=code - 128, message=f"the sandbox process was killed by signal {code - 128}"))
+        output.system(f"exited with code {code} without a result")
+        return Outcome(status="failed", exit_code=code, timings=timings, error=RunError(
+            type="exit_code", message=f"the sandbox process exited with code {code} before returning a result"))
+
+    async def kill(self, run_id: str) -> bool:
+        """Kill the container of ``run_id`` if this runner has it."""
+        container_id = self.active.get(run_id)
+        if container_id is None:
+            return False
+        await self.engine.remove(container_id)
+        return True

@@ -1,0 +1,118 @@
+"""The Docker engine, reached through the docker SDK's low-level client on worker threads.
+
+The SDK is blocking (requests over the engine's socket); every call runs on a dedicated thread
+pool so the event loop never waits on it. The attach socket of a container is taken out of the
+SDK and driven by the event loop directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(Exception):
+    """The engine cannot be used; the message says why, in the words of the seed's troubleshooting."""
+
+
+def explain(exc: BaseException, where: str) -> str:
+    """Turn a connection failure into advice a person can act on."""
+    text = f"{type(exc).__name__}: {exc}"
+    lowered = text.lower()
+    if isinstance(exc, PermissionError) or "permission denied" in lowered:
+        return (f"permission denied on the Docker socket at {where}: run the runner as a user in the "
+                "'docker' group (sudo usermod -aG docker $USER) or as root")
+    if isinstance(exc, FileNotFoundError) or "no such file" in lowered or "connection refused" in lowered \
+            or "connection aborted" in lowered or "filenotfounderror" in lowered:
+        return (f"Docker not running: cannot connect to the Docker engine at {where} "
+                "(start it, e.g. 'sudo systemctl start docker', then check 'docker ps')")
+    return f"Docker engine at {where} not usable: {text}"
+
+
+class Engine:
+    """Async facade over ``docker.APIClient``."""
+
+    def __init__(self, base_url: str | None, threads: int) -> None:
+        self.base_url = base_url
+        self.where = base_url or docker.utils.kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
+        self._threads = threads
+        self._client: docker.APIClient | None = None
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run ``APIClient.<method>(*args, **kwargs)`` on a worker thread."""
+        client = await self.client()
+        function = functools.partial(getattr(client, method), *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
+    async def client(self) -> docker.APIClient:
+        if self._client is None:
+            def make() -> docker.APIClient:
+                options = docker.utils.kwargs_from_env()
+                if self.base_url:
+                    options["base_url"] = self.base_url
+                return docker.APIClient(version="auto", timeout=60, max_pool_size=self._threads, **options)
+            try:
+                self._client = await asyncio.get_running_loop().run_in_executor(self._executor, make)
+            except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+                raise EngineUnavailable(explain(exc.__cause__ or exc, self.where)) from exc
+        return self._client
+
+    async def ping(self) -> None:
+        """Raise EngineUnavailable unless the engine answers."""
+        try:
+            await self.call("ping")
+        except EngineUnavailable:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            self._client = None
+            raise EngineUnavailable(explain(_root(exc), self.where)) from exc
+
+    async def attach(self, container_id: str) -> socket.socket:
+        """The raw, non-blocking attach socket (stdin + stdout + stderr, multiplexed)."""
+        wrapped = await self.call("attach_socket", container_id,
+                                  params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        raw: socket.socket = getattr(wrapped, "_sock", wrapped)
+        raw.setblocking(False)
+        return raw
+
+    async def remove(self, container_id: str) -> None:
+        """Kill and remove a container; gone already is fine."""
+        try:
+            await self.call("remove_container", container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _root(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None or nxt is seen:
+            break
+        seen = nxt
+    return seen
+
+
+def is_missing_image(exc: BaseException) -> bool:
+    return isinstance(exc, docker.errors.ImageNotFound) or (
+        isinstance(exc, docker.errors.APIError) and exc.status_code == 404 and "image" in str(exc).lower())
+

@@ -1,0 +1,141 @@
+"""The runner service: pull due runs into free slots, execute, report; scale by adding runners."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from proto import codec, subjects
+from proto.control import Heartbeat
+from services import VERSION
+from services.common import natsio
+from services.common.clock import utcnow
+from services.common.ids import new_instance_id
+from services.common.presence import announce_forever, hostname
+from services.runner.egress import EgressPolicy
+from services.runner.executor import RunExecutor
+from services.runner.http_task import HttpTasks
+from services.runner.sandbox.docker_sandbox import DockerSandboxes
+from services.runner.settings import RunnerSettings
+from services.runner.slots import Slots
+
+log = logging.getLogger(__name__)
+
+
+async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
+    """Run one runner until ``stop``; then finish or hand back what it holds."""
+    runner_id = new_instance_id()
+    started_at = utcnow()
+    async with AsyncExitStack() as stack:
+        nc = await natsio.connect(settings, f"taskmesh-runner-{runner_id}", stop)
+        stack.push_async_callback(_close, nc)
+        js = nc.jetstream(timeout=10)
+        for stream in (subjects.STREAM_WORK, subjects.STREAM_EVENTS, subjects.STREAM_LOGS, subjects.STREAM_DEAD_LETTERS):
+            await natsio.wait_for_stream(js, stream, stop)
+        tasks_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_TASKS, stop)
+        runs_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_RUNS, stop)
+        if stop.is_set():
+            return
+        for name in (subjects.CONSUMER_RUNNER_CODE, subjects.CONSUMER_RUNNER_API):
+            await natsio.ensure_consumer(js, name)
+
+        # Answer pings from the start: another runner reaping orphans must see us alive.
+        async def pong(msg: Msg) -> None:
+            if msg.reply:
+                await nc.publish(msg.reply, b"alive")
+
+        await nc.subscribe(subjects.runner_ping(runner_id), cb=pong)
+        sandboxes = DockerSandboxes(settings, runner_id, nc)
+        await sandboxes.start(stop)
+        stack.push_async_callback(sandboxes.close)
+        limits = settings.limits()
+        http = HttpTasks(EgressPolicy(settings.egress_deny, settings.egress_allow),
+                         max_connections=settings.api_slots * 2, default_timeout=limits.api_timeout_seconds,
+                         max_timeout=limits.max_timeout_seconds, body_cap_bytes=settings.response_body_cap_bytes)
+        stack.push_async_callback(http.close)
+        executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes)
+
+        async def on_cancel(msg: Msg) -> None:
+            try:
+                request = codec.cancel_decoder.decode(msg.data)
+            except Exception:  # a foreign message
+                return
+            if executor.cancel(request):
+                log.info("cancelling run", extra={"task": request.task_id, "run": request.run_id or "*"})
+
+        await nc.subscribe(subjects.CANCEL_RUNS, cb=on_cancel)
+        pools = {"code": Slots("code", settings.effective_code_slots()), "api": Slots("api", settings.api_slots)}
+
+        def heartbeat() -> Heartbeat:
+            return Heartbeat(service="runner", instance_id=runner_id, host=hostname(), version=VERSION,
+                             started_at=started_at, sent_at=utcnow(),
+                             slots={name: slots.usage() for name, slots in pools.items()},
+                             sandbox=sandboxes.status(), runs_finished=executor.finished)
+
+        beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
+        in_flight: set[asyncio.Task[None]] = set()
+        pullers = [
+            asyncio.create_task(_pull(js, subjects.CONSUMER_RUNNER_CODE, pools["code"], executor, in_flight, stop)),
+            asyncio.create_task(_pull(js, subjects.CONSUMER_RUNNER_API, pools["api"], executor, in_flight, stop)),
+        ]
+        log.info("runner ready", extra={"runner": runner_id, "code_slots": pools["code"].total,
+                                        "api_slots": pools["api"].total, "sandbox": sandboxes.detail})
+        await stop.wait()
+        await asyncio.gather(*pullers, return_exceptions=True)
+        grace = settings.shutdown_grace.total_seconds()
+        holding = len(executor.active)
+        log.info("stopping: no more pulls; waiting up to %.0f s for %d run(s)", grace, holding)
+        finished_in_grace = all([await slots.drained(grace) for slots in pools.values()])
+        handed_back = 0 if finished_in_grace else executor.hand_back_all()
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        await beats
+        log.info("runner stopped", extra={"finished": executor.finished, "handed_back": handed_back})
+
+
+async def _pull(js: object, durable: str, slots: Slots, executor: RunExecutor, in_flight: set[asyncio.Task[None]],
+                stop: asyncio.Event) -> None:
+    subscription = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)  # type: ignore[attr-defined]
+    try:
+        while not stop.is_set():
+            if slots.free == 0:
+                await slots.wait_free(stop)
+                continue
+            try:
+                messages = await subscription.fetch(slots.free, timeout=1)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # NATS reconnecting
+                log.debug("fetch from %s failed: %s", durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for message in messages:
+                slots.take()
+                task = asyncio.create_task(_run(executor, message, slots))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+    finally:
+        try:
+            await subscription.unsubscribe()
+        except Exception:  # connection closing
+            pass
+
+
+async def _run(executor: RunExecutor, message: Msg, slots: Slots) -> None:
+    try:
+        await executor.handle(message)
+    except Exception:  # not acked: redelivered after the ack wait
+        log.exception("run not completed; it will be redelivered")
+    finally:
+        slots.release()
+
+
+async def _close(nc: Client) -> None:
+    try:
+        await nc.drain()
+    except Exception:  # already closed
+        await nc.close()

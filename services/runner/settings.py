@@ -1,0 +1,83 @@
+"""Runner settings (``TASKMESH_*``)."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import msgspec
+
+from proto.tasks import Limits
+from services.common.settings import ServiceSettings
+
+DEFAULT_BLOCKED_RANGES = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::/32", "100.100.100.200/32"]
+"""Link-local and cloud metadata addresses: an API task may never reach them unless allowed."""
+
+
+def default_code_slots() -> int:
+    """Two sandboxes per core: starting containers is CPU-bound on the engine side."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+class RunnerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
+    """Slots, sandbox, dependency cache, egress policy and operator limits."""
+
+    code_slots: int = 0
+    """Concurrent sandboxed runs; 0 = two per CPU core."""
+    api_slots: int = 64
+    """Concurrent HTTP runs (I/O bound, so many)."""
+    poison_deliveries: int = 4
+    """A run delivered this many times without an outcome (runner crashes) is dead-lettered."""
+    # operator limits
+    code_timeout_seconds: float = 300.0
+    api_timeout_seconds: float = 30.0
+    max_timeout_seconds: float = 3600.0
+    sandbox_memory_mb: int = 512
+    max_memory_mb: int = 2048
+    sandbox_cpus: float = 0.5
+    max_cpus: float = 2.0
+    allow_sandbox_network: bool = True
+    # output
+    log_cap_bytes: int = 1024 * 1024
+    result_cap_bytes: int = 512 * 1024
+    response_body_cap_bytes: int = 256 * 1024
+    # egress for API tasks
+    egress_deny: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_BLOCKED_RANGES))
+    egress_allow: list[str] = []
+    # sandbox (Docker)
+    docker_host: str | None = None
+    sandbox_image: str = "python:3.12-slim"
+    sandbox_network: str = "bridge"
+    """Docker network for sandboxes that may use the network (isolated API tasks, ``network: true``)."""
+    sandbox_pids_limit: int = 128
+    sandbox_tmpfs_mb: int = 64
+    sandbox_user: str = "65534:65534"
+    pool_size: int = 2
+    """Started containers kept waiting per hot (image, dependencies) pair."""
+    pool_max_idle: timedelta = timedelta(minutes=5)
+    deps_dir: str = ".taskmesh/deps"
+    """Where installed requirement sets live (a path as this runner sees it)."""
+    deps_volume: str | None = None
+    """When set, the Docker volume that backs ``deps_dir`` (runner in a container): sandboxes mount it."""
+    deps_cache_max_bytes: int = 5 * 1024**3
+    uv_path: str | None = None
+    """uv binary copied into dependency builders; default: the one next to this Python, or on PATH."""
+    index_url: str | None = None
+    ca_bundle: str | None = "/etc/ssl/certs/ca-certificates.crt"
+    """CA bundle mounted into dependency builders (TLS-intercepting proxies); never disables TLS checks."""
+    builder_network: str = "bridge"
+    install_timeout_seconds: float = 600.0
+    instance: str = "default"
+    """Name of this installation; containers are labelled with it so two installations on one
+    Docker host never reap each other's sandboxes."""
+
+    def limits(self) -> Limits:
+        return Limits(
+            code_timeout_seconds=self.code_timeout_seconds, api_timeout_seconds=self.api_timeout_seconds,
+            max_timeout_seconds=self.max_timeout_seconds, memory_mb=self.sandbox_memory_mb,
+            max_memory_mb=self.max_memory_mb, cpus=self.sandbox_cpus, max_cpus=self.max_cpus,
+            allow_network=self.allow_sandbox_network,
+        )
+
+    def effective_code_slots(self) -> int:
+        return self.code_slots or default_code_slots()

@@ -1,0 +1,1 @@
+"""The scheduler: decides when runs are due (immediate, delayed, cron, retries); one leader at a time."""

@@ -1,0 +1,341 @@
+"""The leader's work: load the timers, follow task and run events, fire what is due.
+
+Events for one task are handled in order under that task's lock; different tasks proceed
+concurrently. A TASKS or EVENTS message is acknowledged only after what it caused is durable
+(a published run, a saved timer), so a leader that dies mid-way leaves nothing half done that
+the next leader would not redo — and redoing is harmless because fires are de-duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from proto import codec, events, runs, subjects
+from proto.records import TaskRecord
+from proto.runs import ONCE_SLOT, RunFinished, slot_for_fire
+from proto.schedules import AnyTimer, CronTimer, OnceTimer, RetryTimer
+from proto.tasks import FINAL_STATUSES, TaskSpec
+from services.common.clock import utcnow
+from services.common.ids import new_event_id
+from services.common.natsio import read_bucket
+from services.scheduler import planner
+from services.scheduler.heap import TimerHeap
+from services.scheduler.publisher import Publisher
+from services.scheduler.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+BATCH = 256
+_timer_decoder = msgspec.json.Decoder(AnyTimer)
+
+
+class Leader:
+    """Holds every timer in memory (mirrored in the schedules bucket) while this process leads."""
+
+    def __init__(self, js: JetStreamContext, timers_kv: KeyValue, tasks_kv: KeyValue,
+                 settings: SchedulerSettings) -> None:
+        self.js = js
+        self.tasks_kv = tasks_kv
+        self.settings = settings
+        self.publisher = Publisher(js, timers_kv)
+        self.timers_kv = timers_kv
+        self.timers: dict[str, AnyTimer] = {}
+        self.by_task: dict[str, set[str]] = defaultdict(set)
+        self.heap = TimerHeap()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.fire_concurrency)
+
+    # --- timers -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read every timer from the bucket (a takeover resumes exactly where the last leader was)."""
+        started = time.perf_counter()
+        async for key, value in read_bucket(self.timers_kv):
+            try:
+                self._remember(_timer_decoder.decode(value))
+            except msgspec.MsgspecError as exc:
+                log.error("unreadable timer %s dropped: %s", key, exc)
+        log.info("timers loaded", extra={"timers": len(self.timers), "armed": len(self.heap),
+                                         "ms": round((time.perf_counter() - started) * 1000)})
+
+    def _remember(self, timer: AnyTimer) -> None:
+        self.timers[timer.key] = timer
+        self.by_task[timer.task_id].add(timer.key)
+        if isinstance(timer, CronTimer) and timer.state == "paused":
+            self.heap.discard(timer.key)
+        elif self.heap.put(timer.key, timer.due_at.timestamp()):
+            self._wakeup.set()
+
+    def _forget(self, key: str) -> None:
+        timer = self.timers.pop(key, None)
+        self.heap.discard(key)
+        if timer is not None:
+            keys = self.by_task.get(timer.task_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_task[timer.task_id]
+                    self._locks.pop(timer.task_id, None)
+
+    async def _save(self, timer: AnyTimer) -> None:
+        await self.publisher.save(timer)
+        self._remember(timer)
+
+    async def _drop(self, key: str) -> None:
+        await self.publisher.drop(key)
+        self._forget(key)
+
+    def lock(self, task_id: str) -> asyncio.Lock:
+        found = self._locks.get(task_id)
+        if found is None:
+            found = self._locks[task_id] = asyncio.Lock()
+        return found
+
+    # --- loops --------------------------------------------------------------------------------
+
+    async def run(self, until: asyncio.Event) -> None:
+        """Lead until ``until`` is set (stop requested or lease lost)."""
+        await self.load()
+        workers = [
+            asyncio.create_task(self._consume(subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS,
+                                              self._on_task_event, until), name="scheduler-tasks"),
+            asyncio.create_task(self._consume(subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS,
+                                              self._on_run_finished, until), name="scheduler-runs"),
+            asyncio.create_task(self._fire_loop(until), name="fire-loop"),
+        ]
+        try:
+            await until.wait()
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _consume(self, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]],
+                       until: asyncio.Event) -> None:
+        subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        try:
+            while not until.is_set():
+                try:
+                    messages = await subscription.fetch(BATCH, timeout=1)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # reconnecting
+                    log.debug("fetch from %s failed: %s", durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                by_task: dict[str, list[Msg]] = defaultdict(list)
+                for message in messages:
+                    by_task[message.subject.split(".")[2]].append(message)
+                await asyncio.gather(*(self._in_order(group, handle) for group in by_task.values()))
+        finally:
+            try:
+                await subscription.unsubscribe()
+            except Exception:  # connection closing
+                pass
+
+    async def _in_order(self, messages: list[Msg], handle: Callable[[Msg], Awaitable[None]]) -> None:
+        for message in messages:
+            try:
+                await handle(message)
+                await message.ack()
+            except Exception:  # redelivered after the ack wait; the rest of this task's batch waits too
+                log.exception("event on %s not handled; it will be redelivered", message.subject)
+                return
+
+    async def _fire_loop(self, until: asyncio.Event) -> None:
+        while not until.is_set():
+            keys = self.heap.pop_due(time.time())
+            if keys:
+                await asyncio.gather(*(self._fire(key) for key in keys))
+                continue
+            next_due = self.heap.next_due()
+            delay = 1.0 if next_due is None else min(1.0, max(0.0, next_due - time.time()))
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+            except TimeoutError:
+                pass
+
+    # --- task events --------------------------------------------------------------------------
+
+    async def _on_task_event(self, message: Msg) -> None:
+        try:
+            event = codec.task_event_decoder.decode(message.data)
+        except msgspec.MsgspecError as exc:
+            log.warning("undecodable task event dropped: %s", exc)
+            return
+        async with self.lock(event.task_id):
+            if isinstance(event, events.TaskSubmitted):
+                await self._submitted(event)
+            elif isinstance(event, (events.TaskCancelled, events.TaskDeleted)):
+                for key in list(self.by_task.get(event.task_id, ())):
+                    await self._drop(key)
+            elif isinstance(event, events.SchedulePaused):
+                await self._pause(event.task_id)
+            elif isinstance(event, events.ScheduleResumed):
+                await self._resume(event.task_id, event.occurred_at)
+            elif isinstance(event, events.ScheduleTriggered):
+                await self._trigger(event)
+
+    async def _submitted(self, event: events.TaskSubmitted) -> None:
+        spec = event.spec
+        if spec.task_type == "immediate":
+            await self.publisher.fire(event.task_id, spec, slot=ONCE_SLOT, scheduled_for=event.occurred_at)
+        elif spec.task_type == "delayed":
+            if f"once.{event.task_id}" not in self.timers:
+                due = event.occurred_at + timedelta(seconds=spec.delay_seconds or 0.0)
+                await self._save(OnceTimer(task_id=event.task_id, spec=spec, due_at=due))
+        elif f"cron.{event.task_id}" not in self.timers:
+            timer = CronTimer(task_id=event.task_id, spec=spec, due_at=event.occurred_at)
+            first = planner.next_due(spec, event.occurred_at)
+            if first is None:
+                await self.publisher.schedule_updated(timer, "completed", next_run_at=None)
+                return
+            timer.due_at = first
+            await self._save(timer)
+            await self.publisher.schedule_updated(timer, "active", next_run_at=first)
+
+    async def _pause(self, task_id: str) -> None:
+        timer = self.timers.get(f"cron.{task_id}")
+        if isinstance(timer, CronTimer) and timer.state == "active":
+            timer = msgspec.structs.replace(timer, state="paused")
+            await self._save(timer)
+            await self.publisher.schedule_updated(timer, "paused", next_run_at=None)
+
+    async def _resume(self, task_id: str, at: datetime) -> None:
+        timer = self.timers.get(f"cron.{task_id}")
+        if isinstance(timer, CronTimer) and timer.state == "paused":
+            following = planner.next_due(timer.spec, max(at, utcnow()))
+            if following is None:
+                await self._drop(timer.key)
+                await self.publisher.schedule_updated(timer, "completed", next_run_at=None)
+                return
+            timer = msgspec.structs.replace(timer, state="active", due_at=following)
+            await self._save(timer)
+            await self.publisher.schedule_updated(timer, "active", next_run_at=following)
+
+    async def _trigger(self, event: events.ScheduleTriggered) -> None:
+        timer = self.timers.get(f"cron.{event.task_id}")
+        spec = timer.spec if isinstance(timer, CronTimer) else await self._spec_of(event.task_id)
+        if spec is None:
+            return
+        run_id = await self.publisher.fire(event.task_id, spec, slot=f"trigger:{event.event_id}",
+                                           scheduled_for=event.occurred_at)
+        if isinstance(timer, CronTimer):
+            await self._save(msgspec.structs.replace(timer, active_runs=[*timer.active_runs, run_id][-100:]))
+
+    async def _spec_of(self, task_id: str) -> TaskSpec | None:
+        """The spec of a live task, from the store's bucket; None once it is gone or finished."""
+        try:
+            entry = await self.tasks_kv.get(task_id)
+        except Exception:  # KeyNotFoundError: deleted
+            return None
+        task = codec.decode(TaskRecord, entry.value)
+        if task.status in FINAL_STATUSES and task.task_type != "scheduled":
+            return None
+        if task.status in ("cancelled", "completed"):
+            return None
+        return task.spec
+
+    # --- run outcomes -------------------------------------------------------------------------
+
+    async def _on_run_finished(self, message: Msg) -> None:
+        try:
+            event = codec.run_event_decoder.decode(message.data)
+        except msgspec.MsgspecError:
+            return
+        if not isinstance(event, RunFinished):
+            return
+        async with self.lock(event.task_id):
+            cron = self.timers.get(f"cron.{event.task_id}")
+            if isinstance(cron, CronTimer) and not event.will_retry and event.run_id in cron.active_runs:
+                await self._save(msgspec.structs.replace(
+                    cron, active_runs=[r for r in cron.active_runs if r != event.run_id]))
+            if event.will_retry and event.retry_at is not None:
+                spec = cron.spec if isinstance(cron, CronTimer) else await self._spec_of(event.task_id)
+                if spec is None:
+                    return  # cancelled or deleted meanwhile: no retry
+                retry = RetryTimer(task_id=event.task_id, spec=spec, due_at=event.retry_at, run_id=event.run_id,
+                                   slot=event.slot or ONCE_SLOT, attempt=event.attempt + 1, retry=event.retry + 1,
+                                   scheduled_for=event.scheduled_for or event.retry_at)
+                if retry.key not in self.timers:
+                    await self._save(retry)
+
+    # --- firing -------------------------------------------------------------------------------
+
+    async def _fire(self, key: str) -> None:
+        async with self._slots:
+            timer = self.timers.get(key)
+            if timer is None:
+                return
+            async with self.lock(timer.task_id):
+                timer = self.timers.get(key)
+                if timer is None:
+                    return
+                try:
+                    if isinstance(timer, OnceTimer):
+                        await self.publisher.fire(timer.task_id, timer.spec, slot=ONCE_SLOT,
+                                                  scheduled_for=timer.due_at)
+                        await self._drop(key)
+                    elif isinstance(timer, RetryTimer):
+                        await self.publisher.fire(timer.task_id, timer.spec, slot=timer.slot, run_id=timer.run_id,
+                                                  scheduled_for=timer.scheduled_for, attempt=timer.attempt,
+                                                  retry=timer.retry)
+                        await self._drop(key)
+                    elif isinstance(timer, CronTimer) and timer.state == "active":
+                        await self._fire_cron(timer)
+                except Exception as exc:  # NATS trouble: try again shortly, dedup makes that safe
+                    log.warning("fire of %s failed (%s); retrying in 1 s", key, exc)
+                    self.heap.put(key, time.time() + 1.0)
+
+    async def _fire_cron(self, timer: CronTimer) -> None:
+        now = utcnow()
+        decision = planner.plan(timer, now, self.settings.misfire_grace, self.settings.run_all_limit)
+        active = list(timer.active_runs)
+        fired = skipped = 0
+        for scheduled_for in decision.fire:
+            if active and timer.spec.overlap_policy == "forbid":
+                skipped += 1
+                await self.publisher.event(events.SlotSkipped(
+                    event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, scheduled_for=scheduled_for,
+                    reason=f"previous run {active[-1]} still running (overlap_policy forbid)"),
+                    msg_id=f"skip:{timer.task_id}:{slot_for_fire(scheduled_for)}")
+                continue
+            if active and timer.spec.overlap_policy == "replace":
+                for run_id in active:
+                    await self.publisher.event(runs.RunCancelRequested(
+                        event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, run_id=run_id,
+                        reason=f"replaced by the fire of {scheduled_for.isoformat()} (overlap_policy replace)"))
+                active = []
+            run_id = await self.publisher.fire(timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for),
+                                               scheduled_for=scheduled_for)
+            active.append(run_id)
+            fired += 1
+        if decision.missed:
+            await self.publisher.event(events.SlotsMissed(
+                event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, count=decision.missed,
+                first=decision.missed_first, last=decision.missed_last,  # type: ignore[arg-type]
+                policy=timer.spec.misfire_policy, caught_up=fired),
+                msg_id=f"miss:{timer.task_id}:{slot_for_fire(decision.missed_first)}")  # type: ignore[arg-type]
+        updated = msgspec.structs.replace(
+            timer, fired_count=timer.fired_count + fired, skipped_count=timer.skipped_count + skipped,
+            missed_count=timer.missed_count + decision.missed, active_runs=active[-100:],
+            last_fire_at=decision.fire[-1] if decision.fire else timer.last_fire_at,
+            due_at=decision.next_due or timer.due_at)
+        if decision.next_due is None:
+            await self._drop(timer.key)
+            await self.publisher.schedule_updated(updated, "completed", next_run_at=None)
+        else:
+            await self._save(updated)
+            await self.publisher.schedule_updated(updated, "active", next_run_at=decision.next_due)

@@ -1,0 +1,81 @@
+"""When a schedule fires, and what to do with fires that were missed. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from proto.cron import CronSchedule
+from proto.schedules import CronTimer
+from proto.tasks import TaskSpec
+
+MISSED_COUNT_CAP = 100_000
+_cache: dict[tuple[str, str], CronSchedule] = {}
+
+
+def schedule_of(spec: TaskSpec) -> CronSchedule:
+    """The parsed cron schedule of a spec (parsed once per expression and zone)."""
+    key = (spec.cron_expression or "", spec.timezone)
+    found = _cache.get(key)
+    if found is None:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        found = _cache[key] = CronSchedule(*key)
+    return found
+
+
+def next_due(spec: TaskSpec, after: datetime) -> datetime | None:
+    """The first fire strictly after ``after`` within ``start_at``..``end_at``; None when none is left."""
+    schedule = schedule_of(spec)
+    if spec.start_at is not None and spec.start_at > after:
+        after = spec.start_at - timedelta(microseconds=1)
+    found = schedule.next_after(after)
+    if found is None or (spec.end_at is not None and found > spec.end_at):
+        return None
+    return found
+
+
+@dataclass
+class FirePlan:
+    """What to do now that a schedule's ``due_at`` has come."""
+
+    fire: list[datetime] = field(default_factory=list)
+    """Scheduled times to start a run for, oldest first."""
+    missed: int = 0
+    missed_first: datetime | None = None
+    missed_last: datetime | None = None
+    next_due: datetime | None = None
+    """None: the schedule is complete (``end_at`` passed or ``max_runs`` reached)."""
+
+
+def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) -> FirePlan:
+    """Fires for ``timer`` at ``now``; a fire later than ``grace`` was missed (no scheduler ran)
+    and is handled by the misfire policy: ``run_once`` (default), ``skip`` or ``run_all``."""
+    spec = timer.spec
+    due = timer.due_at
+    result = FirePlan()
+    if now - due <= grace:
+        slots, last_slot = [due], due
+    else:
+        late = [due] + schedule_of(spec).fires_between(due, now, MISSED_COUNT_CAP)
+        if spec.end_at is not None:
+            late = [t for t in late if t <= spec.end_at] or [due]
+        last_slot = late[-1]
+        if spec.misfire_policy == "skip":
+            slots = []
+        elif spec.misfire_policy == "run_all":
+            slots = late[-run_all_limit:]
+        else:
+            slots = [last_slot]
+        result.missed = len(late) - len(slots)
+        if result.missed:
+            result.missed_first, result.missed_last = late[0], late[-1]
+    if spec.max_runs is not None:
+        slots = slots[:max(0, spec.max_runs - timer.fired_count)]
+    result.fire = slots
+    fired_after = timer.fired_count + len(slots)
+    if spec.max_runs is not None and fired_after >= spec.max_runs:
+        result.next_due = None
+    else:
+        result.next_due = next_due(spec, last_slot)
+    return result

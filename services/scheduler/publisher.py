@@ -1,0 +1,92 @@
+"""Everything the scheduler writes: due runs, run and schedule events, and its timers.
+
+Every message carries a de-duplication id derived from what it is (task, slot, attempt), so a
+fire published twice — by a leader that crashed before recording it, or by two leaders during a
+failover — lands once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from proto import codec, events, runs, subjects
+from proto.runs import RunDue, RunError, RunFinished, RunQueued
+from proto.schedules import AnyTimer, CronTimer
+from proto.tasks import TaskSpec
+from services.common.clock import utcnow
+from services.common.ids import new_event_id
+
+PUBLISH_TIMEOUT_SECONDS = 10.0
+
+
+class Publisher:
+    """Publishes with JetStream acknowledgement; every method returns once the writes are durable."""
+
+    def __init__(self, js: JetStreamContext, timers: KeyValue) -> None:
+        self.js = js
+        self.timers = timers
+        self.fired = 0
+
+    async def _publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
+        return await self.js.publish_async(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id})
+
+    async def _settle(self, *futures: asyncio.Future) -> None:
+        await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT_SECONDS)
+
+    async def fire(self, task_id: str, spec: TaskSpec, *, slot: str, scheduled_for: datetime,
+                   run_id: str | None = None, attempt: int = 1, retry: int = 0) -> str:
+        """Make one run due now; returns its run id. An expired start deadline ends it as expired."""
+        run_id = run_id or runs.run_id_for(task_id, slot)
+        now = utcnow()
+        deadline = None
+        if spec.start_deadline_seconds is not None:
+            deadline = scheduled_for + timedelta(seconds=spec.start_deadline_seconds)
+        identity = f"{task_id}:{slot}:{attempt}"
+        queued = RunQueued(event_id=f"q:{identity}", occurred_at=now, task_id=task_id, run_id=run_id, slot=slot,
+                           scheduled_for=scheduled_for, attempt=attempt, retry=retry, deadline_at=deadline)
+        first = await self._publish(subjects.run_event(task_id, run_id, "queued"), codec.encode(queued),
+                                    queued.event_id)
+        if deadline is not None and now > deadline:
+            expired = RunFinished(
+                event_id=f"x:{identity}", occurred_at=now, task_id=task_id, run_id=run_id, attempt=attempt,
+                runner_id="scheduler", status="expired", slot=slot, scheduled_for=scheduled_for,
+                error=RunError(type="expired", message=(
+                    f"not started within start_deadline_seconds={spec.start_deadline_seconds:g} "
+                    f"of {scheduled_for.isoformat()}")))
+            second = await self._publish(subjects.run_event(task_id, run_id, "finished"), codec.encode(expired),
+                                         expired.event_id)
+        else:
+            due = RunDue(task_id=task_id, run_id=run_id, slot=slot, spec=spec, scheduled_for=scheduled_for,
+                         queued_at=now, attempt=attempt, retry=retry, deadline_at=deadline)
+            work = subjects.WORK_CODE if spec.sandboxed else subjects.WORK_API
+            second = await self._publish(work, codec.encode(due), identity)
+        await self._settle(first, second)
+        self.fired += 1
+        return run_id
+
+    async def event(self, event: events.ScheduleEvent | runs.RunCancelRequested, msg_id: str | None = None) -> None:
+        """Publish a schedule bookkeeping event (or a run cancel request)."""
+        if isinstance(event, runs.RunCancelRequested):
+            subject = subjects.run_event(event.task_id, event.run_id, event.subject_kind)
+        else:
+            subject = subjects.schedule_event(event.task_id, event.subject_kind)
+        await self._settle(await self._publish(subject, codec.encode(event), msg_id or event.event_id))
+
+    async def schedule_updated(self, timer: CronTimer, state: str, *, next_run_at: datetime | None) -> None:
+        """Tell the store where a schedule stands."""
+        await self.event(events.ScheduleUpdated(
+            event_id=new_event_id(), occurred_at=utcnow(), task_id=timer.task_id, state=state,  # type: ignore[arg-type]
+            next_run_at=next_run_at, fired_count=timer.fired_count, missed_count=timer.missed_count,
+            skipped_count=timer.skipped_count, last_fire_at=timer.last_fire_at))
+
+    async def save(self, timer: AnyTimer) -> None:
+        """Persist a timer (it survives a restart or a failover)."""
+        await self.timers.put(timer.key, codec.encode(timer))
+
+    async def drop(self, key: str) -> None:
+        """Remove a timer that has fired or was cancelled."""
+        await self.timers.purge(key)

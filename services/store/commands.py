@@ -1,0 +1,174 @@
+"""Commands from clients: validate, publish the lifecycle event (durable), apply it, answer.
+
+An answer is sent only after JetStream acknowledged the event, so an accepted command is never
+lost; it is applied to memory before the answer, so the client's next read sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from nats.js import JetStreamContext
+
+from proto import codec, events, subjects
+from proto.api import CancelTaskRequest, DeleteReply, DeleteTaskRequest, SubmitAccepted
+from proto.errors import FieldError
+from proto.records import TaskRecord
+from proto.runs import run_id_for
+from proto.tasks import FINAL_STATUSES, Limits, check_spec, normalised
+from services.common.clock import utcnow
+from services.common.ids import new_event_id, new_task_id
+from services.store.errors import Conflict, TaskNotFound
+from services.store.state import Effects, StoreState
+
+log = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class Commands:
+    """Everything that changes a task at a client's request."""
+
+    def __init__(self, js: JetStreamContext, state: StoreState, limits: Limits,
+                 after_apply: Callable[[Effects], None]) -> None:
+        self.js = js
+        self.state = state
+        self.limits = limits
+        self.after_apply = after_apply
+        self._in_flight: dict[str, asyncio.Future[str]] = {}
+
+    async def _publish(self, event: events.TaskEvent, msg_id: str) -> tuple[int, bool]:
+        ack = await self.js.publish(
+            subjects.task_event(event.task_id, event.subject_kind), codec.encode(event),
+            headers={subjects.HEADER_MSG_ID: msg_id}, timeout=5)
+        return ack.seq, bool(ack.duplicate)
+
+    def _apply(self, event: events.TaskEvent, seq: int) -> None:
+        self.after_apply(self.state.apply_task_event(event, seq))
+
+    def task(self, task_id: str) -> TaskRecord:
+        """The task, or TaskNotFound."""
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {task_id!r}", "id")
+        return task
+
+    # --- submit -------------------------------------------------------------------------------
+
+    async def submit(self, body: bytes, headers: Mapping[str, str] | None) -> SubmitAccepted:
+        """Accept a task submission or raise FieldError naming the bad field."""
+        headers = headers or {}
+        route = headers.get(subjects.HEADER_ROUTE, "")
+        spec = normalised(codec.decode_spec(body), isolated=route == "isolated")
+        if route == "scheduled" and spec.task_type != "scheduled":
+            raise FieldError("task_type", "this endpoint takes scheduled tasks: task_type must be 'scheduled'")
+        check_spec(spec, self.limits)
+        key = headers.get(subjects.HEADER_IDEMPOTENCY_KEY) or headers.get(subjects.HEADER_MSG_ID)
+        if key is not None:
+            if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+                raise FieldError("Idempotency-Key", f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+            replay = await self._replay(key)
+            if replay is not None:
+                return replay
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._in_flight[key] = future
+        try:
+            task_id = new_task_id()
+            event = events.TaskSubmitted(event_id=task_id, occurred_at=utcnow(), task_id=task_id,
+                                         spec=spec, idempotency_key=key)
+            seq, duplicate = await self._publish(event, f"submit:{key}" if key else task_id)
+            if duplicate:
+                # The key was used moments ago, before a store restart: the first event stands.
+                original = await self.js.get_msg(subjects.STREAM_TASKS, seq)
+                event = codec.task_event_decoder.decode(original.data)  # type: ignore[assignment]
+                task_id = event.task_id
+            self._apply(event, seq)
+            if key is not None:
+                future.set_result(task_id)
+            task = self.task(task_id)
+            return SubmitAccepted(id=task.id, status=task.status, task=task, replayed=duplicate)
+        except BaseException as exc:
+            if key is not None and not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters get it, nobody else must
+            raise
+        finally:
+            if key is not None:
+                self._in_flight.pop(key, None)
+
+    async def _replay(self, key: str) -> SubmitAccepted | None:
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            await asyncio.shield(pending)
+        task_id = self.state.idempotency.get(key)
+        if task_id is None or task_id not in self.state.tasks:
+            return None
+        task = self.state.tasks[task_id]
+        return SubmitAccepted(id=task.id, status=task.status, task=task, replayed=True)
+
+    # --- cancel and delete --------------------------------------------------------------------
+
+    async def cancel(self, request: CancelTaskRequest) -> TaskRecord:
+        """Cancel the task; a final task is returned as it is (idempotent)."""
+        task = self.task(request.id)
+        if task.status in FINAL_STATUSES:
+            return task
+        event = events.TaskCancelled(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id,
+                                     reason=request.reason[:500] or "cancelled by user")
+        seq, _ = await self._publish(event, event.event_id)
+        self._apply(event, seq)
+        return self.task(request.id)
+
+    async def delete(self, request: DeleteTaskRequest) -> DeleteReply:
+        """Remove the task, its runs and logs; running runs are cancelled unless told otherwise."""
+        task = self.task(request.id)
+        runs = len(self.state.runs.get(task.id, {}))
+        event = events.TaskDeleted(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id,
+                                   cancel_running=request.cancel_running)
+        seq, _ = await self._publish(event, event.event_id)
+        self._apply(event, seq)
+        return DeleteReply(id=task.id, deleted=True, runs_removed=runs)
+
+    # --- schedules ----------------------------------------------------------------------------
+
+    def _schedule(self, task_id: str) -> TaskRecord:
+        task = self.task(task_id)
+        if task.task_type != "scheduled":
+            raise Conflict(f"task {task_id} is not a scheduled task")
+        return task
+
+    async def pause(self, task_id: str) -> TaskRecord:
+        """Stop future fires (idempotent)."""
+        task = self._schedule(task_id)
+        if task.status == "paused":
+            return task
+        if task.status != "active":
+            raise Conflict(f"a {task.status} schedule cannot be paused")
+        event = events.SchedulePaused(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id)
+        seq, _ = await self._publish(event, event.event_id)
+        self._apply(event, seq)
+        return self.task(task_id)
+
+    async def resume(self, task_id: str) -> TaskRecord:
+        """Resume a paused schedule (idempotent)."""
+        task = self._schedule(task_id)
+        if task.status == "active":
+            return task
+        if task.status != "paused":
+            raise Conflict(f"a {task.status} schedule cannot be resumed")
+        event = events.ScheduleResumed(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id)
+        seq, _ = await self._publish(event, event.event_id)
+        self._apply(event, seq)
+        return self.task(task_id)
+
+    async def trigger(self, task_id: str) -> tuple[TaskRecord, str]:
+        """Fire the schedule once now; returns the task and the id the new run will have."""
+        task = self._schedule(task_id)
+        if task.status == "cancelled":
+            raise Conflict("a cancelled schedule cannot be triggered")
+        event = events.ScheduleTriggered(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id)
+        seq, _ = await self._publish(event, event.event_id)
+        self._apply(event, seq)
+        return self.task(task_id), run_id_for(task.id, f"trigger:{event.event_id}")

@@ -1,0 +1,111 @@
+"""The store's request/reply face: one route per ``taskmesh.api.*`` subject."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from proto import api, codec, subjects
+from proto.errors import FieldError, error_body
+from services.store.commands import Commands
+from services.store.errors import StoreError
+from services.store.queries import Queries
+
+log = logging.getLogger(__name__)
+
+Route = Callable[[Msg], Awaitable[Any]]
+
+
+class ApiHandlers:
+    """Decodes each request, runs its route, and replies with the result or an error body."""
+
+    def __init__(self, nc: Client, commands: Commands, queries: Queries, max_concurrent: int) -> None:
+        self.nc = nc
+        self.commands = commands
+        self.queries = queries
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscription: Any = None
+        self.routes: dict[str, Route] = {
+            subjects.SUBMIT_TASK: self._submit,
+            subjects.GET_TASK: lambda m: self._sync(m, api.TaskRef, lambda r: queries.task(r.id)),
+            subjects.LIST_TASKS: lambda m: self._sync(m, api.ListTasksRequest, queries.list_tasks),
+            subjects.WAIT_TASK: lambda m: self._async(m, api.WaitTaskRequest, queries.wait),
+            subjects.CANCEL_TASK: lambda m: self._async(m, api.CancelTaskRequest, commands.cancel),
+            subjects.DELETE_TASK: lambda m: self._async(m, api.DeleteTaskRequest, commands.delete),
+            subjects.LIST_RUNS: lambda m: self._sync(m, api.ListRunsRequest, queries.list_runs),
+            subjects.GET_RUN: lambda m: self._sync(m, api.RunRef, queries.run),
+            subjects.GET_LOGS: lambda m: self._async(m, api.GetLogsRequest, queries.logs),
+            subjects.LIST_SCHEDULES: lambda m: self._sync(m, api.StatsRequest, lambda _: queries.schedules()),
+            subjects.PAUSE_SCHEDULE: lambda m: self._async(m, api.TaskRef, lambda r: commands.pause(r.id)),
+            subjects.RESUME_SCHEDULE: lambda m: self._async(m, api.TaskRef, lambda r: commands.resume(r.id)),
+            subjects.TRIGGER_SCHEDULE: self._trigger,
+            subjects.GET_LEDGER: lambda m: self._sync(m, api.LedgerRequest, queries.ledger),
+            subjects.GET_STATS: lambda m: self._async(m, api.StatsRequest, lambda _: queries.stats()),
+            subjects.LIST_DEAD_LETTERS: lambda m: self._async(m, api.StatsRequest, lambda _: queries.dead_letters()),
+            subjects.STORE_HEALTH: lambda m: self._sync(m, api.StatsRequest, lambda _: api.StoreHealth(
+                ready=True, tasks=len(queries.state.tasks), services=queries.registry.alive())),
+        }
+
+    async def start(self) -> None:
+        """Begin answering (only once the state is loaded: until then clients see no responders)."""
+        self._subscription = await self.nc.subscribe(subjects.API_ALL, queue="store", cb=self._on_message)
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking requests and let the ones in progress finish within ``grace`` seconds."""
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+
+    async def _on_message(self, msg: Msg) -> None:
+        # nats-py runs a subscription's callbacks one at a time; requests must not queue behind a wait.
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        async with self._slots:
+            route = self.routes.get(msg.subject)
+            try:
+                if route is None:
+                    reply: Any = error_body("not_found", f"no such request subject {msg.subject!r}")
+                else:
+                    reply = await route(msg)
+            except FieldError as exc:
+                reply = exc.body()
+            except StoreError as exc:
+                reply = exc.body()
+            except Exception as exc:  # JetStream unavailable, timeouts: the client may retry
+                log.warning("request %s failed: %s: %s", msg.subject, type(exc).__name__, exc)
+                reply = error_body("unavailable", f"store could not complete the request: {type(exc).__name__}")
+            if msg.reply:
+                try:
+                    await self.nc.publish(msg.reply, codec.encode(reply))
+                except Exception as exc:  # the requester is gone or NATS is down
+                    log.debug("reply to %s not sent: %s", msg.subject, exc)
+
+    @staticmethod
+    def _sync(msg: Msg, kind: type, handler: Callable[[Any], Any]) -> Awaitable[Any]:
+        async def run() -> Any:
+            return handler(codec.decode_request(kind, msg.data))
+        return run()
+
+    @staticmethod
+    async def _async(msg: Msg, kind: type, handler: Callable[[Any], Awaitable[Any]]) -> Any:
+        return await handler(codec.decode_request(kind, msg.data))
+
+    async def _submit(self, msg: Msg) -> Any:
+        return await self.commands.submit(msg.data, msg.headers)
+
+    async def _trigger(self, msg: Msg) -> Any:
+        request = codec.decode_request(api.TaskRef, msg.data)
+        task, run_id = await self.commands.trigger(request.id)
+        return api.TriggerReply(task=task, run_id=run_id)

@@ -1,0 +1,84 @@
+"""Run statistics kept incrementally: each run's transition into a final state counts once."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, deque
+from datetime import datetime
+
+from proto.api import Histogram, Percentiles
+
+DURATION_BOUNDS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000)
+LAG_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000, 30000)
+
+
+class CumulativeHistogram:
+    """A Prometheus-style histogram (cumulative buckets, +Inf last)."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def snapshot(self) -> Histogram:
+        cumulative, running = [], 0
+        for bucket in self.buckets:
+            running += bucket
+            cumulative.append(running)
+        return Histogram(bounds=[float(b) for b in self.bounds], counts=cumulative,
+                         sum=round(self.total, 3), count=self.count)
+
+
+class RunMetrics:
+    """Finished runs per minute, outcome counts, durations and schedule lag."""
+
+    def __init__(self, recent: int = 10_000) -> None:
+        self.finished_by_minute: Counter[int] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.recent_durations: deque[float] = deque(maxlen=recent)
+        self.durations = CumulativeHistogram(DURATION_BOUNDS_MS)
+        self.lag = CumulativeHistogram(LAG_BOUNDS_MS)
+        self.stale_outcomes_rejected = 0
+
+    def run_finished(self, status: str, finished_at: datetime | None, duration_ms: float | None) -> None:
+        """Count one run reaching its final state."""
+        self.outcomes[status] += 1
+        if finished_at is not None:
+            self.finished_by_minute[int(finished_at.timestamp() // 60)] += 1
+        if duration_ms is not None:
+            self.recent_durations.append(duration_ms)
+            self.durations.observe(duration_ms)
+
+    def run_started(self, lag_ms: float | None) -> None:
+        """Record how late a run started against its scheduled time."""
+        if lag_ms is not None:
+            self.lag.observe(max(lag_ms, 0.0))
+
+    def per_minute(self, now: datetime, minutes: int = 60) -> list[int]:
+        """Finished runs in each of the last ``minutes`` minutes, oldest first."""
+        current = int(now.timestamp() // 60)
+        for old in [m for m in self.finished_by_minute if m <= current - minutes]:
+            del self.finished_by_minute[old]
+        return [self.finished_by_minute.get(m, 0) for m in range(current - minutes + 1, current + 1)]
+
+    def percentiles(self) -> Percentiles:
+        """p50 / p95 of recent run durations."""
+        values = sorted(self.recent_durations)
+        if not values:
+            return Percentiles()
+
+        def at(q: float) -> float:
+            return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+        return Percentiles(p50=at(0.5), p95=at(0.95), count=len(values))
+
+    def success_rate(self) -> float | None:
+        """Succeeded / finished, over every run counted."""
+        finished = sum(self.outcomes.values())
+        return round(self.outcomes["succeeded"] / finished, 4) if finished else None

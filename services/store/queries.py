@@ -1,0 +1,212 @@
+"""Reads: tasks, runs, logs, schedules, ledgers, statistics and waiting for an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+from nats.js import JetStreamContext
+
+from proto import api, codec, subjects
+from proto.records import RunRecord, TaskRecord
+from proto.runs import FINAL_RUN_STATUSES, DeadLetter
+from proto.tasks import FINAL_STATUSES
+from services.common.clock import utcnow
+from services.common.presence import ServiceRegistry
+from services.store.errors import TaskNotFound
+from services.store.persistence import Persistence
+from services.store.state import LEDGER_RUN_ID, StoreState
+
+log = logging.getLogger(__name__)
+
+
+class Queries:
+    """Answers built from the materialised state (and the logs bucket for output)."""
+
+    def __init__(self, js: JetStreamContext, state: StoreState, persistence: Persistence,
+                 registry: ServiceRegistry) -> None:
+        self.js = js
+        self.state = state
+        self.persistence = persistence
+        self.registry = registry
+        self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+
+    def task(self, task_id: str) -> TaskRecord:
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task {task_id!r}", "id")
+        return task
+
+    def list_tasks(self, request: api.ListTasksRequest) -> api.TaskPage:
+        """Newest first; the cursor is the id of the last task of the previous page."""
+        tasks = self.state.tasks
+        name, kind, trigger = request.name, request.kind, request.task_type
+        after, before = request.created_after, request.created_before
+
+        def keep(task_id: str) -> bool:
+            task = tasks[task_id]
+            return ((kind is None or task.kind == kind)
+                    and (trigger is None or task.task_type == trigger)
+                    and (name is None or task.name.startswith(name))
+                    and (after is None or task.created_at >= after)
+                    and (before is None or task.created_at < before))
+
+        ids, cursor = self.state.index.page(status=request.status, before=request.cursor,
+                                            limit=request.limit, keep=keep)
+        return api.TaskPage(tasks=[tasks[i] for i in ids], next_cursor=cursor)
+
+    def list_runs(self, request: api.ListRunsRequest) -> api.RunPage:
+        """Runs of one task, newest first; the cursor is the last run id of the previous page."""
+        self.task(request.id)
+        runs = list(reversed(self.state.runs.get(request.id, {}).values()))
+        start = 0
+        if request.cursor:
+            positions = [i for i, r in enumerate(runs) if r.run_id == request.cursor]
+            start = positions[0] + 1 if positions else len(runs)
+        page = runs[start:start + request.limit]
+        more = start + request.limit < len(runs)
+        return api.RunPage(runs=page, next_cursor=page[-1].run_id if more and page else None)
+
+    def run(self, request: api.RunRef) -> RunRecord:
+        self.task(request.id)
+        run = self.state.runs.get(request.id, {}).get(request.run_id)
+        if run is None:
+            raise TaskNotFound(f"task {request.id} has no run {request.run_id!r}", "run_id")
+        return run
+
+    async def logs(self, request: api.GetLogsRequest) -> api.LogsReply:
+        """Stored output of one run attempt (default: the latest run, its latest attempt)."""
+        task = self.task(request.id)
+        run_id = request.run_id or (task.last_run.run_id if task.last_run else None)
+        if run_id is None:
+            return api.LogsReply(task_id=task.id, run_id=None, attempt=None, chunks=[],
+                                 finished=task.status in FINAL_STATUSES)
+        run = self.run(api.RunRef(id=task.id, run_id=run_id))
+        attempt = request.attempt or run.attempt
+        chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
+        chunks = [c for c in chunks if c.seq > request.after]
+        finished = run.status in FINAL_RUN_STATUSES or (run.status == "retrying" and attempt <= run.attempt) \
+            or attempt < run.attempt
+        return api.LogsReply(task_id=task.id, run_id=run_id, attempt=attempt, chunks=chunks,
+                             finished=finished, truncated=run.output_truncated)
+
+    def schedules(self) -> api.ScheduleList:
+        found = []
+        for task_id in self.state.index.walk(status=None, before=None):
+            task = self.state.tasks[task_id]
+            if task.task_type != "scheduled":
+                continue
+            found.append(api.ScheduleSummary(
+                id=task.id, name=task.name, kind=task.kind, status=task.status,
+                cron_expression=task.spec.cron_expression or "", timezone=task.spec.timezone,
+                next_run_at=task.next_run_at, last_run=task.last_run, fired_count=task.fired_count,
+                missed_count=task.missed_count, skipped_count=task.skipped_count, created_at=task.created_at))
+        return api.ScheduleList(schedules=found)
+
+    def ledger(self, request: api.LedgerRequest) -> api.Ledger:
+        """Each fire slot with what became of it: a run (and its state, lag), skipped or missed."""
+        task = self.task(request.id)
+        entries = [api.LedgerEntry(scheduled_for=r.scheduled_for, state=r.status, run_id=r.run_id, lag_ms=r.lag_ms,
+                                   reason="manual trigger" if r.slot.startswith("trigger:") else None)
+                   for r in self.state.runs.get(task.id, {}).values()
+                   if r.run_id != LEDGER_RUN_ID and r.scheduled_for is not None]
+        entries.extend(self.state.ledgers.get(task.id, []))
+        entries.sort(key=lambda e: e.scheduled_for, reverse=True)
+        return api.Ledger(id=task.id, entries=entries[:request.limit], fired_count=task.fired_count,
+                          missed_count=task.missed_count, skipped_count=task.skipped_count)
+
+    async def stats(self) -> api.Stats:
+        metrics = self.state.metrics
+        queue = api.QueueDepth()
+        for consumer, pending_field, flight_field in (
+                (subjects.CONSUMER_RUNNER_CODE, "code_pending", "code_in_flight"),
+                (subjects.CONSUMER_RUNNER_API, "api_pending", "api_in_flight")):
+            try:
+                info = await self.js.consumer_info(subjects.STREAM_WORK, consumer, timeout=1)
+                setattr(queue, pending_field, info.num_pending or 0)
+                setattr(queue, flight_field, info.num_ack_pending or 0)
+            except Exception as exc:  # no runner yet, or JetStream busy: depth unknown
+                log.debug("queue depth of %s unknown: %s", consumer, exc)
+        runs_total = sum(self.state.run_counts.values())
+        return api.Stats(
+            tasks_total=len(self.state.tasks),
+            tasks_by_status=self.state.index.counts_by_status(),
+            tasks_by_kind={k: v for k, v in self.state.index.kinds.items() if v},
+            tasks_by_trigger={k: v for k, v in self.state.index.triggers.items() if v},
+            runs_total=runs_total,
+            runs_by_status={k: v for k, v in sorted(self.state.run_counts.items()) if v},
+            runs_per_minute=metrics.per_minute(utcnow()),
+            success_rate=metrics.success_rate(),
+            duration_ms=metrics.percentiles(),
+            duration_histogram=metrics.durations.snapshot(),
+            schedule_lag_histogram=metrics.lag.snapshot(),
+            queue=queue,
+            runners=self.registry.alive("runner"),
+            services=self.registry.alive(),
+            stale_outcomes_rejected=metrics.stale_outcomes_rejected,
+            dead_letters=await self._dead_letter_count(),
+        )
+
+    async def _dead_letter_count(self) -> int:
+        try:
+            info = await self.js.stream_info(subjects.STREAM_DEAD_LETTERS)
+            return info.state.messages
+        except Exception:  # unknown rather than wrong
+            return 0
+
+    async def dead_letters(self, limit: int = 100) -> api.DeadLetterList:
+        """The newest dead letters, read straight from their stream."""
+        info = await self.js.stream_info(subjects.STREAM_DEAD_LETTERS)
+        found: list[DeadLetter] = []
+        seq = info.state.last_seq
+        while seq >= max(info.state.first_seq, 1) and len(found) < limit:
+            try:
+                message = await self.js.get_msg(subjects.STREAM_DEAD_LETTERS, seq)
+                found.append(codec.decode(DeadLetter, message.data))
+            except Exception as exc:  # deleted or foreign message
+                log.debug("dead letter %d skipped: %s", seq, exc)
+            seq -= 1
+        return api.DeadLetterList(dead_letters=found)
+
+    # --- waiting ------------------------------------------------------------------------------
+
+    async def wait(self, request: api.WaitTaskRequest) -> api.WaitReply:
+        """Return when the task is final (a schedule: when one of its runs ends) or on timeout."""
+        task = self.task(request.id)
+        if task.status in FINAL_STATUSES:
+            return api.WaitReply(done=True, task=task)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout_seconds
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiters[task.id].append(future)
+        is_schedule = task.task_type == "scheduled"
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return api.WaitReply(done=False, task=self.task(request.id))
+                current = self.task(request.id)  # raises TaskNotFound once deleted
+                if current.status in FINAL_STATUSES or is_schedule:
+                    return api.WaitReply(done=True, task=current)
+                future = loop.create_future()
+                self._waiters[task.id].append(future)
+        finally:
+            waiting = self._waiters.get(task.id)
+            if waiting is not None:
+                if future in waiting:
+                    waiting.remove(future)
+                if not waiting:
+                    del self._waiters[task.id]
+
+    def wake(self, task_ids: set[str]) -> None:
+        """Let waiters of these tasks look again."""
+        for task_id in task_ids:
+            for future in self._waiters.pop(task_id, []):
+                if not future.done():
+                    future.set_result(None)
+
+    def waiting(self) -> int:
+        """How many waits are open (for tests and stats)."""
+        return sum(len(v) for v in self._waiters.values())

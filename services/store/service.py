@@ -1,0 +1,121 @@
+"""The store service: load state, catch up, then answer requests and materialise events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from datetime import datetime
+
+from nats.aio.client import Client
+
+from proto import codec, subjects
+from proto.api import DeleteTaskRequest
+from proto.control import Heartbeat
+from proto.tasks import FINAL_STATUSES
+from services import VERSION
+from services.common import natsio
+from services.common.clock import utcnow
+from services.common.ids import new_instance_id
+from services.common.lifecycle import sleep_or_stop
+from services.common.presence import ServiceRegistry, announce_forever, hostname
+from services.store.commands import Commands
+from services.store.consumers import EventConsumers
+from services.store.handlers import ApiHandlers
+from services.store.persistence import Persistence
+from services.store.queries import Queries
+from services.store.settings import StoreSettings
+from services.store.state import Effects, StoreState
+
+log = logging.getLogger(__name__)
+
+STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
+SWEEP_EVERY_SECONDS = 60.0
+
+
+async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
+    """Run the store until ``stop`` is set."""
+    instance_id = new_instance_id()
+    started_at = utcnow()
+    async with AsyncExitStack() as stack:
+        nc = await natsio.connect(settings, f"taskmesh-store-{instance_id}", stop)
+        stack.push_async_callback(_close, nc)
+        js = nc.jetstream(timeout=10)
+        buckets = await natsio.setup_owned(js, "store", settings.js_replicas)
+        for name in STORE_CONSUMERS:
+            await natsio.ensure_consumer(js, name)
+
+        state = StoreState(run_history_limit=settings.run_history_limit)
+        persistence = Persistence(js, buckets)
+        await persistence.load(state)
+        registry = ServiceRegistry()
+        await registry.follow(nc)
+        queries = Queries(js, state, persistence, registry)
+        background: set[asyncio.Task[None]] = set()
+
+        def after_apply(effects: Effects) -> None:
+            if effects.wake:
+                queries.wake(effects.wake)
+            for cancel in effects.cancels:
+                task = asyncio.create_task(_broadcast(nc, codec.encode(cancel)))
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+        commands = Commands(js, state, settings.limits(), after_apply)
+        consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes)
+        caught_up = await consumers.catch_up_tasks()
+        handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests)
+        await handlers.start()
+        log.info("store ready", extra={"tasks": len(state.tasks), "replayed_task_events": caught_up})
+
+        def heartbeat() -> Heartbeat:
+            return Heartbeat(service="store", instance_id=instance_id, host=hostname(), version=VERSION,
+                             started_at=started_at, sent_at=utcnow())
+
+        loops = [
+            asyncio.create_task(consumers.run(stop), name="consumers"),
+            asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop), name="heartbeat"),
+            asyncio.create_task(_sweep_forever(commands, state, settings, stop), name="retention"),
+        ]
+        await stop.wait()
+        log.info("stopping: finishing requests in progress")
+        await handlers.stop(settings.shutdown_grace.total_seconds())
+        await asyncio.gather(*loops, return_exceptions=True)
+        try:
+            await persistence.flush(state)
+        except Exception as exc:  # replayed from the streams at the next start
+            log.warning("final flush failed (%s); changes will be replayed at next start", exc)
+        log.info("store stopped", extra={"tasks": len(state.tasks),
+                                         "unknown_task_events": consumers.unknown_task_events})
+
+
+async def _broadcast(nc: Client, payload: bytes) -> None:
+    try:
+        await nc.publish(subjects.CANCEL_RUNS, payload)
+    except Exception as exc:  # NATS away: the runner will see the cancelled task on its next check
+        log.warning("cancel broadcast failed: %s", exc)
+
+
+async def _close(nc: Client) -> None:
+    try:
+        await nc.drain()
+    except Exception:  # already closed
+        await nc.close()
+
+
+async def _sweep_forever(commands: Commands, state: StoreState, settings: StoreSettings,
+                         stop: asyncio.Event) -> None:
+    """Delete finished one-shot tasks older than the retention period."""
+    while not await sleep_or_stop(stop, SWEEP_EVERY_SECONDS):
+        cutoff: datetime = utcnow() - settings.task_retention
+        expired = [t.id for t in list(state.tasks.values())
+                   if t.status in FINAL_STATUSES and t.task_type != "scheduled"
+                   and t.finished_at is not None and t.finished_at < cutoff]
+        for task_id in expired[:1000]:
+            try:
+                await commands.delete(DeleteTaskRequest(id=task_id, cancel_running=False))
+            except Exception as exc:  # try again next sweep
+                log.warning("retention delete of %s failed: %s", task_id, exc)
+                break
+        if expired:
+            log.info("retention removed finished tasks", extra={"count": min(len(expired), 1000)})
