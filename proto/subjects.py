@@ -124,6 +124,8 @@ CANCEL_RUNS: Final = "taskmesh.control.cancel"
 """Broadcast ``CancelRun``; the runner holding the run kills its container or HTTP call."""
 HEARTBEATS_ALL: Final = "taskmesh.heartbeat.>"
 """Every service's periodic ``Heartbeat``."""
+PRESENCE_PROBE: Final = "taskmesh.control.presence"
+"""Anything published here makes every service send its heartbeat now (a new listener's roll call)."""
 
 
 def heartbeat(service: str, instance_id: str) -> str:
@@ -205,7 +207,7 @@ ALL_SUBJECT_CONSTANTS: Final = (
     GET_LOGS, LIST_SCHEDULES, PAUSE_SCHEDULE, RESUME_SCHEDULE, TRIGGER_SCHEDULE, GET_LEDGER,
     GET_STATS, LIST_DEAD_LETTERS, STORE_HEALTH, API_ALL, TASK_EVENTS_ALL, RUN_EVENTS_ALL,
     RUN_FINISHED_ALL, SCHEDULE_EVENTS_ALL, WORK_CODE, WORK_API, WORK_ALL, LOGS_ALL,
-    DEAD_LETTERS_ALL, CANCEL_RUNS, HEARTBEATS_ALL,
+    DEAD_LETTERS_ALL, CANCEL_RUNS, HEARTBEATS_ALL, PRESENCE_PROBE,
 )
 """Every fixed subject, for the contract tests."""
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
@@ -23,10 +24,12 @@ async def connect(settings: ServiceSettings, name: str, stop: asyncio.Event | No
     """Connect to NATS, retrying until it answers (or ``stop`` is set); reconnect forever after."""
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error: %s", exc)
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats error: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats disconnected; reconnecting")
+        if not (nc.is_closed or nc.is_draining):
+            log.warning("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected", extra={"url": nc.connected_url.netloc if nc.connected_url else "?"})
@@ -103,7 +106,7 @@ async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyVa
 
 async def wait_for_stream(js: JetStreamContext, name: str, stop: asyncio.Event) -> None:
     """Wait until another service has created stream ``name``."""
-    delay = 0.1
+    delay = 0.05
     logged = False
     while not stop.is_set():
         try:
@@ -120,7 +123,7 @@ async def wait_for_stream(js: JetStreamContext, name: str, stop: asyncio.Event) 
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             pass
-        delay = min(delay * 2, 2.0)
+        delay = min(delay * 1.5, 1.0)
 
 
 async def wait_for_bucket(js: JetStreamContext, name: str, stop: asyncio.Event) -> KeyValue:
@@ -153,3 +156,28 @@ async def read_bucket(kv: KeyValue, keys: str = ">") -> AsyncIterator[tuple[str,
                 yield entry.key, entry.value
     finally:
         await watcher.stop()
+
+
+async def fetch_until(subscription: JetStreamContext.PullSubscription, batch: int, timeout: float,
+                      stop: asyncio.Event) -> list[Msg]:
+    """Up to ``batch`` messages, or [] when ``timeout`` passes or ``stop`` is set first.
+
+    A stop does not wait for the pull to expire; whatever the server sends afterwards stays
+    unacknowledged and is redelivered (to another consumer) after the ack wait.
+    """
+    fetch = asyncio.ensure_future(subscription.fetch(batch, timeout=timeout))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            # retrieve its outcome whenever it comes, so nothing is reported as never retrieved
+            fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
+    if fetch.cancelled():
+        return []
+    try:
+        return fetch.result()
+    except TimeoutError:
+        return []

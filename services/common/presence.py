@@ -13,7 +13,6 @@ from nats.aio.client import Client
 
 from proto import codec, subjects
 from proto.control import Heartbeat
-from services.common.lifecycle import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +23,32 @@ def hostname() -> str:
 
 
 async def announce_forever(nc: Client, make: Callable[[], Heartbeat], interval: timedelta,
-                           stop: asyncio.Event) -> None:
-    """Publish ``make()`` every ``interval`` until ``stop``; quiet while NATS is away."""
+                           stop: asyncio.Event, nudge: asyncio.Event | None = None) -> None:
+    """Publish ``make()`` every ``interval`` until ``stop``, and at once whenever ``nudge`` is set
+    (a change others should hear about now, such as becoming leader); quiet while NATS is away."""
+    nudge = nudge or asyncio.Event()
+
+    async def on_probe(_: object) -> None:
+        nudge.set()
+
+    probes = await nc.subscribe(subjects.PRESENCE_PROBE, cb=on_probe)
     while not stop.is_set():
+        nudge.clear()
         beat = make()
         try:
             await nc.publish(subjects.heartbeat(beat.service, beat.instance_id), codec.encode(beat))
         except Exception as exc:  # disconnected: the next beat will do
             log.debug("heartbeat not sent: %s", exc)
-        if await sleep_or_stop(stop, interval.total_seconds()):
-            return
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(nudge.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=interval.total_seconds(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+    try:
+        await probes.unsubscribe()
+    except Exception:  # connection closing
+        pass
 
 
 class ServiceRegistry:
@@ -65,4 +80,6 @@ class ServiceRegistry:
             except Exception:  # a foreign or newer message: ignore it
                 log.debug("undecodable heartbeat on %s", getattr(msg, "subject", "?"))
 
-        return await nc.subscribe(subjects.HEARTBEATS_ALL, cb=on_beat)
+        subscription = await nc.subscribe(subjects.HEARTBEATS_ALL, cb=on_beat)
+        await nc.publish(subjects.PRESENCE_PROBE, b"")  # a roll call, instead of waiting a whole interval
+        return subscription

@@ -106,9 +106,7 @@ async def _pull(js: object, durable: str, slots: Slots, executor: RunExecutor, i
                 await slots.wait_free(stop)
                 continue
             try:
-                messages = await subscription.fetch(slots.free, timeout=1)
-            except TimeoutError:
-                continue
+                messages = await natsio.fetch_until(subscription, slots.free, 5.0, stop)
             except Exception as exc:  # NATS reconnecting
                 log.debug("fetch from %s failed: %s", durable, exc)
                 await asyncio.sleep(0.5)

@@ -27,7 +27,7 @@ from proto.schedules import AnyTimer, CronTimer, OnceTimer, RetryTimer
 from proto.tasks import FINAL_STATUSES, TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
-from services.common.natsio import read_bucket
+from services.common.natsio import fetch_until, read_bucket
 from services.scheduler import planner
 from services.scheduler.heap import TimerHeap
 from services.scheduler.publisher import Publisher
@@ -127,9 +127,7 @@ class Leader:
         try:
             while not until.is_set():
                 try:
-                    messages = await subscription.fetch(BATCH, timeout=1)
-                except TimeoutError:
-                    continue
+                    messages = await fetch_until(subscription, BATCH, 5.0, until)
                 except Exception as exc:  # reconnecting
                     log.debug("fetch from %s failed: %s", durable, exc)
                     await asyncio.sleep(0.5)

@@ -48,14 +48,17 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             return Heartbeat(service="scheduler", instance_id=instance_id, host=hostname(), version=VERSION,
                              started_at=started_at, sent_at=utcnow(), leader=leading.is_set())
 
-        beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
+        changed = asyncio.Event()
+        beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))
         log.info("scheduler standing by", extra={"instance": instance_id})
         while not stop.is_set():
             if await lease.try_acquire():
                 leading.set()
+                changed.set()
                 log.info("leading", extra={"instance": instance_id})
                 await _lead(Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings), lease, stop)
                 leading.clear()
+                changed.set()
                 if not stop.is_set():
                     log.warning("lease lost; standing by")
             else:

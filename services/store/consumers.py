@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from proto import codec, runs, subjects
 from proto.runs import LogChunk
 from services.common.lifecycle import sleep_or_stop
+from services.common.natsio import fetch_until
 from services.store.persistence import Persistence
 from services.store.state import Effects, StoreState
 
@@ -46,8 +47,11 @@ class EventConsumers:
         applied = 0
         try:
             while True:
+                info = await subscription.consumer_info()
+                if not info.num_pending and not info.num_ack_pending:
+                    return applied
                 try:
-                    messages = await subscription.fetch(BATCH, timeout=0.5)
+                    messages = await subscription.fetch(BATCH, timeout=1)
                 except TimeoutError:
                     return applied
                 await self._tasks(messages)
@@ -68,9 +72,7 @@ class EventConsumers:
         try:
             while not stop.is_set():
                 try:
-                    messages = await subscription.fetch(BATCH, timeout=1)
-                except TimeoutError:
-                    continue
+                    messages = await fetch_until(subscription, BATCH, 5.0, stop)
                 except Exception as exc:  # NATS reconnecting: try again shortly
                     log.debug("fetch from %s failed: %s", durable, exc)
                     await sleep_or_stop(stop, 0.5)

