@@ -136,6 +136,8 @@ class LogsReply(Struct, kw_only=True):
     chunks: list[LogChunk]
     finished: bool
     truncated: bool = False
+    more: bool = False
+    """More stored chunks follow: ask again with ``after`` = the last ``seq`` here."""
 
 
 class ScheduleSummary(Struct, kw_only=True):

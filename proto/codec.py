@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from proto import api, control, events, runs
-from proto.errors import ErrorBody, FieldError
+from proto.errors import ErrorBody, ErrorDetail, FieldError
 from proto.tasks import TaskSpec
 
 T = TypeVar("T")
@@ -57,7 +57,10 @@ def reply_error(data: bytes) -> ErrorBody | None:
         return None
     if probe.error is None:
         return None
-    return msgspec.convert(probe, ErrorBody)
+    try:
+        return ErrorBody(error=msgspec.convert(probe.error, ErrorDetail))
+    except msgspec.ValidationError:
+        return ErrorBody(error=ErrorDetail(code="unavailable", message=f"unreadable error reply: {probe.error!r:.200}"))
 
 
 def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> FieldError:

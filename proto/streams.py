@@ -23,7 +23,11 @@ LEASE_TTL: Final = timedelta(seconds=4)
 """A scheduler leader that stops renewing its lease is replaced after at most this long."""
 WORK_DEDUP_WINDOW: Final = timedelta(hours=1)
 """Fires published twice (failover, restart) within this window land once."""
-MAX_PAYLOAD_BYTES: Final = 1024 * 1024
+MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
+"""Largest stream message or KV value (a task record with a big spec and result fits).
+nats-server's ``max_payload`` must be at least this (deployments here set 8 MB)."""
+REPLY_PAGE_BYTES: Final = 512 * 1024
+"""Pages of lists and logs stop growing past this, whatever their ``limit``."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVICES = ("store", "scheduler", "runner", "gateway")
+NATS_CONFIG = "# written by taskmesh: task records with big specs and results need more than 1 MB\nmax_payload: 8MB\n"
 """Start order: the store creates most streams, the gateway comes last."""
 
 
@@ -94,10 +95,12 @@ class NatsServer:
         self.monitor_port = self.monitor_port or free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.data_dir / "nats-server.log"
+        config = self.data_dir / "taskmesh-nats.conf"
+        config.write_text(NATS_CONFIG)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port),
-             "-m", str(self.monitor_port)],
+            [nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1",
+             "-p", str(self.port), "-m", str(self.monitor_port)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach)
         log.close()
         self.wait_ready(timeout)

@@ -7,7 +7,6 @@ skip, without it).
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from taskmesh.processes import NatsServer
-from tests.support import Api, Stack, TargetServer
+from tests import wheelhouse
+from tests.support import Api, Stack, TargetServer, WheelServer
 
 
 @pytest.fixture
@@ -99,6 +99,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     setattr(item, f"rep_{report.when}", report)
 
 
-def wheelhouse_dir() -> Path:
-    """Wheels the dependency tests install from, served on 127.0.0.1 (never the public index)."""
-    return Path(os.environ.get("TASKMESH_TEST_WHEELHOUSE", Path(__file__).resolve().parent.parent / ".taskmesh" / "wheelhouse"))
+
+@pytest.fixture(scope="session")
+def wheel_server() -> Iterator[WheelServer]:
+    """The test wheelhouse (made by ``python -m tests.wheelhouse``) served on 127.0.0.1."""
+    directory = wheelhouse.target_dir()
+    if not any(directory.glob("*.whl")):
+        pytest.fail(f"no wheels in {directory}: run `python -m tests.wheelhouse` (make test does)", pytrace=False)
+    server = WheelServer(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()

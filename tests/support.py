@@ -231,59 +231,33 @@ class TargetServer:
         return web.Response(body=b"x" * int(request.query.get("bytes", "1000000")), content_type="text/plain")
 
 
-class PackageIndex:
-    """A PEP 503 'simple' index over a directory of wheels, on 127.0.0.1 (tests never use PyPI)."""
+
+class WheelServer:
+    """A directory of wheels served on 127.0.0.1 (the runner's ``find_links``); tests never use PyPI."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = 0
-        self.requests = 0
-        self._runner: web.AppRunner | None = None
+        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/simple/"
+        return f"http://127.0.0.1:{self.port}/"
 
-    @staticmethod
-    def _project(filename: str) -> str:
-        import re
+    def start(self) -> WheelServer:
+        import sys
 
-        return re.sub(r"[-_.]+", "-", filename.split("-")[0]).lower()
+        from taskmesh.processes import wait_http
 
-    async def start(self) -> PackageIndex:
-        app = web.Application()
-        app.router.add_get("/simple/", self._root)
-        app.router.add_get("/simple/{project}/", self._project_page)
-        app.router.add_get("/files/{name}", self._file)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
         self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory",
+             str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(self.url)
         return self
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def stop(self) -> None:
+        from taskmesh.processes import stop_process
 
-    def _wheels(self) -> list[Path]:
-        return sorted(self.directory.glob("*.whl"))
-
-    async def _root(self, _: web.Request) -> web.Response:
-        projects = sorted({self._project(w.name) for w in self._wheels()})
-        links = "".join(f'<a href="/simple/{p}/">{p}</a>\n' for p in projects)
-        return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
-
-    async def _project_page(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        wanted = request.match_info["project"].lower()
-        links = "".join(f'<a href="/files/{w.name}">{w.name}</a>\n' for w in self._wheels()
-                        if self._project(w.name) == wanted)
-        if not links:
-            raise web.HTTPNotFound()
-        return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
-
-    async def _file(self, request: web.Request) -> web.FileResponse:
-        path = self.directory / request.match_info["name"]
-        if path.parent != self.directory or not path.exists():
-            raise web.HTTPNotFound()
-        return web.FileResponse(path)
+        if self.process is not None:
+            stop_process(self.process, 5)

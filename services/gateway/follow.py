@@ -62,6 +62,8 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
     ]
     try:
         stored = await store.call(subjects.GET_LOGS, query, api.LogsReply)  # a 404 is still a JSON error
+        if stored.more:
+            stored.chunks = await store.all_log_chunks(query)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
@@ -95,9 +97,8 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
                 if kind == "chunk":
                     with contextlib.suppress(msgspec.MsgspecError):
                         await follower.send_chunk(codec.log_chunk_decoder.decode(data))
-            latest = await store.call(subjects.GET_LOGS, api.GetLogsRequest(
-                id=query.id, run_id=finished.run_id, attempt=finished.attempt), api.LogsReply)
-            for chunk in latest.chunks:
+            for chunk in await store.all_log_chunks(api.GetLogsRequest(
+                    id=query.id, run_id=finished.run_id, attempt=finished.attempt)):
                 await follower.send_chunk(chunk)
             await follower.send_end(finished.status, finished.run_id)
             return response

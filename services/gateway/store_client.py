@@ -9,8 +9,9 @@ import msgspec
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
 
-from proto import codec
+from proto import api, codec, subjects
 from proto.errors import ErrorBody
+from proto.runs import LogChunk
 from services.gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -62,3 +63,14 @@ class StoreClient:
         except msgspec.MsgspecError as exc:
             log.error("unexpected reply on %s: %s", subject, exc)
             raise ApiError("unavailable", "the store sent a reply this gateway cannot read") from None
+
+    async def all_log_chunks(self, query: api.GetLogsRequest) -> list[LogChunk]:
+        """Every stored chunk of a run attempt from ``query.after`` on, page by page."""
+        chunks: list[LogChunk] = []
+        while True:
+            reply = await self.call(subjects.GET_LOGS, query, api.LogsReply)
+            chunks.extend(reply.chunks)  # type: ignore[union-attr]
+            if not reply.more or not reply.chunks:  # type: ignore[union-attr]
+                return chunks
+            query = msgspec.structs.replace(query, run_id=reply.run_id, attempt=reply.attempt,  # type: ignore[union-attr]
+                                            after=reply.chunks[-1].seq)  # type: ignore[union-attr]

@@ -179,8 +179,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     if _flag(request, "follow", False):
         return await follow_logs(request, query)
     if request.query.get("format") == "text":
-        reply = await store(request).call(subjects.GET_LOGS, query, api.LogsReply)
-        return web.Response(text="".join(c.data for c in reply.chunks), content_type="text/plain")
+        return web.Response(text="".join(c.data for c in await store(request).all_log_chunks(query)),
+                            content_type="text/plain")
     return json_bytes(await store(request).raw(subjects.GET_LOGS, codec.encode(query)))
 
 

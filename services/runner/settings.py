@@ -63,6 +63,9 @@ class RunnerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
     uv_path: str | None = None
     """uv binary copied into dependency builders; default: the one next to this Python, or on PATH."""
     index_url: str | None = None
+    """Package index for requirements (uv's default, PyPI, when unset)."""
+    find_links: str | None = None
+    """A wheelhouse (URL or directory listing of wheels); without ``index_url`` only it is used."""
     ca_bundle: str | None = "/etc/ssl/certs/ca-certificates.crt"
     """CA bundle mounted into dependency builders (TLS-intercepting proxies); never disables TLS checks."""
     builder_network: str = "bridge"

@@ -87,8 +87,13 @@ class ApiHandlers:
                 log.warning("request %s failed: %s: %s", msg.subject, type(exc).__name__, exc)
                 reply = error_body("unavailable", f"store could not complete the request: {type(exc).__name__}")
             if msg.reply:
+                data = codec.encode(reply)
+                if len(data) > self.nc.max_payload:
+                    data = codec.encode(error_body("payload_too_large", (
+                        f"the answer is {len(data)} bytes, more than NATS carries ({self.nc.max_payload}); "
+                        "ask for less (a smaller limit or page)")))
                 try:
-                    await self.nc.publish(msg.reply, codec.encode(reply))
+                    await self.nc.publish(msg.reply, data)
                 except Exception as exc:  # the requester is gone or NATS is down
                     log.debug("reply to %s not sent: %s", msg.subject, exc)
 

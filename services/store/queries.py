@@ -9,6 +9,7 @@ from collections import defaultdict
 from nats.js import JetStreamContext
 
 from proto import api, codec, subjects
+from proto.streams import REPLY_PAGE_BYTES
 from proto.records import RunRecord, TaskRecord
 from proto.runs import FINAL_RUN_STATUSES, DeadLetter
 from proto.tasks import FINAL_STATUSES
@@ -54,7 +55,14 @@ class Queries:
 
         ids, cursor = self.state.index.page(status=request.status, before=request.cursor,
                                             limit=request.limit, keep=keep)
-        return api.TaskPage(tasks=[tasks[i] for i in ids], next_cursor=cursor)
+        page, size = [], 0
+        for task_id in ids:
+            size += len(codec.encode(tasks[task_id]))
+            if page and size > REPLY_PAGE_BYTES:
+                cursor = page[-1].id  # the rest comes with the next page
+                break
+            page.append(tasks[task_id])
+        return api.TaskPage(tasks=page, next_cursor=cursor)
 
     def list_runs(self, request: api.ListRunsRequest) -> api.RunPage:
         """Runs of one task, newest first; the cursor is the last run id of the previous page."""
@@ -86,10 +94,17 @@ class Queries:
         attempt = request.attempt or run.attempt
         chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
         chunks = [c for c in chunks if c.seq > request.after]
+        page, size = [], 0
+        for chunk in chunks:
+            size += len(chunk.data) + 200
+            if page and size > REPLY_PAGE_BYTES:
+                break
+            page.append(chunk)
+        more, chunks = len(page) < len(chunks), page
         finished = run.status in FINAL_RUN_STATUSES or (run.status == "retrying" and attempt <= run.attempt) \
             or attempt < run.attempt
         return api.LogsReply(task_id=task.id, run_id=run_id, attempt=attempt, chunks=chunks,
-                             finished=finished, truncated=run.output_truncated)
+                             finished=finished, truncated=run.output_truncated, more=more)
 
     def schedules(self) -> api.ScheduleList:
         found = []

@@ -25,6 +25,12 @@ def _emit(nonce, frame):
         sys.stderr.flush()
     except Exception:
         pass
+    # stdout and stderr reach the runner through separate pipes: a marker closes each, so the
+    # runner knows it has all output without waiting for the container to exit.
+    try:
+        os.write(2, (nonce + "\n").encode("utf-8"))
+    except OSError:
+        pass
     os.write(1, (nonce + json.dumps(frame, separators=(",", ":")) + "\n").encode("utf-8"))
     os._exit(0)
 
@@ -123,6 +129,45 @@ def _request(payload):
     return {"ok": True, "result": result, "reason": reason}
 
 
+def _jsonable(value, depth=0):
+    """The return value as plain JSON types. Data libraries' values are converted the way their
+    own to-JSON methods do (numpy scalars and arrays, pandas objects, dates, sets; NaN -> null);
+    anything else raises TypeError, naming the type."""
+    if depth > 100:
+        raise ValueError("the return value is nested more than 100 levels deep")
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {_key(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v, depth + 1) for v in value]
+    if hasattr(value, "isoformat") and callable(value.isoformat):
+        return value.isoformat()
+    kind = type(value).__module__.split(".")[0]
+    if kind == "numpy":
+        if hasattr(value, "tolist"):
+            return _jsonable(value.tolist(), depth + 1)
+    if kind == "pandas" and hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict(), depth + 1)
+    if type(value).__name__ == "Decimal":
+        return _jsonable(float(value), depth + 1)
+    raise TypeError("a value of type %s.%s cannot be returned as JSON"
+                    % (type(value).__module__, type(value).__qualname__))
+
+
+def _key(key):
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bool, int, float)) or key is None:
+        return json.dumps(key)
+    if hasattr(key, "isoformat") and callable(key.isoformat):
+        return key.isoformat()
+    converted = _jsonable(key)
+    return converted if isinstance(converted, str) else json.dumps(converted)
+
+
 def main():
     line = sys.stdin.buffer.readline()
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -138,6 +183,7 @@ def main():
     frame = _request(payload) if payload.get("mode") == "api" else _call(payload)
     if frame.get("ok"):
         try:
+            frame["result"] = _jsonable(frame["result"])
             encoded = json.dumps(frame["result"], allow_nan=False)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             frame = {"ok": False, "error": {"type": "invalid_result", "message": (

@@ -55,6 +55,7 @@ class DepsConfig:
     image: str
     uv_path: str | None
     index_url: str | None
+    find_links: str | None
     ca_bundle: str | None
     network: str
     timeout_seconds: float
@@ -85,7 +86,8 @@ class DependencyCache:
 
     def key_for(self, requirements: list[str], image_id: str) -> str:
         """Content address of a set: the normalised requirements, the image, the index."""
-        text = "\n".join([image_id, self.config.index_url or "", *normalise_requirements(requirements)])
+        text = "\n".join([image_id, self.config.index_url or "", self.config.find_links or "",
+                          *normalise_requirements(requirements)])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _mounted(self, key: str) -> str:
@@ -130,6 +132,10 @@ class DependencyCache:
                        "UV_PYTHON_DOWNLOADS": "never"}
         if self.config.index_url:
             environment["UV_INDEX_URL"] = self.config.index_url
+        if self.config.find_links:
+            environment["UV_FIND_LINKS"] = self.config.find_links
+            if not self.config.index_url:
+                environment["UV_NO_INDEX"] = "1"
         binds: dict[str, dict[str, str]] = {}
         if self.config.volume:
             binds[self.config.volume] = {"bind": "/deps-root", "mode": "rw"}
@@ -213,6 +219,7 @@ def _size(path: Path) -> int:
 
 
 def _uv_archive(uv: str) -> bytes:
+    uv = os.path.realpath(uv)  # a symlink would be archived as a link to a path the builder lacks
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         info = archive.gettarinfo(uv, arcname=BUILDER_UV.lstrip("/"))

@@ -142,7 +142,8 @@ class DockerSandboxes:
             if self.deps is None:
                 self.deps = DependencyCache(self.engine, DepsConfig(
                     root=self.settings.deps_dir, volume=self.settings.deps_volume, image=self.image,
-                    uv_path=self.settings.uv_path, index_url=self.settings.index_url, ca_bundle=self.settings.ca_bundle,
+                    uv_path=self.settings.uv_path, index_url=self.settings.index_url, find_links=self.settings.find_links,
+                    ca_bundle=self.settings.ca_bundle,
                     network=self.settings.builder_network, timeout_seconds=self.settings.install_timeout_seconds,
                     max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels))
             if not self.usable:
@@ -337,22 +338,21 @@ class DockerSandboxes:
     async def _execute(self, sandbox: Sandbox, job: SandboxJob, output: RunOutput,
                        cancelled: asyncio.Event) -> Outcome:
         nonce = secrets.token_hex(16)
-        scanner = ResultScanner(nonce)
+        scanner, stderr_end = ResultScanner(nonce), ResultScanner(nonce)
         started = time.perf_counter()
 
         async def read() -> None:
             async for stream, data in sandbox.channel.frames():
-                if stream == STDERR:
-                    output.write("stderr", data)
-                    continue
-                shown = scanner.feed(data)
+                name, which = ("stderr", stderr_end) if stream == STDERR else ("stdout", scanner)
+                shown = which.feed(data)
                 if shown:
-                    output.write("stdout", shown)
-                if scanner.result is not None:
+                    output.write(name, shown)  # type: ignore[arg-type]
+                if scanner.result is not None and stderr_end.result is not None:
                     return
-            leftover = scanner.leftover()
-            if leftover:
-                output.write("stdout", leftover)
+            for name, which in (("stdout", scanner), ("stderr", stderr_end)):
+                leftover = which.leftover()
+                if leftover:
+                    output.write(name, leftover)  # type: ignore[arg-type]
 
         reader = asyncio.create_task(read())
         stopper = asyncio.create_task(cancelled.wait())
