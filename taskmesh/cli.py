@@ -6,13 +6,34 @@ from pathlib import Path
 
 import click
 
+from taskmesh import cli_ops, cli_tasks
+from taskmesh.cli_common import Connection
+from taskmesh.client import DEFAULT_URL
 from taskmesh.local import run_local
 
+EPILOG = """\b
+Environment: TASKMESH_URL and TASKMESH_TOKEN stand for --url and --token.
+\b
+Exit codes: 0 ok; 1 the task did not succeed (or health is down); 2 bad command line;
+3 the gateway refused the request or is not reachable; 4 --wait-timeout ran out; 130 Ctrl-C.
+\b
+Shell completion (commands, options, task ids):
+  bash: eval "$(_TASKMESH_COMPLETE=bash_source taskmesh)"   in ~/.bashrc
+  zsh:  eval "$(_TASKMESH_COMPLETE=zsh_source taskmesh)"    in ~/.zshrc
+  fish: _TASKMESH_COMPLETE=fish_source taskmesh | source
+"""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}, epilog=EPILOG)
 @click.version_option(package_name="taskmesh")
-def cli() -> None:
+@click.option("--url", envvar="TASKMESH_URL", default=DEFAULT_URL, show_default=True, metavar="URL",
+              help="Gateway base URL.")
+@click.option("--token", envvar="TASKMESH_TOKEN", metavar="TOKEN",
+              help="API token, sent as 'Authorization: Bearer TOKEN'.")
+@click.pass_context
+def cli(ctx: click.Context, url: str, token: str | None) -> None:
     """Taskmesh: run Python functions in sandboxes and HTTP requests, now, later or on a cron schedule."""
+    ctx.obj = Connection(url=url, token=token or None)
 
 
 @cli.command()
@@ -25,5 +46,10 @@ def up(data_dir: Path, port: int, nats_port: int) -> None:
     raise SystemExit(run_local(data_dir, http_port=port, nats_port=nats_port))
 
 
+for _command in (*cli_tasks.COMMANDS, *cli_ops.COMMANDS):
+    cli.add_command(_command)
+
+
 def main() -> None:
-    cli()
+    # a fixed name, so `python -m taskmesh` and the installed script complete alike (_TASKMESH_COMPLETE)
+    cli(prog_name="taskmesh", complete_var="_TASKMESH_COMPLETE")
