@@ -1,0 +1,107 @@
+"""The egress policy of API tasks: link-local and cloud metadata addresses are never reached."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpcore
+import pytest
+
+from services.runner.egress import EgressDenied, EgressPolicy, GuardedBackend
+from services.runner.settings import DEFAULT_BLOCKED_RANGES
+
+DEFAULT = EgressPolicy(DEFAULT_BLOCKED_RANGES)
+
+
+@pytest.mark.parametrize("address", [
+    pytest.param("169.254.169.254", id="aws-gcp-azure-metadata"),
+    pytest.param("169.254.170.2", id="ecs-task-metadata"),
+    pytest.param("169.254.0.1", id="ipv4-link-local-low"),
+    pytest.param("169.254.255.255", id="ipv4-link-local-high"),
+    pytest.param("100.100.100.200", id="alibaba-metadata"),
+    pytest.param("fd00:ec2::254", id="aws-ipv6-metadata"),
+    pytest.param("fe80::1", id="ipv6-link-local"),
+    pytest.param("fe80::1%eth0", id="ipv6-link-local-with-zone"),
+    pytest.param("febf:ffff::1", id="ipv6-link-local-high"),
+    pytest.param("::ffff:169.254.169.254", id="ipv4-mapped-metadata"),
+    pytest.param("::ffff:a9fe:a9fe", id="ipv4-mapped-metadata-in-hex"),
+    pytest.param("::ffff:100.100.100.200", id="ipv4-mapped-alibaba-metadata"),
+])
+def test_the_default_policy_denies_metadata_and_link_local_addresses(address: str) -> None:
+    assert DEFAULT.permits(address) is False
+
+
+@pytest.mark.parametrize("address", [
+    pytest.param("93.184.216.34", id="public-ipv4"),
+    pytest.param("2606:4700:4700::1111", id="public-ipv6"),
+    pytest.param("127.0.0.1", id="loopback"),
+    pytest.param("::1", id="ipv6-loopback"),
+    pytest.param("10.1.2.3", id="private-network"),
+    pytest.param("169.253.255.255", id="just-below-link-local"),
+    pytest.param("169.255.0.0", id="just-above-link-local"),
+    pytest.param("100.100.100.201", id="next-to-alibaba-metadata"),
+    pytest.param("fec0::1", id="just-above-ipv6-link-local"),
+    pytest.param("::ffff:93.184.216.34", id="ipv4-mapped-public"),
+])
+def test_the_default_policy_permits_other_addresses(address: str) -> None:
+    assert DEFAULT.permits(address) is True
+
+
+def test_an_allowed_range_overrides_a_denied_one() -> None:
+    policy = EgressPolicy(DEFAULT_BLOCKED_RANGES, allow=["169.254.170.2/32"])
+
+    assert policy.permits("169.254.170.2") is True
+    assert policy.permits("::ffff:169.254.170.2") is True
+    assert policy.permits("169.254.169.254") is False
+
+
+def test_an_ipv4_deny_range_also_covers_its_ipv4_mapped_ipv6_form() -> None:
+    policy = EgressPolicy(["10.0.0.0/8"])
+
+    assert policy.permits("::ffff:10.9.8.7") is False
+    assert policy.permits("::ffff:11.0.0.1") is True
+
+
+def test_ranges_with_host_bits_set_are_accepted_as_their_network() -> None:
+    policy = EgressPolicy(["192.168.1.77/24"])
+
+    assert policy.permits("192.168.1.1") is False
+    assert policy.permits("192.168.2.1") is True
+
+
+def test_an_empty_policy_permits_everything() -> None:
+    policy = EgressPolicy([])
+
+    assert policy.permits("169.254.169.254") is True
+
+
+# --- the guarded network backend, on literal addresses (no DNS, nothing leaves the machine) ----------
+
+@pytest.mark.parametrize("host", ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1"])
+async def test_a_blocked_literal_address_is_refused_before_connecting(host: str) -> None:
+    backend = GuardedBackend(DEFAULT)
+
+    with pytest.raises(EgressDenied, match="egress policy blocks"):
+        await backend.connect_tcp(host, 80, timeout=5)
+
+
+def test_a_refusal_is_a_connect_error_to_http_clients() -> None:
+    assert issubclass(EgressDenied, httpcore.ConnectError)
+
+
+async def test_a_permitted_address_is_connected_to() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    backend = GuardedBackend(DEFAULT)
+    try:
+        stream = await asyncio.wait_for(backend.connect_tcp("127.0.0.1", port, timeout=5), 10)
+        await stream.aclose()
+    finally:
+        listener.close()
+
+
+async def test_unix_sockets_are_never_reachable() -> None:
+    with pytest.raises(EgressDenied):
+        await GuardedBackend(DEFAULT).connect_unix_socket("/var/run/docker.sock")
