@@ -1,0 +1,85 @@
+"""``taskmesh logs``: stored output of a code task, and ``-f`` following a task while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from tests.cli.conftest import Taskmesh
+from tests.support import Api
+
+PRINTER = """import sys, time
+
+def main():
+    print("first line", flush=True)
+    print("a warning", file=sys.stderr, flush=True)
+    time.sleep(2)
+    print("second line", flush=True)
+    return "done"
+"""
+
+
+async def submit_printer(taskmesh: Taskmesh, *flags: str) -> str:
+    result = await taskmesh("submit", "--code", PRINTER, "--function", "main", "--name", "printer", "-q", *flags)
+    assert result.code == 0, result
+    return result.stdout.strip()
+
+
+async def read_line(stream: asyncio.StreamReader, timeout: float = 60.0) -> str:
+    line = await asyncio.wait_for(stream.readline(), timeout)
+    assert line, "the stream ended"
+    return line.decode()
+
+
+async def test_logs_prints_the_task_stdout_to_stdout_and_its_stderr_to_stderr(
+        taskmesh: Taskmesh, api: Api, docker_engine: None) -> None:
+    task_id = await submit_printer(taskmesh)
+    await api.wait_final(task_id)
+    result = await taskmesh("logs", task_id)
+    assert result.code == 0, result
+    assert result.stdout == "first line\nsecond line\n"
+    assert result.stderr == "a warning\n"
+
+
+async def test_logs_json_returns_the_chunks_with_their_streams(taskmesh: Taskmesh, api: Api,
+                                                                docker_engine: None) -> None:
+    task_id = await submit_printer(taskmesh)
+    await api.wait_final(task_id)
+    reply = (await taskmesh("logs", task_id, "--json")).json()
+    assert reply["finished"] is True
+    assert sorted((c["stream"], c["data"]) for c in reply["chunks"]) == [
+        ("stderr", "a warning\n"), ("stdout", "first line\n"), ("stdout", "second line\n")]
+
+
+async def test_logs_follow_prints_output_of_a_running_task_as_it_comes(
+        taskmesh: Taskmesh, api: Api, docker_engine: None) -> None:
+    task_id = await submit_printer(taskmesh)
+    follower = await taskmesh.start("logs", task_id, "-f")
+    assert follower.stdout is not None and follower.stderr is not None
+    assert await read_line(follower.stdout) == "first line\n"
+    # the task sleeps two seconds between its lines: the first arrived while it runs
+    assert (await api.task(task_id))["status"] == "running"
+    assert await read_line(follower.stdout) == "second line\n"
+    assert await asyncio.wait_for(follower.stdout.read(), 30) == b""
+    assert await asyncio.wait_for(follower.wait(), 30) == 0
+    stderr = (await follower.stderr.read()).decode()
+    assert "a warning\n" in stderr
+    assert "ended: succeeded" in stderr
+
+
+async def test_logs_follow_json_prints_one_event_per_line_ending_with_the_status(
+        taskmesh: Taskmesh, docker_engine: None) -> None:
+    task_id = await submit_printer(taskmesh)
+    result = await taskmesh("logs", task_id, "--follow", "--json")
+    assert result.code == 0, result
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["log", "log", "log", "end"]
+    assert sorted(e["data"] for e in events[:3]) == ["a warning\n", "first line\n", "second line\n"]
+    assert events[-1]["status"] == "succeeded"
+
+
+async def test_logs_follow_waits_for_a_delayed_task_to_start(taskmesh: Taskmesh, docker_engine: None) -> None:
+    task_id = await submit_printer(taskmesh, "--delay", "1")
+    result = await taskmesh("logs", task_id, "-f")
+    assert result.code == 0, result
+    assert result.stdout == "first line\nsecond line\n"
