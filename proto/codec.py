@@ -42,25 +42,12 @@ heartbeat_decoder = decoder(control.Heartbeat)
 cancel_decoder = decoder(control.CancelRun)
 
 
-class _ErrorProbe(msgspec.Struct):
-    error: Any = None
-
-
-_error_probe = msgspec.json.Decoder(_ErrorProbe)
-
-
-def reply_error(data: bytes) -> ErrorBody | None:
-    """The error of a store reply, or None when the reply is a success payload."""
+def error_reply(data: bytes) -> ErrorBody:
+    """The error body of a reply that carries the ``Taskmesh-Error`` header."""
     try:
-        probe = _error_probe.decode(data)
-    except msgspec.DecodeError:
-        return None
-    if probe.error is None:
-        return None
-    try:
-        return ErrorBody(error=msgspec.convert(probe.error, ErrorDetail))
-    except msgspec.ValidationError:
-        return ErrorBody(error=ErrorDetail(code="unavailable", message=f"unreadable error reply: {probe.error!r:.200}"))
+        return decode(ErrorBody, data)
+    except msgspec.MsgspecError:
+        return ErrorBody(error=ErrorDetail(code="unavailable", message=f"unreadable error reply: {data[:200]!r}"))
 
 
 def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> FieldError:
@@ -78,8 +65,8 @@ def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> F
     elif text.startswith("Object missing required field `"):
         field = text.split("`")[1]
         text = f"{field} is required"
-    elif "- at `$`" in text:
-        text = f"request {body_name} must be a JSON object"
+    elif text.startswith("Expected `object`, got"):
+        text = f"the request {body_name} must be a JSON object ({text})"
     message = text.split(" - at `")[0]
     if field and not message.startswith(field):
         message = f"{field}: {message}"
@@ -102,4 +89,4 @@ def decode_request(kind: type[T], data: bytes) -> T:
         raise field_error_from(exc) from None
 
 
-__all__ = ["encode", "decode", "decoder", "decode_spec", "decode_request", "reply_error", "api"]
+__all__ = ["encode", "decode", "decoder", "decode_spec", "decode_request", "error_reply", "api"]

@@ -211,6 +211,8 @@ ALL_SUBJECT_CONSTANTS: Final = (
 )
 """Every fixed subject, for the contract tests."""
 
+HEADER_ERROR: Final = "Taskmesh-Error"
+"""On a reply from the store: set (to the error code) when the body is ``{"error": {...}}``."""
 HEADER_ROUTE: Final = "Taskmesh-Route"
 """On ``SUBMIT_TASK``: ``isolated`` (as ``POST /api/tasks/isolated``) or ``scheduled``
 (as ``POST /api/scheduled-tasks``, which takes only scheduled tasks)."""

@@ -68,8 +68,8 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS)] | None = None
     cron_expression: str | None = None
     timezone: str = "UTC"
-    start_at: datetime | None = None
-    end_at: datetime | None = None
+    start_at: Annotated[datetime, Meta(tz=True)] | None = None
+    end_at: Annotated[datetime, Meta(tz=True)] | None = None
     max_runs: Annotated[int, Meta(ge=1)] | None = None
     overlap_policy: OverlapPolicy = "allow"
     misfire_policy: MisfirePolicy = "run_once"
@@ -150,13 +150,13 @@ def trigger_fields(spec: TaskSpec) -> None:
         raise FieldError("delay_seconds", "a delayed task needs delay_seconds")
     if spec.task_type != "delayed" and spec.delay_seconds is not None:
         raise FieldError("delay_seconds", "delay_seconds applies only to task_type 'delayed'")
+    try:
+        cron.load_zone(spec.timezone)
+    except cron.CronError as exc:
+        raise FieldError("timezone", str(exc)) from None
     if spec.task_type == "scheduled":
         if spec.cron_expression is None:
             raise FieldError("cron_expression", "a scheduled task needs cron_expression")
-        try:
-            cron.load_zone(spec.timezone)
-        except cron.CronError as exc:
-            raise FieldError("timezone", str(exc)) from None
         try:
             cron.CronSchedule(spec.cron_expression, spec.timezone)
         except cron.CronError as exc:

@@ -46,9 +46,8 @@ class StoreClient:
             raise ApiError("timeout", "the store did not answer in time; try again shortly") from None
         except (ConnectionClosedError, OSError) as exc:
             raise ApiError("unavailable", f"NATS connection problem: {type(exc).__name__}") from None
-        error = codec.reply_error(reply.data)
-        if error is not None:
-            raise StoreReplyError(error)
+        if reply.headers and subjects.HEADER_ERROR in reply.headers:
+            raise StoreReplyError(codec.error_reply(reply.data))
         return reply.data
 
     async def call(self, subject: str, request: Any = None, reply_type: type[T] | None = None,

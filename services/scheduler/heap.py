@@ -21,6 +21,7 @@ class TimerHeap:
         """Schedule ``key`` at ``due``; True if it is now the earliest timer."""
         self._due[key] = due
         heapq.heappush(self._heap, (due, next(self._order), key))
+        self._drop_stale()
         return self._heap[0][2] == key
 
     def discard(self, key: str) -> None:

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from proto import api, codec, subjects
-from proto.errors import FieldError, error_body
+from proto.errors import ErrorBody, FieldError, error_body
 from services.store.commands import Commands
 from services.store.errors import StoreError
 from services.store.queries import Queries
@@ -89,11 +89,13 @@ class ApiHandlers:
             if msg.reply:
                 data = codec.encode(reply)
                 if len(data) > self.nc.max_payload:
-                    data = codec.encode(error_body("payload_too_large", (
+                    reply = error_body("payload_too_large", (
                         f"the answer is {len(data)} bytes, more than NATS carries ({self.nc.max_payload}); "
-                        "ask for less (a smaller limit or page)")))
+                        "ask for less (a smaller limit or page)"))
+                    data = codec.encode(reply)
+                headers = {subjects.HEADER_ERROR: reply.error.code} if isinstance(reply, ErrorBody) else None
                 try:
-                    await self.nc.publish(msg.reply, data)
+                    await self.nc.publish(msg.reply, data, headers=headers)
                 except Exception as exc:  # the requester is gone or NATS is down
                     log.debug("reply to %s not sent: %s", msg.subject, exc)
 

@@ -262,6 +262,9 @@ class StoreState:
         self.dirty_runs.add((task.id, run.run_id))
         if not created:
             if not (run.status == "retrying" and event.attempt > run.attempt):
+                if run.status == "cancelled" and event.attempt > run.attempt:
+                    # a retry queued after the cancel: whoever picks it up must stop
+                    effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason="run was cancelled"))
                 return  # a repeated event, or the run is already further along
             self._set_run_status(run, "queued")
             run.next_retry_at = None
@@ -286,6 +289,9 @@ class StoreState:
             self.metrics.stale_outcomes_rejected += 1
             return
         if run.status in FINAL_RUN_STATUSES:
+            if run.status == "cancelled":
+                # it started anyway (the runner checked just before the cancel was written): kill it
+                effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason="run was cancelled"))
             return
         if event.attempt == run.attempt and run.status in ("running", "retrying"):
             return  # a repeated event

@@ -248,12 +248,11 @@ def test_an_empty_request_body_means_an_empty_object() -> None:
     assert codec.decode_request(api.StatsRequest, b"") == api.StatsRequest()
 
 
-def test_a_store_reply_is_told_apart_from_an_error() -> None:
+def test_an_error_reply_decodes_to_its_error_body() -> None:
     body = errors.error_body("not_found", "no such task", "id")
 
-    assert codec.reply_error(codec.encode(body)) == body
-    assert codec.reply_error(codec.encode(api.TaskRef(id=TASK_ID))) is None
-    assert codec.reply_error(b"not json") is None
+    assert codec.error_reply(codec.encode(body)) == body
+    assert codec.error_reply(b"not json").error.code == "unavailable"
 
 
 # --- subjects -----------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ class Channel:
 
 
 class ResultScanner:
-    """Splits stdout into user output and the bootstrap's result frame (a line starting with nonce)."""
+    """Splits one output stream into user output and the bootstrap's frame: the random nonce, then
+    (on stdout) the result JSON, up to a newline. The nonce may follow user output on the same line
+    (a last ``print(..., end="")``); only a tail that could be the start of the nonce is held back."""
 
     def __init__(self, nonce: str) -> None:
         self.nonce = nonce.encode()
@@ -53,29 +55,31 @@ class ResultScanner:
         self.result: bytes | None = None
 
     def feed(self, data: bytes) -> bytes:
-        """Take stdout bytes; return those that are user output (safe to show now)."""
+        """Take bytes of the stream; return those that are user output (safe to show now)."""
+        if self.result is not None:
+            return b""
         buffer = self.partial + data
-        shown = bytearray()
-        start = 0
-        while self.result is None:
+        start = buffer.find(self.nonce)
+        if start >= 0:
             end = buffer.find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end + 1]
-            if line.startswith(self.nonce):
-                self.result = line[len(self.nonce):]
-            else:
-                shown += line
-            start = end + 1
-        rest = buffer[start:] if self.result is None else b""
-        # hold back a partial line only while it could still become the result frame
-        if rest and not self.nonce.startswith(rest[:len(self.nonce)]):
-            shown += rest
-            rest = b""
-        self.partial = rest
-        return bytes(shown)
+            if end >= 0:
+                self.result, self.partial = buffer[start + len(self.nonce):end + 1], b""
+                return buffer[:start]
+            self.partial = buffer[start:]  # the frame has begun; wait for its end
+            return buffer[:start]
+        keep = _prefix_overlap(buffer, self.nonce)
+        self.partial = buffer[len(buffer) - keep:] if keep else b""
+        return buffer[:len(buffer) - keep]
 
     def leftover(self) -> bytes:
-        """A partial line held back when the stream ended."""
+        """Bytes held back when the stream ended (they were not a frame after all)."""
         rest, self.partial = self.partial, b""
         return rest
+
+
+def _prefix_overlap(buffer: bytes, nonce: bytes) -> int:
+    """Length of the longest end of ``buffer`` that is a beginning of ``nonce``."""
+    for size in range(min(len(buffer), len(nonce) - 1), 0, -1):
+        if buffer.endswith(nonce[:size]):
+            return size
+    return 0
