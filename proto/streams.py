@@ -17,8 +17,9 @@ DAY = 24 * 3600.0
 
 RUNNER_ACK_WAIT: Final = timedelta(seconds=10)
 """A runner that stops heartbeating (``in_progress``) loses its run after this long."""
-STORE_ACK_WAIT: Final = timedelta(seconds=30)
-SCHEDULER_ACK_WAIT: Final = timedelta(seconds=30)
+STORE_ACK_WAIT: Final = timedelta(seconds=10)
+"""An event the store took but could not write back (NATS away) is redelivered after this."""
+SCHEDULER_ACK_WAIT: Final = timedelta(seconds=10)
 LEASE_TTL: Final = timedelta(seconds=4)
 """A scheduler leader that stops renewing its lease is replaced after at most this long."""
 WORK_DEDUP_WINDOW: Final = timedelta(hours=1)

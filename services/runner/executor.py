@@ -35,6 +35,7 @@ from services.runner.settings import RunnerSettings
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = streams.RUNNER_ACK_WAIT.total_seconds() / 3
+OUTCOME_PUBLISH_PATIENCE_SECONDS = 120.0
 
 
 @dataclass
@@ -108,6 +109,7 @@ class RunExecutor:
     async def _handle(self, message: Msg, due: RunDue, delivered: int, active: ActiveRun) -> None:
         attempt = active.attempt
         if delivered > 1:
+            self.sandboxes.reap_soon()  # its last runner probably died: its containers are orphans
             if await self._already_finished(due):
                 await message.ack()
                 return
@@ -253,9 +255,26 @@ class RunExecutor:
                 type="result_too_large", message=f"the outcome is {len(payload)} bytes; too large to record"),
                 status="failed", will_retry=False, retry_at=None)
             payload = codec.encode(finished)
-        await self.js.publish(subjects.run_event(due.task_id, due.run_id, "finished"), payload,
-                              headers={subjects.HEADER_MSG_ID: finished.event_id}, timeout=10)
+        await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "finished"), payload,
+                                    finished.event_id)
         self.finished += 1
+
+    async def _publish_durably(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish until JetStream acknowledges it: an outcome is worth waiting out a NATS restart for
+        (giving up would re-run the attempt). The message id makes a repeated publish land once."""
+        delay = 0.2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OUTCOME_PUBLISH_PATIENCE_SECONDS
+        while True:
+            try:
+                await self.js.publish(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, timeout=5)
+                return
+            except Exception as exc:  # disconnected, timed out, no responders while JetStream restarts
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("outcome not yet recorded (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _dead_letter(self, due: RunDue, attempt: int, delivered: int) -> None:
         reason = (f"delivered {delivered} times without an outcome (the runners holding it stopped); "

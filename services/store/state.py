@@ -305,6 +305,11 @@ class StoreState:
         if first_start:
             run.lag_ms = ms_between(run.scheduled_for, event.occurred_at)
             self.metrics.run_started(run.lag_ms)
+        for earlier in run.attempts:
+            if earlier.status == "running":  # superseded: its runner stopped without an outcome
+                earlier.status = "lost"
+                earlier.finished_at = event.occurred_at
+                earlier.error_type = "runner_lost"
         run.attempts.append(AttemptRecord(attempt=event.attempt, runner_id=event.runner_id,
                                           status="running", started_at=event.occurred_at))
         self.dirty_runs.add((task.id, run.run_id))

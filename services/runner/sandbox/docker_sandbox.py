@@ -89,6 +89,7 @@ class DockerSandboxes:
         self.reaped_total = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._removals: set[asyncio.Task[None]] = set()
+        self._reap_now = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -120,18 +121,26 @@ class DockerSandboxes:
             await asyncio.gather(*self._removals, return_exceptions=True)
         self.engine.close()
 
+    def reap_soon(self) -> None:
+        """Look for orphans now (called when a run comes back from a runner that stopped)."""
+        self._reap_now.set()
+
     async def _watch(self, stop: asyncio.Event) -> None:
         beats = 0
         while not stop.is_set():
+            self._reap_now.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._reap_now.wait())]
             try:
-                await asyncio.wait_for(stop.wait(), 10.0)
+                await asyncio.wait(waiters, timeout=10.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if stop.is_set():
                 return
-            except TimeoutError:
-                pass
             was_usable = self.usable
             await self.check()
             beats += 1
-            if self.usable and (not was_usable or beats % 6 == 0):
+            if self.usable and (not was_usable or self._reap_now.is_set() or beats % 3 == 0):
                 await self.reap_orphans()
 
     async def check(self) -> None:

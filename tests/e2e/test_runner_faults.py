@@ -1,0 +1,178 @@
+"""Fault injection: runners killed or stopped mid-run, nats-server restarted mid-burst, the store
+killed mid-burst. Whatever was accepted ends succeeded, once; nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from taskmesh.processes import NatsServer
+from tests.support import Api, Stack, TargetServer
+
+SLEEPY = "import time\ndef nap(i):\n    time.sleep(0.5)\n    return i"
+
+
+def sleepy(i: int) -> dict[str, object]:
+    return {"name": f"nap {i}", "task_type": "immediate", "function_code": SLEEPY, "function_name": "nap", "args": [i]}
+
+
+async def submit_all(api: Api, bodies: list[dict[str, object]], concurrency: int = 20) -> list[dict[str, object]]:
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(body: dict[str, object]) -> dict[str, object]:
+        async with slots:
+            return await api.submit(body)
+
+    return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+def only_one_success(run: dict[str, object]) -> bool:
+    return sum(1 for a in run["attempts"] if a["status"] == "succeeded") == 1  # type: ignore[union-attr]
+
+
+def containers_of(stack: Stack) -> list[str]:
+    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={stack.instance}"],
+                          capture_output=True, text=True, timeout=30).stdout.split()
+
+
+@pytest.fixture
+def stack_env() -> dict[str, str]:
+    return {"TASKMESH_CODE_SLOTS": "4", "TASKMESH_POOL_SIZE": "0"}
+
+
+async def test_killing_a_runner_mid_run_loses_nothing_and_leaves_no_container(
+        stack: Stack, api: Api, docker_engine: None) -> None:
+    stack.start_service("runner", key="runner-2")
+    stack.wait_ready(runners=2)
+    created = await submit_all(api, [sleepy(i) for i in range(200)])
+    # wait until the victim holds runs, then kill it without a chance to clean up
+    deadline = time.monotonic() + 60
+    while True:
+        health = httpx.get(f"{stack.base_url}/api/health").json()
+        busy = {r["instance_id"]: r["slots"]["code"]["busy"] for r in health["runners"]}
+        if len(busy) == 2 and all(busy.values()):
+            break
+        assert time.monotonic() < deadline, health
+        await asyncio.sleep(0.2)
+    stack.services["runner"].kill()
+
+    tasks = [await api.wait_final(c["id"], timeout=300) for c in created]
+    assert Counter(t["status"] for t in tasks) == Counter({"succeeded": 200})
+    assert sorted(t["result"] for t in tasks) == list(range(200))
+    redelivered = 0
+    for task in tasks:
+        runs = await api.runs(task["id"])
+        assert len(runs) == 1 and only_one_success(runs[0]), runs
+        redelivered += runs[0]["attempt"] > 1
+    assert redelivered >= 1  # the killed runner's runs were finished by the other one
+    # its orphaned containers are reaped by the surviving runner (by label, once the victim's ping fails)
+    deadline = time.monotonic() + 60
+    while containers_of(stack):
+        assert time.monotonic() < deadline, containers_of(stack)
+        await asyncio.sleep(0.5)
+
+
+async def test_a_stopped_runner_finishes_or_hands_back_its_runs(stack: Stack, api: Api, target: TargetServer) -> None:
+    stack.services["runner"].stop()
+    stack.start_service("runner", key="runner", TASKMESH_SHUTDOWN_GRACE="1")
+    stack.start_service("runner", key="runner-2")
+    stack.wait_ready(runners=2)
+    created = await submit_all(api, [{"name": f"slow {i}", "task_type": "immediate", "timeout": 30,
+                                      "api_url": f"{target.url}/slow?seconds={0.2 if i % 2 else 3}"} for i in range(20)])
+    await asyncio.sleep(0.8)
+    victim = stack.services["runner"]
+    victim.stop()  # SIGTERM: short runs finish within the 1 s grace, long ones are handed back
+    assert victim.process.returncode == 0
+    log = victim.log()
+    assert "handed_back=" in log
+    tasks = [await api.wait_final(c["id"], timeout=60) for c in created]
+    assert all(t["status"] == "succeeded" for t in tasks), [t["status"] for t in tasks]
+    for task in tasks:
+        runs = await api.runs(task["id"])
+        assert len(runs) == 1 and only_one_success(runs[0])
+
+
+async def test_restarting_nats_mid_burst_keeps_every_accepted_task(tmp_path: Path, target: TargetServer) -> None:
+    stack = Stack(tmp_path).start()
+    api = Api(stack.base_url)
+    accepted: list[str] = []
+    refused = 0
+    try:
+        async def submit(i: int) -> None:
+            nonlocal refused
+            try:
+                response = await api.client.post("/api/tasks", timeout=30, json={
+                    "name": f"burst {i}", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+            except httpx.HTTPError:
+                raise AssertionError("the gateway must answer (503), not hang or drop the connection") from None
+            if response.status_code == 201:
+                accepted.append(response.json()["id"])
+            else:
+                assert response.status_code == 503, response.text
+                assert response.json()["error"]["code"] in ("unavailable", "timeout")
+                refused += 1
+
+        async def burst() -> None:
+            slots = asyncio.Semaphore(16)
+
+            async def limited(i: int) -> None:
+                async with slots:
+                    await submit(i)
+
+            await asyncio.gather(*(limited(i) for i in range(1000)))
+
+        async def bounce() -> None:
+            while len(accepted) < 300:
+                await asyncio.sleep(0.05)
+            assert stack.nats is not None
+            stack.nats.stop()
+            await asyncio.sleep(1.0)
+            stack.nats = NatsServer(stack.nats.data_dir, port=stack.nats.port, monitor_port=stack.nats.monitor_port,
+                                    log_path=stack.nats.log_path).start()
+
+        await asyncio.gather(burst(), bounce())
+        assert len(accepted) + refused == 1000
+        assert refused > 0 and len(accepted) > 300
+        for task_id in accepted:
+            task = await api.wait_final(task_id, timeout=180)
+            assert task["status"] == "succeeded", task
+    finally:
+        await api.close()
+        stack.stop()
+
+
+async def test_killing_the_store_mid_burst_keeps_states_and_counts_right(stack: Stack, api: Api,
+                                                                         target: TargetServer) -> None:
+    accepted: list[str] = []
+
+    async def submit(i: int) -> None:
+        response = await api.client.post("/api/tasks", timeout=30, json={
+            "name": f"store burst {i}", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+        if response.status_code == 201:
+            accepted.append(response.json()["id"])
+        else:
+            assert response.status_code == 503
+
+    first = [asyncio.ensure_future(submit(i)) for i in range(150)]
+    while len(accepted) < 100:
+        await asyncio.sleep(0.02)
+    stack.services["store"].kill()
+    await asyncio.gather(*first)
+    stack.start_service("store", key="store")
+    stack.wait_ready()
+    await asyncio.gather(*(submit(i) for i in range(150, 250)))
+
+    tasks = [await api.wait_final(task_id, timeout=120) for task_id in accepted]
+    assert all(t["status"] == "succeeded" for t in tasks)
+    for task in tasks:
+        assert task["run_count"] == 1
+    stats = await api.get("/api/stats")
+    assert stats["tasks_by_status"].get("succeeded", 0) == len(accepted) == stats["tasks_total"]
+    assert stats["runs_by_status"] == {"succeeded": len(accepted)}
+    assert target.hits["/hello"] >= len(accepted)
