@@ -1,0 +1,63 @@
+"""Clients that speak NATS only. Deliberately imports nothing from the project: a client in any
+language would see exactly these subjects and JSON bodies."""
+
+from __future__ import annotations
+
+import json
+
+import nats
+
+from tests.support import Stack, TargetServer
+
+
+async def test_a_plain_nats_client_submits_and_follows_a_task(stack: Stack, target: TargetServer) -> None:
+    assert stack.nats is not None
+    nc = await nats.connect(stack.nats.url)
+    try:
+        finished = await nc.subscribe("taskmesh.run.*.*.finished")
+        body = {"name": "from nats", "task_type": "immediate", "api_url": f"{target.url}/echo", "method": "POST",
+                "data": {"via": "nats"}, "timeout": 30}
+        reply = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5,
+                                 headers={"Nats-Msg-Id": "client-key-1"})
+        accepted = json.loads(reply.data)
+        assert accepted["status"] == "pending" and accepted["id"]
+        task_id = accepted["id"]
+
+        # the outcome arrives as an event, and the store has it when asked
+        event = json.loads((await finished.next_msg(timeout=20)).data)
+        assert event["type"] == "run_finished" and event["task_id"] == task_id and event["status"] == "succeeded"
+        waited = json.loads((await nc.request("taskmesh.api.tasks.wait",
+                                              json.dumps({"id": task_id, "timeout_seconds": 10}).encode(), timeout=15)).data)
+        assert waited["done"] is True and waited["task"]["result"]["body"]["body"] == {"via": "nats"}
+
+        # the same idempotency key gives back the same task, and nothing runs twice
+        again = json.loads((await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5,
+                                             headers={"Nats-Msg-Id": "client-key-1"})).data)
+        assert again["id"] == task_id and again["replayed"] is True
+        assert target.bodies == [{"via": "nats"}]
+    finally:
+        await nc.close()
+
+
+async def test_a_plain_nats_client_gets_a_rejection_naming_the_field(stack: Stack) -> None:
+    assert stack.nats is not None
+    nc = await nats.connect(stack.nats.url)
+    try:
+        cases = [
+            ({"name": "x", "task_type": "soon", "api_url": "http://127.0.0.1:1/"}, "task_type"),
+            ({"name": "x", "task_type": "immediate", "function_code": "def f(): pass"}, "function_name"),
+            ({"name": "x", "task_type": "immediate", "api_url": "ftp://127.0.0.1/"}, "api_url"),
+            ({"name": "x", "task_type": "delayed", "delay_seconds": -1, "api_url": "http://127.0.0.1:1/"}, "delay_seconds"),
+        ]
+        for body, field in cases:
+            reply = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5)
+            error = json.loads(reply.data)["error"]
+            assert error["field"] == field and error["message"], body
+            assert reply.headers and reply.headers.get("Taskmesh-Error") == error["code"]
+        garbage = await nc.request("taskmesh.api.tasks.submit", b"{nope", timeout=5)
+        assert json.loads(garbage.data)["error"]["code"] == "invalid_json"
+        # nothing was accepted: the TASKS stream holds no event
+        js = nc.jetstream()
+        assert (await js.stream_info("TASKS")).state.messages == 0
+    finally:
+        await nc.close()
