@@ -12,8 +12,10 @@ from typing import Any
 
 import click
 from rich.console import Console, RenderableType
+from rich.table import Table
 
 from taskmesh.client import DEFAULT_URL, ApiError, Gateway, GatewayError
+from taskmesh.render import minimum_width
 
 EXIT_OK = 0
 EXIT_NOT_SUCCEEDED = 1
@@ -71,7 +73,18 @@ class Output:
         if self.as_json:
             print(json.dumps(value, indent=2, ensure_ascii=False))
         elif human is not None:
-            self.console.print(human() if callable(human) else human)
+            self.show(human() if callable(human) else human)
+
+    def show(self, renderable: RenderableType) -> None:
+        """Print for people; a table never narrower than its ids and states (the terminal wraps instead)."""
+        if isinstance(renderable, Table):
+            needed = minimum_width(self.console, renderable)
+            if needed > self.console.width:
+                # rich never prints wider than its console: a wider one on the same stream, same colours
+                Console(file=self.console.file, width=needed, color_system=self.console.color_system,
+                        force_terminal=self.console.is_terminal, highlight=False).print(renderable)
+                return
+        self.console.print(renderable)
 
     def note(self, message: str) -> None:
         """A remark for people, on stderr so stdout stays parseable."""

@@ -6,8 +6,9 @@ import json
 from datetime import datetime
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.json import JSON
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -35,6 +36,20 @@ def when(value: str | None) -> str:
         return value
 
 
+def short_when(value: str | None) -> str:
+    """An API timestamp in local time, as short as a table column wants: the time alone if today."""
+    if not value:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return value
+    now = datetime.now().astimezone()
+    if moment.date() == now.date():
+        return moment.strftime("%H:%M:%S")
+    return moment.strftime("%b %d %H:%M" if moment.year == now.year else "%Y-%m-%d %H:%M")
+
+
 def duration(milliseconds: float | None) -> str:
     """``24 ms``, ``1.01 s``, ``2 min 03 s``."""
     if milliseconds is None:
@@ -55,11 +70,24 @@ def value_view(value: Any) -> RenderableType:
     return JSON(json.dumps(value, ensure_ascii=False, default=str))
 
 
-def _table(*columns: str) -> Table:
+def _table(*columns: str, wrap: tuple[str, ...] = ()) -> Table:
+    # only free-text columns wrap; ids, states, times and numbers stay whole on narrow terminals
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column not in wrap, min_width=12 if column in wrap else None)
     return table
+
+
+def minimum_width(console: Console, table: Table) -> int:
+    """Columns that must not wrap at their full width, the others at their minimum, plus padding."""
+    options = console.options.update(max_width=10_000)
+    total = 2 * (len(table.columns) - 1)  # one space each side between columns, none at the edges
+    for column in table.columns:
+        if column.no_wrap:
+            total += max(Measurement.get(console, options, cell).maximum for cell in (column.header, *column.cells))
+        else:
+            total += column.min_width or 1
+    return total
 
 
 def _fields(rows: list[tuple[str, RenderableType | str]]) -> Table:
@@ -81,11 +109,10 @@ def what(task: dict[str, Any]) -> str:
 
 def task_table(tasks: list[dict[str, Any]]) -> Table:
     """Tasks, one a row."""
-    table = _table("ID", "NAME", "KIND", "TYPE", "STATUS", "CREATED", "DURATION")
-    table.columns[0].no_wrap = True
+    table = _table("ID", "NAME", "KIND", "TYPE", "STATUS", "CREATED", "DURATION", wrap=("NAME",))
     for task in tasks:
         table.add_row(task["id"], task["name"], task["kind"], task["task_type"], status_text(task["status"]),
-                      when(task.get("created_at")), duration(task.get("duration_ms")))
+                      short_when(task.get("created_at")), duration(task.get("duration_ms")))
     return table
 
 
@@ -150,11 +177,11 @@ def outcome(task: dict[str, Any]) -> RenderableType:
 
 def runs_table(runs: list[dict[str, Any]]) -> Table:
     """Runs of a task, one a row."""
-    table = _table("RUN ID", "SLOT", "STATUS", "ATTEMPT", "SCHEDULED FOR", "DURATION", "ERROR")
-    table.columns[0].no_wrap = True
+    table = _table("RUN ID", "SLOT", "STATUS", "ATTEMPT", "SCHEDULED FOR", "DURATION", "ERROR", wrap=("SLOT", "ERROR"))
     for run in runs:
         table.add_row(run["run_id"], run["slot"], status_text(run["status"]), str(run.get("attempt", 1)),
-                      when(run.get("scheduled_for")), duration(run.get("duration_ms")), error_line(run.get("error")))
+                      short_when(run.get("scheduled_for")), duration(run.get("duration_ms")),
+                      error_line(run.get("error")))
     return table
 
 
@@ -169,7 +196,7 @@ def run_detail(run: dict[str, Any]) -> RenderableType:
     ]
     if run.get("error"):
         rows.append(("error", error_line(run["error"])))
-    attempts = _table("ATTEMPT", "STATUS", "RUNNER", "STARTED", "FINISHED", "ERROR TYPE")
+    attempts = _table("ATTEMPT", "STATUS", "RUNNER", "STARTED", "FINISHED", "ERROR TYPE", wrap=("RUNNER",))
     for attempt in run.get("attempts", []):
         attempts.add_row(str(attempt["attempt"]), status_text(attempt.get("status")), attempt.get("runner_id") or "-",
                          when(attempt.get("started_at")), when(attempt.get("finished_at")),
@@ -182,14 +209,15 @@ def run_detail(run: dict[str, Any]) -> RenderableType:
 
 def schedules_table(schedules: list[dict[str, Any]]) -> Table:
     """Scheduled tasks, one a row."""
-    table = _table("ID", "NAME", "KIND", "STATUS", "CRON", "NEXT RUN", "LAST RUN", "FIRED", "MISSED", "SKIPPED")
-    table.columns[0].no_wrap = True
+    table = _table("ID", "NAME", "STATUS", "SCHEDULE", "NEXT RUN", "LAST RUN", "FIRED", wrap=("NAME", "SCHEDULE"))
     for item in schedules:
         last = item.get("last_run") or {}
-        table.add_row(item["id"], item["name"], item["kind"], status_text(item["status"]),
-                      f"{item['cron_expression']} {item['timezone']}", when(item.get("next_run_at")),
-                      status_text(last.get("status")) if last else "-", str(item["fired_count"]),
-                      str(item["missed_count"]), str(item["skipped_count"]))
+        lost = [f"{item[key]} {word}" for key, word in (("missed_count", "missed"), ("skipped_count", "skipped"))
+                if item[key]]
+        fired = str(item["fired_count"]) + (f" ({', '.join(lost)})" if lost else "")
+        table.add_row(item["id"], item["name"], status_text(item["status"]),
+                      f"{item['cron_expression']} {item['timezone']}", short_when(item.get("next_run_at")),
+                      status_text(last.get("status")) if last else "-", fired)
     return table
 
 
@@ -234,7 +262,7 @@ def stats_view(stats: dict[str, Any]) -> RenderableType:
 def health_view(health: dict[str, Any], url: str) -> RenderableType:
     """Overall status and each dependency."""
     head = Text.assemble("Taskmesh ", health.get("version", "?"), f" at {url}: ", status_text(health["status"]))
-    table = _table("CHECK", "STATUS", "COUNT", "DETAIL")
+    table = _table("CHECK", "STATUS", "COUNT", "DETAIL", wrap=("DETAIL",))
     for name, check in health.get("checks", {}).items():
         count = check.get("count")
         table.add_row(name, status_text(check["status"]), "-" if count is None else str(count), check.get("detail", ""))

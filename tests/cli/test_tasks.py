@@ -110,3 +110,12 @@ async def test_delete_prints_what_it_removed(taskmesh: Taskmesh, target: TargetS
     result = await taskmesh("delete", task["id"])
     assert result.code == 0, result
     assert result.stdout == f"deleted {task['id']} (1 runs removed)\n"
+
+
+async def test_a_narrow_terminal_never_cuts_ids_or_states_out_of_the_table(
+        taskmesh: Taskmesh, target: TargetServer) -> None:
+    task = await finished_task(taskmesh, f"{target.url}/hello", "--name", "a rather long task name for a narrow terminal")
+    result = await taskmesh("list", COLUMNS="60")
+    assert result.code == 0, result
+    row = result.stdout.splitlines()[1]
+    assert row.startswith(task["id"]) and "succeeded" in row
