@@ -184,7 +184,7 @@ def logs(out: Output, gateway: Gateway, task_id: str, follow: bool, run_id: str 
     event is one JSON line ({"event": "log"|"end", ...}).
     """
     if not follow:
-        reply = gateway.get(f"/api/tasks/{task_id}/logs", run_id=run_id, attempt=attempt)
+        reply = gateway.logs(task_id, run_id, attempt)
         if out.as_json:
             out.data(reply)
             return

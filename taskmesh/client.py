@@ -116,6 +116,17 @@ class Gateway:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", path, body=spec, headers=headers).json()
 
+    def logs(self, task_id: str, run_id: str | None = None, attempt: int | None = None) -> dict[str, Any]:
+        """All stored output of a run attempt in one reply, however many pages the store sends it in."""
+        path = f"/api/tasks/{task_id}/logs"
+        reply = self.get(path, run_id=run_id, attempt=attempt)
+        chunks = list(reply["chunks"])
+        while reply.get("more") and reply["chunks"]:
+            # pinned to the first page's run and attempt, so a new run starting meanwhile cannot mix in
+            reply = self.get(path, run_id=reply["run_id"], attempt=reply["attempt"], after=reply["chunks"][-1]["seq"])
+            chunks += reply["chunks"]
+        return {**reply, "chunks": chunks, "more": False}
+
     def wait(self, task_id: str, timeout_seconds: float | None,
              on_update: Callable[[dict[str, Any]], None] = lambda task: None) -> tuple[dict[str, Any], bool]:
         """Wait until the task is done (a schedule: until a run ends); returns (task, done)."""

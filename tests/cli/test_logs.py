@@ -83,3 +83,18 @@ async def test_logs_follow_waits_for_a_delayed_task_to_start(taskmesh: Taskmesh,
     result = await taskmesh("logs", task_id, "-f")
     assert result.code == 0, result
     assert result.stdout == "first line\nsecond line\n"
+
+
+async def test_logs_prints_output_larger_than_one_reply_page_in_full(
+        taskmesh: Taskmesh, api: Api, docker_engine: None) -> None:
+    # 700 KiB of numbered lines: the store answers in pages of 512 KiB
+    code = "def main():\n    for n in range(70_000):\n        print(f'{n:09d}')\n"
+    task_id = (await taskmesh("submit", "--code", code, "--function", "main", "-q")).stdout.strip()
+    task = await api.wait_final(task_id)
+    assert task["status"] == "succeeded", task
+    result = await taskmesh("logs", task_id)
+    assert result.code == 0, result
+    assert result.stdout.splitlines() == [f"{n:09d}" for n in range(70_000)]
+    reply = (await taskmesh("logs", task_id, "--json")).json()
+    assert reply["more"] is False
+    assert "".join(c["data"] for c in reply["chunks"]) == result.stdout
