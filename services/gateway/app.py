@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from nats.aio.client import Client
 
 from proto import codec
@@ -41,9 +42,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except StoreReplyError as exc:
         return from_body(exc.body)
     except web.HTTPMethodNotAllowed as exc:
+        allowed = allowed_methods(request.path) or set(exc.allowed_methods)
         return web.Response(status=405, body=codec.encode({"error": {
             "code": "method_not_allowed", "message": f"{request.method} is not allowed on {request.path}"}}),
-            content_type="application/json", headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+            content_type="application/json", headers={"Allow": ", ".join(sorted(allowed))})
     except web.HTTPRequestEntityTooLarge:
         return error_response("payload_too_large", "the body is too large")
     except web.HTTPNotFound:
@@ -59,6 +61,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.Response(status=500, body=codec.encode({"error": {
             "code": "internal", "message": "internal error; it has been logged"}}), content_type="application/json")
+
+
+def allowed_methods(path: str) -> set[str]:
+    """Methods of the endpoint a path names; a fixed path (/api/tasks/isolated) wins over a
+    template that also matches it (/api/tasks/{task_id})."""
+    fixed = {e.method for e in ENDPOINTS if e.path == path}
+    if fixed:
+        return fixed
+    parts = path.strip("/").split("/")
+    return {e.method for e in ENDPOINTS
+            if len(e.path.strip("/").split("/")) == len(parts)
+            and all(t.startswith("{") or t == p for t, p in zip(e.path.strip("/").split("/"), parts))}
 
 
 def auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -114,8 +128,21 @@ def create_app(gateway: Gateway) -> web.Application:
     return app
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a client's malformed HTTP with a traceback, as if it were our error: one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        problem = record.exc_info[1] if record.exc_info else None
+        if isinstance(problem, HttpProcessingError):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "malformed HTTP request rejected: %s", (str(problem).splitlines()[0],)
+        return True
+
+
 async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     """Serve HTTP at once (503s until NATS answers); stop cleanly on SIGTERM."""
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     instance_id = new_instance_id()
     started_at = utcnow()
     gateway = Gateway(settings=settings, nc=Client(), store=StoreClient(Client(), settings.store_timeout_seconds),

@@ -8,10 +8,13 @@ from typing import Any
 import msgspec
 
 from proto.errors import ErrorBody
+from proto.records import TaskRecord
 from services import VERSION
 from services.gateway.routes import ENDPOINTS, Endpoint
 
 REF = "#/components/schemas/{name}"
+TASK_LINKS = ("getTask", "listRuns", "getLogs", "cancelTask", "deleteTask", "waitTask", "getSchedule",
+              "pauseSchedule", "resumeSchedule", "triggerSchedule", "scheduleLedger")
 STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted (not finished yet)", 400: "Invalid request",
                401: "Missing or wrong bearer token", 404: "Not found", 409: "Conflicts with the task's state",
                413: "Body too large", 415: "Body is not JSON", 503: "A dependency is unavailable; retry"}
@@ -62,6 +65,12 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
     for status in sorted(errors):
         responses.setdefault(str(status), {"description": STATUS_TEXT.get(status, "Error"),
                                            "content": {"application/json": {"schema": schema_of[ErrorBody]}}})
+    if endpoint.response is TaskRecord and endpoint.request is not None:
+        # lets clients (and schemathesis' stateful phase) follow a created task to its operations
+        links = {target: {"operationId": target, "parameters": {"task_id": "$response.body#/id"}}
+                 for target in TASK_LINKS}
+        for status in (endpoint.status, *endpoint.extra_status):
+            responses[str(status)]["links"] = links
     operation: dict[str, Any] = {"operationId": endpoint.operation_id, "summary": endpoint.summary,
                                  "tags": [endpoint.tag], "parameters": parameters, "responses": responses}
     if endpoint.request is not None:

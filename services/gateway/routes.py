@@ -74,8 +74,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              query=(WAIT,)),
     Endpoint("GET", "/api/tasks", views.list_tasks, "listTasks", "List tasks, newest first", "tasks",
              response=api.TaskPage, query=LIST_FILTERS, errors=(400, 503)),
-    Endpoint("GET", "/api/tasks/stats", views.stats, "taskStats", "Task statistics (same as /api/stats)", "operations",
-             response=api.Stats, errors=(503,)),
     Endpoint("GET", "/api/tasks/{task_id}", views.get_task, "getTask", "A task with status, result and timings",
              "tasks", response=TaskRecord),
     Endpoint("POST", "/api/tasks/{task_id}/cancel", views.cancel_task, "cancelTask",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import msgspec
@@ -34,14 +35,39 @@ def task_ref(request: web.Request) -> bytes:
     return codec.encode(api.TaskRef(id=request.match_info["task_id"]))
 
 
+CONTROL_PARAMS = frozenset({"wait", "follow", "format"})
+TIME_PARAMS = frozenset({"created_after", "created_before"})
+
+
+def _instant(name: str, text: str) -> datetime:
+    """An RFC 3339 time; without an offset it is taken as UTC (numbers are not times)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError("invalid_field", f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z", name) from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def query_as(request: web.Request, kind: type[T], **extra: Any) -> T:
     """Query parameters (plus path values) as a request Struct; 400 naming the bad parameter."""
-    values: dict[str, Any] = {k: v for k, v in request.query.items() if k not in ("wait", "follow", "format")}
+    values: dict[str, Any] = {}
+    for key, value in request.query.items():
+        if key in values:
+            raise ApiError("invalid_field", f"parameter {key!r} is given more than once", key)
+        if key in TIME_PARAMS:
+            values[key] = _instant(key, value)
+        elif key not in CONTROL_PARAMS:
+            values[key] = value
     values.update(extra)
     try:
-        return msgspec.convert(values, kind, strict=False)
+        converted = msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise codec_error(exc) from None
+    for key, value in values.items():
+        # lax conversion reads "null" as None; a parameter that is given must mean something
+        if getattr(converted, key, None) is None:
+            raise ApiError("invalid_field", f"{key}: {value!r} is not a valid value", key)
+    return converted
 
 
 def codec_error(exc: msgspec.ValidationError) -> ApiError:

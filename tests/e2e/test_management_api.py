@@ -143,7 +143,6 @@ async def test_stats_count_tasks_runs_and_runners(api: Api, target: TargetServer
     assert stats["queue"]["api_pending"] == 0
     runner = stats["runners"][0]
     assert runner["slots"]["api"]["total"] == 64 and runner["slots"]["code"]["total"] >= 2
-    assert (await api.get("/api/tasks/stats"))["tasks_total"] == stats["tasks_total"]
 
 
 async def test_health_reports_every_dependency(api: Api, stack: Stack) -> None:
