@@ -10,7 +10,7 @@ import click
 from rich.text import Text
 
 from taskmesh import render
-from taskmesh.cli_common import (EXIT_NOT_SUCCEEDED, EXIT_STILL_RUNNING, Output, api_command,
+from taskmesh.cli_common import (EXIT_INTERRUPTED, EXIT_NOT_SUCCEEDED, EXIT_STILL_RUNNING, Output, api_command,
                                  complete_task_id)
 from taskmesh.client import Gateway
 from taskmesh.specs import build_spec
@@ -99,17 +99,16 @@ def submit(out: Output, gateway: Gateway, source: str | None, idempotency_key: s
 def wait_with_spinner(out: Output, gateway: Gateway, task: dict[str, Any],
                       timeout: float | None) -> tuple[dict[str, Any], bool]:
     """Wait for the task, showing its status on a spinner when stderr is a terminal."""
-    if out.as_json or not out.err.is_terminal:
-        return gateway.wait(task["id"], timeout)
-    label = f"{task['name']} ({task['id']})"
-    with out.err.status(f"{task['status']}  {label}", spinner="dots") as spinner:
-        def update(current: dict[str, Any]) -> None:
-            spinner.update(f"{current['status']}  {label}")
-        try:
-            return gateway.wait(task["id"], timeout, update)
-        except KeyboardInterrupt:
-            out.note(f"stopped waiting; the task goes on: taskmesh show {task['id']}")
-            raise
+    try:
+        if out.as_json or not out.err.is_terminal:
+            return gateway.wait(task["id"], timeout)
+        label = f"{task['name']} ({task['id']})"
+        with out.err.status(f"{task['status']}  {label}", spinner="dots") as spinner:
+            return gateway.wait(task["id"], timeout, lambda current: spinner.update(f"{current['status']}  {label}"))
+    except KeyboardInterrupt:
+        # Ctrl-C stops the waiting, not the task: say so once the spinner is gone
+        out.note(f"stopped waiting; the task goes on: taskmesh show {task['id']}")
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
 
 @click.command("list")

@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -20,13 +21,17 @@ from click.testing import CliRunner
 from taskmesh.cli import cli
 from taskmesh.processes import free_port
 from tests.cli.conftest import ROOT, Taskmesh, cli_env
-from tests.support import TargetServer
+from tests.support import Api, TargetServer
 
 SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
-def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 60.0) -> tuple[int, str]:
-    """Run ``python -m taskmesh ARGS`` on a 120x40 pseudo-terminal; its exit code and everything it drew."""
+def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 60.0,
+                    interrupt_after: str | None = None) -> tuple[int, str]:
+    """Run ``python -m taskmesh ARGS`` on a 120x40 pseudo-terminal; its exit code and everything it drew.
+
+    With ``interrupt_after``, SIGINT (what Ctrl-C sends) once that text has been drawn.
+    """
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "taskmesh", *args], cwd=ROOT, env=env, stdin=terminal,
@@ -46,6 +51,9 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 60.0)
             if not data:
                 break
             drawn += data
+            if interrupt_after is not None and interrupt_after in drawn.decode(errors="replace"):
+                process.send_signal(signal.SIGINT)
+                interrupt_after = None
         else:
             process.kill()
             raise AssertionError(f"taskmesh {' '.join(args)} still running after {timeout} s: {drawn.decode()[-2000:]}")
@@ -75,6 +83,18 @@ async def test_submit_wait_in_a_terminal_exits_non_zero_when_the_task_fails(
         run_in_terminal, ["submit", "--api-url", f"{target.url}/status/502", "--wait"], env)
     assert code == 1, drawn
     assert "✗" in drawn and "HTTP 502" in drawn
+
+
+async def test_ctrl_c_during_submit_wait_stops_the_waiting_not_the_task(
+        taskmesh: Taskmesh, api: Api, target: TargetServer) -> None:
+    env = cli_env(taskmesh.url, TERM="xterm-256color")
+    code, drawn = await asyncio.to_thread(
+        run_in_terminal, ["submit", "--api-url", f"{target.url}/hello", "--delay", "600", "--wait"], env,
+        interrupt_after="pending  ")
+    assert code == 130, drawn
+    assert "Traceback" not in drawn
+    task_id = drawn.split("the task goes on: taskmesh show ")[1][:36]
+    assert (await api.task(task_id))["status"] == "pending"
 
 
 def every_command(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
