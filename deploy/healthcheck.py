@@ -1,0 +1,98 @@
+"""Container health check: ``python /opt/taskmesh/healthcheck.py <nats|gateway|store|scheduler|runner>``.
+
+Exit 0 when healthy, 1 otherwise (Docker's contract). Healthy means:
+- nats:    the monitoring endpoint says JetStream is up;
+- gateway: ``/api/health`` answers 200 (ok or degraded; 503 means NATS or the store is down);
+- others:  this container's own instance was heard on ``taskmesh.heartbeat.<service>.*`` just now.
+  Services heartbeat only once ready (streams there, state loaded, sandboxes checked), so a
+  healthy runner or store is one that works, not merely a process that runs. (nats:// URLs only.)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+TIMEOUT_SECONDS = 4.0
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def heard(service: str) -> bool:
+    """True once a heartbeat of ``service`` sent from this container (same hostname) arrives.
+
+    Speaks the NATS text protocol over a plain socket: importing nats-py costs ~0.27 s of CPU,
+    too much for a check every few seconds in every container; this costs ~0.05 s.
+    """
+    from services.common.settings import ServiceSettings, load_settings
+
+    settings = load_settings(ServiceSettings)
+    url = urllib.parse.urlsplit(settings.nats_url.split(",")[0].strip())
+    me = socket.gethostname()
+    deadline = time.monotonic() + TIMEOUT_SECONDS + settings.heartbeat_interval.total_seconds()
+    connect = {"verbose": False, "pedantic": False, "name": "taskmesh-healthcheck", "lang": "python",
+               "version": "0", "protocol": 1, "user": settings.nats_user, "pass": settings.nats_password,
+               "auth_token": settings.nats_token}
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), TIMEOUT_SECONDS) as sock:
+        sock.sendall(b"CONNECT " + json.dumps({k: v for k, v in connect.items() if v is not None}).encode()
+                     + f"\r\nSUB taskmesh.heartbeat.{service}.* 1\r\nPING\r\n".encode())
+        buffer = b""
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                return False
+            if not chunk:
+                raise ConnectionError("NATS closed the connection")
+            buffer += chunk
+            while b"\r\n" in buffer:
+                line, rest = buffer.split(b"\r\n", 1)
+                if line.startswith(b"MSG "):  # MSG <subject> <sid> [reply] <bytes>
+                    size = int(line.split()[-1])
+                    if len(rest) < size + 2:
+                        break  # the payload is not all here yet
+                    payload, buffer = rest[:size], rest[size + 2:]
+                    try:
+                        if json.loads(payload).get("host") == me:
+                            return True
+                    except ValueError:
+                        pass
+                    continue
+                buffer = rest
+                if line.startswith(b"-ERR"):
+                    raise ConnectionError(line.decode(errors="replace"))
+                if line == b"PING":
+                    sock.sendall(b"PONG\r\n")
+    return False
+
+
+def main(service: str) -> bool:
+    if service == "nats":
+        return http_ok("http://127.0.0.1:8222/healthz?js-enabled-only=true")
+    if service == "gateway":
+        from services.common.settings import load_settings
+        from services.gateway.settings import GatewaySettings
+
+        return http_ok(f"http://127.0.0.1:{load_settings(GatewaySettings).http_port}/api/health")
+    try:
+        return heard(service)
+    except Exception as exc:  # NATS unreachable, bad credentials: unhealthy, and say why
+        print(f"{service}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in ("nats", "gateway", "store", "scheduler", "runner"):
+        raise SystemExit("usage: healthcheck.py <nats|gateway|store|scheduler|runner>")
+    raise SystemExit(0 if main(sys.argv[1]) else 1)
