@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from nats.aio.client import Client
 
@@ -28,9 +28,9 @@ from services.store.settings import StoreSettings
 from services.store.state import Effects, StoreState
 
 log = logging.getLogger(__name__)
+TOMBSTONE_MARKER_AGE = timedelta(hours=6)
 
 STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
-SWEEP_EVERY_SECONDS = 60.0
 
 
 async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
@@ -75,7 +75,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         loops = [
             asyncio.create_task(consumers.run(stop), name="consumers"),
             asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop), name="heartbeat"),
-            asyncio.create_task(_sweep_forever(commands, state, settings, stop), name="retention"),
+            asyncio.create_task(_sweep_forever(commands, state, persistence, settings, stop), name="retention"),
         ]
         await stop.wait()
         log.info("stopping: finishing requests in progress")
@@ -103,10 +103,17 @@ async def _close(nc: Client) -> None:
         await nc.close()
 
 
-async def _sweep_forever(commands: Commands, state: StoreState, settings: StoreSettings,
-                         stop: asyncio.Event) -> None:
+async def _sweep_forever(commands: Commands, state: StoreState, persistence: Persistence,
+                         settings: StoreSettings, stop: asyncio.Event) -> None:
     """Delete finished one-shot tasks older than the retention period."""
-    while not await sleep_or_stop(stop, SWEEP_EVERY_SECONDS):
+    sweeps = 0
+    while not await sleep_or_stop(stop, settings.retention_sweep_interval.total_seconds()):
+        sweeps += 1
+        if sweeps % 60 == 0:
+            try:  # deleted tasks leave a marker (runners read it); old markers are no longer needed
+                await persistence.tasks.purge_deletes(olderthan=int(TOMBSTONE_MARKER_AGE.total_seconds()))
+            except Exception as exc:
+                log.debug("purge of delete markers failed: %s", exc)
         cutoff: datetime = utcnow() - settings.task_retention
         expired = [t.id for t in list(state.tasks.values())
                    if t.status in FINAL_STATUSES and t.task_type != "scheduled"

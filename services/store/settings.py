@@ -12,7 +12,10 @@ class StoreSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
     """Retention, caps, and the operator limits submissions are checked against."""
 
     task_retention: timedelta = timedelta(days=7)
+    """Finished one-shot tasks (with their runs and logs) are deleted this long after finishing."""
+    retention_sweep_interval: timedelta = timedelta(seconds=60)
     run_history_limit: int = 100
+    """Runs kept per task (schedules fire forever); the oldest finished ones go first."""
     log_cap_bytes: int = 1024 * 1024
     max_concurrent_requests: int = 1024
     # Operator limits (also read by the runner, which enforces them again).

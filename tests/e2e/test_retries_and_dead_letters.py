@@ -104,3 +104,21 @@ async def test_a_store_killed_and_restarted_gives_the_same_answers(stack: Stack,
     stats_after = await api.get("/api/stats")
     for key in ("tasks_total", "tasks_by_status", "runs_total", "runs_by_status", "success_rate"):
         assert stats_after[key] == stats_before[key], key
+
+
+async def test_finished_tasks_are_deleted_after_their_retention(tmp_path, target: TargetServer) -> None:  # noqa: ANN001
+    stack = Stack(tmp_path, env_extra={"TASKMESH_TASK_RETENTION": "1", "TASKMESH_RETENTION_SWEEP_INTERVAL": "0.3"}).start()
+    api = Api(stack.base_url)
+    try:
+        done = await api.submit({"name": "short lived", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+        await api.wait_final(done["id"])
+        schedule = await api.submit({"name": "kept", "task_type": "scheduled", "cron_expression": "0 0 1 1 *",
+                                     "api_url": f"{target.url}/hello"}, path="/api/scheduled-tasks")
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await api.client.get(f"/api/tasks/{done['id']}")).status_code != 404:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.2)
+        assert (await api.client.get(f"/api/tasks/{schedule['id']}")).status_code == 200
+    finally:
+        await api.close()
+        stack.stop()
