@@ -8,7 +8,7 @@ always get a default, types never change).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from msgspec import Struct
 
@@ -124,7 +124,3 @@ class SlotsMissed(Event, tag="slots_missed"):
 
 ScheduleEvent = ScheduleUpdated | SlotSkipped | SlotsMissed
 
-
-def event_payload_preview(event: Any) -> str:
-    """A short description of an event for logs (never its payload: it may carry secrets)."""
-    return f"{type(event).__name__}({getattr(event, 'task_id', '?')})"

@@ -39,13 +39,3 @@ def new_instance_id() -> str:
     """12 hex characters naming one process of a service (safe as a NATS subject token)."""
     return f"{os.getpid() & 0xFFFF:04x}{secrets.token_hex(4)}"
 
-
-def is_task_id(text: str) -> bool:
-    """True when ``text`` has the shape of a task id (so it is safe in subjects and keys)."""
-    if len(text) != 36:
-        return False
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return text == text.lower()

@@ -57,10 +57,3 @@ class LeaderLease:
             log.debug("lease release: %s", exc)
         self.revision = None
 
-    async def current_holder(self) -> str | None:
-        """The holder named in the lease, if any."""
-        try:
-            entry = await self.kv.get(self.key)
-        except Exception:
-            return None
-        return entry.value.decode() if entry.value else None

@@ -221,7 +221,3 @@ class Queries:
             for future in self._waiters.pop(task_id, []):
                 if not future.done():
                     future.set_result(None)
-
-    def waiting(self) -> int:
-        """How many waits are open (for tests and stats)."""
-        return sum(len(v) for v in self._waiters.values())
