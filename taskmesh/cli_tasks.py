@@ -10,8 +10,8 @@ import click
 from rich.text import Text
 
 from taskmesh import render
-from taskmesh.cli_common import (EXIT_INTERRUPTED, EXIT_NOT_SUCCEEDED, EXIT_STILL_RUNNING, Output, api_command,
-                                 complete_task_id)
+from taskmesh.cli_common import (EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_NOT_SUCCEEDED, EXIT_STILL_RUNNING, Output,
+                                 api_command, complete_task_id)
 from taskmesh.client import Gateway
 from taskmesh.specs import build_spec
 
@@ -73,6 +73,7 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
 @api_command
 def submit(out: Output, gateway: Gateway, source: str | None, idempotency_key: str | None, wait: bool,
            wait_timeout: float | None, quiet: bool, **flags: Any) -> int:
+    """Submit a task built from SOURCE and flags; with --wait, report its outcome in the exit code."""
     spec = build_spec(source, flags)
     task = gateway.submit(spec, idempotency_key)
     if not wait:
@@ -176,31 +177,35 @@ def _write_chunk(chunk: dict[str, Any]) -> None:
 @click.option("--run", "run_id", metavar="RUN_ID", help="A given run (default: the latest).")
 @click.option("--attempt", type=int, metavar="N", help="A given attempt of the run (default: the latest).")
 @api_command
-def logs(out: Output, gateway: Gateway, task_id: str, follow: bool, run_id: str | None, attempt: int | None) -> None:
+def logs(out: Output, gateway: Gateway, task_id: str, follow: bool, run_id: str | None,
+         attempt: int | None) -> int:
     """Print a task's output.
 
-    The task's stdout goes to stdout and its stderr to stderr, as it wrote them. With --follow, print stored output and then live output until the run ends; with --json each
-    event is one JSON line ({"event": "log"|"end", ...}).
+    The task's stdout goes to stdout and its stderr to stderr, as it wrote them. With --follow,
+    stored output and then live output until the run ends; with --follow --json, one JSON line
+    per event ({"event": "log"|"end", ...}). Exit code 3 if the stream breaks before the end.
     """
     if not follow:
         reply = gateway.logs(task_id, run_id, attempt)
         if out.as_json:
             out.data(reply)
-            return
+            return 0
         for chunk in reply["chunks"]:
             _write_chunk(chunk)
         if not reply["finished"]:
             out.note("(the run is still going: add -f to follow it)")
-        return
+        return 0
     for event in gateway.follow_logs(task_id, run_id):
         if out.as_json:
             print(json.dumps({"event": event.event, **event.data}, ensure_ascii=False), flush=True)
         elif event.event == "log":
             _write_chunk(event.data)
-        elif event.event == "end":
+        if event.event == "end":
             out.note(f"-- run {event.data.get('run_id')} ended: {event.data.get('status')}")
-            return
-    out.note("-- the log stream closed before the run's end was reported")
+            return 0
+    out.err.print("error: the log stream closed before the run's end was reported; run the command again",
+                  style="red", markup=False, soft_wrap=True)
+    return EXIT_API_ERROR
 
 
 @click.command()

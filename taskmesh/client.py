@@ -156,7 +156,8 @@ class Gateway:
         except httpx.ConnectError:
             raise GatewayUnreachable(f"gateway not reachable at {self.url}: is `taskmesh up` running?") from None
         except httpx.HTTPError as exc:
-            raise GatewayUnreachable(f"log stream from {self.url} broke: {type(exc).__name__}") from None
+            raise GatewayUnreachable(f"the log stream from {self.url} broke ({type(exc).__name__}); "
+                                     "run the command again once the gateway is back") from None
 
 
 def _query_value(value: Any) -> Any:

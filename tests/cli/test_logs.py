@@ -6,7 +6,7 @@ import asyncio
 import json
 
 from tests.cli.conftest import Taskmesh
-from tests.support import Api
+from tests.support import Api, Stack, TargetServer
 
 PRINTER = """import sys, time
 
@@ -98,3 +98,17 @@ async def test_logs_prints_output_larger_than_one_reply_page_in_full(
     reply = (await taskmesh("logs", task_id, "--json")).json()
     assert reply["more"] is False
     assert "".join(c["data"] for c in reply["chunks"]) == result.stdout
+
+
+async def test_a_follow_whose_gateway_goes_away_ends_with_one_line_and_exit_code_three(
+        taskmesh: Taskmesh, stack: Stack, target: TargetServer) -> None:
+    task_id = (await taskmesh("submit", "--api-url", f"{target.url}/hello", "--delay", "600", "-q")).stdout.strip()
+    follower = await taskmesh.start("logs", "-f", task_id)
+    assert follower.stderr is not None
+    await asyncio.sleep(1.0)  # the follow request is in; nothing will come for ten minutes
+    assert follower.returncode is None
+    await asyncio.to_thread(stack.services["gateway"].stop)
+    assert await asyncio.wait_for(follower.wait(), 30) == 3
+    stderr = (await follower.stderr.read()).decode()
+    assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert "Traceback" not in stderr
