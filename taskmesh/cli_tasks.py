@@ -10,8 +10,15 @@ import click
 from rich.text import Text
 
 from taskmesh import render
-from taskmesh.cli_common import (EXIT_API_ERROR, EXIT_INTERRUPTED, EXIT_NOT_SUCCEEDED, EXIT_STILL_RUNNING, Output,
-                                 api_command, complete_task_id)
+from taskmesh.cli_common import (
+    EXIT_API_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_SUCCEEDED,
+    EXIT_STILL_RUNNING,
+    Output,
+    api_command,
+    complete_task_id,
+)
 from taskmesh.client import Gateway
 from taskmesh.specs import build_spec
 
@@ -45,19 +52,25 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
 @click.option("--name", help="Task name (default: the function name, or METHOD URL).")
 @click.option("--code", metavar="SOURCE", help="Function code inline (a code task); use with --function.")
 @click.option("--function", metavar="NAME", help="Function to call (code tasks).")
-@click.option("--arg", "args", multiple=True, metavar="VALUE", help="Positional argument; JSON if it parses, else a string. Repeatable.")
-@click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE", help="Keyword argument; VALUE as for --arg. Repeatable.")
-@click.option("--requirement", "-r", "requirements", multiple=True, metavar="REQ", help="pip requirement, e.g. pandas==2.2.3. Repeatable.")
+@click.option("--arg", "args", multiple=True, metavar="VALUE",
+              help="Positional argument; JSON if it parses, else a string. Repeatable.")
+@click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE",
+              help="Keyword argument; VALUE as for --arg. Repeatable.")
+@click.option("--requirement", "-r", "requirements", multiple=True, metavar="REQ",
+              help="pip requirement, e.g. pandas==2.2.3. Repeatable.")
 @click.option("--api-url", metavar="URL", help="URL to call (an API task).")
 @click.option("--method", metavar="METHOD", help="HTTP method of an API task (default GET).")
-@click.option("--header", "-H", "headers", multiple=True, metavar="NAME:VALUE", help="Request header of an API task. Repeatable.")
+@click.option("--header", "-H", "headers", multiple=True, metavar="NAME:VALUE",
+              help="Request header of an API task. Repeatable.")
 @click.option("--data", metavar="BODY", help="Request body of an API task; JSON if it parses, else a string.")
-@click.option("--expect-status", type=int, multiple=True, metavar="CODE", help="Status that counts as success (default 2xx). Repeatable.")
+@click.option("--expect-status", type=int, multiple=True, metavar="CODE",
+              help="Status that counts as success (default 2xx). Repeatable.")
 @click.option("--delay", type=float, metavar="SECONDS", help="Run once after this many seconds (task_type delayed).")
 @click.option("--cron", metavar="EXPR", help="Run on this cron schedule (task_type scheduled).")
 @click.option("--timezone", metavar="ZONE", help="Time zone of --cron (default UTC).")
 @click.option("--max-runs", type=int, metavar="N", help="Stop a schedule after this many runs.")
-@click.option("--overlap", type=click.Choice(["allow", "forbid", "replace"]), help="When a scheduled run is still going at the next fire.")
+@click.option("--overlap", type=click.Choice(["allow", "forbid", "replace"]),
+              help="When a scheduled run is still going at the next fire.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Kill a run after this long.")
 @click.option("--retries", type=int, metavar="N", help="Retries after a failure or timeout (max_retries).")
 @click.option("--retry-delay", type=float, metavar="SECONDS", help="First delay before a retry.")
@@ -65,7 +78,8 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
 @click.option("--network", is_flag=True, help="Give the sandbox network access.")
 @click.option("--memory-mb", type=int, metavar="MB", help="Sandbox memory limit.")
 @click.option("--cpus", type=float, metavar="N", help="Sandbox CPU limit.")
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Any other spec field; VALUE as for --arg. Repeatable.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Any other spec field; VALUE as for --arg. Repeatable.")
 @click.option("--idempotency-key", metavar="KEY", help="Submitting twice with one key creates one task.")
 @click.option("--wait", "wait", is_flag=True, help="Wait for the outcome with a spinner; exit code tells success.")
 @click.option("--wait-timeout", type=float, metavar="SECONDS", help="Give up waiting after this long (exit code 4).")

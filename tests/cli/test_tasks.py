@@ -114,7 +114,8 @@ async def test_delete_prints_what_it_removed(taskmesh: Taskmesh, target: TargetS
 
 async def test_a_narrow_terminal_never_cuts_ids_or_states_out_of_the_table(
         taskmesh: Taskmesh, target: TargetServer) -> None:
-    task = await finished_task(taskmesh, f"{target.url}/hello", "--name", "a rather long task name for a narrow terminal")
+    name = "a rather long task name for a narrow terminal"
+    task = await finished_task(taskmesh, f"{target.url}/hello", "--name", name)
     result = await taskmesh("list", COLUMNS="60")
     assert result.code == 0, result
     row = result.stdout.splitlines()[1]

@@ -106,7 +106,8 @@ def every_command(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[
     return found
 
 
-@pytest.mark.parametrize("path", [(), *(path for path, _ in every_command(cli))], ids=lambda p: " ".join(p) or "taskmesh")
+@pytest.mark.parametrize("path", [(), *(path for path, _ in every_command(cli))],
+                         ids=lambda path: " ".join(path) or "taskmesh")
 def test_every_command_has_complete_help(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*path, "--help"], prog_name="taskmesh")
     assert result.exit_code == 0, result.output
