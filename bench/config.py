@@ -1,0 +1,45 @@
+"""Workload parameters: the issue's defaults, and the ``--quick`` scale-down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes and durations of every workload."""
+
+    w1_tasks: int = 10_000
+    http_concurrency: int = 64
+    """Requests in flight of the one HTTP client (keep-alive connections)."""
+    nats_concurrency: int = 256
+    """Requests in flight of the one NATS client."""
+    w2_tasks: int = 500
+    w3_sizes: tuple[int, ...] = (10_000, 100_000)
+    w3_delay_min_s: float = 2.0
+    w3_delay_max_s: float = 30.0
+    w4_schedules: int = 1_000
+    w4_window_s: float = 60.0
+    w4_warmup_s: float = 3.0
+    w5_latency_runs: int = 50
+    w5_pace_s: float = 0.5
+    """Pause between sequential code tasks, so a warm pool is refilled as in steady use."""
+    w5_burst: int = 200
+    w5_import_runs: int = 5
+    w6_tasks: int = 10_000
+    scale_runners: tuple[int, ...] = (1, 2, 3)
+    scale_w1_tasks: int = 10_000
+    scale_w5_burst: int = 200
+    cores: int = os.cpu_count() or 1
+    seed: int = 9
+
+    def quick(self) -> Params:
+        """About 1/20 of everything, so a full run fits in a few minutes."""
+        return replace(
+            self, w1_tasks=500, w2_tasks=40, w3_sizes=(500, 5_000), w3_delay_min_s=2.0, w3_delay_max_s=8.0,
+            w4_schedules=50, w4_window_s=10.0, w4_warmup_s=2.0, w5_latency_runs=10, w5_burst=20,
+            w5_import_runs=2, w6_tasks=500, scale_w1_tasks=500, scale_w5_burst=20)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
