@@ -46,6 +46,7 @@ MEANINGS: dict[str, str] = {
     "fire_concurrency": "Fires published concurrently by the leader.",
     # store
     "task_retention": "Finished one-shot tasks older than this are deleted with their runs and logs.",
+    "retention_sweep_interval": "How often the store looks for tasks past `TASKMESH_TASK_RETENTION`.",
     "run_history_limit": "Runs kept per task (the oldest finished ones are dropped).",
     "max_concurrent_requests": "Requests the store handles at once; more wait.",
     # operator limits (store checks submissions, the runner enforces them)
@@ -135,7 +136,8 @@ def rows() -> list[tuple[str, str, str, str]]:
     for name in order:
         meaning = docstrings.get(name) or MEANINGS.get(name)
         if not meaning:
-            raise LookupError(f"setting {name!r} has no docstring and no entry in MEANINGS")
+            raise LookupError(f"setting {name!r} has no meaning: give it a docstring (a string on the line "
+                              "after the field) or an entry in services/common/config_doc.py MEANINGS")
         services = "all" if len(readers[name]) == len(SETTINGS) else ", ".join(readers[name])
         table.append((f"`{env_name(name)}`", default_text(fields[name]), meaning, services))
     return table
