@@ -5,13 +5,14 @@ Exit 0 when healthy, 1 otherwise (Docker's contract). Healthy means:
 - gateway: ``/api/health`` answers 200 (ok or degraded; 503 means NATS or the store is down);
 - others:  this container's own instance was heard on ``taskmesh.heartbeat.<service>.*`` just now.
   Services heartbeat only once ready (streams there, state loaded, sandboxes checked), so a
-  healthy runner or store is one that works, not merely a process that runs. (nats:// URLs only.)
+  healthy runner or store is one that works, not merely a process that runs.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -31,8 +32,9 @@ def http_ok(url: str) -> bool:
 def heard(service: str) -> bool:
     """True once a heartbeat of ``service`` sent from this container (same hostname) arrives.
 
-    Speaks the NATS text protocol over a plain socket: importing nats-py costs ~0.27 s of CPU,
-    too much for a check every few seconds in every container; this costs ~0.05 s.
+    Speaks the NATS text protocol over a socket (TLS when the server asks for it): importing
+    nats-py costs ~0.27 s of CPU, too much for a check every few seconds in every container;
+    this costs ~0.05 s.
     """
     from services.common.settings import ServiceSettings, load_settings
 
@@ -43,7 +45,11 @@ def heard(service: str) -> bool:
     connect = {"verbose": False, "pedantic": False, "name": "taskmesh-healthcheck", "lang": "python",
                "version": "0", "protocol": 1, "user": settings.nats_user, "pass": settings.nats_password,
                "auth_token": settings.nats_token}
-    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), TIMEOUT_SECONDS) as sock:
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 4222), TIMEOUT_SECONDS)
+    try:
+        info = sock.recv(65536)  # the server speaks first: INFO {...}
+        if url.scheme == "tls" or b'"tls_required":true' in info:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.hostname)
         sock.sendall(b"CONNECT " + json.dumps({k: v for k, v in connect.items() if v is not None}).encode()
                      + f"\r\nSUB taskmesh.heartbeat.{service}.* 1\r\nPING\r\n".encode())
         buffer = b""
@@ -74,7 +80,9 @@ def heard(service: str) -> bool:
                     raise ConnectionError(line.decode(errors="replace"))
                 if line == b"PING":
                     sock.sendall(b"PONG\r\n")
-    return False
+        return False
+    finally:
+        sock.close()
 
 
 def main(service: str) -> bool:
