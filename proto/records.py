@@ -62,6 +62,7 @@ class AttemptRecord(Struct, kw_only=True, omit_defaults=True):
     finished_at: datetime | None = None
     error_type: str | None = None
     log_bytes: int = 0
+    log_chunks: int = 0
 
 
 class RunRecord(Struct, kw_only=True):
@@ -87,5 +88,6 @@ class RunRecord(Struct, kw_only=True):
     timings: RunTimings | None = None
     output_truncated: bool = False
     log_bytes: int = 0
+    log_chunks: int = 0
     next_retry_at: datetime | None = None
     attempts: list[AttemptRecord] = []

@@ -139,6 +139,8 @@ class RunFinished(Event, tag="run_finished"):
     timings: RunTimings | None = None
     output_truncated: bool = False
     log_bytes: int = 0
+    log_chunks: int = 0
+    """How many LogChunks this attempt published (the store knows when it has them all)."""
     will_retry: bool = False
     retry: int = 0
     retry_at: datetime | None = None

@@ -169,6 +169,7 @@ async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
     await stop.wait()
     log.info("stopping: finishing requests in progress")
+    gateway.stopping.set()
     await site.stop()
     await runner.cleanup()
     await beats

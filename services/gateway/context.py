@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from nats.aio.client import Client
@@ -22,6 +23,8 @@ class Gateway:
     store: StoreClient
     registry: ServiceRegistry
     metrics: HttpMetrics
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on SIGTERM: long-lived responses (log follows) end so shutdown does not wait on them."""
 
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)

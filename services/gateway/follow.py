@@ -16,7 +16,9 @@ from services.gateway.context import GATEWAY
 from services.gateway.store_client import StoreClient
 
 KEEPALIVE_SECONDS = 15.0
-SETTLE_SECONDS = 0.3
+POLL_SECONDS = 1.0
+SETTLE_LIMIT_SECONDS = 5.0
+ACTIVE = frozenset({"retrying", "running", "queued", "pending", "active", "paused"})
 
 
 class _Follower:
@@ -43,6 +45,12 @@ class _Follower:
 
 
 async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.StreamResponse:
+    """Stored chunks first, then live ones (deduplicated by attempt and seq), until the run ends.
+
+    Live chunks and the end come from core subscriptions made before the stored ones are read;
+    while the stream is quiet the store is asked again, because chunks travel on their own stream
+    and may reach the store after the run's end (or the end may precede the subscription).
+    """
     gateway = request.app[GATEWAY]
     nc, store = gateway.nc, gateway.store
     inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=100_000)
@@ -61,25 +69,40 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
         await nc.subscribe(subjects.run_event(query.id, run_filter, "finished"), cb=on_finished),
     ]
     try:
-        stored = await store.call(subjects.GET_LOGS, query, api.LogsReply)  # a 404 is still a JSON error
-        if stored.more:
-            stored.chunks = await store.all_log_chunks(query)
+        first = await store.call(subjects.GET_LOGS, query, api.LogsReply)  # a 404 is still a JSON error
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        follower = _Follower(response, stored.run_id)
-        for chunk in stored.chunks:
-            await follower.send_chunk(chunk)
-        if stored.finished:
-            status = await _run_status(store, query.id, stored.run_id)
-            if status not in ("retrying", "running", "queued", "pending", "active", "paused"):
-                await follower.send_end(status, stored.run_id)
-                return response
-        while True:
+        follower = _Follower(response, first.run_id)  # type: ignore[union-attr]
+
+        async def caught_up() -> bool:
+            """Send what the store has; True (and the end event) once the run has ended."""
+            asked = api.GetLogsRequest(id=query.id, run_id=follower.run_id)
+            reply = await store.call(subjects.GET_LOGS, asked, api.LogsReply)
+            follower.run_id = follower.run_id or reply.run_id  # type: ignore[union-attr]
+            for chunk in reply.chunks if not reply.more else await store.all_log_chunks(asked):  # type: ignore[union-attr]
+                await follower.send_chunk(chunk)
+            if not reply.finished:  # type: ignore[union-attr]
+                return False
+            status = await _run_status(store, query.id, follower.run_id)
+            if status in ACTIVE:
+                return False
+            await follower.send_end(status, follower.run_id)
+            return True
+
+        if await caught_up():
+            return response
+        quiet = 0.0
+        while not gateway.stopping.is_set():
             try:
-                kind, data = await asyncio.wait_for(inbox.get(), KEEPALIVE_SECONDS)
+                kind, data = await asyncio.wait_for(inbox.get(), POLL_SECONDS)
             except TimeoutError:
-                await response.write(b": keepalive\n\n")
+                if await caught_up():
+                    return response
+                quiet += POLL_SECONDS
+                if quiet >= KEEPALIVE_SECONDS:
+                    await response.write(b": keepalive\n\n")
+                    quiet = 0.0
                 continue
             if kind == "chunk":
                 with contextlib.suppress(msgspec.MsgspecError):
@@ -91,17 +114,16 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
                 continue
             if follower.run_id not in (None, finished.run_id) or finished.will_retry:
                 continue
-            await asyncio.sleep(SETTLE_SECONDS)  # chunks published just before the end reach the store
-            while not inbox.empty():
-                kind, data = inbox.get_nowait()
-                if kind == "chunk":
-                    with contextlib.suppress(msgspec.MsgspecError):
-                        await follower.send_chunk(codec.log_chunk_decoder.decode(data))
-            for chunk in await store.all_log_chunks(api.GetLogsRequest(
-                    id=query.id, run_id=finished.run_id, attempt=finished.attempt)):
-                await follower.send_chunk(chunk)
-            await follower.send_end(finished.status, finished.run_id)
+            follower.run_id = finished.run_id
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + SETTLE_LIMIT_SECONDS
+            while not await caught_up():  # the last chunks may still be on their way to the store
+                if loop.time() > deadline:
+                    await follower.send_end(finished.status, finished.run_id)
+                    return response
+                await asyncio.sleep(0.1)
             return response
+        return response
     finally:
         for subscription in subscriptions:
             with contextlib.suppress(Exception):

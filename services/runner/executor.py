@@ -154,7 +154,7 @@ class RunExecutor:
             log.info("run handed back", extra={"run": due.run_id, "attempt": attempt})
             return
         await asyncio.wait_for(started_ack, 10)
-        await self._report(due, attempt, outcome, now, output.bytes_seen)
+        await self._report(due, attempt, outcome, now, output.bytes_seen, output.chunks)
         await message.ack()
 
     async def _keep_alive(self, message: Msg) -> None:
@@ -236,7 +236,8 @@ class RunExecutor:
         output.system("cancelled: request aborted")
         return Outcome(status="cancelled", error=RunError(type="cancelled", message=active.cancel_reason or "cancelled"))
 
-    async def _report(self, due: RunDue, attempt: int, outcome: Outcome, started_at: object, log_bytes: int) -> None:
+    async def _report(self, due: RunDue, attempt: int, outcome: Outcome, started_at: object, log_bytes: int,
+                      log_chunks: int = 0) -> None:
         """Publish the attempt's ``RunFinished`` and wait until JetStream has it."""
         poison = outcome.error is not None and outcome.error.type == "poison"
         will_retry = should_retry(due.spec, outcome.status, due.retry) and not poison
@@ -247,7 +248,7 @@ class RunExecutor:
             scheduled_for=due.scheduled_for, started_at=started_at, result=outcome.result,  # type: ignore[arg-type]
             error=outcome.error, exit_code=outcome.exit_code, deps_cache_hit=outcome.deps_cache_hit,
             timings=outcome.timings, output_truncated=outcome.output_truncated or log_bytes > self.settings.log_cap_bytes,
-            log_bytes=log_bytes, will_retry=will_retry, retry=due.retry,
+            log_bytes=log_bytes, log_chunks=log_chunks, will_retry=will_retry, retry=due.retry,
             retry_at=now + backoff(due.spec, due.retry + 1) if will_retry else None)
         payload = codec.encode(finished)
         if len(payload) > streams.MAX_PAYLOAD_BYTES - 4096:

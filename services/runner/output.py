@@ -39,6 +39,11 @@ class RunOutput:
         self._acks: list[asyncio.Future] = []
         self._worker: asyncio.Task[None] | None = None
 
+    @property
+    def chunks(self) -> int:
+        """How many chunks have been published (or queued to be)."""
+        return self._seq
+
     def write(self, stream: LogStream, data: bytes) -> None:
         """Add raw output of the sandbox or request."""
         self.bytes_seen += len(data)

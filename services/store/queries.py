@@ -93,6 +93,8 @@ class Queries:
         run = self.run(api.RunRef(id=task.id, run_id=run_id))
         attempt = request.attempt or run.attempt
         chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
+        expected = next((a.log_chunks for a in run.attempts if a.attempt == attempt), run.log_chunks)
+        all_stored = len(chunks) >= expected  # chunks travel on their own stream: they may lag the outcome
         chunks = [c for c in chunks if c.seq > request.after]
         page, size = [], 0
         for chunk in chunks:
@@ -101,8 +103,8 @@ class Queries:
                 break
             page.append(chunk)
         more, chunks = len(page) < len(chunks), page
-        finished = run.status in FINAL_RUN_STATUSES or (run.status == "retrying" and attempt <= run.attempt) \
-            or attempt < run.attempt
+        finished = all_stored and (run.status in FINAL_RUN_STATUSES or attempt < run.attempt
+                                   or (run.status == "retrying" and attempt <= run.attempt))
         return api.LogsReply(task_id=task.id, run_id=run_id, attempt=attempt, chunks=chunks,
                              finished=finished, truncated=run.output_truncated, more=more)
 

@@ -336,6 +336,7 @@ class StoreState:
         run.timings = event.timings
         run.output_truncated = event.output_truncated
         run.log_bytes = max(run.log_bytes, event.log_bytes)
+        run.log_chunks = event.log_chunks
         run.started_at = event.started_at or run.started_at
         run.retry = event.retry
         attempt = next((a for a in run.attempts if a.attempt == event.attempt), None)
@@ -346,6 +347,7 @@ class StoreState:
         attempt.finished_at = event.occurred_at
         attempt.error_type = event.error.type if event.error else None
         attempt.log_bytes = event.log_bytes
+        attempt.log_chunks = event.log_chunks
         if event.will_retry:
             run.error = event.error
             run.finished_at = event.occurred_at
