@@ -35,7 +35,10 @@ def ensure_venv() -> Path:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     if os.path.exists(CA_BUNDLE):
         env.setdefault("SSL_CERT_FILE", CA_BUNDLE)
-    subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", *REQUIREMENTS], check=True, env=env)
+    done = subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", *REQUIREMENTS], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install into {VENV} failed: {done.stderr[-3000:]}")
     stamp.write_text("ok\n")
     return venv_python()
 

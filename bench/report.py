@@ -103,6 +103,16 @@ def render_markdown(results: list[WorkloadResult]) -> str:
     return "\n".join(out)
 
 
+def load_json(path: Path) -> tuple[dict, list[WorkloadResult]]:
+    """A results file back as its header and WorkloadResults."""
+    document = json.loads(path.read_text())
+    results = []
+    for name, body in document.pop("workloads").items():
+        rows = [Row(**{k: v for k, v in row.items() if k != "ratio"}) for row in body["rows"]]
+        results.append(WorkloadResult(name, rows, body["details"], body["notes"], body["seconds"], body["error"]))
+    return document, results
+
+
 def results_path(commit: str, today: dt.date | None = None) -> Path:
     """``bench/results/<date>-<commit>.json``; a second run that day gets ``-2``, ``-3``…"""
     stem = f"{(today or dt.date.today()).isoformat()}-{commit}"
@@ -118,3 +128,20 @@ def write_json(path: Path, header: dict, results: list[WorkloadResult]) -> None:
                  "seconds": round(r.seconds, 1), "error": r.error} for r in results}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def main() -> None:
+    """``python -m bench.report <results.json>``: the Markdown table for bench/README.md."""
+    import sys
+
+    header, results = load_json(Path(sys.argv[1]))
+    machine = header["machine"]
+    print(f"`{header['command']}` — {header['date']}, commit {header['git']['commit']}"
+          f"{' (dirty tree)' if header['git']['dirty'] else ''}, {machine['cores']} cores, "
+          f"{machine['memory_bytes'] / 2**30:.0f} GiB, load average {machine['load_average_start']} → "
+          f"{machine.get('load_average_end')}\n")
+    print(render_markdown(results))
+
+
+if __name__ == "__main__":
+    main()
