@@ -97,9 +97,17 @@ async def ensure_consumer(js: JetStreamContext, name: str) -> None:
 async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyValue:
     """Create the KV bucket if missing and return it."""
     try:
-        return await js.key_value(spec.config.bucket)
+        kv = await js.key_value(spec.config.bucket)
     except NotFoundError:  # BucketNotFoundError
         pass
+    else:
+        stream = f"KV_{spec.config.bucket}"
+        info = await js.stream_info(stream)
+        if info.config.num_replicas != spec.config.replicas:
+            info.config.num_replicas = spec.config.replicas
+            await js.update_stream(info.config)
+            log.info("bucket %s now has %d replicas", spec.config.bucket, spec.config.replicas)
+        return kv
     kv = await js.create_key_value(config=js_api.KeyValueConfig(**asdict(spec.config)))
     log.info("created bucket %s", spec.config.bucket)
     return kv

@@ -270,8 +270,9 @@ class StoreState:
             run.next_retry_at = None
         run.attempt = max(run.attempt, event.attempt)
         run.retry = event.retry
-        if task.status in FINAL_STATUSES:
-            # Fired just before a cancel reached the scheduler: never let it run.
+        if task.status == "cancelled":
+            # Fired just before a cancel reached the scheduler: never let it run. (A completed
+            # schedule's last fires still run: completing means no more fires, not fewer runs.)
             self._finish_run(task, run, "cancelled", event.occurred_at,
                              RunError(type="cancelled", message="task no longer active"))
             effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason="task no longer active"))
@@ -313,9 +314,9 @@ class StoreState:
         run.attempts.append(AttemptRecord(attempt=event.attempt, runner_id=event.runner_id,
                                           status="running", started_at=event.occurred_at))
         self.dirty_runs.add((task.id, run.run_id))
-        if task.status in FINAL_STATUSES:
+        if task.status == "cancelled":
             effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason="task no longer active"))
-        elif task.task_type != "scheduled":
+        elif task.task_type != "scheduled" and task.status not in FINAL_STATUSES:
             self._set_status(task, "running")
             task.started_at = task.started_at or event.occurred_at
         self._summarise(task)

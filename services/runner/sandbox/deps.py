@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MARKER = ".taskmesh-complete"
 BUILDER_UV = "/opt/taskmesh/uv"
+BUILDER_CA = "/opt/taskmesh/ca-certificates.crt"
 IN_USE_GRACE_SECONDS = 600
 
 
@@ -141,9 +142,9 @@ class DependencyCache:
             binds[self.config.volume] = {"bind": "/deps-root", "mode": "rw"}
         else:
             binds[str(self.root)] = {"bind": "/deps-root", "mode": "rw"}
-        if self.config.ca_bundle and os.path.exists(self.config.ca_bundle):
-            binds[self.config.ca_bundle] = {"bind": "/etc/ssl/certs/taskmesh-ca.crt", "mode": "ro"}
-            environment["SSL_CERT_FILE"] = "/etc/ssl/certs/taskmesh-ca.crt"
+        ca_bundle = self.config.ca_bundle if self.config.ca_bundle and os.path.exists(self.config.ca_bundle) else None
+        if ca_bundle:
+            environment["SSL_CERT_FILE"] = BUILDER_CA
         # Requirements were validated (names and version clauses only, never options) and are
         # passed as separate argv items after "--": no shell, no interpolation.
         command = [BUILDER_UV, "pip", "install", "--target", target_in_builder, "--python", "python3",
@@ -157,7 +158,9 @@ class DependencyCache:
             labels={**self.config.labels, "org.taskmesh.role": "builder"})
         container = created["Id"]
         try:
-            archive = await asyncio.get_running_loop().run_in_executor(None, _uv_archive, uv)
+            # Copied in, not bind-mounted: bind sources are resolved on the engine's host, which is
+            # not this runner's filesystem when the runner itself runs in a container.
+            archive = await asyncio.get_running_loop().run_in_executor(None, _tools_archive, uv, ca_bundle)
             await self.engine.call("put_archive", container, "/", archive)
             await self.engine.call("start", container)
             try:
@@ -218,16 +221,20 @@ def _size(path: Path) -> int:
     return total
 
 
-def _uv_archive(uv: str) -> bytes:
-    uv = os.path.realpath(uv)  # a symlink would be archived as a link to a path the builder lacks
+def _tools_archive(uv: str, ca_bundle: str | None) -> bytes:
+    """A tar of uv (and the CA bundle) for ``put_archive`` into a builder container."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        info = archive.gettarinfo(uv, arcname=BUILDER_UV.lstrip("/"))
-        info.mode = 0o755
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        with open(uv, "rb") as handle:
-            archive.addfile(info, handle)
+        for source, target, mode in ((uv, BUILDER_UV, 0o755), (ca_bundle, BUILDER_CA, 0o644)):
+            if source is None:
+                continue
+            source = os.path.realpath(source)  # a symlink would be archived as a link the builder lacks
+            info = archive.gettarinfo(source, arcname=target.lstrip("/"))
+            info.mode = mode
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with open(source, "rb") as handle:
+                archive.addfile(info, handle)
     return buffer.getvalue()
 
 
