@@ -20,6 +20,7 @@ from services.store.persistence import Persistence
 from services.store.state import LEDGER_RUN_ID, StoreState
 
 log = logging.getLogger(__name__)
+LOG_SETTLE_SECONDS = 3.0
 
 
 class Queries:
@@ -92,9 +93,18 @@ class Queries:
                                  finished=task.status in FINAL_STATUSES)
         run = self.run(api.RunRef(id=task.id, run_id=run_id))
         attempt = request.attempt or run.attempt
-        chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
+        ended = run.status in FINAL_RUN_STATUSES or attempt < run.attempt \
+            or (run.status == "retrying" and attempt <= run.attempt)
         expected = next((a.log_chunks for a in run.attempts if a.attempt == attempt), run.log_chunks)
-        all_stored = len(chunks) >= expected  # chunks travel on their own stream: they may lag the outcome
+        chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
+        # Chunks travel on their own stream and may reach us just after the outcome: once a run has
+        # ended, wait briefly for them, so "finished" reliably means "the whole log".
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOG_SETTLE_SECONDS
+        while ended and len(chunks) < expected and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
+        all_stored = len(chunks) >= expected
         chunks = [c for c in chunks if c.seq > request.after]
         page, size = [], 0
         for chunk in chunks:
@@ -103,8 +113,7 @@ class Queries:
                 break
             page.append(chunk)
         more, chunks = len(page) < len(chunks), page
-        finished = all_stored and (run.status in FINAL_RUN_STATUSES or attempt < run.attempt
-                                   or (run.status == "retrying" and attempt <= run.attempt))
+        finished = ended and all_stored
         return api.LogsReply(task_id=task.id, run_id=run_id, attempt=attempt, chunks=chunks,
                              finished=finished, truncated=run.output_truncated, more=more)
 
