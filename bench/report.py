@@ -23,11 +23,13 @@ class Row:
     goal: str = ""
     met: bool | None = None
     note: str = ""
+    compare: bool = True
+    """False for references measured next to each system (the engine's rate): no ratio."""
 
     @property
     def ratio(self) -> float | None:
         """How many times better Taskmesh is (> 1: Taskmesh better)."""
-        if self.taskmesh is None or self.celery is None or self.taskmesh <= 0 or self.celery <= 0:
+        if not self.compare or self.taskmesh is None or self.celery is None or self.taskmesh <= 0 or self.celery <= 0:
             return None
         return self.taskmesh / self.celery if self.higher_is_better else self.celery / self.taskmesh
 
@@ -47,8 +49,9 @@ class WorkloadResult:
     error: str | None = None
 
     def add(self, metric: str, unit: str, taskmesh: float | None, celery: float | None = None, *,
-            higher_is_better: bool = False, goal: str = "", met: bool | None = None, note: str = "") -> Row:
-        row = Row(self.name, metric, unit, _round(taskmesh), _round(celery), higher_is_better, goal, met, note)
+            higher_is_better: bool = False, goal: str = "", met: bool | None = None, note: str = "",
+            compare: bool = True) -> Row:
+        row = Row(self.name, metric, unit, _round(taskmesh), _round(celery), higher_is_better, goal, met, note, compare)
         self.rows.append(row)
         return row
 

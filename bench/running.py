@@ -71,8 +71,9 @@ def celery(ctx: Context, name: str, beat_schedules: int | None = None, **env: st
 
 
 class ServiceCpu:
-    """CPU used by each process tree over a phase, as a share of one core (1.0 = one core busy), and
-    the time it was runnable but waited for a CPU (other load on a shared machine shows up there)."""
+    """CPU of each process tree over a phase, in cores, and time it was runnable but waited for a CPU."""
+
+    # "waited" (schedstat's run-queue delay) is how a shared machine's other load shows up.
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
@@ -151,8 +152,8 @@ class Profiler:
 
 
 def top_functions(path: Path, limit: int = 12) -> dict[str, list[tuple[str, float]]]:
-    """From py-spy's collapsed stacks (idle samples are excluded by py-spy): the frames with the most
-    samples on top of the stack (``self``) and in the stack (``inclusive``, wrappers above 90 % left out)."""
+    """Frames with the most samples on top of the stack (``self``) and anywhere in it (``inclusive``)."""
+    # py-spy leaves idle samples out; wrappers present in > 90 % of the samples tell nothing.
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0

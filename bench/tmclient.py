@@ -98,8 +98,8 @@ class TaskmeshClient:
             await self.nc.drain()
 
     async def watch(self, subject: str, track: bool = False) -> EventLog:
-        """Collect every event on ``subject`` (a core subscription sees JetStream publishes too);
-        ``track`` also notes when each task's first event arrived."""
+        """Collect every event on ``subject``; ``track`` also notes when each task's first event arrived."""
+        # A core subscription sees JetStream publishes too, without a consumer on the stream.
         log = EventLog(track)
         await self.nc.subscribe(subject, cb=log.on_message, pending_msgs_limit=2_000_000,
                                 pending_bytes_limit=1024 * 1024 * 1024)

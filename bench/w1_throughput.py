@@ -24,7 +24,7 @@ async def taskmesh_burst(stack: TaskmeshStack, url: str, n: int, mode: str, conc
         submit = client.submit_nats if mode == "nats" else client.submit_http
         timeout_s = max(120.0, n / 20)
         with CpuMeter() as cpu, ServiceCpu(stack.pids()) as services:
-            with profiler or Profiler(False, {}, stack.root, ""):
+            with profiler or Profiler(False, {}, stack.root, "none"):
                 first = time.time()
                 await submit_all(submit, specs, concurrency)
                 submitted = time.time()
@@ -66,7 +66,7 @@ def run(ctx: Context) -> WorkloadResult:
     celery_rate = celery_figures["rate_per_s"] if celery_figures else None
     for mode in ("http", "nats"):
         rate = figures[mode]["rate_per_s"]
-        result.add(f"{p.w1_tasks} API tasks, {mode} submission", "tasks/s", rate, celery_rate, higher_is_better=True,
+        result.add(f"{p.w1_tasks:,} API tasks, {mode} submission", "tasks/s", rate, celery_rate, higher_is_better=True,
                    goal=f"≥ {GOAL_RATIO:g}× Celery",
                    met=None if celery_rate is None else rate >= GOAL_RATIO * celery_rate)
     for mode in ("http", "nats"):

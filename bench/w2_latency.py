@@ -16,8 +16,7 @@ GOALS_MS = {"nats": 3.0, "http": 5.0}
 
 
 async def taskmesh_latencies(stack: TaskmeshStack, url: str, n: int) -> tuple[dict[str, list[float]], dict]:
-    """Milliseconds per task, one after another: by HTTP with ?wait=, then by NATS + the finished event;
-    and where the NATS path spends them (median of each stage, from the events' own timestamps)."""
+    """Milliseconds per task by HTTP ?wait=, then by NATS + finished event; and the NATS path's stages."""
     found: dict[str, list[float]] = {"http": [], "nats": []}
     sent: dict[str, tuple[float, float]] = {}
     async with TaskmeshClient(stack.nats.url, stack.base_url, 1) as client:  # type: ignore[union-attr]
@@ -43,8 +42,7 @@ async def taskmesh_latencies(stack: TaskmeshStack, url: str, n: int) -> tuple[di
 
 
 def stage_medians(stages: dict[str, EventLog], sent: dict[str, tuple[float, float]]) -> dict[str, float | None]:
-    """Median ms of: client → accepted (store), → queued (scheduler), → started (runner), → finished,
-    → the client has the event."""
+    """Median ms from the client to accepted (store), queued (scheduler), started, finished (runner), client."""
     at: dict[str, dict[str, float]] = {}
     for name, log in stages.items():
         for event in log.decoded():

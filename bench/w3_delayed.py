@@ -6,7 +6,7 @@ import random
 import time
 
 from bench.report import WorkloadResult
-from bench.running import Context, ServiceCpu, celery, describe_cpu, run_async, taskmesh
+from bench.running import Context, Profiler, ServiceCpu, celery, describe_cpu, run_async, taskmesh
 from bench.stack import TaskmeshStack
 from bench.stats import lateness_summary
 from bench.tmclient import (QUEUED, STARTED, CpuMeter, TaskmeshClient, api_task, describe_split, split_lateness,
@@ -21,14 +21,15 @@ def grace_s(n: int) -> float:
     return max(30.0, n / 100)
 
 
-async def taskmesh_lateness(stack: TaskmeshStack, url: str, n: int, delays: list[float], concurrency: int) -> dict:
+async def taskmesh_lateness(stack: TaskmeshStack, url: str, n: int, delays: list[float], concurrency: int,
+                            profiler: Profiler) -> dict:
     """Submit ``n`` delayed tasks over NATS; lateness = RunStarted.occurred_at − scheduled_for."""
     async with TaskmeshClient(stack.nats.url, stack.base_url) as client:  # type: ignore[union-attr]
         started = await client.watch(STARTED)
         queued = await client.watch(QUEUED)
         specs = [api_task(url, name=f"w3-{number}", task_type="delayed", delay_seconds=round(delay, 3))
                  for number, delay in enumerate(delays)]
-        with CpuMeter() as cpu, ServiceCpu(stack.pids()) as services:
+        with CpuMeter() as cpu, ServiceCpu(stack.pids()) as services, profiler:
             first = time.time()
             await submit_all(client.submit_nats, specs, concurrency)
             submitted = time.time()
@@ -40,7 +41,7 @@ async def taskmesh_lateness(stack: TaskmeshStack, url: str, n: int, delays: list
     return {"n": n, "started": len(lateness), "submit_s": submitted - first, "pending_after_submit": pending_after_submit,
             "lateness_ms": lateness_summary(lateness), "lateness_split_ms": split_lateness(queued, events),
             "client_cpu_share": round(cpu.share, 3),
-            "services": services.as_dict()}
+            "services": services.as_dict(), "profile": profiler.top}
 
 
 def run(ctx: Context) -> WorkloadResult:
@@ -51,7 +52,8 @@ def run(ctx: Context) -> WorkloadResult:
         rng = random.Random(p.seed)
         delays = [rng.uniform(p.w3_delay_min_s, p.w3_delay_max_s) for _ in range(n)]
         with taskmesh(ctx, f"w3-{n}") as stack:
-            tm = run_async(taskmesh_lateness(stack, ctx.target.url, n, delays, p.nats_concurrency))
+            profiler = Profiler(ctx.profile, stack.pids(), ctx.work_dir / "profiles", f"w3-{n}")
+            tm = run_async(taskmesh_lateness(stack, ctx.target.url, n, delays, p.nats_concurrency, profiler))
         result.notes.append(f"Taskmesh {n}: submitted in {tm['submit_s']:.1f} s, {tm['pending_after_submit']} pending "
                             f"then; {describe_split(tm['lateness_split_ms'])}; CPU (cores): "
                             f"{describe_cpu(tm['services']['cpu_share'], tm['services']['cpu_wait_share'])}")

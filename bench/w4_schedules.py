@@ -8,7 +8,7 @@ import time
 from collections import Counter, defaultdict
 
 from bench.report import WorkloadResult
-from bench.running import Context, ServiceCpu, celery, describe_cpu, run_async, taskmesh
+from bench.running import Context, Profiler, ServiceCpu, celery, describe_cpu, run_async, taskmesh
 from bench.stack import TaskmeshStack
 from bench.stats import lateness_summary
 from bench.tmclient import MISSED, QUEUED, STARTED, TaskmeshClient, api_task, describe_split, split_lateness, submit_all
@@ -25,7 +25,7 @@ def grace_s(window_s: float) -> float:
 
 
 async def taskmesh_fires(stack: TaskmeshStack, url: str, count: int, window_s: float, warmup_s: float,
-                         concurrency: int) -> dict:
+                         concurrency: int, profiler: Profiler) -> dict:
     """``count`` schedules; RunStarted events whose slot (scheduled_for) falls in the window."""
     async with TaskmeshClient(stack.nats.url, stack.base_url) as client:  # type: ignore[union-attr]
         started = await client.watch(STARTED)
@@ -35,7 +35,7 @@ async def taskmesh_fires(stack: TaskmeshStack, url: str, count: int, window_s: f
                  for number in range(count)]
         ids = set(await submit_all(client.submit_nats, specs, concurrency))
         window_start = math.ceil(time.time() + warmup_s)
-        with ServiceCpu(stack.pids()) as services:
+        with ServiceCpu(stack.pids()) as services, profiler:
             await asyncio.sleep(window_start + window_s - time.time())
         await asyncio.sleep(grace_s(window_s))
         events = started.decoded()
@@ -53,7 +53,7 @@ async def taskmesh_fires(stack: TaskmeshStack, url: str, count: int, window_s: f
             "missed": expected - len(fires), "doubled": sum(n - 1 for n in fires.values() if n > 1),
             "slots_missed_events": len(missed_events), "lateness_ms": lateness_summary(lateness),
             "lateness_split_ms": split_lateness(queued, in_window),
-            "services": services.as_dict()}
+            "services": services.as_dict(), "profile": profiler.top}
 
 
 def celery_fires(raw: dict, count: int, window_s: float) -> dict:
@@ -74,8 +74,9 @@ def run(ctx: Context) -> WorkloadResult:
     result = WorkloadResult(NAME)
     p = ctx.params
     with taskmesh(ctx, "w4") as stack:
+        profiler = Profiler(ctx.profile, stack.pids(), ctx.work_dir / "profiles", "w4")
         tm = run_async(taskmesh_fires(stack, ctx.target.url, p.w4_schedules, p.w4_window_s, p.w4_warmup_s,
-                                      p.nats_concurrency))
+                                      p.nats_concurrency, profiler))
     result.notes.append(f"Taskmesh: CPU in the window (cores): "
                         f"{describe_cpu(tm['services']['cpu_share'], tm['services']['cpu_wait_share'])}; "
                         f"{tm['slots_missed_events']} SlotsMissed events; {describe_split(tm['lateness_split_ms'])}")

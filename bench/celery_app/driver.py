@@ -34,8 +34,8 @@ def ping(args: argparse.Namespace) -> dict:
 
 
 def wait_results(task_ids: list[str], timeout_s: float, stored_before: int) -> list[dict]:
-    """Result metas of ``task_ids`` once all are stored. Waits on DBSIZE of the results database
-    (O(1), so the polling costs Redis and the two cores nothing), then reads them all at once."""
+    """Result metas of ``task_ids`` once all are stored (or ``timeout_s`` passed)."""
+    # DBSIZE of the results database is O(1): waiting costs Redis and the two cores nothing.
     backend = redis.Redis.from_url(BACKEND_URL)
     deadline = time.monotonic() + timeout_s
     while backend.dbsize() < stored_before + len(task_ids) and time.monotonic() < deadline:
