@@ -1,8 +1,8 @@
-"""Keep services that do not serve HTTP from loading aiohttp.
+"""Keep services that make no HTTP requests and serve none from loading aiohttp.
 
 nats-py imports aiohttp, when it is installed, only to offer a WebSocket transport we never use;
-that costs every service ~10 MB of memory. Only the gateway needs aiohttp. Call this before
-anything imports nats.
+that costs ~10 MB of memory. The gateway (server) and the runner (client) use aiohttp; the store
+and the scheduler call this before anything imports nats.
 """
 
 import sys

@@ -50,7 +50,7 @@ async def test_an_unreachable_url_fails_with_a_readable_error(api: Api, stack: S
     task = await api.wait_final(created["id"])
     assert task["status"] == "failed"
     assert task["error"]["type"] == "http_error"
-    assert "failed" in task["error"]["message"] and "ConnectError" in task["error"]["message"]
+    assert "failed" in task["error"]["message"] and "Cannot connect" in task["error"]["message"]
 
 
 async def test_a_slow_response_times_out(api: Api, target: TargetServer) -> None:

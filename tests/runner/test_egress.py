@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
-import httpcore
 import pytest
 
-from services.runner.egress import EgressDenied, EgressPolicy, GuardedBackend
+from proto.tasks import TaskSpec
+from services.runner.egress import EgressDenied, EgressPolicy
+from services.runner.http_task import HttpTasks
 from services.runner.settings import DEFAULT_BLOCKED_RANGES
+from tests.runner.output_collector import NullOutput
 
 DEFAULT = EgressPolicy(DEFAULT_BLOCKED_RANGES)
 
@@ -76,32 +77,36 @@ def test_an_empty_policy_permits_everything() -> None:
     assert policy.permits("169.254.169.254") is True
 
 
-# --- the guarded network backend, on literal addresses (no DNS, nothing leaves the machine) ----------
+# --- the socket factory the HTTP client connects through (nothing leaves the machine) -----------
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1"])
-async def test_a_blocked_literal_address_is_refused_before_connecting(host: str) -> None:
-    backend = GuardedBackend(DEFAULT)
-
-    with pytest.raises(EgressDenied, match="egress policy blocks"):
-        await backend.connect_tcp(host, 80, timeout=5)
-
-
-def test_a_refusal_is_a_connect_error_to_http_clients() -> None:
-    assert issubclass(EgressDenied, httpcore.ConnectError)
+def test_a_socket_to_a_blocked_address_is_refused_before_it_exists(host: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with pytest.raises(EgressDenied, match="blocked by the egress policy"):
+        DEFAULT.socket_factory((family, socket.SOCK_STREAM, 6, "", (host, 80)))
 
 
-async def test_a_permitted_address_is_connected_to() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    port = listener.getsockname()[1]
-    backend = GuardedBackend(DEFAULT)
+def test_a_refusal_is_an_os_error_so_http_clients_report_a_connection_failure() -> None:
+    assert issubclass(EgressDenied, OSError)
+
+
+def test_a_socket_to_a_permitted_address_is_made() -> None:
+    sock = DEFAULT.socket_factory((socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80)))
     try:
-        stream = await asyncio.wait_for(backend.connect_tcp("127.0.0.1", port, timeout=5), 10)
-        await stream.aclose()
+        assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
     finally:
-        listener.close()
+        sock.close()
 
 
-async def test_unix_sockets_are_never_reachable() -> None:
-    with pytest.raises(EgressDenied):
-        await GuardedBackend(DEFAULT).connect_unix_socket("/var/run/docker.sock")
+async def test_an_api_task_to_a_blocked_literal_address_fails_as_egress_denied() -> None:
+    tasks = HttpTasks(DEFAULT, max_connections=4, default_timeout=2, max_timeout=5, body_cap_bytes=1000)
+    try:
+        outcome = await tasks.execute(_spec("http://169.254.169.254/latest/meta-data/"), NullOutput())
+    finally:
+        await tasks.close()
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.type == "egress_denied"
+
+
+def _spec(url: str) -> TaskSpec:
+    return TaskSpec(name="probe", task_type="immediate", api_url=url)
