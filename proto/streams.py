@@ -119,17 +119,17 @@ def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
     return {
         subjects.BUCKET_TASKS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_TASKS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, description="Task records")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Task records")),
         subjects.BUCKET_RUNS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_RUNS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, description="Run records")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run records")),
         subjects.BUCKET_LOGS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_LOGS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, description="Run output, chunked")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run output, chunked")),
         subjects.BUCKET_SCHEDULES: BucketSpec("scheduler", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_SCHEDULES, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, description="Durable timers")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Durable timers")),
         subjects.BUCKET_LEASES: BucketSpec("scheduler", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_LEASES, history=1, storage=file, replicas=replicas,
-            ttl=LEASE_TTL.total_seconds(), description="Leader leases")),
+            ttl=LEASE_TTL.total_seconds(), direct=True, description="Leader leases")),
     }

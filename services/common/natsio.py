@@ -103,10 +103,14 @@ async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyVa
     else:
         stream = f"KV_{spec.config.bucket}"
         info = await js.stream_info(stream)
-        if info.config.num_replicas != spec.config.replicas:
+        direct = bool(spec.config.direct)
+        if info.config.num_replicas != spec.config.replicas or bool(info.config.allow_direct) != direct:
             info.config.num_replicas = spec.config.replicas
+            info.config.allow_direct = direct
             await js.update_stream(info.config)
-            log.info("bucket %s now has %d replicas", spec.config.bucket, spec.config.replicas)
+            log.info("bucket %s updated", spec.config.bucket, extra={"replicas": spec.config.replicas,
+                                                                      "direct": direct})
+            kv = await js.key_value(spec.config.bucket)
         return kv
     kv = await js.create_key_value(config=js_api.KeyValueConfig(**asdict(spec.config)))
     log.info("created bucket %s", spec.config.bucket)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from proto import codec, streams, subjects
@@ -199,10 +199,11 @@ class RunExecutor:
         try:
             entry = await kv.get(key)
             return entry.value
-        except KeyDeletedError:
-            return "deleted"
-        except KeyNotFoundError:
-            return None  # not written yet: the store may not have flushed it
+        except KeyNotFoundError as exc:
+            # nats-py reports a deleted key as "not found" with the delete operation attached
+            if exc.op is not None:
+                return "deleted"
+            return None  # never written yet: the store may not have flushed it
         except Exception as exc:  # NATS trouble: run it; a later cancel still reaches us
             log.debug("kv get %s: %s", key, exc)
             return None

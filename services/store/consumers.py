@@ -1,13 +1,16 @@
-"""The store's pull loops: apply a batch of events, write the changes, then acknowledge.
+"""The store's pull loops: apply a batch of events at once, write the changes, then acknowledge.
 
-Acknowledging only after the write means a crash at any point replays the batch, and replaying
-is harmless because applying is idempotent.
+Applying is synchronous and immediate (a waiter learns of an outcome without waiting for any
+write); writing back and acknowledging run behind it, one batch after another, while the next
+batch is already being fetched and applied. Acknowledging only after the write means a crash at
+any point replays the batch, and replaying is harmless because applying is idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -24,7 +27,11 @@ from services.store.state import Effects, StoreState
 log = logging.getLogger(__name__)
 
 BATCH = 512
-Handler = Callable[[list[Msg]], Awaitable[None]]
+MAX_UNWRITTEN_BATCHES = 4
+"""Batches applied but not yet written back; more waits (backpressure on the fetching)."""
+Apply = Callable[[list[Msg]], list[Msg]]
+"""Applies a batch to the state; returns the messages that cannot be applied at all (to terminate)."""
+Commit = Callable[[list[Msg], list[Msg]], Awaitable[None]]
 
 
 class EventConsumers:
@@ -54,21 +61,24 @@ class EventConsumers:
                     messages = await subscription.fetch(BATCH, timeout=1)
                 except TimeoutError:
                     return applied
-                await self._tasks(messages)
+                await self._commit(messages, self._apply_tasks(messages))
                 applied += len(messages)
         finally:
             await subscription.unsubscribe()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run the three loops until ``stop``; each finishes its current batch."""
+        """Run the three loops until ``stop``; each finishes writing what it applied."""
         await asyncio.gather(
-            self._loop(subjects.STREAM_TASKS, subjects.CONSUMER_STORE_TASKS, self._tasks, stop),
-            self._loop(subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS, self._events, stop),
-            self._loop(subjects.STREAM_LOGS, subjects.CONSUMER_STORE_LOGS, self._logs, stop),
+            self._loop(subjects.STREAM_TASKS, subjects.CONSUMER_STORE_TASKS, self._apply_tasks, self._commit, stop),
+            self._loop(subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS, self._apply_events, self._commit,
+                       stop),
+            self._loop(subjects.STREAM_LOGS, subjects.CONSUMER_STORE_LOGS, _nothing_to_apply, self._commit_logs,
+                       stop),
         )
 
-    async def _loop(self, stream: str, durable: str, handle: Handler, stop: asyncio.Event) -> None:
+    async def _loop(self, stream: str, durable: str, apply: Apply, commit: Commit, stop: asyncio.Event) -> None:
         subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        unwritten: deque[asyncio.Task[None]] = deque()
         try:
             while not stop.is_set():
                 try:
@@ -77,40 +87,54 @@ class EventConsumers:
                     log.debug("fetch from %s failed: %s", durable, exc)
                     await sleep_or_stop(stop, 0.5)
                     continue
-                try:
-                    await handle(messages)
-                except Exception:  # not acknowledged: redelivered after the ack wait
-                    log.exception("batch from %s not applied; it will be redelivered", durable)
-                    await sleep_or_stop(stop, 1.0)
+                if not messages:
+                    continue
+                unusable = apply(messages)
+                unwritten.append(asyncio.create_task(self._committed(durable, commit, messages, unusable)))
+                while unwritten and (unwritten[0].done() or len(unwritten) > MAX_UNWRITTEN_BATCHES):
+                    await unwritten.popleft()
         finally:
+            if unwritten:
+                await asyncio.gather(*unwritten, return_exceptions=True)
             try:
                 await subscription.unsubscribe()
             except Exception:  # connection already closing
                 pass
 
-    async def _ack_all(self, messages: list[Msg]) -> None:
-        for message in messages:
-            await message.ack()
+    @staticmethod
+    async def _committed(durable: str, commit: Commit, messages: list[Msg], unusable: list[Msg]) -> None:
+        try:
+            await commit(messages, unusable)
+        except Exception as exc:  # not acknowledged: redelivered after the ack wait, applied again (no-op)
+            log.warning("batch from %s not written back (%s); it will be redelivered", durable, exc)
 
-    async def _tasks(self, messages: list[Msg]) -> None:
+    async def _commit(self, messages: list[Msg], unusable: list[Msg]) -> None:
+        """Write what the batch changed, then acknowledge it (terminate what could not be read)."""
+        await self.persistence.flush(self.state)
+        bad = set(map(id, unusable))
+        for message in messages:
+            await (message.term() if id(message) in bad else message.ack())
+
+    def _apply_tasks(self, messages: list[Msg]) -> list[Msg]:
+        unusable = []
         for message in messages:
             try:
                 event = codec.task_event_decoder.decode(message.data)
             except msgspec.MsgspecError as exc:
                 log.warning("undecodable task event on %s dropped: %s", message.subject, exc)
-                await message.term()
+                unusable.append(message)
                 continue
             self.after_apply(self.state.apply_task_event(event, message.metadata.sequence.stream))
-        await self.persistence.flush(self.state)
-        await self._ack_all(messages)
+        return unusable
 
-    async def _events(self, messages: list[Msg]) -> None:
+    def _apply_events(self, messages: list[Msg]) -> list[Msg]:
+        unusable = []
         for message in messages:
             try:
                 event = codec.run_event_decoder.decode(message.data)
             except msgspec.MsgspecError as exc:
                 log.warning("undecodable event on %s dropped: %s", message.subject, exc)
-                await message.term()
+                unusable.append(message)
                 continue
             if isinstance(event, (runs.RunQueued, runs.RunStarted, runs.RunFinished, runs.RunCancelRequested)):
                 effects = self.state.apply_run_event(event)
@@ -121,10 +145,9 @@ class EventConsumers:
                 self.unknown_task_events += 1
                 log.debug("event for unknown task %s ignored", getattr(event, "task_id", "?"))
             self.after_apply(effects)
-        await self.persistence.flush(self.state)
-        await self._ack_all(messages)
+        return unusable
 
-    async def _logs(self, messages: list[Msg]) -> None:
+    async def _commit_logs(self, messages: list[Msg], _: list[Msg]) -> None:
         keep: list[LogChunk] = []
         for message in messages:
             try:
@@ -142,5 +165,10 @@ class EventConsumers:
         if len(self._log_bytes) > 50_000:
             self._log_bytes.clear()
         await self.persistence.put_log_chunks(keep)
-        await self._ack_all(messages)
+        for message in messages:
+            await message.ack()
 
+
+def _nothing_to_apply(_: list[Msg]) -> list[Msg]:
+    """Log chunks change no state; they are only written (in the commit step)."""
+    return []

@@ -77,6 +77,8 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
             asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop), name="heartbeat"),
             asyncio.create_task(_sweep_forever(commands, state, persistence, settings, stop), name="retention"),
         ]
+        for loop_task in loops:
+            loop_task.add_done_callback(_report_crash)
         await stop.wait()
         log.info("stopping: finishing requests in progress")
         await handlers.stop(settings.shutdown_grace.total_seconds())
@@ -87,6 +89,11 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
             log.warning("final flush failed (%s); changes will be replayed at next start", exc)
         log.info("store stopped", extra={"tasks": len(state.tasks),
                                          "unknown_task_events": consumers.unknown_task_events})
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped by an error", task.get_name(), exc_info=task.exception())
 
 
 async def _broadcast(nc: Client, payload: bytes) -> None:

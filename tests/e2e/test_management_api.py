@@ -224,3 +224,14 @@ def test_tokens_are_required_when_configured_except_for_health(tmp_path, target:
         assert "s3cret-token" not in stack.logs()
     finally:
         stack.stop()
+
+
+async def test_a_task_deleted_while_queued_never_runs(stack: Stack, api: Api, target: TargetServer) -> None:
+    stack.services["runner"].stop()  # the run waits on the work queue
+    created = await api.submit(api_task(target, "deleted in the queue", "/echo"))
+    await api.wait_for(created["id"], lambda t: t["status"] == "queued", timeout=10)
+    assert (await api.client.delete(f"/api/tasks/{created['id']}")).status_code == 200
+    stack.start_service("runner", key="runner")
+    stack.wait_ready()
+    await asyncio.sleep(2.0)
+    assert target.bodies == []
