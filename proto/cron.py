@@ -40,7 +40,7 @@ def load_zone(name: str) -> ZoneInfo:
 class CronSchedule:
     """A parsed cron expression bound to a time zone."""
 
-    __slots__ = ("expression", "zone", "_seconds_first")
+    __slots__ = ("expression", "zone", "_seconds_first", "_iterator_cache")
 
     def __init__(self, expression: str, zone: str = "UTC") -> None:
         expression = " ".join(expression.split())
@@ -62,7 +62,10 @@ class CronSchedule:
         self.expression = expression
         self.zone = load_zone(zone)
         try:
-            self._iterator(datetime(2000, 1, 1))
+            # Parsed once: building a croniter costs ~0.4 ms, moving an existing one ~20 µs.
+            self._iterator_cache = croniter(self.expression, datetime(2000, 1, 1),
+                                            second_at_beginning=self._seconds_first,
+                                            max_years_between_matches=_NEVER_HORIZON_YEARS)
         except Exception as exc:  # croniter raises several unrelated types for bad input
             raise CronError(f"invalid cron_expression {expression!r}: {exc}") from None
         probe = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -70,8 +73,8 @@ class CronSchedule:
             raise CronError(f"cron_expression {expression!r} never fires")
 
     def _iterator(self, start_wall: datetime) -> croniter:
-        return croniter(self.expression, start_wall, second_at_beginning=self._seconds_first,
-                        max_years_between_matches=_NEVER_HORIZON_YEARS)
+        self._iterator_cache.set_current(start_wall, force=True)
+        return self._iterator_cache
 
     def next_after(self, after: datetime, *, horizon: timedelta | None = None) -> datetime | None:
         """The first fire instant strictly after ``after`` (aware), in UTC; None past ``horizon``."""

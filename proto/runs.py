@@ -96,6 +96,17 @@ class RunQueued(Event, tag="run_queued"):
     attempt: int = 1
     retry: int = 0
     deadline_at: datetime | None = None
+    schedule: ScheduleView | None = None
+    """For a cron fire: where the schedule stands after it (saves a separate ScheduleUpdated)."""
+
+
+class ScheduleView(Struct, kw_only=True, omit_defaults=True):
+    """A schedule's next fire time and counters, as the scheduler sees them."""
+
+    next_run_at: datetime | None = None
+    fired_count: int = 0
+    missed_count: int = 0
+    skipped_count: int = 0
 
 
 class RunStarted(Event, tag="run_started"):

@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 
 from proto import codec, events, runs, subjects
 from proto.records import TaskRecord
-from proto.runs import ONCE_SLOT, RunFinished, slot_for_fire
+from proto.runs import ONCE_SLOT, RunFinished, ScheduleView, slot_for_fire
 from proto.schedules import AnyTimer, CronTimer, OnceTimer, RetryTimer
 from proto.tasks import FINAL_STATUSES, TaskSpec
 from services.common.clock import utcnow
@@ -230,7 +230,7 @@ class Leader:
             return
         run_id = await self.publisher.fire(event.task_id, spec, slot=f"trigger:{event.event_id}",
                                            scheduled_for=event.occurred_at)
-        if isinstance(timer, CronTimer):
+        if isinstance(timer, CronTimer) and tracks_overlap(timer):
             await self._save(msgspec.structs.replace(timer, active_runs=[*timer.active_runs, run_id][-100:]))
 
     async def _spec_of(self, task_id: str) -> TaskSpec | None:
@@ -258,8 +258,9 @@ class Leader:
         async with self.lock(event.task_id):
             cron = self.timers.get(f"cron.{event.task_id}")
             if isinstance(cron, CronTimer) and not event.will_retry and event.run_id in cron.active_runs:
-                await self._save(msgspec.structs.replace(
-                    cron, active_runs=[r for r in cron.active_runs if r != event.run_id]))
+                finished = msgspec.structs.replace(cron, active_runs=[r for r in cron.active_runs if r != event.run_id])
+                self._remember(finished)
+                await self.publisher.save_soon(finished)
             if event.will_retry and event.retry_at is not None:
                 spec = cron.spec if isinstance(cron, CronTimer) else await self._spec_of(event.task_id)
                 if spec is None:
@@ -300,40 +301,56 @@ class Leader:
     async def _fire_cron(self, timer: CronTimer) -> None:
         now = utcnow()
         decision = planner.plan(timer, now, self.settings.misfire_grace, self.settings.run_all_limit)
-        active = list(timer.active_runs)
-        fired = skipped = 0
+        policy = timer.spec.overlap_policy
+        active = list(timer.active_runs) if tracks_overlap(timer) else []
+        # Decide every slot first, so each fire's RunQueued can carry where the schedule stands.
+        to_fire: list[datetime] = []
+        skipped: list[datetime] = []
         for scheduled_for in decision.fire:
-            if active and timer.spec.overlap_policy == "forbid":
-                skipped += 1
-                await self.publisher.event(events.SlotSkipped(
-                    event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, scheduled_for=scheduled_for,
-                    reason=f"previous run {active[-1]} still running (overlap_policy forbid)"),
-                    msg_id=f"skip:{timer.task_id}:{slot_for_fire(scheduled_for)}")
-                continue
-            if active and timer.spec.overlap_policy == "replace":
+            if (active or to_fire) and policy == "forbid":
+                skipped.append(scheduled_for)
+            else:
+                to_fire.append(scheduled_for)
+        updated = msgspec.structs.replace(
+            timer, fired_count=timer.fired_count + len(to_fire), skipped_count=timer.skipped_count + len(skipped),
+            missed_count=timer.missed_count + decision.missed,
+            last_fire_at=to_fire[-1] if to_fire else timer.last_fire_at,
+            due_at=decision.next_due or timer.due_at)
+        view = ScheduleView(next_run_at=decision.next_due, fired_count=updated.fired_count,
+                            missed_count=updated.missed_count, skipped_count=updated.skipped_count)
+        for scheduled_for in skipped:
+            await self.publisher.event(events.SlotSkipped(
+                event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, scheduled_for=scheduled_for,
+                reason=f"previous run {(active or ['?'])[-1]} still running (overlap_policy forbid)"),
+                msg_id=f"skip:{timer.task_id}:{slot_for_fire(scheduled_for)}")
+        for scheduled_for in to_fire:
+            if active and policy == "replace":
                 for run_id in active:
                     await self.publisher.event(runs.RunCancelRequested(
                         event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, run_id=run_id,
                         reason=f"replaced by the fire of {scheduled_for.isoformat()} (overlap_policy replace)"))
                 active = []
             run_id = await self.publisher.fire(timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for),
-                                               scheduled_for=scheduled_for)
-            active.append(run_id)
-            fired += 1
+                                               scheduled_for=scheduled_for, schedule=view)
+            if tracks_overlap(timer):
+                active.append(run_id)
         if decision.missed:
             await self.publisher.event(events.SlotsMissed(
                 event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, count=decision.missed,
                 first=decision.missed_first, last=decision.missed_last,  # type: ignore[arg-type]
-                policy=timer.spec.misfire_policy, caught_up=fired),
+                policy=timer.spec.misfire_policy, caught_up=len(to_fire)),
                 msg_id=f"miss:{timer.task_id}:{slot_for_fire(decision.missed_first)}")  # type: ignore[arg-type]
-        updated = msgspec.structs.replace(
-            timer, fired_count=timer.fired_count + fired, skipped_count=timer.skipped_count + skipped,
-            missed_count=timer.missed_count + decision.missed, active_runs=active[-100:],
-            last_fire_at=decision.fire[-1] if decision.fire else timer.last_fire_at,
-            due_at=decision.next_due or timer.due_at)
+        updated = msgspec.structs.replace(updated, active_runs=active[-100:])
         if decision.next_due is None:
             await self._drop(timer.key)
             await self.publisher.schedule_updated(updated, "completed", next_run_at=None)
-        else:
-            await self._save(updated)
+            return
+        self._remember(updated)
+        await self.publisher.save_soon(updated)
+        if not to_fire:  # nothing carried the new view to the store
             await self.publisher.schedule_updated(updated, "active", next_run_at=decision.next_due)
+
+
+def tracks_overlap(timer: CronTimer) -> bool:
+    """Only the forbid and replace policies need to know which runs are still going."""
+    return timer.spec.overlap_policy != "allow"

@@ -8,19 +8,21 @@ failover — lands once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from proto import codec, events, runs, subjects
-from proto.runs import RunDue, RunError, RunFinished, RunQueued
+from proto.runs import RunDue, RunError, RunFinished, RunQueued, ScheduleView
 from proto.schedules import AnyTimer, CronTimer
 from proto.tasks import TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
+log = logging.getLogger(__name__)
 
 
 class Publisher:
@@ -38,7 +40,8 @@ class Publisher:
         await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT_SECONDS)
 
     async def fire(self, task_id: str, spec: TaskSpec, *, slot: str, scheduled_for: datetime,
-                   run_id: str | None = None, attempt: int = 1, retry: int = 0) -> str:
+                   run_id: str | None = None, attempt: int = 1, retry: int = 0,
+                   schedule: ScheduleView | None = None) -> str:
         """Make one run due now; returns its run id. An expired start deadline ends it as expired."""
         run_id = run_id or runs.run_id_for(task_id, slot)
         now = utcnow()
@@ -47,7 +50,8 @@ class Publisher:
             deadline = scheduled_for + timedelta(seconds=spec.start_deadline_seconds)
         identity = f"{task_id}:{slot}:{attempt}"
         queued = RunQueued(event_id=f"q:{identity}", occurred_at=now, task_id=task_id, run_id=run_id, slot=slot,
-                           scheduled_for=scheduled_for, attempt=attempt, retry=retry, deadline_at=deadline)
+                           scheduled_for=scheduled_for, attempt=attempt, retry=retry, deadline_at=deadline,
+                           schedule=schedule)
         first = await self._publish(subjects.run_event(task_id, run_id, "queued"), codec.encode(queued),
                                     queued.event_id)
         if deadline is not None and now > deadline:
@@ -87,6 +91,20 @@ class Publisher:
         """Persist a timer (it survives a restart or a failover)."""
         await self.timers.put(timer.key, codec.encode(timer))
 
+    async def save_soon(self, timer: AnyTimer) -> None:
+        """Persist a cron timer after a fire without waiting for the acknowledgement.
+
+        Losing it (a crash right now) only repeats the fire at a takeover, and a repeated fire
+        lands once (its message id); waiting would hold every other fire of the moment.
+        """
+        future = await self.js.publish_async(f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}", codec.encode(timer))
+        future.add_done_callback(_log_failed_save)
+
     async def drop(self, key: str) -> None:
         """Remove a timer that has fired or was cancelled."""
         await self.timers.purge(key)
+
+
+def _log_failed_save(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("timer not saved (%s); the next fire saves it again", future.exception())

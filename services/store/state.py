@@ -184,11 +184,7 @@ class StoreState:
             effects.unknown_task = event.task_id not in self.tombstones
             return effects
         if isinstance(event, events.ScheduleUpdated):
-            task.fired_count = max(task.fired_count, event.fired_count)
-            task.missed_count = max(task.missed_count, event.missed_count)
-            task.skipped_count = max(task.skipped_count, event.skipped_count)
-            if task.status == "active":
-                task.next_run_at = event.next_run_at
+            self._schedule_view(task, event.next_run_at, event.fired_count, event.missed_count, event.skipped_count)
             if event.state == "completed" and task.status in ("active", "paused"):
                 self._set_status(task, "completed")
                 task.finished_at = event.occurred_at
@@ -204,6 +200,13 @@ class StoreState:
                        f"missed while no scheduler ran; policy {event.policy}, {event.caught_up} caught up"))
         self._touch(task, event.occurred_at)
         return effects
+
+    def _schedule_view(self, task: TaskRecord, next_run_at: object, fired: int, missed: int, skipped: int) -> None:
+        task.fired_count = max(task.fired_count, fired)
+        task.missed_count = max(task.missed_count, missed)
+        task.skipped_count = max(task.skipped_count, skipped)
+        if task.status == "active":
+            task.next_run_at = next_run_at  # type: ignore[assignment]
 
     def _ledger_add(self, task_id: str, entry: LedgerEntry) -> None:
         ledger = self.ledgers.setdefault(task_id, [])
@@ -254,6 +257,9 @@ class StoreState:
         return run, True
 
     def _queued(self, task: TaskRecord, event: runs.RunQueued, effects: Effects) -> None:
+        if event.schedule is not None:
+            view = event.schedule
+            self._schedule_view(task, view.next_run_at, view.fired_count, view.missed_count, view.skipped_count)
         run, created = self._run(task, event.run_id, event.slot, "queued", event.attempt)
         if run.slot == "unknown":
             run.slot = event.slot  # its start was applied first

@@ -6,6 +6,7 @@ import itertools
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 
 from proto import codec, events, runs
@@ -562,3 +563,18 @@ def test_a_retry_queued_after_the_cancel_is_killed() -> None:
     assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, RUN)]
     assert state.runs[TASK][RUN].status == "cancelled"
     assert state.metrics.outcomes == {"cancelled": 1}
+
+
+def test_a_cron_fire_carries_the_schedules_next_fire_and_counters() -> None:
+    state = fresh(spec=HOURLY)
+    fire = runs.RunQueued(event_id=eid(), occurred_at=at(1), task_id=TASK, run_id="r1", slot="cron:1000",
+                          scheduled_for=at(1), schedule=runs.ScheduleView(next_run_at=at(3601), fired_count=3,
+                                                                          missed_count=1, skipped_count=2))
+    state.apply_run_event(fire)
+    task = state.tasks[TASK]
+    assert (task.next_run_at, task.fired_count, task.missed_count, task.skipped_count) == (at(3601), 3, 1, 2)
+    # an older view arriving late never lowers the counters
+    late = msgspec.structs.replace(fire, event_id=eid(), run_id="r0",
+                                   schedule=runs.ScheduleView(next_run_at=at(1), fired_count=2))
+    state.apply_run_event(late)
+    assert task.fired_count == 3 and task.skipped_count == 2
