@@ -98,10 +98,13 @@ class NatsServer:
         config = self.data_dir / "taskmesh-nats.conf"
         config.write_text(NATS_CONFIG)
         log = open(self.log_path, "ab")
+        # Go's soft memory limit: without it garbage from a burst stays resident (220 MB after
+        # 10,000 tasks, 93 MB with it); live JetStream data may still exceed it.
+        env = {**os.environ, "GOMEMLIMIT": os.environ.get("TASKMESH_NATS_MEMORY_LIMIT", "64MiB")}
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1",
              "-p", str(self.port), "-m", str(self.monitor_port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach, env=env)
         log.close()
         self.wait_ready(timeout)
         return self
