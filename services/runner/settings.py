@@ -67,7 +67,7 @@ class RunnerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
     find_links: str | None = None
     """A wheelhouse (URL or directory listing of wheels); without ``index_url`` only it is used."""
     ca_bundle: str | None = "/etc/ssl/certs/ca-certificates.crt"
-    """CA bundle mounted into dependency builders (TLS-intercepting proxies); never disables TLS checks."""
+    """CA bundle copied into dependency builders (TLS-intercepting proxies); never disables TLS checks."""
     builder_network: str = "bridge"
     install_timeout_seconds: float = 600.0
     instance: str = "default"
