@@ -194,3 +194,11 @@ async def fetch_until(subscription: JetStreamContext.PullSubscription, batch: in
         return fetch.result()
     except TimeoutError:
         return []
+
+
+async def close(nc: Client) -> None:
+    """Drain (finish what is in flight, then close); a connection already gone just closes."""
+    try:
+        await nc.drain()
+    except Exception:  # already closed or never connected
+        await nc.close()

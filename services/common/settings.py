@@ -10,6 +10,8 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from proto.tasks import Limits
+
 PREFIX = "TASKMESH_"
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -30,6 +32,37 @@ class ServiceSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     js_replicas: int = 1
     shutdown_grace: timedelta = timedelta(seconds=30)
     heartbeat_interval: timedelta = timedelta(seconds=2)
+
+
+class LimitSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
+    """Operator defaults and maxima for sandboxes and requests: the store checks submissions
+    against them, the runner enforces them again."""
+
+    code_timeout_seconds: float = 300.0
+    """Wall-clock timeout of a code task that sets none."""
+    api_timeout_seconds: float = 30.0
+    """Timeout of an API task that sets none (the seed's default)."""
+    max_timeout_seconds: float = 3600.0
+    """Largest ``timeout`` a task may ask for."""
+    sandbox_memory_mb: int = 512
+    """Memory of a sandbox (swap adds nothing) unless the task asks for another amount."""
+    max_memory_mb: int = 2048
+    """Largest ``memory_mb`` a task may ask for."""
+    sandbox_cpus: float = 0.5
+    """CPUs of a sandbox unless the task asks for another amount."""
+    max_cpus: float = 2.0
+    """Largest ``cpus`` a task may ask for."""
+    allow_sandbox_network: bool = True
+    """Whether tasks may ask for ``network: true`` (isolated API tasks always get it)."""
+
+    def limits(self) -> Limits:
+        """The operator limits as the contract names them."""
+        return Limits(
+            code_timeout_seconds=self.code_timeout_seconds, api_timeout_seconds=self.api_timeout_seconds,
+            max_timeout_seconds=self.max_timeout_seconds, memory_mb=self.sandbox_memory_mb,
+            max_memory_mb=self.max_memory_mb, cpus=self.sandbox_cpus, max_cpus=self.max_cpus,
+            allow_network=self.allow_sandbox_network,
+        )
 
 
 def _is_list(annotation: object) -> bool:

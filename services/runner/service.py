@@ -6,7 +6,6 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from proto import codec, subjects
@@ -32,7 +31,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
     started_at = utcnow()
     async with AsyncExitStack() as stack:
         nc = await natsio.connect(settings, f"taskmesh-runner-{runner_id}", stop)
-        stack.push_async_callback(_close, nc)
+        stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
         for stream in (subjects.STREAM_WORK, subjects.STREAM_EVENTS, subjects.STREAM_LOGS, subjects.STREAM_DEAD_LETTERS):
             await natsio.wait_for_stream(js, stream, stop)
@@ -130,10 +129,3 @@ async def _run(executor: RunExecutor, message: Msg, slots: Slots) -> None:
         log.exception("run not completed; it will be redelivered")
     finally:
         slots.release()
-
-
-async def _close(nc: Client) -> None:
-    try:
-        await nc.drain()
-    except Exception:  # already closed
-        await nc.close()

@@ -7,8 +7,7 @@ from datetime import timedelta
 
 import msgspec
 
-from proto.tasks import Limits
-from services.common.settings import ServiceSettings
+from services.common.settings import LimitSettings
 
 DEFAULT_BLOCKED_RANGES = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::/32", "100.100.100.200/32"]
 """Link-local and cloud metadata addresses: an API task may never reach them unless allowed."""
@@ -19,7 +18,7 @@ def default_code_slots() -> int:
     return max(2, 2 * (os.cpu_count() or 1))
 
 
-class RunnerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
+class RunnerSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     """Slots, sandbox, dependency cache, egress policy and operator limits."""
 
     code_slots: int = 0
@@ -28,15 +27,6 @@ class RunnerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
     """Concurrent HTTP runs (I/O bound, so many)."""
     poison_deliveries: int = 4
     """A run delivered this many times without an outcome (runner crashes) is dead-lettered."""
-    # operator limits
-    code_timeout_seconds: float = 300.0
-    api_timeout_seconds: float = 30.0
-    max_timeout_seconds: float = 3600.0
-    sandbox_memory_mb: int = 512
-    max_memory_mb: int = 2048
-    sandbox_cpus: float = 0.5
-    max_cpus: float = 2.0
-    allow_sandbox_network: bool = True
     # output
     log_cap_bytes: int = 1024 * 1024
     result_cap_bytes: int = 512 * 1024
@@ -73,14 +63,6 @@ class RunnerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
     instance: str = "default"
     """Name of this installation; containers are labelled with it so two installations on one
     Docker host never reap each other's sandboxes."""
-
-    def limits(self) -> Limits:
-        return Limits(
-            code_timeout_seconds=self.code_timeout_seconds, api_timeout_seconds=self.api_timeout_seconds,
-            max_timeout_seconds=self.max_timeout_seconds, memory_mb=self.sandbox_memory_mb,
-            max_memory_mb=self.max_memory_mb, cpus=self.sandbox_cpus, max_cpus=self.max_cpus,
-            allow_network=self.allow_sandbox_network,
-        )
 
     def effective_code_slots(self) -> int:
         return self.code_slots or default_code_slots()

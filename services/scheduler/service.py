@@ -6,7 +6,6 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from nats.aio.client import Client
 
 from proto import streams, subjects
 from proto.control import Heartbeat
@@ -31,7 +30,7 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     started_at = utcnow()
     async with AsyncExitStack() as stack:
         nc = await natsio.connect(settings, f"taskmesh-scheduler-{instance_id}", stop)
-        stack.push_async_callback(_close, nc)
+        stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
         owned = await natsio.setup_owned(js, "scheduler", settings.js_replicas)
         for stream in (subjects.STREAM_TASKS, subjects.STREAM_EVENTS):
@@ -89,10 +88,3 @@ async def _lead(leader: Leader, lease: LeaderLease, stop: asyncio.Event) -> None
         until.set()
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
-
-
-async def _close(nc: Client) -> None:
-    try:
-        await nc.drain()
-    except Exception:  # already closed
-        await nc.close()

@@ -39,7 +39,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
     started_at = utcnow()
     async with AsyncExitStack() as stack:
         nc = await natsio.connect(settings, f"taskmesh-store-{instance_id}", stop)
-        stack.push_async_callback(_close, nc)
+        stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
         buckets = await natsio.setup_owned(js, "store", settings.js_replicas)
         for name in STORE_CONSUMERS:
@@ -102,12 +102,6 @@ async def _broadcast(nc: Client, payload: bytes) -> None:
     except Exception as exc:  # NATS away: the runner will see the cancelled task on its next check
         log.warning("cancel broadcast failed: %s", exc)
 
-
-async def _close(nc: Client) -> None:
-    try:
-        await nc.drain()
-    except Exception:  # already closed
-        await nc.close()
 
 
 async def _sweep_forever(commands: Commands, state: StoreState, persistence: Persistence,
