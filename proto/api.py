@@ -30,12 +30,14 @@ class TaskRef(Request):
 
 
 class SubmitAccepted(Struct, kw_only=True):
-    """Reply to ``SUBMIT_TASK``: the task as stored; ``replayed`` when the idempotency key matched."""
+    """Reply to ``SUBMIT_TASK``: the task as stored; ``replayed`` when the idempotency key matched;
+    with a ``Taskmesh-Wait`` header, ``done`` says whether it finished within the wait."""
 
     id: str
     status: str
     task: TaskRecord
     replayed: bool = False
+    done: bool = False
 
 
 class ListTasksRequest(Request):

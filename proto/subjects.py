@@ -213,6 +213,8 @@ ALL_SUBJECT_CONSTANTS: Final = (
 
 HEADER_ERROR: Final = "Taskmesh-Error"
 """On a reply from the store: set (to the error code) when the body is ``{"error": {...}}``."""
+HEADER_WAIT: Final = "Taskmesh-Wait"
+"""On ``SUBMIT_TASK``: seconds to wait for the task to finish before replying (``done`` says if it did)."""
 HEADER_ROUTE: Final = "Taskmesh-Route"
 """On ``SUBMIT_TASK``: ``isolated`` (as ``POST /api/tasks/isolated``) or ``scheduled``
 (as ``POST /api/scheduled-tasks``, which takes only scheduled tasks)."""

@@ -117,16 +117,16 @@ async def submit(request: web.Request, route: str = "") -> web.Response:
         headers[subjects.HEADER_IDEMPOTENCY_KEY] = key
     if route:
         headers[subjects.HEADER_ROUTE] = route
-    client = store(request)
-    accepted = codec.decode(api.SubmitAccepted, await client.raw(subjects.SUBMIT_TASK, body, headers or None))
+    if wait is not None:
+        headers[subjects.HEADER_WAIT] = str(wait)  # the store answers once the task is done (or the wait ends)
+    reply = await store(request).raw(subjects.SUBMIT_TASK, body, headers or None,
+                                     timeout=None if wait is None else wait + 5)
+    accepted = codec.decode(api.SubmitAccepted, reply)
     response_headers = {"Location": f"/api/tasks/{accepted.id}"}
     if accepted.replayed:
         response_headers["Idempotent-Replayed"] = "true"
-    if wait is None:
-        return json_struct(accepted.task, 201, response_headers)
-    reply = await client.call(subjects.WAIT_TASK, api.WaitTaskRequest(id=accepted.id, timeout_seconds=wait),
-                              api.WaitReply, timeout=wait + 5)
-    return json_struct(reply.task, 201 if reply.done else 202, response_headers)
+    status = 202 if wait is not None and not accepted.done else 201
+    return json_struct(accepted.task, status, response_headers)
 
 
 async def submit_task(request: web.Request) -> web.Response:

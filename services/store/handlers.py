@@ -17,6 +17,7 @@ from services.store.errors import StoreError
 from services.store.queries import Queries
 
 log = logging.getLogger(__name__)
+MAX_WAIT_SECONDS = 300.0
 
 Route = Callable[[Msg], Awaitable[Any]]
 
@@ -110,9 +111,28 @@ class ApiHandlers:
         return await handler(codec.decode_request(kind, msg.data))
 
     async def _submit(self, msg: Msg) -> Any:
-        return await self.commands.submit(msg.data, msg.headers)
+        wait = _wait_seconds(msg.headers)
+        accepted = await self.commands.submit(msg.data, msg.headers)
+        if wait is None:
+            return accepted
+        waited = await self.queries.wait(api.WaitTaskRequest(id=accepted.id, timeout_seconds=wait))
+        return api.SubmitAccepted(id=accepted.id, status=waited.task.status, task=waited.task,
+                                  replayed=accepted.replayed, done=waited.done)
 
     async def _trigger(self, msg: Msg) -> Any:
         request = codec.decode_request(api.TaskRef, msg.data)
         task, run_id = await self.commands.trigger(request.id)
         return api.TriggerReply(task=task, run_id=run_id)
+
+
+def _wait_seconds(headers: dict[str, str] | None) -> float | None:
+    raw = (headers or {}).get(subjects.HEADER_WAIT)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise FieldError("wait", f"{subjects.HEADER_WAIT} must be a number of seconds") from None
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise FieldError("wait", f"{subjects.HEADER_WAIT} must be between 0 and {MAX_WAIT_SECONDS:g} seconds")
+    return seconds

@@ -61,3 +61,20 @@ async def test_a_plain_nats_client_gets_a_rejection_naming_the_field(stack: Stac
         assert (await js.stream_info("TASKS")).state.messages == 0
     finally:
         await nc.close()
+
+
+async def test_a_plain_nats_client_can_submit_and_wait_in_one_request(stack: Stack, target: TargetServer) -> None:
+    assert stack.nats is not None
+    nc = await nats.connect(stack.nats.url)
+    try:
+        body = {"name": "sync", "task_type": "immediate", "api_url": f"{target.url}/hello"}
+        reply = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=15,
+                                 headers={"Taskmesh-Wait": "10"})
+        accepted = json.loads(reply.data)
+        assert accepted["done"] is True and accepted["status"] == "succeeded"
+        assert accepted["task"]["result"]["body"] == {"hello": "world", "method": "GET"}
+        bad = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5,
+                               headers={"Taskmesh-Wait": "soon"})
+        assert json.loads(bad.data)["error"]["field"] == "wait"
+    finally:
+        await nc.close()
