@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {"date": started.date().isoformat(), "started_at": started.isoformat(), "git": git,
               "machine": machine_info(), "versions": versions(None if args.no_celery else str(venv_python())),
               "quick": args.quick, "workloads_selected": args.workloads, "params": params.as_dict(),
-              "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+              "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])}
     work_dir = ROOT / ".taskmesh" / "bench-runs" / started.strftime("%Y%m%dT%H%M%S")
     work_dir.mkdir(parents=True, exist_ok=True)
     print(f"bench: {', '.join(args.workloads)}{' (quick)' if args.quick else ''} on {os.cpu_count()} cores, "
