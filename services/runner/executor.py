@@ -147,14 +147,17 @@ class RunExecutor:
         except Exception as exc:  # a runner bug must not lose the run: report it as such
             log.exception("run %s failed inside the runner", due.run_id)
             outcome = Outcome(status="failed", error=RunError(type="runner_error", message=f"{type(exc).__name__}: {exc}"))
-        await output.close()
+        # The outcome does not wait for the last log chunks to be acknowledged: the store tells a
+        # complete log by the chunk count the outcome carries.
+        output.end()
+        await asyncio.wait_for(started_ack, 10)
         if active.hand_back:
-            await asyncio.wait_for(started_ack, 10)
+            await output.settled()
             await message.nak()
             log.info("run handed back", extra={"run": due.run_id, "attempt": attempt})
             return
-        await asyncio.wait_for(started_ack, 10)
         await self._report(due, attempt, outcome, now, output.bytes_seen, output.chunks)
+        await output.settled()
         await message.ack()
 
     async def _keep_alive(self, message: Msg) -> None:

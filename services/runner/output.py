@@ -97,16 +97,20 @@ class RunOutput:
             except Exception as exc:  # output is best effort; the outcome is not
                 log.warning("log chunk not published: %s", exc)
 
-    async def close(self) -> None:
-        """Publish what is buffered and wait until JetStream has it all."""
+    def end(self) -> None:
+        """No more output: publish what is buffered (``settled`` waits for it)."""
         for stream, decoder in self._decoders.items():
             tail = decoder.decode(b"", final=True)
             if tail:
                 self._append(stream, tail)  # type: ignore[arg-type]
         self._flush()
+        if self._worker is not None:
+            self._outbox.put_nowait(None)
+
+    async def settled(self) -> None:
+        """Wait until JetStream has every chunk (or 10 s passed)."""
         if self._worker is None:
             return
-        self._outbox.put_nowait(None)
         await self._worker
         try:
             await asyncio.wait_for(asyncio.gather(*self._acks, return_exceptions=True), 10)

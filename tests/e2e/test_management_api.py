@@ -33,7 +33,7 @@ async def test_listing_filters_and_pages_newest_first(api: Api, target: TargetSe
             break
     expected = [delayed["id"], *reversed(ids)]
     assert [i for i in seen if i in expected] == expected
-    pending = await api.get("/api/tasks", status="pending", name="page")
+    pending = await api.get("/api/tasks", status="pending", name="page later")
     assert [t["id"] for t in pending["tasks"]] == [delayed["id"]]
     delays = await api.get("/api/tasks", task_type="delayed", kind="api")
     assert delayed["id"] in [t["id"] for t in delays["tasks"]]
