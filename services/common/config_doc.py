@@ -88,7 +88,7 @@ published port) are listed at its top and in deploy/README.md.
 
 Outside the services: `taskmesh up` reads `TASKMESH_DATA_DIR` (default `.taskmesh`); the
 nats-server it starts (and compose's) runs with Go's soft memory limit
-`TASKMESH_NATS_MEMORY_LIMIT` (default `96MiB`; empty: none); the `taskmesh` command reads
+`TASKMESH_NATS_MEMORY_LIMIT` (e.g. `96MiB`; unset by default: it halves nats-server's memory after a burst but doubles its CPU under load); the `taskmesh` command reads
 `TASKMESH_URL` (default `http://127.0.0.1:5001`) and `TASKMESH_TOKEN`.
 """
 

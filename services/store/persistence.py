@@ -15,7 +15,8 @@ from proto.api import LedgerEntry
 from proto.records import RunRecord, TaskRecord
 from proto.runs import LogChunk
 from services.common.natsio import read_bucket
-from services.store.state import LEDGER_RUN_ID, StoreState, Writes
+from services.store.state import StoreState
+from services.store.writes import LEDGER_RUN_ID, Writes
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from services.common.clock import utcnow
 from services.common.presence import ServiceRegistry
 from services.store.errors import TaskNotFound
 from services.store.persistence import Persistence
-from services.store.state import LEDGER_RUN_ID, StoreState
+from services.store.state import StoreState
+from services.store.writes import LEDGER_RUN_ID
 
 log = logging.getLogger(__name__)
 LOG_SETTLE_SECONDS = 3.0

@@ -20,6 +20,7 @@ from proto.tasks import FINAL_STATUSES
 from services.common.clock import ms_between
 from services.store.index import TaskIndex
 from services.store.metrics import RunMetrics
+from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
 
 ACTIVE_RUN_STATUSES = frozenset({"queued", "running", "retrying"})
 TOMBSTONES_KEPT = 100_000
@@ -480,24 +481,3 @@ class StoreState:
         for key in writes.removed_runs:
             task_id, _, run_id = key.partition(".")
             self.removed_runs.add((task_id, run_id))
-
-
-@dataclass
-class Writes:
-    """Encoded records to put, and what to remove, in the store's buckets."""
-
-    tasks: list[tuple[str, bytes]] = field(default_factory=list)
-    runs: list[tuple[str, bytes]] = field(default_factory=list)
-    removed_tasks: set[str] = field(default_factory=set)
-    removed_runs: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.tasks or self.runs or self.removed_tasks or self.removed_runs)
-
-
-LEDGER_RUN_ID = "ledger"
-
-
-def ledger_key(task_id: str) -> str:
-    """Key of a schedule's ledger of skipped and missed slots, kept in the runs bucket."""
-    return subjects.run_key(task_id, LEDGER_RUN_ID)

@@ -13,7 +13,8 @@ from proto import codec, events, runs
 from proto.control import CancelRun
 from proto.runs import RunError
 from proto.tasks import TaskSpec
-from services.store.state import StoreState, ledger_key
+from services.store.state import StoreState
+from services.store.writes import ledger_key
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 TASK = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"

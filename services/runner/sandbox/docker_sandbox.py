@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
 import msgspec
 from docker.types import LogConfig, Ulimit
 from nats.aio.client import Client
 
-from proto import subjects
 from proto.control import SandboxStatus
 from proto.runs import RunError, RunTimings
 from proto.tasks import TaskSpec
@@ -30,18 +28,14 @@ from services.runner.output import RunOutput
 from services.runner.sandbox.channel import STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
 from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
+from services.runner.sandbox.images import resolve_image
 from services.runner.sandbox.pool import Sandbox, Shape, WarmPool
+from services.runner.sandbox.reaper import LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUN, LABEL_RUNNER, reap_orphans
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP = (Path(__file__).with_name("bootstrap.py")).read_text()
-LABEL_MANAGED = "org.taskmesh.managed"
-LABEL_INSTANCE = "org.taskmesh.instance"
-LABEL_RUNNER = "org.taskmesh.runner"
-LABEL_RUN = "org.taskmesh.run"
-SANDBOX_IMAGE_LABELS = ("org.taskmesh.sandbox", "org.taskmesh.recipe")
-DEFAULT_IMAGE = "python:3.12-slim"
 EXIT_WAIT_SECONDS = 5.0
 
 
@@ -147,7 +141,7 @@ class DockerSandboxes:
         """Find out whether sandboxes can start, and say why not in plain words."""
         try:
             await self.engine.ping()
-            self.image, self.image_id = await self._resolve_image()
+            self.image, self.image_id = await resolve_image(self.engine, self.settings.sandbox_image)
             if self.deps is None:
                 self.deps = DependencyCache(self.engine, DepsConfig(
                     root=self.settings.deps_dir, volume=self.settings.deps_volume, image=self.image,
@@ -167,29 +161,6 @@ class DockerSandboxes:
         if self.usable or detail != self.detail:
             log.warning("sandboxes unavailable: %s", detail)
         self.usable, self.detail = False, detail
-
-    async def _resolve_image(self) -> tuple[str, str]:
-        try:
-            return self.image, (await self.engine.call("inspect_image", self.image))["Id"]
-        except docker.errors.ImageNotFound:
-            pass
-        try:
-            repository, _, tag = self.image.partition(":")
-            await asyncio.wait_for(self.engine.call("pull", repository, tag=tag or "latest"), 300)
-            return self.image, (await self.engine.call("inspect_image", self.image))["Id"]
-        except Exception as exc:
-            if self.settings.sandbox_image == DEFAULT_IMAGE:
-                for label in SANDBOX_IMAGE_LABELS:
-                    images = await self.engine.call("images", filters={"label": label})
-                    tagged = [i for i in images if i.get("RepoTags")]
-                    if tagged:
-                        newest = max(tagged, key=lambda i: i.get("Created", 0))
-                        log.info("no %s (no registry?); using local sandbox image %s", DEFAULT_IMAGE,
-                                 newest["RepoTags"][0])
-                        return newest["RepoTags"][0], newest["Id"]
-            raise EngineUnavailable(
-                f"sandbox image {self.image} not found and could not be pulled ({type(exc).__name__}); "
-                "build one (deploy/sandbox/build.sh) or set TASKMESH_SANDBOX_IMAGE") from exc
 
     def status(self) -> SandboxStatus:
         return SandboxStatus(usable=self.usable, detail=self.detail, image=self.image,
@@ -244,40 +215,9 @@ class DockerSandboxes:
 
     async def reap_orphans(self) -> int:
         """Remove containers of this installation whose runner no longer answers its ping."""
-        try:
-            containers = await self.engine.call(
-                "containers", all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={self.settings.instance}"]})
-        except Exception as exc:
-            log.warning("orphan scan failed: %s", exc)
-            return 0
-        owners: dict[str, list[str]] = {}
-        for container in containers:
-            owner = container.get("Labels", {}).get(LABEL_RUNNER, "")
-            if owner != self.runner_id:
-                owners.setdefault(owner, []).append(container["Id"])
-        reaped = 0
-        for owner, ids in owners.items():
-            if await self._runner_alive(owner):
-                continue
-            for container_id in ids:
-                try:
-                    await self.engine.remove(container_id)
-                    reaped += 1
-                except Exception as exc:
-                    log.warning("orphan %s not removed: %s", container_id[:12], exc)
-        if reaped:
-            self.reaped_total += reaped
-            log.info("reaped orphan containers", extra={"count": reaped, "runners": len(owners)})
+        reaped = await reap_orphans(self.engine, self.nc, self.settings.instance, self.runner_id)
+        self.reaped_total += reaped
         return reaped
-
-    async def _runner_alive(self, runner_id: str) -> bool:
-        if not runner_id:
-            return False
-        try:
-            await self.nc.request(subjects.runner_ping(runner_id), b"", timeout=1.0)
-            return True
-        except Exception as exc:  # NoRespondersError: gone; a timeout: unsure, leave its containers
-            return "NoResponders" not in type(exc).__name__
 
     # --- runs ---------------------------------------------------------------------------------
 

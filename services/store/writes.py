@@ -1,0 +1,28 @@
+"""What the store writes back: encoded records and removals, and where a schedule's ledger lives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proto import subjects
+
+
+@dataclass
+class Writes:
+    """Encoded records to put, and what to remove, in the store's buckets."""
+
+    tasks: list[tuple[str, bytes]] = field(default_factory=list)
+    runs: list[tuple[str, bytes]] = field(default_factory=list)
+    removed_tasks: set[str] = field(default_factory=set)
+    removed_runs: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.runs or self.removed_tasks or self.removed_runs)
+
+
+LEDGER_RUN_ID = "ledger"
+
+
+def ledger_key(task_id: str) -> str:
+    """Key of a schedule's ledger of skipped and missed slots, kept in the runs bucket."""
+    return subjects.run_key(task_id, LEDGER_RUN_ID)
