@@ -57,6 +57,9 @@ async def test_a_task_shows_timings_and_its_runs_with_attempts(api: Api, target:
     assert len(runs["runs"]) == 1
     run = await api.get(f"/api/tasks/{task['id']}/runs/{runs['runs'][0]['run_id']}")
     assert run["status"] == "succeeded"
+    run_logs = await api.get(f"/api/tasks/{task['id']}/runs/{run['run_id']}/logs")
+    assert run_logs["run_id"] == run["run_id"] and run_logs["finished"] is True
+    assert "200" in "".join(c["data"] for c in run_logs["chunks"])  # the request and its status
     assert run["attempts"][0]["attempt"] == 1 and run["attempts"][0]["runner_id"] == run["runner_id"]
     assert (await api.client.get(f"/api/tasks/{task['id']}/runs/nope")).status_code == 404
 
