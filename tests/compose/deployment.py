@@ -187,3 +187,7 @@ class Deployment:
             docker("network", "rm", *left["networks"], check=False)
         if left["volumes"]:
             docker("volume", "rm", "-f", *left["volumes"], check=False)
+        # Earlier builds of our images, now untagged, would pile up run after run on a developer's
+        # machine; only dangling images with our labels are pruned.
+        for label in ("org.opencontainers.image.title=taskmesh", "org.taskmesh.sandbox=1"):
+            docker("image", "prune", "-f", "--filter", f"label={label}", check=False)
