@@ -86,18 +86,21 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
 
 
 def _durable(name: str, *, ack_wait: timedelta, filter_subject: str | None = None,
-             max_ack_pending: int = 20_000) -> js_api.ConsumerConfig:
+             max_ack_pending: int = 20_000, ack_all: bool = False) -> js_api.ConsumerConfig:
+    # ack_all: one acknowledgement covers every earlier message, for consumers that apply strictly
+    # in order and acknowledge only what is already written back (the store's).
+    policy = js_api.AckPolicy.ALL if ack_all else js_api.AckPolicy.EXPLICIT
     return js_api.ConsumerConfig(
-        durable_name=name, filter_subject=filter_subject, ack_policy=js_api.AckPolicy.EXPLICIT,
+        durable_name=name, filter_subject=filter_subject, ack_policy=policy,
         deliver_policy=js_api.DeliverPolicy.ALL, ack_wait=ack_wait.total_seconds(), max_deliver=-1,
         max_ack_pending=max_ack_pending, max_waiting=1024)
 
 
 CONSUMERS: Final[dict[str, ConsumerSpec]] = {
     subjects.CONSUMER_STORE_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
-        subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT)),
+        subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT, ack_all=True)),
     subjects.CONSUMER_STORE_EVENTS: ConsumerSpec(subjects.STREAM_EVENTS, _durable(
-        subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT)),
+        subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT, ack_all=True)),
     subjects.CONSUMER_STORE_LOGS: ConsumerSpec(subjects.STREAM_LOGS, _durable(
         subjects.CONSUMER_STORE_LOGS, ack_wait=STORE_ACK_WAIT)),
     subjects.CONSUMER_SCHEDULER_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
