@@ -157,18 +157,44 @@ async def setup_owned(js: JetStreamContext, owner: str, replicas: int) -> dict[s
     return owned
 
 
-async def read_bucket(kv: KeyValue, keys: str = ">") -> AsyncIterator[tuple[str, bytes]]:
-    """Every live (key, value) of a bucket matching ``keys``, once, then stop."""
-    watcher = await kv.watch(keys, ignore_deletes=True)
+async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> AsyncIterator[tuple[str, bytes]]:
+    """Every live (key, value) of a bucket matching ``keys``, once, then stop.
+
+    Not ``KeyValue.watch``: its end-of-values marker comes from a consumer-info call racing the
+    delivery (nats.py #842), and on a busy machine it arrived before the values: a restarted
+    store loaded no tasks. Here the end is the server's own count: as many messages as the
+    consumer had delivered plus pending when asked, and the last one with nothing behind it.
+    """
+    prefix = f"$KV.{bucket}."
+    delivered: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_message(message: Msg) -> None:
+        delivered.put_nowait(message)
+
+    subscription = await js.subscribe(
+        prefix + keys, stream=f"KV_{bucket}", cb=on_message, ordered_consumer=True,
+        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300)
     try:
-        while True:
-            entry = await watcher.updates(timeout=30)
-            if entry is None:
-                return
-            if entry.value:
-                yield entry.key, entry.value
+        info = await subscription.consumer_info()
+        at_least = info.num_pending + (info.delivered.consumer_seq if info.delivered else 0)
+        received = 0
+        while received < at_least:
+            message = await asyncio.wait_for(delivered.get(), timeout=30)
+            received += 1
+            if message.data and not _is_delete_marker(message):
+                yield message.subject[len(prefix):], message.data
+            if received >= at_least and message.metadata.num_pending:
+                at_least = received + message.metadata.num_pending  # written since: read those too
     finally:
-        await watcher.stop()
+        try:
+            await subscription.unsubscribe()
+        except Exception:  # connection closing
+            pass
+
+
+def _is_delete_marker(message: Msg) -> bool:
+    headers = message.headers or {}
+    return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
 
 
 async def fetch_until(subscription: JetStreamContext.PullSubscription, batch: int, timeout: float,

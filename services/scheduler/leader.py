@@ -61,7 +61,7 @@ class Leader:
     async def load(self) -> None:
         """Read every timer from the bucket (a takeover resumes exactly where the last leader was)."""
         started = time.perf_counter()
-        async for key, value in read_bucket(self.timers_kv):
+        async for key, value in read_bucket(self.js, subjects.BUCKET_SCHEDULES):
             try:
                 self._remember(_timer_decoder.decode(value))
             except msgspec.MsgspecError as exc:

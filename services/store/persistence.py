@@ -37,13 +37,13 @@ class Persistence:
         """Fill ``state`` from the buckets."""
         started = time.perf_counter()
         task_decoder, run_decoder = codec.decoder(TaskRecord), codec.decoder(RunRecord)
-        async for _, value in read_bucket(self.tasks):
+        async for _, value in read_bucket(self.js, subjects.BUCKET_TASKS):
             try:
                 state.load_task(task_decoder.decode(value))
             except msgspec.MsgspecError as exc:
                 log.error("unreadable task record skipped: %s", exc)
         runs = 0
-        async for key, value in read_bucket(self.runs):
+        async for key, value in read_bucket(self.js, subjects.BUCKET_RUNS):
             task_id, _, run_id = key.partition(".")
             try:
                 if run_id == LEDGER_RUN_ID:
@@ -114,6 +114,6 @@ class Persistence:
         """Every stored chunk of one run attempt, in order."""
         decoder = codec.log_chunk_decoder
         chunks = [decoder.decode(value)
-                  async for _, value in read_bucket(self.logs, f"{task_id}.{run_id}.{attempt}.*")]
+                  async for _, value in read_bucket(self.js, subjects.BUCKET_LOGS, f"{task_id}.{run_id}.{attempt}.*")]
         chunks.sort(key=lambda c: c.seq)
         return chunks
