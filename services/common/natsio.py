@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -88,10 +88,31 @@ async def ensure_consumer(js: JetStreamContext, name: str) -> None:
     """Create the durable consumer ``name`` (from ``proto.streams.CONSUMERS``) if it is missing."""
     spec = streams.CONSUMERS[name]
     try:
-        await js.consumer_info(spec.stream, name)
+        info = await js.consumer_info(spec.stream, name)
     except NotFoundError:
         await js.add_consumer(spec.stream, spec.config)
         log.info("created consumer %s on %s", name, spec.stream)
+        return
+    if info.config.ack_policy != spec.config.ack_policy:
+        await _recreate_from_ack_floor(js, spec, info)
+
+
+async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerSpec,
+                                   info: js_api.ConsumerInfo) -> None:
+    """Give a durable consumer a new ack policy (the server cannot change one in place).
+
+    The new consumer starts just above the old one's ack floor: what was acknowledged stays
+    done, and what was delivered but not acknowledged is delivered again (consumers here apply
+    idempotently).
+    """
+    start = (info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0) + 1
+    config = replace(spec.config, deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
+                                 opt_start_seq=start)
+    await js.delete_consumer(spec.stream, info.name)
+    await js.add_consumer(spec.stream, config)
+    log.warning("consumer recreated with a new ack policy", extra={
+        "consumer": info.name, "stream": spec.stream, "ack_policy": str(spec.config.ack_policy),
+        "from_sequence": start})
 
 
 async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyValue:
