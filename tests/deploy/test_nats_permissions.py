@@ -13,12 +13,16 @@ import shutil
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import nats
 import pytest
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.js import api as js_api
 
+from proto import streams, subjects
+from services.common import natsio
 from taskmesh.processes import free_port, nats_server_binary, stop_process, wait_http
 from tests.support import Api, Stack, TargetServer
 
@@ -120,6 +124,30 @@ async def test_every_service_works_under_its_own_user_and_is_never_denied(
     assert DENIED not in server.log(), server.log()[-3000:]
     for key, service in stack.services.items():
         assert "nats error" not in service.log(), f"{key}:\n{service.log()[-3000:]}"
+
+
+async def test_the_store_carries_its_old_explicit_ack_consumer_over_under_its_own_user(tmp_path: Path) -> None:
+    server = ConfiguredNats(tmp_path / "nats").start()
+    stack = Stack(tmp_path)
+    stack.nats = server  # type: ignore[assignment]
+    admin = await nats.connect(server.url, user="admin", password=server.passwords["admin"])
+    try:
+        js = admin.jetstream()
+        await natsio.ensure_stream(js, streams.streams()[subjects.STREAM_TASKS])
+        spec = streams.CONSUMERS[subjects.CONSUMER_STORE_TASKS]
+        await js.add_consumer(spec.stream, replace(spec.config, ack_policy=js_api.AckPolicy.EXPLICIT))
+        stack.start_service("store", **server.credentials("store"))
+        deadline = time.monotonic() + 30
+        while (await js.consumer_info(spec.stream, spec.config.durable_name)).config.ack_policy != js_api.AckPolicy.ALL:
+            assert time.monotonic() < deadline, stack.logs()
+            await asyncio.sleep(0.1)
+        while "store ready" not in stack.services["store"].log():
+            assert time.monotonic() < deadline and stack.services["store"].alive(), stack.logs()
+            await asyncio.sleep(0.1)
+        assert DENIED not in server.log(), server.log()[-3000:]
+    finally:
+        await admin.close()
+        stack.stop()
 
 
 async def _denied(server: ConfiguredNats, user: str, subject: str, payload: bytes = b"{}") -> bool:
