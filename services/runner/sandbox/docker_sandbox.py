@@ -28,7 +28,7 @@ from services.runner.output import RunOutput
 from services.runner.sandbox.channel import STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
 from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
-from services.runner.sandbox.images import resolve_image
+from services.runner.sandbox.images import resolve_image, still_resolves
 from services.runner.sandbox.pool import Sandbox, Shape, WarmPool
 from services.runner.sandbox.reaper import LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUN, LABEL_RUNNER, reap_orphans
 from services.runner.settings import RunnerSettings
@@ -141,7 +141,8 @@ class DockerSandboxes:
         """Find out whether sandboxes can start, and say why not in plain words."""
         try:
             await self.engine.ping()
-            self.image, self.image_id = await resolve_image(self.engine, self.settings.sandbox_image)
+            if not await still_resolves(self.engine, self.image, self.image_id):
+                self.image, self.image_id = await resolve_image(self.engine, self.settings.sandbox_image)
             if self.deps is None:
                 self.deps = DependencyCache(self.engine, DepsConfig(
                     root=self.settings.deps_dir, volume=self.settings.deps_volume, image=self.image,

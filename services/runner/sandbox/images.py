@@ -40,3 +40,15 @@ async def resolve_image(engine: Engine, configured: str) -> tuple[str, str]:
         raise EngineUnavailable(
             f"sandbox image {configured} not found and could not be pulled ({type(exc).__name__}); "
             "build one (deploy/sandbox/build.sh) or set TASKMESH_SANDBOX_IMAGE") from exc
+
+
+async def still_resolves(engine: Engine, name: str, image_id: str) -> bool:
+    """Whether ``name`` is still the image ``image_id`` (a local inspect, no registry traffic).
+
+    The periodic check keeps its resolved image while this holds, so a machine without a registry
+    is not asked to pull every few seconds.
+    """
+    try:
+        return bool(image_id) and (await engine.call("inspect_image", name))["Id"] == image_id
+    except docker.errors.ImageNotFound:
+        return False
