@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from proto import streams
 from services.common.settings import ServiceSettings
@@ -106,8 +106,7 @@ async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerS
     idempotently).
     """
     start = (info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0) + 1
-    config = replace(spec.config, deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
-                                 opt_start_seq=start)
+    config = replace(spec.config, deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
     await js.delete_consumer(spec.stream, info.name)
     await js.add_consumer(spec.stream, config)
     log.warning("consumer recreated with a new ack policy", extra={
@@ -215,7 +214,7 @@ async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> Asy
 
 def _is_delete_marker(message: Msg) -> bool:
     headers = message.headers or {}
-    return headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+    return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
 
 
 async def fetch_until(subscription: JetStreamContext.PullSubscription, batch: int, timeout: float,
