@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procs
-from taskmesh.processes import NatsServer, ServiceProcess, free_port
+from taskmesh.processes import NatsServer, ServiceProcess, free_port, local_service_env
 
 
 @dataclass
@@ -34,11 +34,10 @@ class TaskmeshStack:
         return f"http://127.0.0.1:{self.http_port}"
 
     def env(self) -> dict[str, str]:
-        return {"TASKMESH_NATS_URL": self.nats.url if self.nats else "", "TASKMESH_HTTP_PORT": str(self.http_port),
-                "TASKMESH_DEPS_DIR": str(self.root / "deps"), "TASKMESH_INSTANCE": self.instance,
-                "TASKMESH_LOG_FORMAT": "text", "TASKMESH_SHUTDOWN_GRACE": "5",
+        return {**local_service_env(self.nats.url if self.nats else "", self.http_port, self.root, self.instance),
+                "TASKMESH_SHUTDOWN_GRACE": "5",
                 # dependency builders fetch from the wheelhouse served on 127.0.0.1
-                "TASKMESH_BUILDER_NETWORK": "host", "PYTHONUNBUFFERED": "1", **self.env_extra}
+                "TASKMESH_BUILDER_NETWORK": "host", **self.env_extra}
 
     def start(self, timeout_s: float = 60.0) -> TaskmeshStack:
         self.instance = self.instance or f"bench-{secrets.token_hex(4)}"

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from taskmesh.processes import SERVICES, NatsServer, ProcessError, ServiceProcess, port_in_use, wait_http
+from taskmesh.processes import (SERVICES, NatsServer, ProcessError, ServiceProcess, local_service_env, port_in_use,
+                                wait_http)
 
 COLOURS = {"nats": "35", "store": "36", "scheduler": "33", "runner": "32", "gateway": "34"}
 
@@ -41,14 +42,8 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
     except ProcessError as exc:
         print(f"taskmesh up: {exc}", file=sys.stderr)
         return 1
-    env = {
-        "TASKMESH_NATS_URL": nats.url,
-        "TASKMESH_HTTP_HOST": "127.0.0.1",
-        "TASKMESH_HTTP_PORT": str(http_port),
-        "TASKMESH_DEPS_DIR": str(data_dir / "deps"),
-        "TASKMESH_LOG_FORMAT": os.environ.get("TASKMESH_LOG_FORMAT", "text"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = {**local_service_env(nats.url, http_port, data_dir), "TASKMESH_HTTP_HOST": "127.0.0.1",
+           "TASKMESH_LOG_FORMAT": os.environ.get("TASKMESH_LOG_FORMAT", "text")}
     services = [ServiceProcess(name, env).start(pipe_output=True) for name in SERVICES]
     stopping = False
 

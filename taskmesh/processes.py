@@ -182,6 +182,19 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
+def local_service_env(nats_url: str, http_port: int, data_dir: Path, instance: str | None = None) -> dict[str, str]:
+    """What every service of a stack on this machine is started with (callers add their own).
+
+    Where NATS is, the gateway's port, the requirement-set cache under ``data_dir``, the label of
+    this installation's containers (when given), readable unbuffered logs.
+    """
+    env = {"TASKMESH_NATS_URL": nats_url, "TASKMESH_HTTP_PORT": str(http_port),
+           "TASKMESH_DEPS_DIR": str(data_dir / "deps"), "TASKMESH_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+    if instance is not None:
+        env["TASKMESH_INSTANCE"] = instance
+    return env
+
+
 def project_root() -> str:
     """The checkout (where ``services/`` lives), so ``python -m services.x`` resolves."""
     return str(Path(__file__).resolve().parent.parent)

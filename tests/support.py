@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from taskmesh.processes import SERVICES, NatsServer, ServiceProcess, free_port
+from taskmesh.processes import SERVICES, NatsServer, ServiceProcess, free_port, local_service_env
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired", "completed"}
 
@@ -39,16 +39,11 @@ class Stack:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "TASKMESH_NATS_URL": self.nats.url if self.nats else "",
-            "TASKMESH_HTTP_PORT": str(self.http_port),
-            "TASKMESH_DEPS_DIR": str(self.root / "deps"),
-            "TASKMESH_INSTANCE": self.instance,
-            "TASKMESH_LOG_FORMAT": "text",
+            **local_service_env(self.nats.url if self.nats else "", self.http_port, self.root, self.instance),
             "TASKMESH_SHUTDOWN_GRACE": "10",
             "TASKMESH_SANDBOX_NETWORK": "host",
             "TASKMESH_BUILDER_NETWORK": os.environ.get("TASKMESH_BUILDER_NETWORK", "host"),
             "TASKMESH_POOL_SIZE": "1",
-            "PYTHONUNBUFFERED": "1",
             **self.env_extra,
             **extra,
         }
