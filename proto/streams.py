@@ -86,21 +86,22 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
 
 
 def _durable(name: str, *, ack_wait: timedelta, filter_subject: str | None = None,
-             max_ack_pending: int = 20_000, ack_all: bool = False) -> js_api.ConsumerConfig:
-    # ack_all: one acknowledgement covers every earlier message, for consumers that apply strictly
-    # in order and acknowledge only what is already written back (the store's).
-    policy = js_api.AckPolicy.ALL if ack_all else js_api.AckPolicy.EXPLICIT
+             max_ack_pending: int = 20_000) -> js_api.ConsumerConfig:
+    # Explicit acknowledgement everywhere, the store's consumers included. AckAll (one ack per
+    # batch) is unsafe for them: messages delivered to a store that was killed, or lost in a
+    # reconnect, are redelivered only after the ack wait, and the next batch's single ack would
+    # cover them before they were ever written.
     return js_api.ConsumerConfig(
-        durable_name=name, filter_subject=filter_subject, ack_policy=policy,
+        durable_name=name, filter_subject=filter_subject, ack_policy=js_api.AckPolicy.EXPLICIT,
         deliver_policy=js_api.DeliverPolicy.ALL, ack_wait=ack_wait.total_seconds(), max_deliver=-1,
         max_ack_pending=max_ack_pending, max_waiting=1024)
 
 
 CONSUMERS: Final[dict[str, ConsumerSpec]] = {
     subjects.CONSUMER_STORE_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
-        subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT, ack_all=True)),
+        subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT)),
     subjects.CONSUMER_STORE_EVENTS: ConsumerSpec(subjects.STREAM_EVENTS, _durable(
-        subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT, ack_all=True)),
+        subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT)),
     subjects.CONSUMER_STORE_LOGS: ConsumerSpec(subjects.STREAM_LOGS, _durable(
         subjects.CONSUMER_STORE_LOGS, ack_wait=STORE_ACK_WAIT)),
     subjects.CONSUMER_SCHEDULER_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(

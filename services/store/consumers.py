@@ -109,19 +109,11 @@ class EventConsumers:
             log.warning("batch from %s not written back (%s); it will be redelivered", durable, exc)
 
     async def _commit(self, messages: list[Msg], unusable: list[Msg]) -> None:
-        """Write what the batch changed, then acknowledge it (terminate what could not be read).
-
-        These consumers acknowledge with AckAll: acking the batch's last message covers the rest,
-        and an earlier batch whose own write failed was written by this flush (its records were
-        marked dirty again), so nothing unwritten is ever acknowledged.
-        """
+        """Write what the batch changed, then acknowledge each message (terminate what could not be read)."""
         await self.persistence.flush(self.state)
         bad = set(map(id, unusable))
-        for message in unusable:
-            await message.term()
-        usable = [m for m in messages if id(m) not in bad]
-        if usable:
-            await usable[-1].ack()
+        for message in messages:
+            await (message.term() if id(message) in bad else message.ack())
 
     def _apply_tasks(self, messages: list[Msg]) -> list[Msg]:
         unusable = []
