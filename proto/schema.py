@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -56,11 +57,21 @@ def schemas() -> dict[str, bytes]:
     """File name → JSON Schema document (2020-12) of each message."""
     out = {}
     for name, kind in MESSAGES.items():
-        document = msgspec.json.schema(kind)
+        document = _clean_descriptions(msgspec.json.schema(kind))
         document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         document["title"] = name
         out[f"{name}.json"] = (json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
     return out
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Docstrings as ``inspect.cleandoc`` leaves them, whichever way msgspec's version indents them."""
+    if isinstance(node, dict):
+        return {key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
+                else _clean_descriptions(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
 
 
 def main(argv: list[str]) -> None:

@@ -99,6 +99,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     setattr(item, f"rep_{report.when}", report)
 
 
+_MARK_BY_FIXTURE = {"docker_engine": "docker", "wheel_server": "docker", "stack": "slow", "api": "slow"}
+"""What a fixture costs: a test using one gets the marker (``make test-fast`` deselects them)."""
+_MARK_BY_FOLDER = {"compose": "compose", "e2e": "slow", "browser": "browser", "cli": "slow"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they start, so the unit loop (``make test-fast``) can leave them out."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        marks = {mark for fixture, mark in _MARK_BY_FIXTURE.items() if fixture in names}
+        folder = Path(str(item.path)).parent.name
+        if folder in _MARK_BY_FOLDER:
+            marks.add(_MARK_BY_FOLDER[folder])
+        for mark in sorted(marks):
+            item.add_marker(mark)
+
 
 @pytest.fixture(scope="session")
 def wheel_server() -> Iterator[WheelServer]:
