@@ -13,7 +13,7 @@ SYNC := $(UV) sync --locked --extra cli
 EXPORT := $(UV) export --frozen --no-dev --no-emit-project --no-header -q
 SHELL := bash
 
-.PHONY: up test test-fast lint format lock bench schema clean
+.PHONY: up test test-fast fuzz lint format lock bench schema clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required" if sys.version_info < (3, 11) else 0)'
@@ -42,6 +42,11 @@ test: $(VENV)/.installed-dev
 ## test-fast: the unit tests (no Docker, compose or browser, nothing slow), under a minute
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not docker and not compose and not browser and not slow'
+
+## fuzz: the end-to-end fuzz test at length (CI runs 300 specs; FUZZ_EXAMPLES=N to change)
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(VENV)/.installed-dev
+	TASKMESH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/e2e/test_fuzz.py
 
 ## lint: ruff (lint + format check), mypy, and the lock agrees with pyproject.toml
 lint: $(VENV)/.installed-dev
