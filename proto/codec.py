@@ -56,8 +56,8 @@ def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> F
     if not isinstance(exc, msgspec.ValidationError):
         return FieldError(None, f"request {body_name} is not valid JSON: {text}", code="invalid_json")
     field = None
-    if " - at `$." in text:
-        path = text.rsplit(" - at `$.", 1)[1].rstrip("`")
+    if " - at `$." in text or " - at `key` in `$." in text:
+        path = text.rsplit("`$.", 1)[1].rstrip("`")
         field = path.split(".")[0].split("[")[0]
     elif text.startswith("Object contains unknown field `"):
         field = text.split("`")[1]
