@@ -59,8 +59,9 @@ MAX_RETRY_DELAY_SECONDS: Final = 24 * 3600.0
 MAX_RUNS: Final = 1_000_000_000
 """Largest ``max_runs``."""
 MIN_MEMORY_MB: Final = 32
-"""Smallest sandbox memory: the sandbox's Python and its harness need about 15 MB before the task's
-first line; less would only ever end as ``oom_killed``."""
+"""Smallest sandbox memory: the sandbox's python3 with json, traceback and asyncio loaded peaks at
+18.5 MB RSS (measured in taskmesh-sandbox:py311-r1; under an 8 MB limit it is killed at start), so a
+task below this would only ever end as ``oom_killed``; 32 leaves room for a small task's data."""
 MIN_CPUS: Final = 0.01
 """Smallest CPU share: Docker takes NanoCpus=0 as *no limit*, and anything below 1e-9 rounds to it."""
 LATEST_INSTANT: Final = datetime(3000, 1, 1, tzinfo=timezone.utc)
