@@ -8,8 +8,10 @@ in RecursionError (a 503), and a tiny ``cpus`` gave a sandbox no CPU limit at al
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
+from proto import cron
 from tests.support import Api, TargetServer
 
 API_TASK: dict[str, Any] = {"name": "hostile", "task_type": "immediate", "api_url": "http://127.0.0.1:9/"}
@@ -77,3 +79,15 @@ async def test_the_openapi_document_carries_the_bounds(api: Api) -> None:
     assert bound("memory_mb", "minimum") == 32
     assert bound("args", "maxItems") == 256
     assert bound("function_name", "maxLength") == 200
+
+
+async def test_a_scheduled_task_says_when_it_first_fires_in_its_201_and_right_after(api: Api) -> None:
+    created = await api.submit({"name": "yearly", "task_type": "scheduled", "cron_expression": "0 0 1 1 *",
+                                "timezone": "Europe/Berlin", "api_url": "http://127.0.0.1:9/"},
+                               path="/api/scheduled-tasks")
+
+    created_at = datetime.fromisoformat(created["created_at"])
+    expected = cron.CronSchedule("0 0 1 1 *", "Europe/Berlin").next_after(created_at)
+    assert created["next_run_at"] is not None
+    assert datetime.fromisoformat(created["next_run_at"]) == expected
+    assert (await api.task(created["id"]))["next_run_at"] == created["next_run_at"]
