@@ -50,6 +50,9 @@ depth at which any decoder on the path (gateway, store, scheduler, runner, sandb
 MAX_VALUE_BYTES: Final = 1024 * 1024
 """Largest ``args`` + ``kwargs`` + ``data`` as JSON: a task's events, run messages and record
 (``proto.streams.MAX_PAYLOAD_BYTES``) keep room for the code, the result and the envelope."""
+VALUE_RULE: Final = (f"At most {MAX_NESTING_DEPTH} levels of lists and objects; args, kwargs and data "
+                     f"together at most {MAX_VALUE_BYTES} bytes of JSON.")
+"""The bounds JSON Schema cannot express, as the schema's description of those fields."""
 MAX_EVENT_BYTES: Final = 2 * 1024 * 1024
 """Largest ``TaskSubmitted`` event: half a stream message, so the task record (spec + result) fits."""
 MAX_DURATION_SECONDS: Final = 366 * 24 * 3600.0

@@ -52,14 +52,14 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     # code tasks
     function_code: Annotated[str, Meta(max_length=bounds.MAX_CODE_CHARS)] | None = None
     function_name: Name | None = None
-    args: Annotated[list[Any], Meta(max_length=bounds.MAX_ARGS)] = []
-    kwargs: Annotated[dict[Name, Any], Meta(max_length=bounds.MAX_KWARGS)] = {}
+    args: Annotated[list[Any], Meta(max_length=bounds.MAX_ARGS, description=bounds.VALUE_RULE)] = []
+    kwargs: Annotated[dict[Name, Any], Meta(max_length=bounds.MAX_KWARGS, description=bounds.VALUE_RULE)] = {}
     requirements: Annotated[list[Requirement], Meta(max_length=bounds.MAX_REQUIREMENTS)] = []
     # API tasks
     api_url: Annotated[str, Meta(max_length=bounds.MAX_URL_CHARS)] | None = None
     method: Annotated[str, Meta(max_length=bounds.MAX_METHOD_CHARS)] = "GET"
     headers: Annotated[dict[HeaderName, HeaderValue], Meta(max_length=bounds.MAX_HEADERS)] = {}
-    data: Any = None
+    data: Annotated[Any, Meta(description=bounds.VALUE_RULE)] = None
     expected_status: Annotated[list[StatusCode], Meta(max_length=bounds.MAX_EXPECTED_STATUS)] = []
     # when
     delay_seconds: Duration | None = None
