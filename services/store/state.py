@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from proto import codec, events, runs, subjects
+from proto import codec, cron, events, runs, schedules, subjects
 from proto.api import LedgerEntry
 from proto.control import CancelRun
 from proto.records import AttemptRecord, RunRecord, RunSummary, TaskRecord
@@ -130,6 +130,11 @@ class StoreState:
             task.next_run_at = event.occurred_at + timedelta(seconds=spec.delay_seconds)
         elif spec.task_type == "immediate":
             task.next_run_at = event.occurred_at
+        else:  # what the scheduler will compute too: the 201 already says when the first fire is
+            try:
+                task.next_run_at = schedules.next_due(spec, event.occurred_at)
+            except cron.CronError:  # accepted by an older version: the scheduler will say
+                pass
         self.tasks[task.id] = task
         self.index.add(task)
         if event.idempotency_key:
