@@ -95,7 +95,7 @@ class DockerSandboxes:
         default = Shape(image=self.image, memory_mb=self.settings.sandbox_memory_mb, cpus=self.settings.sandbox_cpus)
         self.pool = WarmPool(self._create, self.engine.remove, self.settings.pool_size,
                              self.settings.pool_max_idle.total_seconds(),
-                             default if self.settings.pool_size > 0 else None)
+                             default if self.settings.pool_size > 0 else None, self.settings.pool_max_ready)
         self._tasks = [asyncio.create_task(self.pool.run(stop, lambda: self.usable), name="warm-pool"),
                        asyncio.create_task(self._watch(stop), name="sandbox-watch")]
 
