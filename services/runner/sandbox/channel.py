@@ -38,6 +38,11 @@ class Channel:
             self._buffer += data
 
     def close(self) -> None:
+        """End the connection even while the Docker client still holds a reference to the socket."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already, or never connected
         try:
             self.sock.close()
         except OSError:

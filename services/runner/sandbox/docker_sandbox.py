@@ -333,6 +333,7 @@ class DockerSandboxes:
                 return await self._frame_too_large(sandbox, output, run_ms)
             return await self._died(sandbox, output, started)
         reader.cancel()
+        sandbox.channel.close()  # unread output must not hold up the engine's kill (its attach copy blocks)
         await self.engine.remove(sandbox.container_id)
         if cancelled.is_set():
             output.system("cancelled: container killed")
@@ -366,6 +367,7 @@ class DockerSandboxes:
 
     async def _frame_too_large(self, sandbox: Sandbox, output: RunOutput, run_ms: float) -> Outcome:
         """The result frame outgrew its cap: stop reading it, kill the container, say so."""
+        sandbox.channel.close()  # the engine's attach copy would block on the unread rest, and the kill with it
         await self.engine.remove(sandbox.container_id)
         cap = self._frame_cap()
         output.system(f"result frame larger than {cap} bytes: container killed")
