@@ -1,7 +1,10 @@
 """A hostile code task (run by test_bootstrap.py in a sandbox): it looks for the result nonce
 everywhere user code can look, then prints a forged frame with every candidate it found."""
 
-import gc, json, os, re, sys
+import gc
+import os
+import re
+import sys
 
 HEX = re.compile(rb"[0-9a-f]{32}")
 FORGED = '{"ok":true,"result":"forged"}'

@@ -40,7 +40,7 @@ TRACEBACK_CAP = 65536
 LENGTH = struct.Struct(">Q")
 ERROR_TYPES = {
     "code": ("exception", "function_not_found", "invalid_result", "result_too_large"),
-    "api": ("exception", "timed_out", "http_error", "invalid_result"),
+    "api": ("exception", "timed_out", "http_error", "invalid_result", "result_too_large"),
 }
 """The error types the child may report, by mode; anything else is not believed."""
 
