@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 import msgspec
 from nats.aio.msg import Msg
@@ -27,7 +28,9 @@ from proto.schedules import AnyTimer, CronTimer, OnceTimer, RetryTimer
 from proto.tasks import FINAL_STATUSES, TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
+from services.common.lifecycle import supervise
 from services.common.natsio import fetch_until, read_bucket
+from services.common.poison import handling_failed, within_deadline
 from services.scheduler import planner
 from services.scheduler.heap import TimerHeap
 from services.scheduler.publisher import Publisher
@@ -55,6 +58,8 @@ class Leader:
         self._locks: dict[str, asyncio.Lock] = {}
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.fire_concurrency)
+        self.restarts: Counter[str] = Counter()
+        """Consumer loops that died and were restarted, by consumer name."""
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -107,11 +112,12 @@ class Leader:
     async def run(self, until: asyncio.Event) -> None:
         """Lead until ``until`` is set (stop requested or lease lost)."""
         await self.load()
+        consumers = ((subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS, self._on_task_event),
+                     (subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS, self._on_run_finished))
         workers = [
-            asyncio.create_task(self._consume(subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS,
-                                              self._on_task_event, until), name="scheduler-tasks"),
-            asyncio.create_task(self._consume(subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS,
-                                              self._on_run_finished, until), name="scheduler-runs"),
+            *(asyncio.create_task(supervise(durable, partial(self._consume, stream, durable, handle, until), until,
+                                            self.restarts), name=durable)
+              for stream, durable, handle in consumers),
             asyncio.create_task(self._fire_loop(until), name="fire-loop"),
         ]
         try:
@@ -146,10 +152,18 @@ class Leader:
         for message in messages:
             try:
                 await handle(message)
-                await message.ack()
-            except Exception:  # redelivered after the ack wait; the rest of this task's batch waits too
-                log.exception("event on %s not handled; it will be redelivered", message.subject)
-                return
+            except Exception as exc:  # this message only: redelivered later with a delay, then given up
+                log.exception("event on %s not handled", message.subject)
+                await self._settle(handling_failed(self.js, message, exc, "scheduler"), message)
+                continue
+            await self._settle(within_deadline(message.ack()), message)
+
+    @staticmethod
+    async def _settle(settling: Awaitable[object], message: Msg) -> None:
+        try:
+            await settling
+        except Exception as exc:  # left unacknowledged: redelivered after the ack wait
+            log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
 
     async def _fire_loop(self, until: asyncio.Event) -> None:
         while not until.is_set():
