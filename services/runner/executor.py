@@ -195,7 +195,7 @@ class RunExecutor:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                await message.in_progress()
+                await within_deadline(message.in_progress())
             except Exception as exc:  # NATS away: the ack wait may pass; redelivery then fences us
                 log.debug("in_progress failed: %s", exc)
 

@@ -78,11 +78,12 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
             return Heartbeat(service="runner", instance_id=runner_id, host=hostname(), version=VERSION,
                              started_at=started_at, sent_at=utcnow(),
                              slots={name: slots.usage() for name, slots in pools.items()},
-                             sandbox=sandboxes.status(), runs_finished=executor.finished)
+                             sandbox=sandboxes.status(), runs_finished=executor.finished,
+                             consumer_restarts=dict(restarts))
 
+        restarts: Counter[str] = Counter()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
         in_flight: set[asyncio.Task[None]] = set()
-        restarts: Counter[str] = Counter()
         pullers = [
             asyncio.create_task(supervise(durable, partial(_pull, js, durable, pools[pool], executor, in_flight, stop),
                                           stop, restarts))

@@ -46,7 +46,7 @@ class Leader:
     """Holds every timer in memory (mirrored in the schedules bucket) while this process leads."""
 
     def __init__(self, js: JetStreamContext, timers_kv: KeyValue, tasks_kv: KeyValue,
-                 settings: SchedulerSettings) -> None:
+                 settings: SchedulerSettings, restarts: Counter[str] | None = None) -> None:
         self.js = js
         self.tasks_kv = tasks_kv
         self.settings = settings
@@ -58,8 +58,8 @@ class Leader:
         self._locks: dict[str, asyncio.Lock] = {}
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.fire_concurrency)
-        self.restarts: Counter[str] = Counter()
-        """Consumer loops that died and were restarted, by consumer name."""
+        self.restarts: Counter[str] = Counter() if restarts is None else restarts
+        """Consumer loops that died and were restarted, by consumer name (kept across leadership terms)."""
 
     # --- timers -------------------------------------------------------------------------------
 

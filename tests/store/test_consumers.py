@@ -7,13 +7,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from proto import codec, events, runs, streams, subjects
 from proto.tasks import TaskSpec
 from services.common import natsio
 from services.common.clock import utcnow
-from services.store.consumers import EventConsumers
+from services.store import consumers as store_consumers
+from services.store.consumers import Applied, EventConsumers
 from services.store.persistence import Persistence
 from services.store.state import Effects, StoreState
 
@@ -160,3 +163,44 @@ async def _wait_for_letters(js: JetStreamContext, count: int, timeout: float) ->
             pass
         assert time.monotonic() < deadline, f"no {count} dead letters within {timeout} s"
         await asyncio.sleep(0.2)
+
+
+async def test_a_consumer_loop_that_dies_is_restarted_and_counted(
+        js: JetStreamContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a store whose log loop meets an error outside any one message (a bug in the loop itself)
+    state, consumers = await _store_parts(js)
+    await _submit(js, "task-1")
+    deaths = []
+
+    def dies_once(messages: list[Msg]) -> Applied:
+        if not deaths:
+            deaths.append(len(messages))
+            raise RuntimeError("loop bug")
+        return Applied()
+
+    monkeypatch.setattr(store_consumers, "_nothing_to_apply", dies_once)
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumers.run(stop))
+    try:
+        await _wait(lambda: _true("task-1" in state.tasks), 10, "task-1 applied")
+        # When a log chunk reaches it, the loop dies
+        await _publish_chunk(js, "task-1", 0)
+        # Then it is restarted, counted, and files what comes next
+        await _wait(lambda: _true(consumers.restarts[subjects.CONSUMER_STORE_LOGS] == 1), 10, "a restart")
+        await _publish_chunk(js, "task-1", 1)
+        await _wait(lambda: _log_keys(js, 1), 10, "the next chunk filed")
+        assert not running.done() and deaths == [1]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 15)
+
+
+async def _publish_chunk(js: JetStreamContext, task_id: str, seq: int) -> None:
+    chunk = runs.LogChunk(task_id=task_id, run_id="run-1", attempt=1, seq=seq, stream="stdout", data=f"line {seq}",
+                          at=utcnow())
+    await js.publish(subjects.log_chunks(task_id, "run-1"), codec.encode(chunk))
+
+
+async def _log_keys(js: JetStreamContext, seq: int) -> bool:
+    keys = {key async for key, _ in natsio.read_bucket(js, subjects.BUCKET_LOGS)}
+    return subjects.log_key("task-1", "run-1", 1, seq) in keys
