@@ -78,7 +78,11 @@ class EventConsumers:
                     messages = await subscription.fetch(BATCH, timeout=1)
                 except TimeoutError:
                     return applied
-                await self._commit(messages, self._apply_tasks(messages))
+                try:
+                    await self._commit(messages, self._apply_tasks(messages))
+                except Exception as exc:  # not acknowledged: the loops take them again after the ack wait
+                    log.warning("task backlog not written back (%s); going on", exc)
+                    return applied
                 applied += len(messages)
         finally:
             await subscription.unsubscribe()
