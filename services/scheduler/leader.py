@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from functools import partial
@@ -39,6 +39,8 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 BATCH = 256
+ENDED_REMEMBERED = 100_000
+"""Cancelled or deleted tasks remembered, so a submission redelivered after its cancel arms nothing."""
 _timer_decoder = msgspec.json.Decoder(AnyTimer)
 
 
@@ -56,6 +58,7 @@ class Leader:
         self.by_task: dict[str, set[str]] = defaultdict(set)
         self.heap = TimerHeap()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.fire_concurrency)
         self.restarts: Counter[str] = Counter() if restarts is None else restarts
@@ -189,10 +192,14 @@ class Leader:
             return
         async with self.lock(event.task_id):
             if isinstance(event, events.TaskSubmitted):
-                await self._submitted(event)
+                if event.task_id not in self._ended:  # else: its submission failed and came back after its cancel
+                    await self._submitted(event)
             elif isinstance(event, (events.TaskCancelled, events.TaskDeleted)):
                 for key in list(self.by_task.get(event.task_id, ())):
                     await self._drop(key)
+                self._ended[event.task_id] = None
+                if len(self._ended) > ENDED_REMEMBERED:
+                    self._ended.popitem(last=False)
             elif isinstance(event, events.SchedulePaused):
                 await self._pause(event.task_id)
             elif isinstance(event, events.ScheduleResumed):
