@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from proto.retry import backoff
 from proto.runs import OutcomeStatus, RunError, RunTimings
+from proto.tasks import TaskSpec
+
+MAX_RETRY_WAIT = timedelta(days=3650)
+"""Longest wait before a retry the runner will compute; larger (or overflowing) delays are clamped."""
 
 
 @dataclass
@@ -24,3 +30,12 @@ class Outcome:
 def failed(error_type: str, message: str, **details: Any) -> Outcome:
     """A failed outcome with an error of ``error_type``."""
     return Outcome(status="failed", error=RunError(type=error_type, message=message, **details))  # type: ignore[arg-type]
+
+
+def retry_at(spec: TaskSpec, retry: int, now: datetime) -> datetime:
+    """When retry number ``retry`` is due: ``now`` plus its backoff, clamped so no number can overflow."""
+    try:
+        wait = min(backoff(spec, retry), MAX_RETRY_WAIT)
+    except (OverflowError, ValueError):  # a hostile delay or factor: wait the longest we allow
+        wait = MAX_RETRY_WAIT
+    return now + wait

@@ -10,7 +10,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from proto import codec, subjects
+from proto import codec, streams, subjects
 from proto.api import LedgerEntry
 from proto.records import RunRecord, TaskRecord
 from proto.runs import LogChunk
@@ -21,6 +21,10 @@ from services.store.writes import LEDGER_RUN_ID, Writes
 log = logging.getLogger(__name__)
 
 _ledger_decoder = msgspec.json.Decoder(list[LedgerEntry])
+WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
+"""Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
+a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
+would hold every later flush."""
 
 
 class Persistence:
@@ -32,6 +36,8 @@ class Persistence:
         self.runs = buckets[subjects.BUCKET_RUNS]
         self.logs = buckets[subjects.BUCKET_LOGS]
         self._lock = asyncio.Lock()
+        self.failed_writes = 0
+        """Flushes that failed since the last one that succeeded (their records wait to be written again)."""
 
     async def load(self, state: StoreState) -> None:
         """Fill ``state`` from the buckets."""
@@ -69,20 +75,23 @@ class Persistence:
                 return 0
             try:
                 await self._write(writes)
-            except BaseException:
+            except BaseException as exc:
                 # Nothing was acknowledged; the same changes must be written by the next flush.
                 state.requeue(writes)
+                self.failed_writes += 1
+                log.warning("records not written (%s: %s); written again by the next flush", type(exc).__name__, exc,
+                            extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes})
                 raise
+            self.failed_writes = 0
             return len(writes.tasks) + len(writes.runs)
 
     async def _write(self, writes: Writes) -> None:
         pending = []
         for key, value in writes.tasks:
-            pending.append(await self.js.publish_async(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
+            pending.append(await self._publish(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
         for key, value in writes.runs:
-            pending.append(await self.js.publish_async(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
-        if pending:
-            await asyncio.gather(*pending)
+            pending.append(await self._publish(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
+        await _acknowledged(pending)
         for task_id in writes.removed_tasks:
             await self.remove_task(task_id)
         for key in writes.removed_runs:
@@ -102,13 +111,14 @@ class Persistence:
     async def put_log_chunks(self, chunks: list[LogChunk]) -> None:
         """File log chunks under their (task, run, attempt, seq) keys."""
         pending = [
-            await self.js.publish_async(
-                f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}",
-                codec.encode(c))
+            await self._publish(f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}",
+                                codec.encode(c))
             for c in chunks
         ]
-        if pending:
-            await asyncio.gather(*pending)
+        await _acknowledged(pending)
+
+    async def _publish(self, subject: str, payload: bytes) -> asyncio.Future:
+        return await self.js.publish_async(subject, payload, wait_stall=WRITE_DEADLINE_SECONDS)
 
     async def read_log_chunks(self, task_id: str, run_id: str, attempt: int) -> list[LogChunk]:
         """Every stored chunk of one run attempt, in order."""
@@ -117,3 +127,17 @@ class Persistence:
                   async for _, value in read_bucket(self.js, subjects.BUCKET_LOGS, f"{task_id}.{run_id}.{attempt}.*")]
         chunks.sort(key=lambda c: c.seq)
         return chunks
+
+
+async def _acknowledged(pending: list[asyncio.Future]) -> None:
+    """Wait for every write's acknowledgement, at most ``WRITE_DEADLINE_SECONDS`` (then raise)."""
+    if not pending:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*pending), WRITE_DEADLINE_SECONDS)
+    finally:
+        for future in pending:  # a failed write leaves the others: retrieve them, free their slots
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()
