@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from proto import bounds
 from proto.retry import backoff
 from proto.runs import OutcomeStatus, RunError, RunTimings
 from proto.tasks import TaskSpec
 
-MAX_RETRY_WAIT = timedelta(days=3650)
-"""Longest wait before a retry the runner will compute; larger (or overflowing) delays are clamped."""
+MAX_RETRY_WAIT = timedelta(seconds=bounds.MAX_RETRY_DELAY_SECONDS)
+"""Longest wait before a retry (proto's bound); larger (or overflowing) delays are clamped to it."""
 
 
 @dataclass
