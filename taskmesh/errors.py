@@ -35,16 +35,13 @@ class ApiError(GatewayError):
 class TaskNotSucceeded(TaskmeshError):
     """The task ended without a result; ``error_type`` says why, ``traceback`` is the remote one if any."""
 
-    def __init__(self, task: Any) -> None:
-        error = task.error
-        self.task = task
-        self.task_id: str = task.id
-        self.status: str = task.status
-        self.error_type: str = error.type if error else task.status
-        self.message: str = error.message if error else f"the task ended {task.status}"
+    def __init__(self, name: str, task_id: str, status: str, error: Any, run_id: str | None = None) -> None:
+        self.task_id, self.run_id, self.status = task_id, run_id, status
+        self.error_type: str = error.type if error else status
+        self.message: str = error.message if error else f"the task ended {status}"
         self.exc_type: str | None = error.exc_type if error else None
         self.traceback: str | None = error.traceback if error else None
-        text = f"task {task.name!r} ({task.id}) {task.status}: {self.message} [{self.error_type}]"
+        text = f"task {name!r} ({task_id}) {status}: {self.message} [{self.error_type}]"
         if self.traceback:
             text += "\n\nRemote traceback:\n" + self.traceback.rstrip()
         super().__init__(text)

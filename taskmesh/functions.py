@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from proto.records import TaskRecord
+from proto.records import RunRecord, TaskRecord
+from proto.runs import RunError
 from taskmesh.errors import (
     ArgumentsNotJson,
     FunctionNotPortable,
@@ -29,6 +30,8 @@ SUBMIT_OPTIONS = frozenset({"delay_seconds", "start_deadline_seconds", "idempote
 SCHEDULE_OPTIONS = frozenset({"cron", "timezone", "start_at", "end_at", "max_runs", "overlap_policy",
                               "misfire_policy", "start_deadline_seconds", "idempotency_key"})
 """Keyword arguments ``schedule`` keeps for itself."""
+SCHEDULE_WAIT_STEP_SECONDS = 1.0
+"""A schedule's ``/wait`` returns when any run ends: short steps, then the awaited run is read again."""
 WAIT_STEP_SECONDS = 30.0
 """How long one ``/wait`` request may block while ``result()`` waits (the gateway allows up to 300)."""
 
@@ -81,7 +84,7 @@ def check_json(value: Any, where: str) -> None:
             check_json(item, f"{where}[{key!r}]")
         return
     hint = "; pass value.isoformat()" if isinstance(value, datetime) else "; pass it as a dict, list or str"
-    raise ArgumentsNotJson(f"{where} is a {type(value).__name__}, not a JSON value{hint}")
+    raise ArgumentsNotJson(f"{where} is not a JSON value (type {type(value).__name__}){hint}")
 
 
 def code_spec(source: CapturedSource, execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -130,13 +133,19 @@ def outcome(task: TaskRecord) -> Any:
     """The result of a finished task, or the exception that says why there is none."""
     if task.status == "succeeded":
         return task.result
-    raise not_succeeded(task)
+    run_id = task.last_run.run_id if task.last_run else None
+    raise not_succeeded(task.name, task.id, task.status, task.error, run_id)
 
 
-def not_succeeded(task: TaskRecord) -> TaskNotSucceeded:
-    """The exception for a task that ended without a result."""
-    if task.status == "cancelled":
-        return TaskCancelled(task)
-    if task.status == "timed_out":
-        return TaskTimedOut(task)
-    return TaskFailed(task)
+def run_outcome(schedule: TaskRecord, run: RunRecord) -> Any:
+    """The result of a finished run of a schedule, or the exception that says why there is none."""
+    if run.status == "succeeded":
+        return run.result
+    raise not_succeeded(schedule.name, schedule.id, run.status, run.error, run.run_id)
+
+
+def not_succeeded(name: str, task_id: str, status: str, error: RunError | None,
+                  run_id: str | None) -> TaskNotSucceeded:
+    """The exception for a task (or run) that ended without a result."""
+    kind = {"cancelled": TaskCancelled, "timed_out": TaskTimedOut}.get(status, TaskFailed)
+    return kind(name, task_id, status, error, run_id)

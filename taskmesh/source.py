@@ -21,6 +21,8 @@ from taskmesh.errors import FunctionNotPortable
 
 HEADER = "from __future__ import annotations  # annotations stay text: their names need not exist remotely\n"
 """Added first, so a signature such as ``def f(df: pd.DataFrame)`` does not need ``pd`` at definition time."""
+SANDBOX_GLOBALS = frozenset({"__name__", "__file__"})
+"""Globals the sandbox defines for the task's module (a class body reads ``__name__``)."""
 GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
 
 
@@ -53,7 +55,7 @@ def capture(function: Callable[..., Any]) -> CapturedSource:
     imports = _module_imports(function)
     lines = []
     for used in sorted(_globals_read(function.__code__) | _names_in_defaults(node)):
-        if used == name or (used in vars(builtins) and used not in function.__globals__):
+        if used == name or used in SANDBOX_GLOBALS or (used in vars(builtins) and used not in function.__globals__):
             continue
         if used not in imports:
             kind = type(function.__globals__[used]).__name__ if used in function.__globals__ else "undefined"

@@ -11,6 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from proto.api import Ledger, LedgerEntry, RunPage, TaskPage, TriggerReply
 from proto.records import RunRecord, TaskRecord
+from proto.runs import FINAL_RUN_STATUSES
 from proto.tasks import FINAL_STATUSES, MisfirePolicy, OverlapPolicy, TaskKind, TaskStatus, TaskType
 from taskmesh import functions
 from taskmesh._http import DEFAULT_URL, Gateway, decode
@@ -126,6 +127,19 @@ class Schedule:
         reply = decode(TriggerReply, self._gateway.request("POST", f"/api/scheduled-tasks/{self.id}/trigger"))
         self.task = reply.task
         return reply.run_id
+
+    def run_result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for a run of this schedule (``trigger()`` names one); its result, or TaskFailed & co."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            response = self._gateway.request("GET", f"/api/tasks/{self.id}/runs/{run_id}", accept=(404,))
+            run = decode(RunRecord, response) if response.status_code == 200 else None
+            if run is not None and run.status in FINAL_RUN_STATUSES:
+                return functions.run_outcome(self.task, run)
+            left = functions.SCHEDULE_WAIT_STEP_SECONDS if deadline is None else deadline - time.monotonic()
+            if left < 0:
+                raise ResultNotReady(f"run {run_id} of {self.id} has not ended after {timeout} s")
+            self._gateway.wait_response(self.id, min(left, functions.SCHEDULE_WAIT_STEP_SECONDS))
 
     def ledger(self, limit: int = 100) -> list[LedgerEntry]:
         """Every fire slot, newest first, and what became of it (a run, skipped, missed)."""
