@@ -7,11 +7,13 @@ import json
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import wheelhouse
 from tests.support import Stack, TargetServer, WheelServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +39,20 @@ def posts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WheelServ
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def local_numpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """numpy for the first example's plain local call, unpacked from the test wheelhouse (never from an index)."""
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    found = sorted(wheelhouse.target_dir().glob(f"numpy-2.2.6-{tag}-{tag}-*.whl"))
+    if not found:
+        pytest.fail(f"no numpy wheel for {tag} in {wheelhouse.target_dir()}: the wheelhouse is made for the "
+                    "sandbox's Python; run the tests with the same Python version", pytrace=False)
+    directory = tmp_path_factory.mktemp("local-numpy")
+    with zipfile.ZipFile(found[0]) as wheel:
+        wheel.extractall(directory)
+    return directory
+
+
 def test_the_page_has_examples_each_with_its_output() -> None:
     found = examples()
     assert len(found) >= 10
@@ -45,14 +61,15 @@ def test_the_page_has_examples_each_with_its_output() -> None:
 
 @pytest.mark.parametrize("number", range(len(examples())), ids=lambda n: f"example-{n + 1}")
 async def test_the_example_prints_what_the_page_shows(number: int, sandbox_stack: Stack, target: TargetServer,
-                                                      posts_server: WheelServer, tmp_path: Path) -> None:
+                                                      posts_server: WheelServer, local_numpy: Path,
+                                                      tmp_path: Path) -> None:
     code, output = examples()[number]
     code = (code.replace("https://example.org/hook", f"{target.url}/echo")
                 .replace("https://jsonplaceholder.typicode.com/posts", f"{posts_server.url}posts"))
     script = tmp_path / f"example_{number + 1}.py"
     script.write_text(code, encoding="utf-8")
     env = {**{k: v for k, v in os.environ.items() if k not in ("TASKMESH_URL", "TASKMESH_TOKEN")},
-           "TASKMESH_URL": sandbox_stack.base_url, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "utf-8"}
+           "TASKMESH_URL": sandbox_stack.base_url, "PYTHONPATH": os.pathsep.join((str(ROOT), str(local_numpy))), "PYTHONIOENCODING": "utf-8"}
     # a subprocess, as a user runs it; asynchronously, because the target server lives on this event loop
     process = await asyncio.create_subprocess_exec(sys.executable, str(script), cwd=tmp_path, env=env,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -63,7 +63,7 @@ def test_arguments_that_are_not_json_fail_before_sending() -> None:
 
 def test_a_parameter_named_like_a_submit_option_is_refused() -> None:
     tm = taskmesh.Client(NOWHERE)
-    with pytest.raises(taskmesh.FunctionNotPortable, match="parameter 'delay_seconds'.*rename"):
+    with pytest.raises(taskmesh.FunctionNotPortable, match=r"parameter 'delay_seconds'.*rename"):
         tm.function(_clash)
 
 
@@ -73,7 +73,7 @@ def _clash(delay_seconds: float) -> float:
 
 def test_an_unreachable_gateway_is_one_clear_error_after_the_retries() -> None:
     tm = taskmesh.Client(NOWHERE, submit_retry_seconds=0.5)
-    with pytest.raises(taskmesh.GatewayUnreachable, match="not reachable at http://127.0.0.1:9"):
+    with pytest.raises(taskmesh.GatewayUnreachable, match=r"not reachable at http://127\.0\.0\.1:9"):
         tm.function(tasks.mean).submit([1])
     with pytest.raises(taskmesh.GatewayUnreachable):
         tm.tasks()
