@@ -49,8 +49,10 @@ def api_error(response: httpx.Response) -> ApiError:
         return ApiError(response.status_code, "http_error", f"HTTP {response.status_code}: {text}")
 
 
-def unreachable(url: str, exc: httpx.HTTPError) -> GatewayUnreachable:
+def unreachable(url: str, exc: httpx.HTTPError | httpx.InvalidURL) -> GatewayUnreachable:
     """The error for a request that got no HTTP answer."""
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+        return GatewayUnreachable(f"{url!r} is not a gateway URL such as {DEFAULT_URL} ({exc})", transient=False)
     if isinstance(exc, httpx.ConnectError):
         return GatewayUnreachable(f"gateway not reachable at {url}: is `taskmesh up` running?")
     if isinstance(exc, httpx.TimeoutException):
@@ -81,7 +83,7 @@ def submit_path(spec: dict[str, Any]) -> str:
 
 def retryable(exc: GatewayError) -> bool:
     """Worth sending the same submission again: no answer, or the gateway's 503 (NATS or store away)."""
-    return isinstance(exc, GatewayUnreachable) or (isinstance(exc, ApiError) and exc.status == 503)
+    return (isinstance(exc, GatewayUnreachable) and exc.transient) or (isinstance(exc, ApiError) and exc.status == 503)
 
 
 def retry_delays(total_seconds: float) -> Iterator[float]:
@@ -141,7 +143,10 @@ class Gateway:
         self.url = url.rstrip("/")
         self.submit_retry_seconds = submit_retry_seconds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        try:
+            self.http = httpx.Client(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        except httpx.InvalidURL as exc:
+            raise unreachable(self.url, exc) from None
 
     def __enter__(self) -> Gateway:
         return self
@@ -158,7 +163,7 @@ class Gateway:
         """Send one request; a 4xx/5xx not in ``accept`` raises ApiError."""
         try:
             response = self.http.request(method, path, params=query(params), json=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise unreachable(self.url, exc) from None
         if response.status_code >= 400 and response.status_code not in accept:
             raise api_error(response)
@@ -247,7 +252,10 @@ class AsyncGateway:
         self.url = url.rstrip("/")
         self.submit_retry_seconds = submit_retry_seconds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        try:
+            self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        except httpx.InvalidURL as exc:
+            raise unreachable(self.url, exc) from None
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -258,7 +266,7 @@ class AsyncGateway:
         """Send one request; a 4xx/5xx not in ``accept`` raises ApiError."""
         try:
             response = await self.http.request(method, path, params=query(params), json=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise unreachable(self.url, exc) from None
         if response.status_code >= 400 and response.status_code not in accept:
             raise api_error(response)

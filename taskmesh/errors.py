@@ -18,7 +18,12 @@ class GatewayError(TaskmeshError):
 
 
 class GatewayUnreachable(GatewayError):
-    """No HTTP answer at all: refused, timed out, or a broken connection."""
+    """No HTTP answer at all: refused, timed out, a broken connection; or a URL no request can be sent to."""
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+        """Worth trying again (a submission is retried): False for a URL that can never work."""
 
 
 class ApiError(GatewayError):

@@ -1,8 +1,9 @@
-"""Decoration-time checks: what cannot travel as source is refused before anything is sent (no stack needed)."""
+"""What the client refuses before or without a gateway: functions that cannot travel, non-JSON arguments, bad URLs."""
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 
 import pytest
@@ -77,3 +78,11 @@ def test_an_unreachable_gateway_is_one_clear_error_after_the_retries() -> None:
         tm.function(tasks.mean).submit([1])
     with pytest.raises(taskmesh.GatewayUnreachable):
         tm.tasks()
+
+
+def test_a_url_that_can_never_work_fails_at_once_without_retries() -> None:
+    tm = taskmesh.Client("localhost:5001", submit_retry_seconds=30)
+    started = time.monotonic()
+    with pytest.raises(taskmesh.GatewayUnreachable, match=r"'localhost:5001' is not a gateway URL such as http://"):
+        tm.http("http://127.0.0.1:9/")
+    assert time.monotonic() - started < 5
