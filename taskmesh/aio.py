@@ -64,7 +64,7 @@ class AsyncRun(Generic[R]):
         return result
 
     async def logs(self) -> str:
-        """The output of the latest run so far."""
+        """The output of the latest run so far, stdout and stderr in the order written."""
         response = await self._gateway.request("GET", f"/api/tasks/{self.id}/logs", params={"format": "text"})
         return response.text
 

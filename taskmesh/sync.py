@@ -62,7 +62,7 @@ class Run(Generic[R]):
 
     def logs(self) -> str:
         """The output of the latest run so far, stdout and stderr in the order written."""
-        return "".join(chunk["data"] for chunk in self._gateway.logs(self.id)["chunks"])
+        return self._gateway.request("GET", f"/api/tasks/{self.id}/logs", params={"format": "text"}).text
 
     def follow_logs(self) -> Iterator[str]:
         """Output of the latest run as it is written, each chunk once, until the run ends."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime
@@ -9,6 +10,7 @@ from datetime import datetime
 import pytest
 
 import taskmesh
+from taskmesh._http import LogEvent, server_sent_events
 from tests.client import tasks
 
 NOWHERE = "http://127.0.0.1:9"
@@ -86,3 +88,15 @@ def test_a_url_that_can_never_work_fails_at_once_without_retries() -> None:
     with pytest.raises(taskmesh.GatewayUnreachable, match=r"'localhost:5001' is not a gateway URL such as http://"):
         tm.http("http://127.0.0.1:9/")
     assert time.monotonic() - started < 5
+
+
+def test_a_followed_log_yields_each_chunk_once_even_when_the_stream_repeats_it() -> None:
+    def chunk(attempt: int, seq: int, data: str) -> list[str]:
+        body = json.dumps({"run_id": "r", "attempt": attempt, "seq": seq, "stream": "stdout", "data": data})
+        return ["event: log", f"id: {attempt}:{seq}", f"data: {body}", ""]
+
+    lines = [*chunk(1, 0, "a\n"), *chunk(1, 1, "b\n"), ": keepalive", "", *chunk(1, 0, "a\n"), *chunk(1, 1, "b\n"),
+             *chunk(2, 0, "a again\n"), "event: end", 'data: {"run_id": "r", "status": "succeeded"}', ""]
+    events = list(server_sent_events(lines))
+    assert [e.data.get("data") for e in events if e.event == "log"] == ["a\n", "b\n", "a again\n"]
+    assert events[-1] == LogEvent("end", {"run_id": "r", "status": "succeeded"})
