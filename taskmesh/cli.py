@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from taskmesh import cli_ops, cli_tasks
+from taskmesh._http import DEFAULT_URL
 from taskmesh.cli_common import Connection
-from taskmesh.client import DEFAULT_URL
 from taskmesh.local import run_local
 
 EPILOG = """\b

@@ -14,7 +14,8 @@ import click
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-from taskmesh.client import DEFAULT_URL, ApiError, Gateway, GatewayError
+from taskmesh._http import DEFAULT_URL, Gateway
+from taskmesh.errors import ApiError, GatewayError
 from taskmesh.render import minimum_width
 
 EXIT_OK = 0

@@ -6,8 +6,8 @@ import click
 from rich.text import Text
 
 from taskmesh import render
+from taskmesh._http import Gateway
 from taskmesh.cli_common import EXIT_NOT_SUCCEEDED, Output, api_command, complete_schedule_id
-from taskmesh.client import Gateway
 
 schedule_id_argument = click.argument("task_id", metavar="ID", shell_complete=complete_schedule_id)
 

@@ -10,6 +10,7 @@ import click
 from rich.text import Text
 
 from taskmesh import render
+from taskmesh._http import Gateway
 from taskmesh.cli_common import (
     EXIT_API_ERROR,
     EXIT_INTERRUPTED,
@@ -19,7 +20,6 @@ from taskmesh.cli_common import (
     api_command,
     complete_task_id,
 )
-from taskmesh.client import Gateway
 from taskmesh.specs import build_spec
 
 STATUSES = ["pending", "queued", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled",
