@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from proto import api, control, events, runs
+from proto import api, bounds, control, events, runs
 from proto.errors import ErrorBody, ErrorDetail, FieldError
 from proto.tasks import TaskSpec
 
@@ -56,8 +56,8 @@ def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> F
     if not isinstance(exc, msgspec.ValidationError):
         return FieldError(None, f"request {body_name} is not valid JSON: {text}", code="invalid_json")
     field = None
-    if " - at `$." in text:
-        path = text.rsplit(" - at `$.", 1)[1].rstrip("`")
+    if " - at `$." in text or " - at `key` in `$." in text:
+        path = text.rsplit("`$.", 1)[1].rstrip("`")
         field = path.split(".")[0].split("[")[0]
     elif text.startswith("Object contains unknown field `"):
         field = text.split("`")[1]
@@ -74,11 +74,33 @@ def field_error_from(exc: msgspec.MsgspecError, *, body_name: str = "body") -> F
 
 
 def decode_spec(data: bytes) -> TaskSpec:
-    """Decode a task submission, translating errors into FieldError."""
+    """Decode a task submission, translating errors into FieldError; too deep a value is refused
+    before the (recursive) decoder sees it."""
+    bounds.check_json_depth(data)
     try:
         return decode(TaskSpec, data)
     except msgspec.MsgspecError as exc:
         raise field_error_from(exc) from None
+    except RecursionError:
+        raise FieldError(None, "the request body is nested too deeply") from None
+
+
+def accepted_event(event: events.TaskEvent) -> tuple[bytes, events.TaskEvent]:
+    """The event as it will be published and as every consumer will read it back.
+
+    What is accepted must be decodable: FieldError (the client's fault) when it does not read back.
+    """
+    try:
+        data = encode(event)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise FieldError(None, f"the task cannot be stored: {type(exc).__name__}: {exc}") from None
+    if len(data) > bounds.MAX_EVENT_BYTES:
+        raise FieldError(None, f"the task is {len(data)} bytes as stored, more than {bounds.MAX_EVENT_BYTES}",
+                         "payload_too_large")
+    try:
+        return data, task_event_decoder.decode(data)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise FieldError(None, f"the task would not read back as sent: {type(exc).__name__}: {exc}") from None
 
 
 def decode_request(kind: type[T], data: bytes) -> T:
@@ -87,6 +109,8 @@ def decode_request(kind: type[T], data: bytes) -> T:
         return decode(kind, data or b"{}")
     except msgspec.MsgspecError as exc:
         raise field_error_from(exc) from None
+    except RecursionError:  # msgspec decodes (and skips unknown values) by recursion
+        raise FieldError(None, "the request body is nested too deeply") from None
 
 
-__all__ = ["encode", "decode", "decoder", "decode_spec", "decode_request", "error_reply", "api"]
+__all__ = ["encode", "decode", "decoder", "decode_spec", "accepted_event", "decode_request", "error_reply", "api"]

@@ -110,19 +110,6 @@ class CronSchedule:
         """How many fires fall in ``(after, until]``, counting at most ``cap``."""
         return len(self.fires_between(after, until, cap))
 
-    def next_within(self, after: datetime, start_at: datetime | None, end_at: datetime | None) -> datetime | None:
-        """The first fire strictly after ``after`` inside ``[start_at, end_at]``; None when none is left.
-
-        The one rule for "when does this schedule fire next": the scheduler plans by it, and the
-        store shows it as ``next_run_at`` the moment a schedule is accepted.
-        """
-        if start_at is not None and start_at > after:
-            after = start_at - timedelta(microseconds=1)
-        found = self.next_after(after)
-        if found is None or (end_at is not None and found > end_at):
-            return None
-        return found
-
 
 def wall_to_instant(wall: datetime, zone: ZoneInfo) -> datetime:
     """The UTC instant of naive local ``wall`` time under the DST rule of this module."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from msgspec import Struct
 
+from proto.cron import CronSchedule
 from proto.tasks import TaskSpec
 
 
@@ -57,3 +58,14 @@ class CronTimer(Timer, tag="cron"):
 
 
 AnyTimer = OnceTimer | RetryTimer | CronTimer
+
+
+def next_due(spec: TaskSpec, after: datetime, schedule: CronSchedule | None = None) -> datetime | None:
+    """The first fire strictly after ``after`` within ``start_at``..``end_at``; None when none is left."""
+    schedule = schedule or CronSchedule(spec.cron_expression or "", spec.timezone)
+    if spec.start_at is not None and spec.start_at > after:
+        after = spec.start_at - timedelta(microseconds=1)
+    found = schedule.next_after(after)
+    if found is None or (spec.end_at is not None and found > spec.end_at):
+        return None
+    return found

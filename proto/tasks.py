@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from proto import cron
+from proto import bounds, cron
+from proto.bounds import Duration, PositiveDuration, RetryDelay
 from proto.errors import FieldError
 
 TaskType = Literal["immediate", "delayed", "scheduled"]
@@ -32,15 +33,11 @@ TaskStatus = Literal[
 FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired", "completed"})
 """A task in one of these states changes no more."""
 
-MAX_CODE_CHARS = 256 * 1024
-MAX_NAME_CHARS = 200
-MAX_REQUIREMENTS = 50
-MAX_HEADERS = 50
-MAX_URL_CHARS = 2048
-MAX_DELAY_SECONDS = 366 * 24 * 3600.0
-
-NonNegativeSeconds = Annotated[float, Meta(ge=0)]
-PositiveSeconds = Annotated[float, Meta(gt=0)]
+Name = Annotated[str, Meta(max_length=bounds.MAX_NAME_CHARS)]
+Requirement = Annotated[str, Meta(max_length=bounds.MAX_REQUIREMENT_CHARS)]
+HeaderName = Annotated[str, Meta(max_length=bounds.MAX_HEADER_NAME_CHARS)]
+HeaderValue = Annotated[str, Meta(max_length=bounds.MAX_HEADER_VALUE_CHARS)]
+StatusCode = Annotated[int, Meta(ge=100, le=599)]
 
 
 class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -50,40 +47,40 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     Field names of the original system (the seeds) are kept as they were.
     """
 
-    name: Annotated[str, Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+    name: Annotated[str, Meta(min_length=1, max_length=bounds.MAX_NAME_CHARS)]
     task_type: TaskType
     # code tasks
-    function_code: str | None = None
-    function_name: str | None = None
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    requirements: list[str] = []
+    function_code: Annotated[str, Meta(max_length=bounds.MAX_CODE_CHARS)] | None = None
+    function_name: Name | None = None
+    args: Annotated[list[Any], Meta(max_length=bounds.MAX_ARGS, description=bounds.VALUE_RULE)] = []
+    kwargs: Annotated[dict[Name, Any], Meta(max_length=bounds.MAX_KWARGS, description=bounds.VALUE_RULE)] = {}
+    requirements: Annotated[list[Requirement], Meta(max_length=bounds.MAX_REQUIREMENTS)] = []
     # API tasks
-    api_url: str | None = None
-    method: str = "GET"
-    headers: dict[str, str] = {}
-    data: Any = None
-    expected_status: list[Annotated[int, Meta(ge=100, le=599)]] = []
+    api_url: Annotated[str, Meta(max_length=bounds.MAX_URL_CHARS)] | None = None
+    method: Annotated[str, Meta(max_length=bounds.MAX_METHOD_CHARS)] = "GET"
+    headers: Annotated[dict[HeaderName, HeaderValue], Meta(max_length=bounds.MAX_HEADERS)] = {}
+    data: Annotated[Any, Meta(description=bounds.VALUE_RULE)] = None
+    expected_status: Annotated[list[StatusCode], Meta(max_length=bounds.MAX_EXPECTED_STATUS)] = []
     # when
-    delay_seconds: Annotated[float, Meta(ge=0, le=MAX_DELAY_SECONDS)] | None = None
-    cron_expression: str | None = None
-    timezone: str = "UTC"
+    delay_seconds: Duration | None = None
+    cron_expression: Annotated[str, Meta(max_length=bounds.MAX_CRON_CHARS)] | None = None
+    timezone: Annotated[str, Meta(max_length=bounds.MAX_TIMEZONE_CHARS)] = "UTC"
     start_at: Annotated[datetime, Meta(tz=True)] | None = None
     end_at: Annotated[datetime, Meta(tz=True)] | None = None
-    max_runs: Annotated[int, Meta(ge=1)] | None = None
+    max_runs: Annotated[int, Meta(ge=1, le=bounds.MAX_RUNS)] | None = None
     overlap_policy: OverlapPolicy = "allow"
     misfire_policy: MisfirePolicy = "run_once"
-    start_deadline_seconds: PositiveSeconds | None = None
+    start_deadline_seconds: PositiveDuration | None = None
     # how
-    timeout: PositiveSeconds | None = None
+    timeout: PositiveDuration | None = None
     isolated: bool = False
     network: bool = False
-    memory_mb: Annotated[int, Meta(ge=16)] | None = None
-    cpus: Annotated[float, Meta(gt=0)] | None = None
+    memory_mb: Annotated[int, Meta(ge=bounds.MIN_MEMORY_MB)] | None = None
+    cpus: Annotated[float, Meta(ge=bounds.MIN_CPUS)] | None = None
     max_retries: Annotated[int, Meta(ge=0, le=20)] = 0
-    retry_delay_seconds: NonNegativeSeconds = 1.0
+    retry_delay_seconds: RetryDelay = 1.0
     retry_backoff: Annotated[float, Meta(ge=1, le=10)] = 2.0
-    retry_delay_max_seconds: NonNegativeSeconds = 300.0
+    retry_delay_max_seconds: RetryDelay = 300.0
 
     @property
     def kind(self) -> TaskKind:
@@ -126,6 +123,7 @@ def normalise_requirements(requirements: list[str]) -> list[str]:
 def check_spec(spec: TaskSpec, limits: Limits) -> None:
     """Raise FieldError for the first problem msgspec's types cannot express."""
     kind_fields(spec)
+    value_fields(spec)
     trigger_fields(spec)
     if spec.kind == "code":
         code_fields(spec)
@@ -145,6 +143,21 @@ def kind_fields(spec: TaskSpec) -> None:
         raise FieldError("function_code", "a task needs function_code + function_name (code) or api_url (API)")
 
 
+def value_fields(spec: TaskSpec) -> None:
+    """args, kwargs and data: JSON values, shallow (checked without recursion), small in total."""
+    size = 0
+    for name in ("args", "kwargs", "data"):
+        value = getattr(spec, name)
+        if bounds.nesting_depth(value) > bounds.MAX_NESTING_DEPTH:
+            raise FieldError(name, f"{name} is nested more than {bounds.MAX_NESTING_DEPTH} levels deep")
+        try:
+            size += len(msgspec.json.encode(value))
+        except (TypeError, ValueError, OverflowError):
+            raise FieldError(name, f"{name} must be a JSON value") from None
+        if size > bounds.MAX_VALUE_BYTES:
+            raise FieldError(name, f"args, kwargs and data together may be at most {bounds.MAX_VALUE_BYTES} bytes of JSON")
+
+
 def trigger_fields(spec: TaskSpec) -> None:
     if spec.task_type == "delayed" and spec.delay_seconds is None:
         raise FieldError("delay_seconds", "a delayed task needs delay_seconds")
@@ -161,6 +174,10 @@ def trigger_fields(spec: TaskSpec) -> None:
             cron.CronSchedule(spec.cron_expression, spec.timezone)
         except cron.CronError as exc:
             raise FieldError("cron_expression", str(exc)) from None
+        for name in ("start_at", "end_at"):
+            instant = getattr(spec, name)
+            if instant is not None and instant >= bounds.LATEST_INSTANT:
+                raise FieldError(name, f"{name} must be before {bounds.LATEST_INSTANT.isoformat()}")
         if spec.start_at and spec.end_at and spec.end_at <= spec.start_at:
             raise FieldError("end_at", "end_at must be after start_at")
     else:
@@ -173,8 +190,8 @@ def code_fields(spec: TaskSpec) -> None:
     code = spec.function_code or ""
     if not code.strip():
         raise FieldError("function_code", "function_code is empty")
-    if len(code) > MAX_CODE_CHARS:
-        raise FieldError("function_code", f"function_code is longer than {MAX_CODE_CHARS} characters")
+    if len(code) > bounds.MAX_CODE_CHARS:
+        raise FieldError("function_code", f"function_code is longer than {bounds.MAX_CODE_CHARS} characters")
     name = spec.function_name
     if name is None:
         raise FieldError("function_name", "a code task needs function_name")
@@ -185,11 +202,6 @@ def code_fields(spec: TaskSpec) -> None:
             raise FieldError(field, f"{field} applies only to API tasks")
     check_source(code, name)
     check_requirements(spec.requirements)
-    try:
-        msgspec.json.encode(spec.args)
-        msgspec.json.encode(spec.kwargs)
-    except (TypeError, ValueError, OverflowError):
-        raise FieldError("args", "args and kwargs must be JSON values") from None
 
 
 def check_source(code: str, function_name: str) -> None:
@@ -224,10 +236,10 @@ def check_source(code: str, function_name: str) -> None:
 
 
 def check_requirements(requirements: list[str]) -> None:
-    if len(requirements) > MAX_REQUIREMENTS:
-        raise FieldError("requirements", f"at most {MAX_REQUIREMENTS} requirements")
+    if len(requirements) > bounds.MAX_REQUIREMENTS:
+        raise FieldError("requirements", f"at most {bounds.MAX_REQUIREMENTS} requirements")
     for requirement in requirements:
-        if len(requirement) > 200 or not _REQUIREMENT.match(requirement.strip()):
+        if len(requirement) > bounds.MAX_REQUIREMENT_CHARS or not _REQUIREMENT.match(requirement.strip()):
             raise FieldError(
                 "requirements",
                 f"{requirement[:80]!r} is not a package requirement such as 'pandas==2.2.3' "
@@ -237,8 +249,8 @@ def check_requirements(requirements: list[str]) -> None:
 
 def api_fields(spec: TaskSpec) -> None:
     url = spec.api_url or ""
-    if len(url) > MAX_URL_CHARS:
-        raise FieldError("api_url", f"api_url is longer than {MAX_URL_CHARS} characters")
+    if len(url) > bounds.MAX_URL_CHARS:
+        raise FieldError("api_url", f"api_url is longer than {bounds.MAX_URL_CHARS} characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -252,12 +264,12 @@ def api_fields(spec: TaskSpec) -> None:
         raise FieldError("api_url", "api_url must not contain whitespace")
     if spec.method.upper() not in HttpMethod.__args__:  # type: ignore[attr-defined]
         raise FieldError("method", f"method must be one of {', '.join(HttpMethod.__args__)}")  # type: ignore[attr-defined]
-    if len(spec.headers) > MAX_HEADERS:
-        raise FieldError("headers", f"at most {MAX_HEADERS} headers")
+    if len(spec.headers) > bounds.MAX_HEADERS:
+        raise FieldError("headers", f"at most {bounds.MAX_HEADERS} headers")
     for key, value in spec.headers.items():
         if not _HEADER_NAME.match(key):
             raise FieldError("headers", f"{key[:60]!r} is not a valid header name")
-        if "\r" in value or "\n" in value or len(value) > 8192:
+        if "\r" in value or "\n" in value or len(value) > bounds.MAX_HEADER_VALUE_CHARS:
             raise FieldError("headers", f"header {key!r} has an invalid value")
     for field in ("function_name",):
         if getattr(spec, field) is not None:

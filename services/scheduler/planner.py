@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from proto.cron import CronSchedule
+from proto import schedules
 from proto.schedules import CronTimer
 from proto.tasks import TaskSpec
 
@@ -26,13 +27,7 @@ def schedule_of(spec: TaskSpec) -> CronSchedule:
 
 def next_due(spec: TaskSpec, after: datetime) -> datetime | None:
     """The first fire strictly after ``after`` within ``start_at``..``end_at``; None when none is left."""
-    schedule = schedule_of(spec)
-    if spec.start_at is not None and spec.start_at > after:
-        after = spec.start_at - timedelta(microseconds=1)
-    found = schedule.next_after(after)
-    if found is None or (spec.end_at is not None and found > spec.end_at):
-        return None
-    return found
+    return schedules.next_due(spec, after, schedule_of(spec))
 
 
 @dataclass

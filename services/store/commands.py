@@ -39,9 +39,9 @@ class Commands:
         self.after_apply = after_apply
         self._in_flight: dict[str, asyncio.Future[str]] = {}
 
-    async def _publish(self, event: events.TaskEvent, msg_id: str) -> tuple[int, bool]:
+    async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
         ack = await self.js.publish(
-            subjects.task_event(event.task_id, event.subject_kind), codec.encode(event),
+            subjects.task_event(event.task_id, event.subject_kind), payload or codec.encode(event),
             headers={subjects.HEADER_MSG_ID: msg_id}, timeout=5)
         return ack.seq, bool(ack.duplicate)
 
@@ -76,9 +76,11 @@ class Commands:
             self._in_flight[key] = future
         try:
             task_id = new_task_id()
-            event = events.TaskSubmitted(event_id=task_id, occurred_at=utcnow(), task_id=task_id,
-                                         spec=spec, idempotency_key=key)
-            seq, duplicate = await self._publish(event, f"submit:{key}" if key else task_id)
+            submitted = events.TaskSubmitted(event_id=task_id, occurred_at=utcnow(), task_id=task_id,
+                                             spec=spec, idempotency_key=key)
+            # applied as the consumers will read it, and refused (400) if they could not
+            payload, event = codec.accepted_event(submitted)
+            seq, duplicate = await self._publish(event, f"submit:{key}" if key else task_id, payload)
             if duplicate:
                 # The key was used moments ago, before a store restart: the first event stands.
                 original = await self.js.get_msg(subjects.STREAM_TASKS, seq)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from proto import codec, cron, events, runs, subjects
+from proto import codec, cron, events, runs, schedules, subjects
 from proto.api import LedgerEntry
 from proto.control import CancelRun
 from proto.records import AttemptRecord, RunRecord, RunSummary, TaskRecord
 from proto.runs import FINAL_RUN_STATUSES, RunError
-from proto.tasks import FINAL_STATUSES, TaskSpec
+from proto.tasks import FINAL_STATUSES
 from services.common.clock import ms_between
 from services.store.cache import RecordCache
 from services.store.catalog import Catalog
@@ -176,8 +176,11 @@ class StoreState:
             task.next_run_at = event.occurred_at + timedelta(seconds=spec.delay_seconds)
         elif spec.task_type == "immediate":
             task.next_run_at = event.occurred_at
-        elif spec.cron_expression is not None:
-            task.next_run_at = _first_fire(spec, event.occurred_at)
+        else:  # what the scheduler will compute too: the 201 already says when the first fire is
+            try:
+                task.next_run_at = schedules.next_due(spec, event.occurred_at)
+            except cron.CronError:  # accepted by an older version: the scheduler will say
+                pass
         self.tasks[task.id] = task
         self.uncatalogued[task.id] = task
         if event.idempotency_key:
@@ -562,11 +565,3 @@ class StoreState:
             task_id, _, run_id = key.partition(".")
             self.removed_runs.add((task_id, run_id))
 
-
-def _first_fire(spec: TaskSpec, accepted_at: datetime) -> datetime | None:
-    """When a schedule accepted now fires first (the scheduler plans the same; None if never)."""
-    try:
-        return cron.CronSchedule(spec.cron_expression or "", spec.timezone).next_within(
-            accepted_at, spec.start_at, spec.end_at)
-    except cron.CronError:  # checked at submission; a replayed event of an older rule must not stop the apply
-        return None

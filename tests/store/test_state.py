@@ -101,7 +101,7 @@ def snapshot(state: StoreState) -> tuple:
     pytest.param(CODE, "pending", at(0), id="immediate"),
     pytest.param(TaskSpec(name="later", task_type="delayed", delay_seconds=60, api_url="https://example.com/"),
                  "pending", at(60), id="delayed"),
-    pytest.param(HOURLY, "active", None, id="scheduled"),
+    pytest.param(HOURLY, "active", at(3600), id="scheduled"),
 ])
 def test_a_submitted_task_is_recorded_with_its_first_status(spec: TaskSpec, status: str, next_run_at: Any) -> None:
     state = fresh(spec)

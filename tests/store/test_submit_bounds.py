@@ -1,0 +1,63 @@
+"""The store's submit path against a real JetStream: what it publishes is exactly what reads back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from nats.js import JetStreamContext
+
+from proto import bounds, codec, events, subjects
+from proto.errors import FieldError
+from proto.tasks import Limits
+from services.common import natsio
+from services.store.commands import Commands
+from services.store.state import StoreState
+
+
+async def _commands(js: JetStreamContext) -> Commands:
+    await natsio.setup_owned(js, "store", 1)
+    return Commands(js, StoreState(), Limits(), lambda _: None)
+
+
+async def _published(js: JetStreamContext) -> int:
+    return (await js.stream_info(subjects.STREAM_TASKS)).state.messages
+
+
+async def test_a_hostile_body_is_refused_and_nothing_is_published(js: JetStreamContext) -> None:
+    commands = await _commands(js)
+    body = b'{"name": "deep", "task_type": "immediate", "api_url": "http://a/", "data": ' + b"[" * 980 + b"]" * 980 + b"}"
+
+    with pytest.raises(FieldError) as raised:
+        await commands.submit(body, None)
+
+    assert raised.value.field == "data"
+    assert await _published(js) == 0
+
+
+async def test_a_task_whose_event_would_be_too_large_to_keep_is_refused_before_publishing(
+        js: JetStreamContext) -> None:
+    # Each control character in the code takes 6 bytes as JSON (\u0001): the code and args pass
+    # their own bounds, the event would not fit beside a result in the task record.
+    code = "def f(x):\n    return 1\n# " + "\x01" * (bounds.MAX_CODE_CHARS - 40)
+    body = json.dumps({"name": "big", "task_type": "immediate", "function_code": code, "function_name": "f",
+                       "args": ["x" * (bounds.MAX_VALUE_BYTES - 100)]}).encode()
+    commands = await _commands(js)
+
+    with pytest.raises(FieldError) as raised:
+        await commands.submit(body, None)
+
+    assert raised.value.code == "payload_too_large"
+    assert await _published(js) == 0
+
+
+async def test_the_published_event_is_the_one_applied(js: JetStreamContext) -> None:
+    commands = await _commands(js)
+    body = json.dumps({"name": "ok", "task_type": "immediate", "api_url": "http://a/", "data": {"n": [1, 2.5]}})
+
+    accepted = await commands.submit(body.encode(), None)
+
+    stored = await js.get_msg(subjects.STREAM_TASKS, 1)
+    event = codec.task_event_decoder.decode(stored.data)
+    assert isinstance(event, events.TaskSubmitted) and event.task_id == accepted.id
+    assert commands.state.tasks[accepted.id].spec == event.spec
