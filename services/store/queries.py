@@ -18,7 +18,7 @@ from services.common.presence import ServiceRegistry
 from services.store.catalog import ListFilter
 from services.store.errors import TaskNotFound
 from services.store.persistence import Persistence
-from services.store.state import ACTIVE_RUN_STATUSES, StoreState
+from services.store.state import StoreState
 from services.store.writes import LEDGER_RUN_ID
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,7 @@ class Queries:
                 log.debug("queue depth of %s unknown: %s", consumer, exc)
         self.state.sync_catalog()
         catalog = self.state.catalog
-        # Runs in progress are counted in memory; finished ones by the outcome aggregates (all time).
-        runs_by_status = {k: v for k, v in self.state.run_counts.items() if k in ACTIVE_RUN_STATUSES and v}
-        runs_by_status.update({k: v for k, v in metrics.outcomes.items() if v})
+        runs_by_status = self.state.runs_by_status()
         by_trigger = catalog.counts("trigger")
         return api.Stats(
             tasks_total=sum(by_trigger.values()),
@@ -181,7 +179,7 @@ class Queries:
             tasks_by_kind=catalog.counts("kind"),
             tasks_by_trigger=by_trigger,
             runs_total=sum(runs_by_status.values()),
-            runs_by_status=dict(sorted(runs_by_status.items())),
+            runs_by_status=runs_by_status,
             runs_per_minute=metrics.per_minute(utcnow()),
             success_rate=metrics.success_rate(),
             duration_ms=metrics.percentiles(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from services.common.settings import LimitSettings
 
@@ -17,3 +18,13 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     """Runs kept per task (schedules fire forever); the oldest finished ones go first."""
     log_cap_bytes: int = 1024 * 1024
     max_concurrent_requests: int = 1024
+    store_dir: str = ".taskmesh/store"
+    """Where the store keeps its catalog (an SQLite file: derived from KV, rebuilt when lost)."""
+    catalog_cache_mb: int = 16
+    """SQLite page cache of the catalog."""
+    cache_mb: int = 32
+    """Finished task records kept in memory for fast reads (least recently used go first)."""
+
+    def catalog_path(self) -> Path:
+        """The catalog's file."""
+        return Path(self.store_dir) / "catalog.sqlite3"

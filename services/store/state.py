@@ -82,7 +82,9 @@ class StoreState:
 
     def is_retained(self, task_id: str) -> bool:
         """Whether the task exists, in memory or only in KV (the catalog knows every one)."""
-        return task_id in self.tasks or task_id in self.uncatalogued or self.catalog.status_of(task_id) is not None
+        if task_id in self.tasks or task_id in self.uncatalogued:
+            return True
+        return task_id not in self.uncatalogued_removals and self.catalog.status_of(task_id) is not None
 
     def task_for_key(self, idempotency_key: str) -> str | None:
         """The retained task submitted with this idempotency key."""
@@ -508,6 +510,12 @@ class StoreState:
                 self._count_run(run.status, None)
                 self.dirty_runs.discard((task_id, run_id))
                 self.removed_runs.add((task_id, run_id))
+
+    def runs_by_status(self) -> dict[str, int]:
+        """Runs in progress (counted in memory) and finished runs by outcome (aggregates, all time)."""
+        found = {status: n for status, n in self.run_counts.items() if status in ACTIVE_RUN_STATUSES and n}
+        found.update({status: n for status, n in self.metrics.outcomes.items() if n})
+        return dict(sorted(found.items()))
 
     def active_runs(self, task_id: str) -> list[RunRecord]:
         """Runs of the task that are queued, running or waiting for a retry."""
