@@ -21,6 +21,7 @@ from services.common.ids import new_instance_id
 from services.common.presence import ServiceRegistry, announce_forever, hostname
 from services.gateway.context import GATEWAY, Gateway
 from services.gateway.errors import ApiError, error_response, from_body
+from services.gateway.ids import ids_middleware
 from services.gateway.metrics import HttpMetrics
 from services.gateway.openapi import build_spec, docs_page
 from services.gateway.routes import ENDPOINTS
@@ -100,6 +101,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = await handler(request)
         status = response.status
         return response
+    except asyncio.CancelledError:
+        status = 499  # the client hung up (nginx's code): not a server error
+        raise
     finally:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         request.app[GATEWAY].metrics.observe(request.method, route, status, time.perf_counter() - started)
@@ -109,7 +113,7 @@ def create_app(gateway: Gateway) -> web.Application:
     """The application, with the whole URL table registered."""
     settings = gateway.settings
     app = web.Application(client_max_size=settings.max_body_bytes + 1024, middlewares=[
-        metrics_middleware, errors_middleware, auth_middleware(settings.api_tokens)])
+        metrics_middleware, errors_middleware, auth_middleware(settings.api_tokens), ids_middleware])
     app[GATEWAY] = gateway
     spec = build_spec(auth=bool(settings.api_tokens))
     spec_body = codec.encode(spec)
@@ -147,7 +151,8 @@ async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     started_at = utcnow()
     gateway = Gateway(settings=settings, nc=Client(), store=StoreClient(Client(), settings.store_timeout_seconds),
                       registry=ServiceRegistry(), metrics=HttpMetrics())
-    runner = web.AppRunner(create_app(gateway), access_log=None, shutdown_timeout=5)
+    # handler_cancellation: a client that hangs up frees its wait or follow place at once
+    runner = web.AppRunner(create_app(gateway), access_log=None, shutdown_timeout=5, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()

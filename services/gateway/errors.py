@@ -9,7 +9,8 @@ from proto.errors import ErrorBody, ErrorCode, error_body
 
 STATUS_OF: dict[str, int] = {
     "invalid_json": 400, "invalid_field": 400, "unauthorized": 401, "not_found": 404, "conflict": 409,
-    "payload_too_large": 413, "unsupported_media_type": 415, "unavailable": 503, "timeout": 503,
+    "payload_too_large": 413, "unsupported_media_type": 415, "too_many_waiters": 429,
+    "unavailable": 503, "timeout": 503,
 }
 
 
@@ -33,5 +34,5 @@ class ApiError(Exception):
         self.code, self.message, self.field = code, message, field
 
     def response(self) -> web.Response:
-        headers = {"Retry-After": "1"} if self.code in ("unavailable", "timeout") else None
+        headers = {"Retry-After": "1"} if self.code in ("unavailable", "timeout", "too_many_waiters") else None
         return error_response(self.code, self.message, self.field, headers)

@@ -76,5 +76,6 @@ async def metrics(request: web.Request) -> web.Response:
         stats = await gateway.store.call(subjects.GET_STATS, api.StatsRequest(), api.Stats, timeout=CHECK_TIMEOUT_SECONDS)
     except (ApiError, StoreReplyError):
         stats = None
-    return web.Response(text=gateway.metrics.render(stats), content_type="text/plain",  # type: ignore[arg-type]
+    text = gateway.metrics.render(stats, (gateway.waiters, gateway.followers))  # type: ignore[arg-type]
+    return web.Response(text=text, content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")

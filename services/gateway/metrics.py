@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 
 from proto.api import Histogram, Stats
+from services.gateway.admission import Admission
 
 REQUEST_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -25,9 +27,16 @@ class HttpMetrics:
         self.seconds_sum += seconds
         self.count += 1
 
-    def render(self, stats: Stats | None) -> str:
+    def render(self, stats: Stats | None, admissions: Iterable[Admission] = ()) -> str:
         lines = ["# HELP taskmesh_http_requests_total HTTP requests by method, route and status.",
                  "# TYPE taskmesh_http_requests_total counter"]
+        admitted = list(admissions)
+        lines += ["# HELP taskmesh_gateway_open Long-lived requests open on this gateway, by kind.",
+                  "# TYPE taskmesh_gateway_open gauge"]
+        lines += [f'taskmesh_gateway_open{{kind="{_escape(a.kind)}"}} {a.active}' for a in admitted]
+        lines += ["# HELP taskmesh_gateway_refused_total Long-lived requests refused with 429, by kind.",
+                  "# TYPE taskmesh_gateway_refused_total counter"]
+        lines += [f'taskmesh_gateway_refused_total{{kind="{_escape(a.kind)}"}} {a.refused}' for a in admitted]
         for (method, route, status), value in sorted(self.requests.items()):
             lines.append(f'taskmesh_http_requests_total{{method="{method}",route="{_escape(route)}",'
                          f'status="{status}"}} {value}')

@@ -10,6 +10,7 @@ import msgspec
 from proto.errors import ErrorBody
 from proto.records import TaskRecord
 from services import VERSION
+from services.gateway.ids import ID_SCHEMA
 from services.gateway.routes import ENDPOINTS, Endpoint
 
 REF = "#/components/schemas/{name}"
@@ -17,7 +18,8 @@ TASK_LINKS = ("getTask", "listRuns", "getLogs", "cancelTask", "deleteTask", "wai
               "pauseSchedule", "resumeSchedule", "triggerSchedule", "scheduleLedger")
 STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted (not finished yet)", 400: "Invalid request",
                401: "Missing or wrong bearer token", 404: "Not found", 409: "Conflicts with the task's state",
-               413: "Body too large", 415: "Body is not JSON", 503: "A dependency is unavailable; retry"}
+               413: "Body too large", 415: "Body is not JSON",
+               429: "Too many waits or log follows open; retry", 503: "A dependency is unavailable; retry"}
 
 
 def build_spec(auth: bool) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def build_spec(auth: bool) -> dict[str, Any]:
 
 
 def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dict[str, Any]:
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+    parameters = [{"name": name, "in": "path", "required": True, "schema": ID_SCHEMA}
                   for name in _path_params(endpoint.path)]
     parameters += [{"name": p.name, "in": "query", "required": False, "schema": p.schema,
                     **({"description": p.description} if p.description else {})} for p in endpoint.query]

@@ -11,6 +11,7 @@ from proto import api
 from proto.records import RunRecord, TaskRecord
 from proto.tasks import TaskSpec
 from services.gateway import health, views
+from services.gateway.ids import ID_SCHEMA
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,7 +62,8 @@ LOG_PARAMS = (Param("attempt", {"type": "integer", "minimum": 1}),
               Param("after", {"type": "integer", "minimum": -1}, "Only chunks with a greater seq."),
               Param("follow", {"type": "boolean"}, "Stream new output as Server-Sent Events until the run ends."),
               Param("format", {"type": "string", "enum": ["json", "text"]}))
-SUBMIT_ERRORS = (400, 409, 413, 415, 503)
+SUBMIT_ERRORS = (400, 409, 413, 415, 429, 503)
+WAIT_ERRORS = (400, 404, 429, 503)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/tasks", views.submit_task, "submitTask",
@@ -86,16 +88,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              response=api.DeleteReply, query=(CANCEL_RUNNING,)),
     Endpoint("GET", "/api/tasks/{task_id}/wait", views.wait_task, "waitTask",
              "Wait for a task to finish (202 when the wait ends first)", "tasks", response=TaskRecord,
-             extra_status=(202,), query=(WAIT,)),
+             extra_status=(202,), errors=WAIT_ERRORS, query=(WAIT,)),
     Endpoint("GET", "/api/tasks/{task_id}/runs", views.list_runs, "listRuns", "Run history, newest first", "runs",
              response=api.RunPage, query=(LIMIT, CURSOR)),
     Endpoint("GET", "/api/tasks/{task_id}/runs/{run_id}", views.get_run, "getRun", "One run with its attempts",
              "runs", response=RunRecord),
     Endpoint("GET", "/api/tasks/{task_id}/logs", views.get_logs, "getLogs",
              "Output of the latest run (follow=true streams it as Server-Sent Events)", "runs",
-             response=api.LogsReply, query=(Param("run_id", {"type": "string"}), *LOG_PARAMS)),
+             response=api.LogsReply, errors=WAIT_ERRORS,
+             query=(Param("run_id", ID_SCHEMA), *LOG_PARAMS)),
     Endpoint("GET", "/api/tasks/{task_id}/runs/{run_id}/logs", views.get_logs, "getRunLogs", "Output of one run",
-             "runs", response=api.LogsReply, query=LOG_PARAMS),
+             "runs", response=api.LogsReply, errors=WAIT_ERRORS, query=LOG_PARAMS),
     Endpoint("POST", "/api/scheduled-tasks", views.submit_scheduled, "submitScheduledTask",
              "Submit a scheduled (cron) task", "schedules", request=TaskSpec, response=TaskRecord, status=201,
              extra_status=(202,), errors=SUBMIT_ERRORS, query=(WAIT,)),

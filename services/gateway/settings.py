@@ -15,3 +15,7 @@ class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True)
     max_body_bytes: int = 1024 * 1024
     store_timeout_seconds: float = 5.0
     max_wait_seconds: float = 300.0
+    max_waiters: int = 1000
+    """Waits (`/wait`, submit with `?wait=`) open at once; past it a 429 `too_many_waiters`."""
+    max_followers: int = 200
+    """Log follows (`/logs?follow=true`) open at once; past it a 429 `too_many_waiters`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -119,8 +120,9 @@ async def submit(request: web.Request, route: str = "") -> web.Response:
         headers[subjects.HEADER_ROUTE] = route
     if wait is not None:
         headers[subjects.HEADER_WAIT] = str(wait)  # the store answers once the task is done (or the wait ends)
-    reply = await store(request).raw(subjects.SUBMIT_TASK, body, headers or None,
-                                     timeout=None if wait is None else wait + 5)
+    with request.app[GATEWAY].waiters.hold() if wait is not None else contextlib.nullcontext():
+        reply = await store(request).raw(subjects.SUBMIT_TASK, body, headers or None,
+                                         timeout=None if wait is None else wait + 5)
     accepted = _accepted_decoder.decode(reply)
     response_headers = {"Location": f"/api/tasks/{accepted.id}"}
     if accepted.replayed:
@@ -195,7 +197,9 @@ async def delete_schedule(request: web.Request) -> web.Response:
 async def wait_task(request: web.Request) -> web.Response:
     seconds = wait_seconds(request)
     payload = api.WaitTaskRequest(id=request.match_info["task_id"], timeout_seconds=30.0 if seconds is None else seconds)
-    reply = await store(request).call(subjects.WAIT_TASK, payload, api.WaitReply, timeout=payload.timeout_seconds + 5)
+    with request.app[GATEWAY].waiters.hold():
+        reply = await store(request).call(subjects.WAIT_TASK, payload, api.WaitReply,
+                                          timeout=payload.timeout_seconds + 5)
     return json_struct(reply.task, 200 if reply.done else 202)
 
 
@@ -215,7 +219,8 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         extra["run_id"] = request.match_info["run_id"]
     query = query_as(request, api.GetLogsRequest, **extra)
     if _flag(request, "follow", False):
-        return await follow_logs(request, query)
+        with request.app[GATEWAY].followers.hold():
+            return await follow_logs(request, query)
     if request.query.get("format") == "text":
         return web.Response(text="".join(c.data for c in await store(request).all_log_chunks(query)),
                             content_type="text/plain")

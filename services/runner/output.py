@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 32 * 1024
 FLUSH_SECONDS = 0.1
+PARTIAL_LINE_SECONDS = 1.0
+"""How long a timed flush may hold back an unfinished last line (a ``print`` is often two writes:
+the text, then its newline); a line without end (a progress bar) still goes out after this."""
 
 
 class RunOutput:
@@ -35,6 +38,7 @@ class RunOutput:
         self._buffered = 0
         self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
         self._timer: asyncio.TimerHandle | None = None
+        self._partial_since = 0.0
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._acks: list[asyncio.Future] = []
         self._worker: asyncio.Task[None] | None = None
@@ -75,12 +79,35 @@ class RunOutput:
         if self._buffered >= CHUNK_BYTES:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_on_time)
+
+    def _flush_on_time(self) -> None:
+        """The timer's flush: everything but an unfinished last line, unless it waited long enough."""
+        self._timer = None
+        held: tuple[LogStream, str] | None = None
+        if self._buffer and self._buffer[-1][0] != "system" and not self._buffer[-1][1].endswith("\n"):
+            stream, text = self._buffer[-1]
+            loop = asyncio.get_running_loop()
+            self._partial_since = self._partial_since or loop.time()
+            if loop.time() - self._partial_since < PARTIAL_LINE_SECONDS:
+                cut = text.rfind("\n") + 1
+                held = (stream, text[cut:])
+                self._buffer[-1] = (stream, text[:cut])
+                if not self._buffer[-1][1]:
+                    self._buffer.pop()
+        since = self._partial_since
+        self._flush()
+        if held is not None:
+            self._partial_since = since
+            self._buffer.append(held)
+            self._buffered = len(held[1])
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_on_time)
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._partial_since = 0.0
         buffered, self._buffer, self._buffered = self._buffer, [], 0
         for stream, text in buffered:
             chunk = LogChunk(task_id=self.task_id, run_id=self.run_id, attempt=self.attempt, seq=self._seq,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from nats.aio.client import Client
@@ -18,6 +19,8 @@ from services.store.queries import Queries
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 300.0
+WAITING_SUBJECTS = frozenset({subjects.WAIT_TASK, subjects.SUBMIT_TASK})
+"""Requests that may wait for an outcome: they hold a slot only while they work, not while they wait."""
 
 Route = Callable[[Msg], Awaitable[Any]]
 
@@ -25,18 +28,21 @@ Route = Callable[[Msg], Awaitable[Any]]
 class ApiHandlers:
     """Decodes each request, runs its route, and replies with the result or an error body."""
 
-    def __init__(self, nc: Client, commands: Commands, queries: Queries, max_concurrent: int) -> None:
+    def __init__(self, nc: Client, commands: Commands, queries: Queries, max_concurrent: int,
+                 max_waiters: int = 10_000) -> None:
         self.nc = nc
         self.commands = commands
         self.queries = queries
         self._slots = asyncio.Semaphore(max_concurrent)
+        self.max_waiters = max_waiters
+        self.waiting = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: Any = None
         self.routes: dict[str, Route] = {
             subjects.SUBMIT_TASK: self._submit,
             subjects.GET_TASK: lambda m: self._async(m, api.TaskRef, lambda r: queries.task(r.id)),
             subjects.LIST_TASKS: lambda m: self._async(m, api.ListTasksRequest, queries.list_tasks),
-            subjects.WAIT_TASK: lambda m: self._async(m, api.WaitTaskRequest, queries.wait),
+            subjects.WAIT_TASK: self._wait,
             subjects.CANCEL_TASK: lambda m: self._async(m, api.CancelTaskRequest, commands.cancel),
             subjects.DELETE_TASK: lambda m: self._async(m, api.DeleteTaskRequest, commands.delete),
             subjects.LIST_RUNS: lambda m: self._async(m, api.ListRunsRequest, queries.list_runs),
@@ -73,7 +79,9 @@ class ApiHandlers:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Msg) -> None:
-        async with self._slots:
+        # A wait holds no request slot (it may last minutes); its routes take one for their own work.
+        slot = contextlib.nullcontext() if msg.subject in WAITING_SUBJECTS else self._slots
+        async with slot:
             route = self.routes.get(msg.subject)
             try:
                 if route is None:
@@ -111,13 +119,32 @@ class ApiHandlers:
         return await handler(codec.decode_request(kind, msg.data))
 
     async def _submit(self, msg: Msg) -> Any:
-        wait = _wait_seconds(msg.headers)
-        accepted = await self.commands.submit(msg.data, msg.headers)
+        async with self._slots:
+            wait = _wait_seconds(msg.headers)
+            accepted = await self.commands.submit(msg.data, msg.headers)
         if wait is None:
             return accepted
-        waited = await self.queries.wait(api.WaitTaskRequest(id=accepted.id, timeout_seconds=wait))
+        with self._waiter():
+            waited = await self.queries.wait(api.WaitTaskRequest(id=accepted.id, timeout_seconds=wait))
         return api.SubmitAccepted(id=accepted.id, status=waited.task.status, task=waited.task,
                                   replayed=accepted.replayed, done=waited.done)
+
+    async def _wait(self, msg: Msg) -> Any:
+        request = codec.decode_request(api.WaitTaskRequest, msg.data)
+        with self._waiter():
+            return await self.queries.wait(request)
+
+    @contextlib.contextmanager
+    def _waiter(self) -> Iterator[None]:
+        """A place among ``max_waiters`` concurrent waits; a ``too_many_waiters`` error when none is free."""
+        if self.waiting >= self.max_waiters:
+            raise FieldError(None, f"{self.waiting} waits are already open on the store (the limit is "
+                             f"{self.max_waiters}); try again shortly", code="too_many_waiters")
+        self.waiting += 1
+        try:
+            yield
+        finally:
+            self.waiting -= 1
 
     async def _trigger(self, msg: Msg) -> Any:
         request = codec.decode_request(api.TaskRef, msg.data)

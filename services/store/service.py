@@ -71,7 +71,8 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         commands = Commands(js, state, settings.limits(), after_apply, queries.task)
         consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes)
         caught_up = await consumers.catch_up_tasks()
-        handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests)
+        handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests,
+                               settings.store_max_waiters)
         await handlers.start()
         log.info("store ready", extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog),
                                        "replayed_task_events": caught_up})

@@ -18,6 +18,10 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     """Runs kept per task (schedules fire forever); the oldest finished ones go first."""
     log_cap_bytes: int = 1024 * 1024
     max_concurrent_requests: int = 1024
+    store_max_waiters: int = 10_000
+    """Waits the store holds at once for every gateway and NATS client (they hold no request slot);
+    past it a `too_many_waiters` error. Above a gateway's `max_waiters`: a wait whose client hung up
+    is held until its timeout."""
     store_dir: str = ".taskmesh/store"
     """Where the store keeps its catalog (an SQLite file: derived from KV, rebuilt when lost)."""
     catalog_cache_mb: int = 16

@@ -1,0 +1,52 @@
+"""A run's output as chunks: a line written in two pieces is not split by the timed flush."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext
+
+from proto import codec, subjects
+from proto.runs import LogChunk
+from services.common import natsio
+from services.runner.output import FLUSH_SECONDS, PARTIAL_LINE_SECONDS, RunOutput
+
+
+async def published(js: JetStreamContext, expected: int, timeout: float = 5.0) -> list[LogChunk]:
+    subscription = await js.pull_subscribe(subjects.log_chunks("t", "r"), stream=subjects.STREAM_LOGS)
+    found: list[LogChunk] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(found) < expected and asyncio.get_running_loop().time() < deadline:
+        try:
+            for message in await subscription.fetch(10, timeout=0.5):
+                found.append(codec.log_chunk_decoder.decode(message.data))
+                await message.ack()
+        except TimeoutError:
+            pass
+    return found
+
+
+async def test_a_print_written_as_text_then_newline_arrives_as_one_line(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+
+    output.write("stdout", b"first line")
+    await asyncio.sleep(FLUSH_SECONDS * 3)  # a slow process: the newline comes after a timed flush
+    output.write("stdout", b"\nsecond line\n")
+    output.end()
+    await output.settled()
+
+    chunks = await published(js, 1)
+    assert [c.data for c in chunks] == ["first line\nsecond line\n"]
+
+
+async def test_a_line_that_never_ends_still_goes_out_after_a_while(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+
+    output.write("stdout", b"progress 10%")
+    chunks = await published(js, 1, timeout=PARTIAL_LINE_SECONDS + 3)
+    output.end()
+    await output.settled()
+
+    assert [c.data for c in chunks] == ["progress 10%"]
