@@ -45,3 +45,5 @@ class Heartbeat(Struct, kw_only=True, omit_defaults=True):
     slots: dict[str, SlotUsage] = {}
     sandbox: SandboxStatus | None = None
     runs_finished: int = 0
+    consumer_restarts: dict[str, int] = {}
+    """Consumer loops that died and were restarted since the instance started, by consumer."""

@@ -35,6 +35,7 @@ ErrorType = Literal[
     "expired",                    # could not start before its start deadline
     "poison",                     # delivered too often without an outcome (runner crashes)
     "runner_error",               # a bug or fault in the runner itself
+    "internal",                   # a service could not handle one of the run's messages (dead-lettered)
 ]
 
 
@@ -188,7 +189,8 @@ class LogChunk(Struct, kw_only=True):
 
 
 class DeadLetter(Struct, kw_only=True):
-    """A run given up after too many deliveries without an outcome, with its due-run message."""
+    """A message given up after too many deliveries: a run without an outcome (with its due-run
+    message), or an event a service could not handle (its subject and payload)."""
 
     task_id: str
     run_id: str
@@ -196,4 +198,7 @@ class DeadLetter(Struct, kw_only=True):
     deliveries: int
     reason: str
     at: datetime
-    due: RunDue
+    due: RunDue | None = None
+    subject: str | None = None
+    payload: str | None = None
+    """The given-up message as text (when it is not a due run)."""

@@ -20,6 +20,13 @@ RUNNER_ACK_WAIT: Final = timedelta(seconds=10)
 STORE_ACK_WAIT: Final = timedelta(seconds=10)
 """An event the store took but could not write back (NATS away) is redelivered after this."""
 SCHEDULER_ACK_WAIT: Final = timedelta(seconds=10)
+HANDLING_DELIVERIES: Final = 5
+"""A message whose handling raised this many times is given up: dead-lettered, its run failed."""
+HANDLING_RETRY_DELAY: Final = timedelta(seconds=0.5)
+"""First redelivery delay of a message whose handling raised; doubles on each delivery."""
+HANDLING_RETRY_DELAY_MAX: Final = timedelta(seconds=8)
+NATS_CALL_DEADLINE: Final = timedelta(seconds=10)
+"""Longest wait on one NATS call (a publish acknowledgement, a KV write, an ack)."""
 LEASE_TTL: Final = timedelta(seconds=4)
 """A scheduler leader that stops renewing its lease is replaced after at most this long."""
 WORK_DEDUP_WINDOW: Final = timedelta(hours=1)

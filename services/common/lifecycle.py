@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -61,3 +62,21 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
         return True
     except TimeoutError:
         return stop.is_set()
+
+
+async def supervise(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event,
+                    restarts: Counter[str]) -> None:
+    """Run ``loop()`` until ``stop``; when it dies (returns or raises early), count and restart it with backoff."""
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            await loop()
+        except Exception:  # a bug in a loop must not stop the service: log it, restart it
+            log.exception("%s loop died", name)
+        if stop.is_set():
+            return
+        restarts[name] += 1
+        log.warning("%s loop restarted", name, extra={"consumer": name, "restarts": restarts[name]})
+        if await sleep_or_stop(stop, delay):
+            return
+        delay = min(delay * 2, 5.0)

@@ -69,7 +69,12 @@ class HttpMetrics:
                   "# TYPE taskmesh_stale_outcomes_rejected_total counter",
                   f"taskmesh_stale_outcomes_rejected_total {stats.stale_outcomes_rejected}",
                   "# HELP taskmesh_dead_letters Runs given up after too many deliveries.",
-                  "# TYPE taskmesh_dead_letters gauge", f"taskmesh_dead_letters {stats.dead_letters}"]
+                  "# TYPE taskmesh_dead_letters gauge", f"taskmesh_dead_letters {stats.dead_letters}",
+                  "# HELP taskmesh_consumer_restarts_total Consumer loops that died and were restarted.",
+                  "# TYPE taskmesh_consumer_restarts_total counter"]
+        lines += [f'taskmesh_consumer_restarts_total{{service="{beat.service}",instance="{beat.instance_id}",'
+                  f'consumer="{_escape(consumer)}"}} {count}'
+                  for beat in stats.services for consumer, count in sorted(beat.consumer_restarts.items())]
         lines += _histogram("taskmesh_run_duration_milliseconds", "Run durations (start to finish).",
                             stats.duration_histogram)
         lines += _histogram("taskmesh_schedule_lag_milliseconds", "Run start minus scheduled time.",

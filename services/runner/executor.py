@@ -23,11 +23,12 @@ from nats.js.kv import KeyValue
 from proto import codec, streams, subjects
 from proto.control import CancelRun
 from proto.records import RunRecord, TaskRecord
-from proto.retry import backoff, should_retry
+from proto.retry import should_retry
 from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
 from services.common.clock import utcnow
 from services.runner.http_task import HttpTasks
-from services.runner.outcome import Outcome
+from services.common.poison import is_transient, within_deadline
+from services.runner.outcome import Outcome, retry_at
 from services.runner.output import RunOutput
 from services.runner.sandbox.docker_sandbox import DockerSandboxes, SandboxJob
 from services.runner.settings import RunnerSettings
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = streams.RUNNER_ACK_WAIT.total_seconds() / 3
 OUTCOME_PUBLISH_PATIENCE_SECONDS = 120.0
+START_PUBLISH_PATIENCE_SECONDS = 10.0
+"""How long a run waits for its ``RunStarted`` to be recorded; then it is handed back, not run."""
+UNSTARTED_REDELIVERY_DELAY_SECONDS = 2.0
 
 
 @dataclass
@@ -92,7 +96,7 @@ class RunExecutor:
             due = codec.run_due_decoder.decode(message.data)
         except msgspec.MsgspecError as exc:
             log.warning("not a due run on %s, terminated: %s", message.subject, exc)
-            await message.term()
+            await within_deadline(message.term())
             return
         delivered = message.metadata.num_delivered or 1
         attempt = due.attempt + delivered - 1
@@ -111,34 +115,41 @@ class RunExecutor:
         if delivered > 1:
             self.sandboxes.reap_soon()  # its last runner probably died: its containers are orphans
             if await self._already_finished(due):
-                await message.ack()
+                await within_deadline(message.ack())
                 return
             if delivered > self.settings.poison_deliveries:
                 await self._dead_letter(due, attempt, delivered)
-                await message.ack()
+                await within_deadline(message.ack())
                 return
         verdict = await self._still_wanted(due)
         if verdict == "deleted":
-            await message.ack()
+            await within_deadline(message.ack())
             return
         if verdict == "cancelled" or active.cancelled.is_set():
             await self._report(due, attempt, Outcome(status="cancelled", error=RunError(
                 type="cancelled", message=active.cancel_reason or "cancelled before it started")), None, 0)
-            await message.ack()
+            await within_deadline(message.ack())
             return
         now = utcnow()
         if due.deadline_at is not None and now > due.deadline_at:
             await self._report(due, attempt, Outcome(status="expired", error=RunError(
                 type="expired", message=f"waited in the queue past its start deadline {due.deadline_at.isoformat()}")),
                 None, 0)
-            await message.ack()
+            await within_deadline(message.ack())
             return
         started = RunStarted(event_id=f"s:{due.task_id}:{due.slot}:{attempt}", occurred_at=now, task_id=due.task_id,
                              run_id=due.run_id, attempt=attempt, runner_id=self.runner_id,
                              scheduled_for=due.scheduled_for)
-        started_ack = await self.js.publish_async(
-            subjects.run_event(due.task_id, due.run_id, "started"), codec.encode(started),
-            headers={subjects.HEADER_MSG_ID: started.event_id})
+        try:
+            # Recorded before the run, never after: an outcome that cannot be recorded either
+            # would have the finished run executed again.
+            await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "started"), codec.encode(started),
+                                        started.event_id, START_PUBLISH_PATIENCE_SECONDS)
+        except Exception as exc:
+            log.warning("run not started: its start could not be recorded (%s); handed back", exc,
+                        extra={"run": due.run_id, "attempt": attempt})
+            await within_deadline(message.nak(delay=UNSTARTED_REDELIVERY_DELAY_SECONDS))
+            return
         output = RunOutput(self.js, due.task_id, due.run_id, attempt, self.settings.log_cap_bytes)
         if delivered > 1:
             output.system(f"attempt {attempt}: delivered again (the previous runner stopped without an outcome)")
@@ -150,21 +161,41 @@ class RunExecutor:
         # The outcome does not wait for the last log chunks to be acknowledged: the store tells a
         # complete log by the chunk count the outcome carries.
         output.end()
-        await asyncio.wait_for(started_ack, 10)
         if active.hand_back:
             await output.settled()
-            await message.nak()
+            await within_deadline(message.nak())
             log.info("run handed back", extra={"run": due.run_id, "attempt": attempt})
             return
-        await self._report(due, attempt, outcome, now, output.bytes_seen, output.chunks)
+        await self._report_once(due, attempt, outcome, now, output)
         await output.settled()
-        await message.ack()
+        await within_deadline(message.ack())
+
+    async def _report_once(self, due: RunDue, attempt: int, outcome: Outcome, started_at: object,
+                           output: RunOutput) -> None:
+        """Report the outcome of a run that has executed; whatever goes wrong, exactly one outcome
+        is recorded (the user code must not run again because reporting it failed)."""
+        try:
+            await self._report(due, attempt, outcome, started_at, output.bytes_seen, output.chunks)
+        except Exception as exc:
+            if is_transient(exc):
+                raise  # _report waited out its patience: redelivered, and the redelivery fences the run
+            log.exception("outcome of run %s could not be reported", due.run_id)
+            reason = f"the runner could not report the outcome ({type(exc).__name__}: {exc})"
+            finished = RunFinished(
+                event_id=f"f:{due.task_id}:{due.slot}:{attempt}", occurred_at=utcnow(), task_id=due.task_id,
+                run_id=due.run_id, attempt=attempt, runner_id=self.runner_id, status="failed", slot=due.slot,
+                scheduled_for=due.scheduled_for, started_at=started_at,  # type: ignore[arg-type]
+                error=RunError(type="internal", message=reason), log_bytes=output.bytes_seen,
+                log_chunks=output.chunks)
+            await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "finished"),
+                                        codec.encode(finished), finished.event_id)
+            self.finished += 1
 
     async def _keep_alive(self, message: Msg) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                await message.in_progress()
+                await within_deadline(message.in_progress())
             except Exception as exc:  # NATS away: the ack wait may pass; redelivery then fences us
                 log.debug("in_progress failed: %s", exc)
 
@@ -253,7 +284,7 @@ class RunExecutor:
             error=outcome.error, exit_code=outcome.exit_code, deps_cache_hit=outcome.deps_cache_hit,
             timings=outcome.timings, output_truncated=outcome.output_truncated or log_bytes > self.settings.log_cap_bytes,
             log_bytes=log_bytes, log_chunks=log_chunks, will_retry=will_retry, retry=due.retry,
-            retry_at=now + backoff(due.spec, due.retry + 1) if will_retry else None)
+            retry_at=retry_at(due.spec, due.retry + 1, now) if will_retry else None)
         payload = codec.encode(finished)
         if len(payload) > streams.MAX_PAYLOAD_BYTES - 4096:
             finished = msgspec.structs.replace(finished, result=None, error=RunError(
@@ -264,12 +295,13 @@ class RunExecutor:
                                     finished.event_id)
         self.finished += 1
 
-    async def _publish_durably(self, subject: str, payload: bytes, msg_id: str) -> None:
+    async def _publish_durably(self, subject: str, payload: bytes, msg_id: str,
+                               patience_seconds: float = OUTCOME_PUBLISH_PATIENCE_SECONDS) -> None:
         """Publish until JetStream acknowledges it: an outcome is worth waiting out a NATS restart for
         (giving up would re-run the attempt). The message id makes a repeated publish land once."""
         delay = 0.2
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + OUTCOME_PUBLISH_PATIENCE_SECONDS
+        deadline = loop.time() + patience_seconds
         while True:
             try:
                 await self.js.publish(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, timeout=5)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from contextlib import AsyncExitStack
+from functools import partial
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from proto import codec, subjects
 from proto.control import Heartbeat
@@ -14,6 +17,8 @@ from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
+from services.common.lifecycle import supervise
+from services.common.poison import handling_failed
 from services.common.presence import announce_forever, hostname
 from services.runner.egress import EgressPolicy
 from services.runner.executor import RunExecutor
@@ -73,13 +78,16 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
             return Heartbeat(service="runner", instance_id=runner_id, host=hostname(), version=VERSION,
                              started_at=started_at, sent_at=utcnow(),
                              slots={name: slots.usage() for name, slots in pools.items()},
-                             sandbox=sandboxes.status(), runs_finished=executor.finished)
+                             sandbox=sandboxes.status(), runs_finished=executor.finished,
+                             consumer_restarts=dict(restarts))
 
+        restarts: Counter[str] = Counter()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
         in_flight: set[asyncio.Task[None]] = set()
         pullers = [
-            asyncio.create_task(_pull(js, subjects.CONSUMER_RUNNER_CODE, pools["code"], executor, in_flight, stop)),
-            asyncio.create_task(_pull(js, subjects.CONSUMER_RUNNER_API, pools["api"], executor, in_flight, stop)),
+            asyncio.create_task(supervise(durable, partial(_pull, js, durable, pools[pool], executor, in_flight, stop),
+                                          stop, restarts))
+            for durable, pool in ((subjects.CONSUMER_RUNNER_CODE, "code"), (subjects.CONSUMER_RUNNER_API, "api"))
         ]
         log.info("runner ready", extra={"runner": runner_id, "code_slots": pools["code"].total,
                                         "api_slots": pools["api"].total, "sandbox": sandboxes.detail})
@@ -96,9 +104,9 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         log.info("runner stopped", extra={"finished": executor.finished, "handed_back": handed_back})
 
 
-async def _pull(js: object, durable: str, slots: Slots, executor: RunExecutor, in_flight: set[asyncio.Task[None]],
+async def _pull(js: JetStreamContext, durable: str, slots: Slots, executor: RunExecutor, in_flight: set[asyncio.Task[None]],
                 stop: asyncio.Event) -> None:
-    subscription = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)  # type: ignore[attr-defined]
+    subscription = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)
     try:
         while not stop.is_set():
             if slots.free == 0:
@@ -112,7 +120,7 @@ async def _pull(js: object, durable: str, slots: Slots, executor: RunExecutor, i
                 continue
             for message in messages:
                 slots.take()
-                task = asyncio.create_task(_run(executor, message, slots))
+                task = asyncio.create_task(_run(js, executor, message, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
     finally:
@@ -122,10 +130,14 @@ async def _pull(js: object, durable: str, slots: Slots, executor: RunExecutor, i
             pass
 
 
-async def _run(executor: RunExecutor, message: Msg, slots: Slots) -> None:
+async def _run(js: JetStreamContext, executor: RunExecutor, message: Msg, slots: Slots) -> None:
     try:
         await executor.handle(message)
-    except Exception:  # not acked: redelivered after the ack wait
-        log.exception("run not completed; it will be redelivered")
+    except Exception as exc:  # this message only: redelivered later with a delay, then given up
+        log.exception("run not completed")
+        try:
+            await handling_failed(js, message, exc, "runner")
+        except Exception as settle_exc:  # not acked: redelivered after the ack wait
+            log.warning("run message not settled (%s); it will be redelivered", settle_exc)
     finally:
         slots.release()

@@ -45,6 +45,9 @@ class RunnerSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     pool_size: int = 2
     """Started containers kept waiting per hot (image, dependencies) pair."""
     pool_max_idle: timedelta = timedelta(minutes=5)
+    pool_max_ready: int = 8
+    """Started containers the warm pool keeps waiting, all shapes together (a shape is pooled from its
+    second use within `TASKMESH_POOL_MAX_IDLE`; the default shape always)."""
     deps_dir: str = ".taskmesh/deps"
     """Where installed requirement sets live (a path as this runner sees it)."""
     deps_volume: str | None = None

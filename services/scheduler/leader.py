@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 
 import msgspec
 from nats.aio.msg import Msg
@@ -27,7 +28,9 @@ from proto.schedules import AnyTimer, CronTimer, OnceTimer, RetryTimer
 from proto.tasks import FINAL_STATUSES, TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
+from services.common.lifecycle import supervise
 from services.common.natsio import fetch_until, read_bucket
+from services.common.poison import handling_failed, within_deadline
 from services.scheduler import planner
 from services.scheduler.heap import TimerHeap
 from services.scheduler.publisher import Publisher
@@ -36,6 +39,8 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 BATCH = 256
+ENDED_REMEMBERED = 100_000
+"""Cancelled or deleted tasks remembered, so a submission redelivered after its cancel arms nothing."""
 _timer_decoder = msgspec.json.Decoder(AnyTimer)
 
 
@@ -43,7 +48,7 @@ class Leader:
     """Holds every timer in memory (mirrored in the schedules bucket) while this process leads."""
 
     def __init__(self, js: JetStreamContext, timers_kv: KeyValue, tasks_kv: KeyValue,
-                 settings: SchedulerSettings) -> None:
+                 settings: SchedulerSettings, restarts: Counter[str] | None = None) -> None:
         self.js = js
         self.tasks_kv = tasks_kv
         self.settings = settings
@@ -53,8 +58,11 @@ class Leader:
         self.by_task: dict[str, set[str]] = defaultdict(set)
         self.heap = TimerHeap()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.fire_concurrency)
+        self.restarts: Counter[str] = Counter() if restarts is None else restarts
+        """Consumer loops that died and were restarted, by consumer name (kept across leadership terms)."""
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -107,11 +115,12 @@ class Leader:
     async def run(self, until: asyncio.Event) -> None:
         """Lead until ``until`` is set (stop requested or lease lost)."""
         await self.load()
+        consumers = ((subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS, self._on_task_event),
+                     (subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS, self._on_run_finished))
         workers = [
-            asyncio.create_task(self._consume(subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS,
-                                              self._on_task_event, until), name="scheduler-tasks"),
-            asyncio.create_task(self._consume(subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS,
-                                              self._on_run_finished, until), name="scheduler-runs"),
+            *(asyncio.create_task(supervise(durable, partial(self._consume, stream, durable, handle, until), until,
+                                            self.restarts), name=durable)
+              for stream, durable, handle in consumers),
             asyncio.create_task(self._fire_loop(until), name="fire-loop"),
         ]
         try:
@@ -146,10 +155,18 @@ class Leader:
         for message in messages:
             try:
                 await handle(message)
-                await message.ack()
-            except Exception:  # redelivered after the ack wait; the rest of this task's batch waits too
-                log.exception("event on %s not handled; it will be redelivered", message.subject)
-                return
+            except Exception as exc:  # this message only: redelivered later with a delay, then given up
+                log.exception("event on %s not handled", message.subject)
+                await self._settle(handling_failed(self.js, message, exc, "scheduler"), message)
+                continue
+            await self._settle(within_deadline(message.ack()), message)
+
+    @staticmethod
+    async def _settle(settling: Awaitable[object], message: Msg) -> None:
+        try:
+            await settling
+        except Exception as exc:  # left unacknowledged: redelivered after the ack wait
+            log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
 
     async def _fire_loop(self, until: asyncio.Event) -> None:
         while not until.is_set():
@@ -175,10 +192,14 @@ class Leader:
             return
         async with self.lock(event.task_id):
             if isinstance(event, events.TaskSubmitted):
-                await self._submitted(event)
+                if event.task_id not in self._ended:  # else: its submission failed and came back after its cancel
+                    await self._submitted(event)
             elif isinstance(event, (events.TaskCancelled, events.TaskDeleted)):
                 for key in list(self.by_task.get(event.task_id, ())):
                     await self._drop(key)
+                self._ended[event.task_id] = None
+                if len(self._ended) > ENDED_REMEMBERED:
+                    self._ended.popitem(last=False)
             elif isinstance(event, events.SchedulePaused):
                 await self._pause(event.task_id)
             elif isinstance(event, events.ScheduleResumed):

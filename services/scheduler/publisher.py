@@ -34,10 +34,16 @@ class Publisher:
         self.fired = 0
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
-        return await self.js.publish_async(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id})
+        return await self.js.publish_async(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id},
+                                           wait_stall=PUBLISH_TIMEOUT_SECONDS)
 
     async def _settle(self, *futures: asyncio.Future) -> None:
-        await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT_SECONDS)
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT_SECONDS)
+        finally:
+            for future in futures:  # one failed: the others must not linger unresolved (nats.py #985)
+                if not future.done():
+                    future.cancel()
 
     async def fire(self, task_id: str, spec: TaskSpec, *, slot: str, scheduled_for: datetime,
                    run_id: str | None = None, attempt: int = 1, retry: int = 0,
@@ -97,7 +103,10 @@ class Publisher:
         Losing it (a crash right now) only repeats the fire at a takeover, and a repeated fire
         lands once (its message id); waiting would hold every other fire of the moment.
         """
-        future = await self.js.publish_async(f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}", codec.encode(timer))
+        future = await self.js.publish_async(f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}", codec.encode(timer),
+                                             wait_stall=PUBLISH_TIMEOUT_SECONDS)
+        # nats-py never resolves a publish answered by an API error (nats.py #985): do not let it linger
+        asyncio.get_running_loop().call_later(PUBLISH_TIMEOUT_SECONDS, future.cancel)
         future.add_done_callback(_log_failed_save)
 
     async def drop(self, key: str) -> None:
@@ -106,5 +115,7 @@ class Publisher:
 
 
 def _log_failed_save(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
+    if future.cancelled():
+        log.warning("timer not saved within %.0f s; the next fire saves it again", PUBLISH_TIMEOUT_SECONDS)
+    elif future.exception() is not None:
         log.warning("timer not saved (%s); the next fire saves it again", future.exception())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import logging
 from contextlib import AsyncExitStack
 
@@ -42,10 +43,12 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             await natsio.ensure_consumer(js, name)
         lease = LeaderLease(owned[subjects.BUCKET_LEASES], subjects.LEASE_SCHEDULER, instance_id)
         leading = asyncio.Event()
+        restarts: Counter[str] = Counter()
 
         def heartbeat() -> Heartbeat:
             return Heartbeat(service="scheduler", instance_id=instance_id, host=hostname(), version=VERSION,
-                             started_at=started_at, sent_at=utcnow(), leader=leading.is_set())
+                             started_at=started_at, sent_at=utcnow(), leader=leading.is_set(),
+                             consumer_restarts=dict(restarts))
 
         changed = asyncio.Event()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))
@@ -55,7 +58,7 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
                 leading.set()
                 changed.set()
                 log.info("leading", extra={"instance": instance_id})
-                await _lead(Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings), lease, stop)
+                await _lead(Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings, restarts), lease, stop)
                 leading.clear()
                 changed.set()
                 if not stop.is_set():

@@ -4,14 +4,19 @@ Applying is synchronous and immediate (a waiter learns of an outcome without wai
 write); writing back and acknowledging run behind it, one batch after another, while the next
 batch is already being fetched and applied. Acknowledging only after the write means a crash at
 any point replays the batch, and replaying is harmless because applying is idempotent.
+
+Each message is applied on its own: one that raises is redelivered later with a delay (then
+given up, see ``services.common.poison``) while the rest of its batch is acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
 
 import msgspec
 from nats.aio.msg import Msg
@@ -19,8 +24,9 @@ from nats.js import JetStreamContext
 
 from proto import codec, runs, subjects
 from proto.runs import LogChunk
-from services.common.lifecycle import sleep_or_stop
+from services.common.lifecycle import sleep_or_stop, supervise
 from services.common.natsio import fetch_until
+from services.common.poison import handling_failed, within_deadline
 from services.store.persistence import Persistence
 from services.store.state import Effects, StoreState
 
@@ -29,9 +35,18 @@ log = logging.getLogger(__name__)
 BATCH = 512
 MAX_UNWRITTEN_BATCHES = 4
 """Batches applied but not yet written back; more waits (backpressure on the fetching)."""
-Apply = Callable[[list[Msg]], list[Msg]]
-"""Applies a batch to the state; returns the messages that cannot be applied at all (to terminate)."""
-Commit = Callable[[list[Msg], list[Msg]], Awaitable[None]]
+
+
+@dataclass
+class Applied:
+    """What applying a batch found: messages that cannot be read, and messages whose handling raised."""
+
+    unusable: set[int] = field(default_factory=set)
+    failed: dict[int, Exception] = field(default_factory=dict)
+
+
+Apply = Callable[[list[Msg]], Applied]
+Commit = Callable[[list[Msg], Applied], Awaitable[None]]
 
 
 class EventConsumers:
@@ -46,6 +61,8 @@ class EventConsumers:
         self.log_cap_bytes = log_cap_bytes
         self._log_bytes: dict[tuple[str, str, int], int] = {}
         self.unknown_task_events = 0
+        self.restarts: Counter[str] = Counter()
+        """Consumer loops that died and were restarted, by consumer name."""
 
     async def catch_up_tasks(self) -> int:
         """Apply the TASKS backlog before anything else (so run events find their tasks)."""
@@ -61,20 +78,25 @@ class EventConsumers:
                     messages = await subscription.fetch(BATCH, timeout=1)
                 except TimeoutError:
                     return applied
-                await self._commit(messages, self._apply_tasks(messages))
+                try:
+                    await self._commit(messages, self._apply_tasks(messages))
+                except Exception as exc:  # not acknowledged: the loops take them again after the ack wait
+                    log.warning("task backlog not written back (%s); going on", exc)
+                    return applied
                 applied += len(messages)
         finally:
             await subscription.unsubscribe()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the three loops until ``stop``; each finishes writing what it applied."""
-        await asyncio.gather(
-            self._loop(subjects.STREAM_TASKS, subjects.CONSUMER_STORE_TASKS, self._apply_tasks, self._commit, stop),
-            self._loop(subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS, self._apply_events, self._commit,
-                       stop),
-            self._loop(subjects.STREAM_LOGS, subjects.CONSUMER_STORE_LOGS, _nothing_to_apply, self._commit_logs,
-                       stop),
+        loops = (
+            (subjects.STREAM_TASKS, subjects.CONSUMER_STORE_TASKS, self._apply_tasks, self._commit),
+            (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS, self._apply_events, self._commit),
+            (subjects.STREAM_LOGS, subjects.CONSUMER_STORE_LOGS, _nothing_to_apply, self._commit_logs),
         )
+        await asyncio.gather(*(
+            supervise(durable, partial(self._loop, stream, durable, apply, commit, stop), stop, self.restarts)
+            for stream, durable, apply, commit in loops))
 
     async def _loop(self, stream: str, durable: str, apply: Apply, commit: Commit, stop: asyncio.Event) -> None:
         subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
@@ -88,9 +110,11 @@ class EventConsumers:
                     await sleep_or_stop(stop, 0.5)
                     continue
                 if not messages:
+                    if self.persistence.failed_writes:  # nothing new to carry them: write them again now
+                        unwritten.append(asyncio.create_task(self._committed(durable, commit, [], Applied())))
                     continue
-                unusable = apply(messages)
-                unwritten.append(asyncio.create_task(self._committed(durable, commit, messages, unusable)))
+                applied = apply(messages)
+                unwritten.append(asyncio.create_task(self._committed(durable, commit, messages, applied)))
                 while unwritten and (unwritten[0].done() or len(unwritten) > MAX_UNWRITTEN_BATCHES):
                     await unwritten.popleft()
         finally:
@@ -102,52 +126,70 @@ class EventConsumers:
                 pass
 
     @staticmethod
-    async def _committed(durable: str, commit: Commit, messages: list[Msg], unusable: list[Msg]) -> None:
+    async def _committed(durable: str, commit: Commit, messages: list[Msg], applied: Applied) -> None:
         try:
-            await commit(messages, unusable)
+            await commit(messages, applied)
         except Exception as exc:  # not acknowledged: redelivered after the ack wait, applied again (no-op)
             log.warning("batch from %s not written back (%s); it will be redelivered", durable, exc)
 
-    async def _commit(self, messages: list[Msg], unusable: list[Msg]) -> None:
-        """Write what the batch changed, then acknowledge each message (terminate what could not be read)."""
+    async def _commit(self, messages: list[Msg], applied: Applied) -> None:
+        """Write what the batch changed, then settle each message on its own: acknowledge it,
+        terminate it (unreadable), or redeliver it later / give it up (its handling raised)."""
         await self.persistence.flush(self.state)
-        bad = set(map(id, unusable))
         for message in messages:
-            await (message.term() if id(message) in bad else message.ack())
+            try:
+                failure = applied.failed.get(id(message))
+                if failure is not None:
+                    await handling_failed(self.js, message, failure, "store")
+                else:
+                    await within_deadline(message.term() if id(message) in applied.unusable else message.ack())
+            except Exception as exc:  # left unacknowledged: redelivered after the ack wait
+                log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
 
-    def _apply_tasks(self, messages: list[Msg]) -> list[Msg]:
-        unusable = []
+    def _apply_tasks(self, messages: list[Msg]) -> Applied:
+        applied = Applied()
         for message in messages:
             try:
                 event = codec.task_event_decoder.decode(message.data)
             except msgspec.MsgspecError as exc:
                 log.warning("undecodable task event on %s dropped: %s", message.subject, exc)
-                unusable.append(message)
+                applied.unusable.add(id(message))
                 continue
-            self.after_apply(self.state.apply_task_event(event, message.metadata.sequence.stream))
-        return unusable
+            try:
+                self.after_apply(self.state.apply_task_event(event, message.metadata.sequence.stream))
+            except Exception as exc:  # a bug met by this one event: the others still apply
+                log.exception("task event on %s not applied", message.subject)
+                applied.failed[id(message)] = exc
+        return applied
 
-    def _apply_events(self, messages: list[Msg]) -> list[Msg]:
-        unusable = []
+    def _apply_events(self, messages: list[Msg]) -> Applied:
+        applied = Applied()
         for message in messages:
             try:
                 event = codec.run_event_decoder.decode(message.data)
             except msgspec.MsgspecError as exc:
                 log.warning("undecodable event on %s dropped: %s", message.subject, exc)
-                unusable.append(message)
+                applied.unusable.add(id(message))
                 continue
-            if isinstance(event, (runs.RunQueued, runs.RunStarted, runs.RunFinished, runs.RunCancelRequested)):
-                effects = self.state.apply_run_event(event)
-            else:
-                effects = self.state.apply_schedule_event(event)  # type: ignore[arg-type]
-            if effects.unknown_task:
-                # Its task was never seen (or deleted before a restart): nothing to attach it to.
-                self.unknown_task_events += 1
-                log.debug("event for unknown task %s ignored", getattr(event, "task_id", "?"))
-            self.after_apply(effects)
-        return unusable
+            try:
+                self._apply_event(event)
+            except Exception as exc:  # a bug met by this one event: the others still apply
+                log.exception("event on %s not applied", message.subject)
+                applied.failed[id(message)] = exc
+        return applied
 
-    async def _commit_logs(self, messages: list[Msg], _: list[Msg]) -> None:
+    def _apply_event(self, event: runs.RunEvent | object) -> None:
+        if isinstance(event, (runs.RunQueued, runs.RunStarted, runs.RunFinished, runs.RunCancelRequested)):
+            effects = self.state.apply_run_event(event)
+        else:
+            effects = self.state.apply_schedule_event(event)  # type: ignore[arg-type]
+        if effects.unknown_task:
+            # Its task was never seen (or deleted before a restart): nothing to attach it to.
+            self.unknown_task_events += 1
+            log.debug("event for unknown task %s ignored", getattr(event, "task_id", "?"))
+        self.after_apply(effects)
+
+    async def _commit_logs(self, messages: list[Msg], _: Applied) -> None:
         keep: list[LogChunk] = []
         for message in messages:
             try:
@@ -166,9 +208,12 @@ class EventConsumers:
             self._log_bytes.clear()
         await self.persistence.put_log_chunks(keep)
         for message in messages:
-            await message.ack()
+            try:
+                await within_deadline(message.ack())
+            except Exception as exc:  # redelivered after the ack wait; filing a chunk again is harmless
+                log.debug("log chunk not acknowledged: %s", exc)
 
 
-def _nothing_to_apply(_: list[Msg]) -> list[Msg]:
+def _nothing_to_apply(_: list[Msg]) -> Applied:
     """Log chunks change no state; they are only written (in the commit step)."""
-    return []
+    return Applied()

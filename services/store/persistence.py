@@ -17,7 +17,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from proto import codec, subjects
+from proto import codec, streams, subjects
 from proto.api import LedgerEntry
 from proto.records import RunRecord, TaskRecord
 from proto.runs import LogChunk, run_id_for
@@ -38,6 +38,10 @@ CATCH_UP_LIMIT = 20_000
 """More unseen tasks-bucket writes than this: rebuild the catalog rather than read them one by one."""
 LOAD_CONCURRENCY = 256
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
+"""Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
+a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
+would hold every later flush."""
 
 
 class Persistence:
@@ -50,6 +54,8 @@ class Persistence:
         self.runs = buckets[subjects.BUCKET_RUNS]
         self.logs = buckets[subjects.BUCKET_LOGS]
         self._lock = asyncio.Lock()
+        self.failed_writes = 0
+        """Flushes that failed since the last one that succeeded (their records wait to be written again)."""
 
     async def load(self, state: StoreState) -> None:
         """Reconcile the catalog with KV, then fill ``state`` with the tasks in progress and their runs."""
@@ -197,10 +203,14 @@ class Persistence:
                 return 0
             try:
                 kv_seq = await self._write(writes)
-            except BaseException:
+            except BaseException as exc:
                 # Nothing was acknowledged; the same changes must be written by the next flush.
                 state.requeue(writes)
+                self.failed_writes += 1
+                log.warning("records not written (%s: %s); written again by the next flush", type(exc).__name__, exc,
+                            extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes})
                 raise
+            self.failed_writes = 0
             now = time.monotonic()
             save_metrics = now - self._metrics_saved_at >= METRICS_SAVE_SECONDS
             if save_metrics:
@@ -212,11 +222,11 @@ class Persistence:
         """Write the batch; returns the highest tasks-bucket sequence written (0: none)."""
         pending = []
         for key, value in writes.tasks:
-            pending.append(await self.js.publish_async(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
+            pending.append(await self._publish(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
         task_writes = len(pending)
         for key, value in writes.runs:
-            pending.append(await self.js.publish_async(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
-        acks = await asyncio.gather(*pending) if pending else []
+            pending.append(await self._publish(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
+        acks = await _acknowledged(pending)
         kv_seq = max((ack.seq for ack in acks[:task_writes]), default=0)
         for task_id in writes.removed_tasks:
             await self.remove_task(task_id)
@@ -253,13 +263,14 @@ class Persistence:
     async def put_log_chunks(self, chunks: list[LogChunk]) -> None:
         """File log chunks under their (task, run, attempt, seq) keys."""
         pending = [
-            await self.js.publish_async(
-                f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}",
-                codec.encode(c))
+            await self._publish(f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}",
+                                codec.encode(c))
             for c in chunks
         ]
-        if pending:
-            await asyncio.gather(*pending)
+        await _acknowledged(pending)
+
+    async def _publish(self, subject: str, payload: bytes) -> asyncio.Future:
+        return await self.js.publish_async(subject, payload, wait_stall=WRITE_DEADLINE_SECONDS)
 
     async def read_log_chunks(self, task_id: str, run_id: str, attempt: int) -> list[LogChunk]:
         """Every stored chunk of one run attempt, in order."""
@@ -268,3 +279,17 @@ class Persistence:
                   async for _, value in read_bucket(self.js, subjects.BUCKET_LOGS, f"{task_id}.{run_id}.{attempt}.*")]
         chunks.sort(key=lambda c: c.seq)
         return chunks
+
+
+async def _acknowledged(pending: list[asyncio.Future]) -> list:
+    """Every write's acknowledgement, waited for at most ``WRITE_DEADLINE_SECONDS`` (then raise)."""
+    if not pending:
+        return []
+    try:
+        return await asyncio.wait_for(asyncio.gather(*pending), WRITE_DEADLINE_SECONDS)
+    finally:
+        for future in pending:  # a failed write leaves the others: retrieve them, free their slots
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()

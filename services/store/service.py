@@ -79,7 +79,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
 
         def heartbeat() -> Heartbeat:
             return Heartbeat(service="store", instance_id=instance_id, host=hostname(), version=VERSION,
-                             started_at=started_at, sent_at=utcnow())
+                             started_at=started_at, sent_at=utcnow(), consumer_restarts=dict(consumers.restarts))
 
         loops = [
             asyncio.create_task(consumers.run(stop), name="consumers"),

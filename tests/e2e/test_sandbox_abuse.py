@@ -9,12 +9,14 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support import Api, Stack
 
 POOL_SIZE = 1
+FORGER = (Path(__file__).parent.parent / "runner" / "forger_task.py").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,31 @@ async def test_the_sandbox_runs_as_nobody_without_capabilities(api: Api, stack: 
               " 'seccomp': fields['Seccomp'].strip()}")
     task = await attack(api, stack, code("who am i", source))
     assert task["result"] == {"uid": 65534, "cap_eff": "0000000000000000", "no_new_privs": "1", "seccomp": "2"}
+
+
+async def test_an_exception_with_a_60_mb_message_fails_clearly_while_a_task_submitted_with_it_completes(
+        api: Api, stack: Stack) -> None:
+    hostile = await api.submit(code("huge message", "def attack():\n    raise Exception('A' * 60_000_000)"))
+    submitted = time.monotonic()
+    short = await api.submit(code("short", "def f():\n    return 'quick'", "f"))
+
+    assert (await api.wait_final(short["id"], timeout=60))["result"] == "quick"
+    short_seconds = time.monotonic() - submitted
+    task = await api.wait_final(hostile["id"], timeout=90)
+
+    assert task["status"] == "failed"
+    assert task["error"]["type"] == "exception" and task["error"]["exc_type"] == "Exception"
+    assert task["error"]["message"].startswith("Exception: AAAA")
+    traceback = task["error"].get("traceback") or ""
+    assert len(traceback) < 70_000 and "[truncated: " in traceback
+    assert short_seconds < 30, f"a short task waited {short_seconds:.1f} s behind a 60 MB exception message"
+
+
+async def test_code_that_searches_its_frames_and_memory_for_the_nonce_cannot_forge_a_success(
+        api: Api, stack: Stack) -> None:
+    source = FORGER + "\n\ndef attack_then_fail():\n    attack()\n    raise RuntimeError('the honest outcome')\n"
+    task = await attack(api, stack, code("forger", source, "attack_then_fail", timeout=120))
+
+    assert task["status"] == "failed", task.get("result")
+    assert task["error"]["exc_type"] == "RuntimeError"
+    assert '"result":"forged"' in await api.log_text(task["id"])  # the forgeries were shown as output

@@ -17,12 +17,13 @@ from services.runner.sandbox.docker_sandbox import BOOTSTRAP
 
 NONCE = "5f0c2a9e4b7d41c3a8e6f1d2b9c07a34"
 FRAME = b'{"ok":true,"result":{"answer":42}}'
+LIMIT = 1 << 20
 USER = "line one\nprogress 50%\nlast line\n".encode()
 
 
 def scan(chunks: list[bytes]) -> tuple[bytes, bytes | None, bytes]:
     """Feed ``chunks``; return (user output shown, result frame, what was held back at the end)."""
-    scanner = ResultScanner(NONCE)
+    scanner = ResultScanner(NONCE, LIMIT)
     shown = b"".join(scanner.feed(chunk) for chunk in chunks)
     return shown, scanner.result, scanner.leftover()
 
@@ -56,7 +57,7 @@ def test_the_split_is_the_same_at_every_chunk_boundary(cut: int) -> None:
 
 
 def test_complete_user_lines_are_shown_as_soon_as_they_arrive() -> None:
-    scanner = ResultScanner(NONCE)
+    scanner = ResultScanner(NONCE, LIMIT)
 
     assert scanner.feed(b"first\nsec") == b"first\nsec"
     assert scanner.feed(b"ond\n") == b"ond\n"
@@ -64,14 +65,14 @@ def test_complete_user_lines_are_shown_as_soon_as_they_arrive() -> None:
 
 
 def test_a_partial_line_that_cannot_be_the_frame_is_not_held_back() -> None:
-    scanner = ResultScanner(NONCE)
+    scanner = ResultScanner(NONCE, LIMIT)
 
     assert scanner.feed(b"Downloading... 10%") == b"Downloading... 10%"
     assert scanner.leftover() == b""
 
 
 def test_only_a_partial_line_that_could_still_be_the_frame_is_held_back() -> None:
-    scanner = ResultScanner(NONCE)
+    scanner = ResultScanner(NONCE, LIMIT)
 
     assert scanner.feed(b"done\n" + NONCE[:10].encode()) == b"done\n"
     assert scanner.feed(NONCE[10:20].encode()) == b""
@@ -80,7 +81,7 @@ def test_only_a_partial_line_that_could_still_be_the_frame_is_held_back() -> Non
 
 
 def test_a_held_back_partial_line_is_returned_when_the_stream_ends() -> None:
-    scanner = ResultScanner(NONCE)
+    scanner = ResultScanner(NONCE, LIMIT)
     scanner.feed(b"x\n" + NONCE[:7].encode())
 
     assert scanner.leftover() == NONCE[:7].encode()
@@ -119,9 +120,10 @@ def test_the_stderr_end_marker_is_a_frame_with_nothing_after_the_nonce() -> None
 
 def run_bootstrap(function_code: str) -> bytes:
     """Run the sandbox bootstrap as a local process (no container) and return its stdout."""
-    payload = {"nonce": NONCE, "mode": "code", "code": function_code, "function": "main", "args": [], "kwargs": {},
-               "result_cap": 1 << 20}
-    done = subprocess.run([sys.executable, "-I", "-u", "-c", BOOTSTRAP], input=json.dumps(payload).encode() + b"\n",
+    header = {"nonce": NONCE, "mode": "code", "result_cap": 1 << 20, "frame_cap": 3 << 20}
+    payload = {"mode": "code", "code": function_code, "function": "main", "args": [], "kwargs": {}, "result_cap": 1 << 20}
+    done = subprocess.run([sys.executable, "-I", "-u", "-c", BOOTSTRAP],
+                          input=json.dumps(header).encode() + b"\n" + json.dumps(payload).encode() + b"\n",
                           capture_output=True, timeout=60, check=True)
     return done.stdout
 
@@ -252,3 +254,44 @@ def test_closing_a_channel_twice_is_harmless(sockets: tuple[socket.socket, socke
     channel.close()
 
     assert sockets[0].fileno() == -1
+
+
+# --- bounds ---------------------------------------------------------------------------------------------
+
+HOSTILE_BYTES = 32 * 1024 * 1024
+CHUNK = 64 * 1024
+
+
+def test_32_mib_without_a_newline_after_the_nonce_holds_at_most_the_limit_and_ends_the_frame_as_too_large() -> None:
+    scanner = ResultScanner(NONCE, LIMIT)
+    most_held, shown = 0, scanner.feed(b"before\n" + NONCE.encode())
+    for _ in range(HOSTILE_BYTES // CHUNK):
+        shown += scanner.feed(b"A" * CHUNK)
+        most_held = max(most_held, scanner.held_bytes)
+
+    assert scanner.too_large and scanner.result is None
+    assert most_held <= LIMIT
+    assert shown == b"before\n"
+    assert scanner.held_bytes == 0
+
+
+def test_32_mib_of_output_without_a_newline_is_passed_on_holding_less_than_the_nonce() -> None:
+    scanner = ResultScanner(NONCE, LIMIT)
+    most_held, shown = 0, 0
+    for _ in range(HOSTILE_BYTES // CHUNK):
+        shown += len(scanner.feed(b"5f0c2a9e" * (CHUNK // 8)))  # a prefix of the nonce, over and over
+        most_held = max(most_held, scanner.held_bytes)
+
+    assert most_held < len(NONCE)
+    assert shown + len(scanner.leftover()) == HOSTILE_BYTES
+
+
+def test_a_frame_of_exactly_the_limit_is_accepted_and_one_byte_more_is_too_large() -> None:
+    body = b"x" * (LIMIT - 1) + b"\n"
+    fits, over = ResultScanner(NONCE, LIMIT), ResultScanner(NONCE, LIMIT)
+
+    fits.feed(NONCE.encode() + body)
+    over.feed(NONCE.encode() + b"x" + body)
+
+    assert fits.result == body and not fits.too_large
+    assert over.result is None and over.too_large

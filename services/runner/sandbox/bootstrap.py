@@ -1,9 +1,23 @@
 """Runs inside a sandbox container (``python3 -I -u -c <this file>``); standard library only.
 
-It waits for ONE line of JSON on stdin (so a container can be started ahead of time), runs the
-user's function (or makes the HTTP request of an isolated API task), and writes one result frame
-on stdout: ``<nonce><json>\\n``. Arguments and results cross as JSON data; nothing the user sent
-is ever spliced into source code or a command line. User output goes to stdout/stderr as usual.
+It waits for two lines on stdin (so a container can be started ahead of time): a header with the
+result frame's nonce and bounds, then the payload. It runs the user's function (or makes the
+HTTP request of an isolated API task) and writes one result frame on stdout:
+``<nonce><json>\\n``. Arguments and results cross as JSON data; nothing the user sent is ever
+spliced into source code or a command line. User output goes to stdout/stderr as usual.
+
+Why two processes: the frame is trusted only because user code cannot know the nonce, and
+in-process Python can reach every object (frames, ``gc.get_objects()``, its own memory through
+``/proc/self/mem``). So the process that starts forks FIRST, before a byte is read: the child
+(which later runs user code) never had the nonce in its memory. The parent then makes itself
+non-dumpable (``PR_SET_DUMPABLE`` 0: with every capability dropped, another process of the same
+user can no longer open its ``/proc/<pid>/{mem,fd}`` or ptrace it), reads the header and the
+payload, hands the payload to the child over a pipe, and receives the child's outcome over
+another pipe as length-prefixed data. The parent never runs user code: it re-checks that data
+(JSON, bounds, known error types) and frames it itself, so whatever user code writes into that
+pipe can claim no more than a return value or an exception could. When the child ends without
+an outcome the parent exits like it did (code, or 128 + signal), so the runner reports OOM,
+signals and exit codes as before.
 """
 
 import asyncio
@@ -12,27 +26,37 @@ import inspect
 import json
 import linecache
 import os
+import select
+import signal
+import struct
 import sys
 import time
 import traceback
 
 TASK_FILE = "task.py"
+MESSAGE_CAP = 65536
+"""Characters kept of a user exception's message, and of its traceback (the rest is cut)."""
+TRACEBACK_CAP = 65536
+LENGTH = struct.Struct(">Q")
+ERROR_TYPES = {
+    "code": ("exception", "function_not_found", "invalid_result", "result_too_large"),
+    "api": ("exception", "timed_out", "http_error", "invalid_result", "result_too_large"),
+}
+"""The error types the child may report, by mode; anything else is not believed."""
 
 
-def _emit(nonce, frame):
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except Exception:
-        pass
-    # stdout and stderr reach the runner through separate pipes: a marker closes each, so the
-    # runner knows it has all output without waiting for the container to exit.
-    try:
-        os.write(2, (nonce + "\n").encode("utf-8"))
-    except OSError:
-        pass
-    os.write(1, (nonce + json.dumps(frame, separators=(",", ":")) + "\n").encode("utf-8"))
-    os._exit(0)
+def _capped(text, limit):
+    if not isinstance(text, str):
+        return ""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + "\n... [truncated: %d more characters]" % (len(text) - limit)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _user_traceback(exc):
@@ -46,11 +70,20 @@ def _user_traceback(exc):
 
 
 def _exception(exc, error_type="exception"):
+    try:
+        text = str(exc)
+    except Exception:  # a __str__ that fails must not lose the run's outcome
+        text = "<unprintable message>"
+    try:
+        trace = _user_traceback(exc)
+    except Exception:
+        trace = ""
+    name = type(exc).__name__
     return {"ok": False, "error": {
         "type": error_type,
-        "exc_type": type(exc).__name__,
-        "message": "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__,
-        "traceback": _user_traceback(exc),
+        "exc_type": name,
+        "message": _capped("%s: %s" % (name, text) if text else name, MESSAGE_CAP),
+        "traceback": _capped(trace, TRACEBACK_CAP),
     }}
 
 
@@ -168,32 +201,180 @@ def _key(key):
     return converted if isinstance(converted, str) else json.dumps(converted)
 
 
-def main():
-    line = sys.stdin.buffer.readline()
+def _finished(frame, payload):
+    """The child's outcome with the return value made JSON and checked against the result cap."""
+    if not frame.get("ok"):
+        return frame
+    try:
+        frame["result"] = _jsonable(frame["result"])
+        encoded = json.dumps(frame["result"], allow_nan=False)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        return {"ok": False, "error": {"type": "invalid_result", "message": _capped(
+            "the return value is not JSON-serialisable: %s: %s" % (type(exc).__name__, exc), MESSAGE_CAP)}}
+    cap = payload.get("result_cap", 524288)
+    if len(encoded) > cap:
+        return {"ok": False, "error": {"type": "result_too_large", "message": (
+            "the return value is %d bytes of JSON; the limit is %d" % (len(encoded), cap))}}
+    return frame
+
+
+def _child(payload_fd, result_fd):
+    """Read the payload from the parent, run it, send the outcome back; never returns."""
     devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)  # user code (and its children) must not wait on our channel
+    os.dup2(devnull, 0)  # user code (and its children) must not read the runner's channel
+    os.close(devnull)
     sys.stdin = open(os.devnull)
+    os.setpgid(0, 0)  # the parent ends leftover background processes before it writes the frame
+    with os.fdopen(payload_fd, "rb") as stream:
+        line = stream.readline()
+    if not line:
+        os._exit(0)  # the parent got no payload: the container is being stopped
     payload = json.loads(line)
-    nonce = payload["nonce"]
     deps = os.environ.get("TASKMESH_DEPS")
     if deps and os.path.isdir(deps):
         sys.path.insert(0, deps)
     sys.path.insert(0, "/tmp")
     os.chdir("/tmp")
-    frame = _request(payload) if payload.get("mode") == "api" else _call(payload)
-    if frame.get("ok"):
+    frame = _finished(_request(payload) if payload.get("mode") == "api" else _call(payload), payload)
+    data = json.dumps(frame, separators=(",", ":")).encode("utf-8")
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    _write_all(result_fd, LENGTH.pack(len(data)) + data)
+    os._exit(0)
+
+
+def _not_dumpable():
+    """PR_SET_DUMPABLE 0: no process of our user may read our memory or open our fds via /proc."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def _receive(fd, pid, limit):
+    """(data, status): the child's length-prefixed outcome or None, and its wait status if reaped.
+    Data longer than ``limit`` is b"" (not read further). A background process of the child may
+    hold the pipe open after the child died, so the child's exit is watched as well as EOF."""
+    data, status = bytearray(), None
+    while True:
+        if len(data) >= LENGTH.size:
+            (size,) = LENGTH.unpack_from(data)
+            if size > limit:
+                return b"", status
+            if len(data) >= LENGTH.size + size:
+                return bytes(data[LENGTH.size:LENGTH.size + size]), status
+        if status is not None:
+            return None, status
+        readable, _, _ = select.select([fd], [], [], 0.1)
+        if readable:
+            chunk = os.read(fd, 1 << 20)
+            if chunk:
+                data += chunk
+                continue
+            status = os.waitpid(pid, 0)[1]  # EOF: no writer is left, the child has ended
+            continue
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            os.set_blocking(fd, False)
+            try:
+                while len(data) <= limit + LENGTH.size:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
+                    data += chunk
+            except BlockingIOError:
+                pass
+            status = wait_status
+
+
+def _invalid(message):
+    return {"ok": False, "error": {"type": "invalid_result", "message": message}}
+
+
+def _checked(data, mode, result_cap):
+    """The frame the parent writes: only what the child's outcome may say, within bounds."""
+    if not data:
+        return {"ok": False, "error": {"type": "result_too_large", "message": (
+            "the outcome of the run is larger than the result limit of %d bytes" % result_cap)}}
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):
+        return _invalid("the sandbox sent an unreadable outcome")
+    if not isinstance(frame, dict) or not isinstance(frame.get("ok"), bool):
+        return _invalid("the sandbox sent an outcome without ok")
+    if frame["ok"]:
         try:
-            frame["result"] = _jsonable(frame["result"])
-            encoded = json.dumps(frame["result"], allow_nan=False)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            frame = {"ok": False, "error": {"type": "invalid_result", "message": (
-                "the return value is not JSON-serialisable: %s: %s" % (type(exc).__name__, exc))}}
-        else:
-            cap = payload.get("result_cap", 524288)
-            if len(encoded) > cap:
-                frame = {"ok": False, "error": {"type": "result_too_large", "message": (
-                    "the return value is %d bytes of JSON; the limit is %d" % (len(encoded), cap))}}
-    _emit(nonce, frame)
+            size = len(json.dumps(frame.get("result"), allow_nan=False))
+        except (ValueError, RecursionError):
+            return _invalid("the sandbox sent a result that is not JSON")
+        if size > result_cap:
+            return {"ok": False, "error": {"type": "result_too_large", "message": (
+                "the return value is %d bytes of JSON; the limit is %d" % (size, result_cap))}}
+        checked = {"ok": True, "result": frame.get("result")}
+        if isinstance(frame.get("reason"), str):
+            checked["reason"] = frame["reason"][:1024]
+        return checked
+    error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+    if error.get("type") not in ERROR_TYPES.get(mode, ()):
+        return _invalid("the sandbox sent an unknown error type")
+    checked = {"type": error["type"], "message": _capped(error.get("message"), MESSAGE_CAP) or "failed"}
+    if isinstance(error.get("exc_type"), str):
+        checked["exc_type"] = error["exc_type"][:256]
+    if isinstance(error.get("traceback"), str):
+        checked["traceback"] = _capped(error["traceback"], TRACEBACK_CAP)
+    return {"ok": False, "error": checked}
+
+
+def _exit_like(status):
+    """End the way the child ended, so the runner tells OOM, signals and exit codes apart."""
+    if os.WIFSIGNALED(status):
+        os._exit(128 + os.WTERMSIG(status))
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def _parent(pid, payload_fd, result_fd):
+    """Read the header and payload, feed the child, frame its outcome; never runs user code."""
+    _not_dumpable()
+    header = json.loads(sys.stdin.buffer.readline())
+    line = sys.stdin.buffer.readline()
+    nonce = header["nonce"]
+    try:
+        _write_all(payload_fd, line)
+    except OSError:
+        pass  # the child is gone: its exit is reported below
+    os.close(payload_fd)
+    data, status = _receive(result_fd, pid, header["frame_cap"])
+    if data is None:
+        _exit_like(status if status is not None else os.waitpid(pid, 0)[1])
+    try:
+        os.killpg(pid, signal.SIGKILL)  # background processes must not write into the frame
+    except OSError:
+        pass
+    frame = _checked(data, header.get("mode", "code"), header["result_cap"])
+    # stdout and stderr reach the runner through separate pipes: a marker closes each, so the
+    # runner knows it has all output without waiting for the container to exit.
+    try:
+        os.write(2, (nonce + "\n").encode("utf-8"))
+    except OSError:
+        pass
+    _write_all(1, (nonce + json.dumps(frame, separators=(",", ":")) + "\n").encode("utf-8"))
+    os._exit(0)
+
+
+def main():
+    payload_read, payload_write = os.pipe()
+    result_read, result_write = os.pipe()
+    pid = os.fork()  # before anything is read: the child never holds the nonce
+    if pid == 0:
+        os.close(payload_write)
+        os.close(result_read)
+        _child(payload_read, result_write)
+    os.close(payload_read)
+    os.close(result_write)
+    _parent(pid, payload_write, result_read)
 
 
 main()

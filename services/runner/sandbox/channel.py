@@ -38,38 +38,76 @@ class Channel:
             self._buffer += data
 
     def close(self) -> None:
+        """End the connection even while the Docker client still holds a reference to the socket."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already, or never connected
         try:
             self.sock.close()
         except OSError:
             pass
 
 
+FRAME_MARGIN_BYTES = 2 * 1024 * 1024
+"""Room in a result frame beside the return value: the bootstrap caps an exception's message and
+traceback at 64 Ki characters each, at most 12 bytes each once JSON-escaped (about 1.5 MiB)."""
+
+
 class ResultScanner:
     """Splits one output stream into user output and the bootstrap's frame: the random nonce, then
     (on stdout) the result JSON, up to a newline. The nonce may follow user output on the same line
-    (a last ``print(..., end="")``); only a tail that could be the start of the nonce is held back."""
+    (a last ``print(..., end="")``); only a tail that could be the start of the nonce is held back.
 
-    def __init__(self, nonce: str) -> None:
+    Work and memory are linear and bounded: each byte is searched once (plus ``len(nonce) - 1``
+    bytes of overlap), at most ``len(nonce) - 1`` bytes are held before the nonce and at most
+    ``limit`` after it; a longer frame sets ``too_large`` and everything after it is dropped."""
+
+    def __init__(self, nonce: str, limit: int) -> None:
         self.nonce = nonce.encode()
+        self.limit = limit
         self.partial = b""
+        self.frame: bytearray | None = None  # bytes after the nonce, once it was seen
         self.result: bytes | None = None
+        self.too_large = False
+
+    @property
+    def done(self) -> bool:
+        """A frame was found, or one that is too large began: the rest of the stream is not output."""
+        return self.result is not None or self.too_large
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes kept between calls (bounded by the nonce length before the frame, ``limit`` in it)."""
+        return len(self.partial) + (len(self.frame) if self.frame is not None else 0)
 
     def feed(self, data: bytes) -> bytes:
         """Take bytes of the stream; return those that are user output (safe to show now)."""
-        if self.result is not None:
+        if self.done:
+            return b""
+        if self.frame is not None:
+            self._collect(data)
             return b""
         buffer = self.partial + data
         start = buffer.find(self.nonce)
         if start >= 0:
-            end = buffer.find(b"\n", start)
-            if end >= 0:
-                self.result, self.partial = buffer[start + len(self.nonce):end + 1], b""
-                return buffer[:start]
-            self.partial = buffer[start:]  # the frame has begun; wait for its end
+            self.partial, self.frame = b"", bytearray()
+            self._collect(buffer[start + len(self.nonce):])
             return buffer[:start]
         keep = _prefix_overlap(buffer, self.nonce)
         self.partial = buffer[len(buffer) - keep:] if keep else b""
         return buffer[:len(buffer) - keep]
+
+    def _collect(self, data: bytes) -> None:
+        assert self.frame is not None
+        end = data.find(b"\n")
+        size = len(data) if end < 0 else end + 1
+        if len(self.frame) + size > self.limit:
+            self.frame, self.too_large = None, True
+            return
+        self.frame += data[:size]
+        if end >= 0:
+            self.result, self.frame = bytes(self.frame), None
 
     def leftover(self) -> bytes:
         """Bytes held back when the stream ended (they were not a frame after all)."""

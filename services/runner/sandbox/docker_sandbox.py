@@ -25,7 +25,7 @@ from proto.tasks import TaskSpec
 from services.runner.http_task import judge_response, redacted
 from services.runner.outcome import Outcome, failed
 from services.runner.output import RunOutput
-from services.runner.sandbox.channel import STDERR, Channel, ResultScanner
+from services.runner.sandbox.channel import FRAME_MARGIN_BYTES, STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
 from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
 from services.runner.sandbox.images import resolve_image, still_resolves
@@ -95,7 +95,7 @@ class DockerSandboxes:
         default = Shape(image=self.image, memory_mb=self.settings.sandbox_memory_mb, cpus=self.settings.sandbox_cpus)
         self.pool = WarmPool(self._create, self.engine.remove, self.settings.pool_size,
                              self.settings.pool_max_idle.total_seconds(),
-                             default if self.settings.pool_size > 0 else None)
+                             default if self.settings.pool_size > 0 else None, self.settings.pool_max_ready)
         self._tasks = [asyncio.create_task(self.pool.run(stop, lambda: self.usable), name="warm-pool"),
                        asyncio.create_task(self._watch(stop), name="sandbox-watch")]
 
@@ -269,8 +269,11 @@ class DockerSandboxes:
         return outcome
 
     def _payload(self, job: SandboxJob, nonce: str) -> bytes:
+        """Two lines: the header (the bootstrap's parent process keeps it) and the payload."""
+        header = {"nonce": nonce, "mode": job.spec.kind, "result_cap": self.settings.result_cap_bytes,
+                  "frame_cap": self._frame_cap()}
         spec = job.spec
-        payload: dict[str, Any] = {"nonce": nonce, "result_cap": self.settings.result_cap_bytes}
+        payload: dict[str, Any] = {"result_cap": self.settings.result_cap_bytes}
         if spec.kind == "code":
             payload.update(mode="code", code=spec.function_code, function=spec.function_name,
                            args=spec.args, kwargs=spec.kwargs)
@@ -283,12 +286,15 @@ class DockerSandboxes:
             payload.update(mode="api", body_cap=self.settings.response_body_cap_bytes, request={
                 "method": spec.method, "url": spec.api_url, "headers": headers, "body": body,
                 "timeout": job.timeout_seconds, "log_url": redacted(spec.api_url or "")})
-        return msgspec.json.encode(payload) + b"\n"
+        return msgspec.json.encode(header) + b"\n" + msgspec.json.encode(payload) + b"\n"
+
+    def _frame_cap(self) -> int:
+        return self.settings.result_cap_bytes + FRAME_MARGIN_BYTES
 
     async def _execute(self, sandbox: Sandbox, job: SandboxJob, output: RunOutput,
                        cancelled: asyncio.Event) -> Outcome:
         nonce = secrets.token_hex(16)
-        scanner, stderr_end = ResultScanner(nonce), ResultScanner(nonce)
+        scanner, stderr_end = ResultScanner(nonce, self._frame_cap()), ResultScanner(nonce, self._frame_cap())
         started = time.perf_counter()
 
         async def read() -> None:
@@ -297,7 +303,7 @@ class DockerSandboxes:
                 shown = which.feed(data)
                 if shown:
                     output.write(name, shown)  # type: ignore[arg-type]
-                if scanner.result is not None and stderr_end.result is not None:
+                if scanner.too_large or stderr_end.too_large or (scanner.done and stderr_end.done):
                     return
             for name, which in (("stdout", scanner), ("stderr", stderr_end)):
                 leftover = which.leftover()
@@ -323,8 +329,11 @@ class DockerSandboxes:
                 output.system(f"sandbox channel failed: {reader.exception()}")
             if scanner.result is not None:
                 return self._from_frame(scanner.result, job, run_ms, output)
+            if scanner.too_large or stderr_end.too_large:
+                return await self._frame_too_large(sandbox, output, run_ms)
             return await self._died(sandbox, output, started)
         reader.cancel()
+        sandbox.channel.close()  # unread output must not hold up the engine's kill (its attach copy blocks)
         await self.engine.remove(sandbox.container_id)
         if cancelled.is_set():
             output.system("cancelled: container killed")
@@ -355,6 +364,16 @@ class DockerSandboxes:
         return Outcome(status=status, exit_code=0, timings=timings, error=RunError(  # type: ignore[arg-type]
             type=error_type, message=str(error.get("message", "failed"))[:4000],
             exc_type=error.get("exc_type"), traceback=(error.get("traceback") or None)))
+
+    async def _frame_too_large(self, sandbox: Sandbox, output: RunOutput, run_ms: float) -> Outcome:
+        """The result frame outgrew its cap: stop reading it, kill the container, say so."""
+        sandbox.channel.close()  # the engine's attach copy would block on the unread rest, and the kill with it
+        await self.engine.remove(sandbox.container_id)
+        cap = self._frame_cap()
+        output.system(f"result frame larger than {cap} bytes: container killed")
+        return Outcome(status="failed", timings=RunTimings(run_ms=run_ms), error=RunError(
+            type="result_too_large", message=(f"the sandbox sent a result frame larger than {cap} bytes "
+                                              f"(the result limit is {self.settings.result_cap_bytes} bytes); killed")))
 
     async def _died(self, sandbox: Sandbox, output: RunOutput, started: float) -> Outcome:
         """The process ended without a result: find out how (OOM, signal, exit code)."""

@@ -1,0 +1,161 @@
+"""The runner against a real JetStream when reporting goes wrong: the user's work runs once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from datetime import timedelta
+
+import msgspec
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from proto import codec, runs, subjects
+from proto.runs import RunDue, RunFinished
+from proto.tasks import TaskSpec
+from services.common import natsio
+from services.common.clock import utcnow
+from services.runner.executor import RunExecutor
+from services.runner.outcome import MAX_RETRY_WAIT, Outcome, failed, retry_at
+from services.runner.output import RunOutput
+from services.runner.settings import RunnerSettings
+
+HOSTILE = TaskSpec(name="hostile", task_type="immediate", api_url="http://127.0.0.1:9/", max_retries=1,
+                   retry_delay_seconds=1e12, retry_delay_max_seconds=1e12, retry_backoff=1e6)
+"""Numbers the edge may refuse: built here, they reach the runner's arithmetic without any decoding."""
+
+
+class CountingHttp:
+    """Stands in for the HTTP client: counts executions (the user's work) and returns ``outcome``."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.calls = 0
+
+    async def execute(self, spec: TaskSpec, output: RunOutput) -> Outcome:
+        self.calls += 1
+        output.system("called")
+        return self.outcome
+
+
+class NoSandboxes:
+    """The executor only asks an API task's sandboxes to reap orphans after a redelivery."""
+
+    def reap_soon(self) -> None:
+        pass
+
+
+async def _executor(js: JetStreamContext, http: CountingHttp) -> RunExecutor:
+    await natsio.setup_owned(js, "store", 1)
+    await natsio.setup_owned(js, "scheduler", 1)
+    await natsio.ensure_consumer(js, subjects.CONSUMER_RUNNER_API)
+    tasks_kv = await js.key_value(subjects.BUCKET_TASKS)
+    runs_kv = await js.key_value(subjects.BUCKET_RUNS)
+    return RunExecutor(js, tasks_kv, runs_kv, "runner-test", RunnerSettings(), http, NoSandboxes())  # type: ignore[arg-type]
+
+
+async def _publish_due(js: JetStreamContext, spec: TaskSpec, task_id: str = "task-1") -> RunDue:
+    due = RunDue(task_id=task_id, run_id=runs.run_id_for(task_id, "once"), slot="once", spec=spec,
+                 scheduled_for=utcnow(), queued_at=utcnow())
+    await js.publish(subjects.WORK_API, codec.encode(due))
+    return due
+
+
+async def _pull_until_done(js: JetStreamContext, executor: RunExecutor, timeout: float) -> None:
+    """Pull and handle WORK messages like a runner until the work queue is empty (or ``timeout``)."""
+    subscription = await js.pull_subscribe_bind(durable=subjects.CONSUMER_RUNNER_API, stream=subjects.STREAM_WORK)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if (await js.stream_info(subjects.STREAM_WORK)).state.messages == 0:
+                return
+            try:
+                messages: list[Msg] = await subscription.fetch(1, timeout=1)
+            except TimeoutError:
+                continue
+            for message in messages:
+                try:
+                    await executor.handle(message)
+                except Exception:  # left unacknowledged, as a runner would: redelivered after the ack wait
+                    logging.getLogger(__name__).exception("run not completed")
+    finally:
+        await subscription.unsubscribe()
+
+
+async def _finished(js: JetStreamContext, due: RunDue) -> RunFinished:
+    last = await js.get_last_msg(subjects.STREAM_EVENTS, subjects.run_event(due.task_id, due.run_id, "finished"))
+    return codec.decode(RunFinished, last.data)
+
+
+def test_a_retry_delay_too_large_for_any_date_is_clamped_not_raised() -> None:
+    now = utcnow()
+    assert now < retry_at(HOSTILE, 1, now) <= now + MAX_RETRY_WAIT
+    assert now < retry_at(msgspec.structs.replace(HOSTILE, retry_backoff=1e300), 3, now) <= now + MAX_RETRY_WAIT
+    ordinary = msgspec.structs.replace(HOSTILE, retry_delay_seconds=1, retry_backoff=1)
+    assert retry_at(ordinary, 1, now) <= now + timedelta(seconds=1)
+
+
+async def test_the_outcome_of_a_run_with_hostile_retry_numbers_is_reported_with_its_retry_clamped(
+        js: JetStreamContext) -> None:
+    # Given a failed attempt of a run whose retry delay overflows any date
+    executor = await _executor(js, CountingHttp(failed("http_status", "HTTP 500")))
+    due = RunDue(task_id="task-1", run_id=runs.run_id_for("task-1", "once"), slot="once", spec=HOSTILE,
+                 scheduled_for=utcnow(), queued_at=utcnow())
+    # When the runner reports it
+    await executor._report(due, 1, failed("http_status", "HTTP 500"), None, 0)
+    # Then its outcome is recorded, its retry at the longest wait allowed
+    finished = await _finished(js, due)
+    assert finished.status == "failed" and finished.will_retry and finished.retry_at is not None
+    assert timedelta(0) < finished.retry_at - finished.occurred_at <= MAX_RETRY_WAIT
+
+
+async def test_a_run_whose_outcome_cannot_be_reported_runs_once_and_fails_as_internal(
+        js: JetStreamContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a runner that raises while building the outcome of a run that has executed
+    http = CountingHttp(Outcome(status="succeeded", result={"ok": True}))
+    executor = await _executor(js, http)
+
+    async def broken_report(*_: object, **__: object) -> None:
+        raise RuntimeError("outcome cannot be built")
+
+    monkeypatch.setattr(executor, "_report", broken_report)
+    due = await _publish_due(js, TaskSpec(name="fine", task_type="immediate", api_url="http://127.0.0.1:9/"))
+    # When a runner takes it (and takes it again if it is redelivered)
+    await _pull_until_done(js, executor, timeout=25)
+    # Then the work ran once, and exactly one outcome says why it failed
+    assert http.calls == 1
+    finished = await _finished(js, due)
+    assert finished.status == "failed" and finished.error is not None and finished.error.type == "internal"
+    assert "outcome cannot be built" in finished.error.message
+    events = await js.stream_info(subjects.STREAM_EVENTS, subjects_filter=subjects.run_event(
+        due.task_id, due.run_id, "finished"))
+    assert events.state.subjects is None or sum(events.state.subjects.values()) == 1
+
+
+async def test_a_run_whose_start_cannot_be_recorded_is_not_run_until_it_can_be_and_then_runs_once(
+        js: JetStreamContext) -> None:
+    # Given EVENTS rejecting every message (its max_msg_size is tiny)
+    http = CountingHttp(Outcome(status="succeeded", result={"ok": True}))
+    executor = await _executor(js, http)
+    config = (await js.stream_info(subjects.STREAM_EVENTS)).config
+    await js.update_stream(replace(config, max_msg_size=16))
+    due = await _publish_due(js, TaskSpec(name="fine", task_type="immediate", api_url="http://127.0.0.1:9/"))
+    # When a runner takes the run, it does not start it: its start cannot be recorded
+    pulling = asyncio.create_task(_pull_until_done(js, executor, timeout=60))
+    await asyncio.sleep(0)
+    deadline = time.monotonic() + 15
+    while http.calls == 0 and time.monotonic() < deadline:
+        info = await js.consumer_info(subjects.STREAM_WORK, subjects.CONSUMER_RUNNER_API)
+        if info.num_redelivered or (info.delivered and info.delivered.consumer_seq >= 2):
+            break  # handed back without running
+        await asyncio.sleep(0.2)
+    assert http.calls == 0
+    # Then once EVENTS takes messages again, it runs exactly once and its outcome is recorded
+    await js.update_stream(replace(config, max_msg_size=-1))
+    await asyncio.wait_for(pulling, 70)
+    assert http.calls == 1
+    finished = await _finished(js, due)
+    assert finished.status == "succeeded"
