@@ -185,11 +185,12 @@ class ServiceProcess:
 def local_service_env(nats_url: str, http_port: int, data_dir: Path, instance: str | None = None) -> dict[str, str]:
     """What every service of a stack on this machine is started with (callers add their own).
 
-    Where NATS is, the gateway's port, the requirement-set cache under ``data_dir``, the label of
+    Where NATS is, the gateway's port, the requirement-set cache and the store's catalog under ``data_dir``, the label of
     this installation's containers (when given), readable unbuffered logs.
     """
     env = {"TASKMESH_NATS_URL": nats_url, "TASKMESH_HTTP_PORT": str(http_port),
-           "TASKMESH_DEPS_DIR": str(data_dir / "deps"), "TASKMESH_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+           "TASKMESH_DEPS_DIR": str(data_dir / "deps"), "TASKMESH_STORE_DIR": str(data_dir / "store"),
+           "TASKMESH_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
     if instance is not None:
         env["TASKMESH_INSTANCE"] = instance
     return env

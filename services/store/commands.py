@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from nats.js import JetStreamContext
 
@@ -32,11 +32,13 @@ class Commands:
     """Everything that changes a task at a client's request."""
 
     def __init__(self, js: JetStreamContext, state: StoreState, limits: Limits,
-                 after_apply: Callable[[Effects], None]) -> None:
+                 after_apply: Callable[[Effects], None], find_task: Callable[[str], Awaitable[TaskRecord]]) -> None:
         self.js = js
         self.state = state
         self.limits = limits
         self.after_apply = after_apply
+        self.find_task = find_task
+        """Any retained task, also one that is only in KV (raises TaskNotFound)."""
         self._in_flight: dict[str, asyncio.Future[str]] = {}
 
     async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
@@ -49,8 +51,8 @@ class Commands:
         self.after_apply(self.state.apply_task_event(event, seq))
 
     def task(self, task_id: str) -> TaskRecord:
-        """The task, or TaskNotFound."""
-        task = self.state.tasks.get(task_id)
+        """The task as it is in memory (just applied), or TaskNotFound."""
+        task = self.state.get(task_id)
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", "id")
         return task
@@ -104,17 +106,20 @@ class Commands:
         pending = self._in_flight.get(key)
         if pending is not None:
             await asyncio.shield(pending)
-        task_id = self.state.idempotency.get(key)
-        if task_id is None or task_id not in self.state.tasks:
+        task_id = self.state.task_for_key(key)
+        if task_id is None:
             return None
-        task = self.state.tasks[task_id]
+        try:
+            task = await self.find_task(task_id)
+        except TaskNotFound:
+            return None
         return SubmitAccepted(id=task.id, status=task.status, task=task, replayed=True)
 
     # --- cancel and delete --------------------------------------------------------------------
 
     async def cancel(self, request: CancelTaskRequest) -> TaskRecord:
         """Cancel the task; a final task is returned as it is (idempotent)."""
-        task = self.task(request.id)
+        task = await self.find_task(request.id)
         if task.status in FINAL_STATUSES:
             return task
         event = events.TaskCancelled(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id,
@@ -125,8 +130,8 @@ class Commands:
 
     async def delete(self, request: DeleteTaskRequest) -> DeleteReply:
         """Remove the task, its runs and logs; running runs are cancelled unless told otherwise."""
-        task = self.task(request.id)
-        runs = len(self.state.runs.get(task.id, {}))
+        task = await self.find_task(request.id)
+        runs = len(self.state.runs[task.id]) if task.id in self.state.runs else task.run_count
         event = events.TaskDeleted(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id,
                                    cancel_running=request.cancel_running)
         seq, _ = await self._publish(event, event.event_id)
@@ -135,15 +140,15 @@ class Commands:
 
     # --- schedules ----------------------------------------------------------------------------
 
-    def _schedule(self, task_id: str) -> TaskRecord:
-        task = self.task(task_id)
+    async def _schedule(self, task_id: str) -> TaskRecord:
+        task = await self.find_task(task_id)
         if task.task_type != "scheduled":
             raise Conflict(f"task {task_id} is not a scheduled task")
         return task
 
     async def pause(self, task_id: str) -> TaskRecord:
         """Stop future fires (idempotent)."""
-        task = self._schedule(task_id)
+        task = await self._schedule(task_id)
         if task.status == "paused":
             return task
         if task.status != "active":
@@ -155,7 +160,7 @@ class Commands:
 
     async def resume(self, task_id: str) -> TaskRecord:
         """Resume a paused schedule (idempotent)."""
-        task = self._schedule(task_id)
+        task = await self._schedule(task_id)
         if task.status == "active":
             return task
         if task.status != "paused":
@@ -167,7 +172,7 @@ class Commands:
 
     async def trigger(self, task_id: str) -> tuple[TaskRecord, str]:
         """Fire the schedule once now; returns the task and the id the new run will have."""
-        task = self._schedule(task_id)
+        task = await self._schedule(task_id)
         if task.status == "cancelled":
             raise Conflict("a cancelled schedule cannot be triggered")
         event = events.ScheduleTriggered(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id)

@@ -196,7 +196,7 @@ class EventConsumers:
                 chunk = codec.log_chunk_decoder.decode(message.data)
             except msgspec.MsgspecError:
                 continue
-            if chunk.task_id not in self.state.tasks:
+            if not self.state.is_retained(chunk.task_id):  # deleted (or never known): nothing to file it under
                 continue
             key = (chunk.task_id, chunk.run_id, chunk.attempt)
             used = self._log_bytes.get(key, 0)

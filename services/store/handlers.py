@@ -40,23 +40,23 @@ class ApiHandlers:
         self._subscription: Any = None
         self.routes: dict[str, Route] = {
             subjects.SUBMIT_TASK: self._submit,
-            subjects.GET_TASK: lambda m: self._sync(m, api.TaskRef, lambda r: queries.task(r.id)),
-            subjects.LIST_TASKS: lambda m: self._sync(m, api.ListTasksRequest, queries.list_tasks),
+            subjects.GET_TASK: lambda m: self._async(m, api.TaskRef, lambda r: queries.task(r.id)),
+            subjects.LIST_TASKS: lambda m: self._async(m, api.ListTasksRequest, queries.list_tasks),
             subjects.WAIT_TASK: self._wait,
             subjects.CANCEL_TASK: lambda m: self._async(m, api.CancelTaskRequest, commands.cancel),
             subjects.DELETE_TASK: lambda m: self._async(m, api.DeleteTaskRequest, commands.delete),
-            subjects.LIST_RUNS: lambda m: self._sync(m, api.ListRunsRequest, queries.list_runs),
-            subjects.GET_RUN: lambda m: self._sync(m, api.RunRef, queries.run),
+            subjects.LIST_RUNS: lambda m: self._async(m, api.ListRunsRequest, queries.list_runs),
+            subjects.GET_RUN: lambda m: self._async(m, api.RunRef, queries.run),
             subjects.GET_LOGS: lambda m: self._async(m, api.GetLogsRequest, queries.logs),
-            subjects.LIST_SCHEDULES: lambda m: self._sync(m, api.StatsRequest, lambda _: queries.schedules()),
+            subjects.LIST_SCHEDULES: lambda m: self._async(m, api.StatsRequest, lambda _: queries.schedules()),
             subjects.PAUSE_SCHEDULE: lambda m: self._async(m, api.TaskRef, lambda r: commands.pause(r.id)),
             subjects.RESUME_SCHEDULE: lambda m: self._async(m, api.TaskRef, lambda r: commands.resume(r.id)),
             subjects.TRIGGER_SCHEDULE: self._trigger,
-            subjects.GET_LEDGER: lambda m: self._sync(m, api.LedgerRequest, queries.ledger),
+            subjects.GET_LEDGER: lambda m: self._async(m, api.LedgerRequest, queries.ledger),
             subjects.GET_STATS: lambda m: self._async(m, api.StatsRequest, lambda _: queries.stats()),
             subjects.LIST_DEAD_LETTERS: lambda m: self._async(m, api.StatsRequest, lambda _: queries.dead_letters()),
             subjects.STORE_HEALTH: lambda m: self._sync(m, api.StatsRequest, lambda _: api.StoreHealth(
-                ready=True, tasks=len(queries.state.tasks), services=queries.registry.alive())),
+                ready=True, tasks=len(queries.state.catalog), services=queries.registry.alive())),
         }
 
     async def start(self) -> None:

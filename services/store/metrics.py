@@ -1,10 +1,17 @@
-"""Run statistics kept incrementally: each run's transition into a final state counts once."""
+"""Run statistics kept incrementally: each run's transition into a final state counts once.
+
+They are aggregates that merge and persist (counts per minute and per outcome, histograms, a
+bounded sample of recent durations), never a scan of tasks: the store saves them with its
+catalog and reads them back at start, so a restart neither loses nor recounts them.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter, deque
 from datetime import datetime
+
+import msgspec
 
 from proto.api import Histogram, Percentiles
 
@@ -26,6 +33,11 @@ class CumulativeHistogram:
         self.total += value
         self.count += 1
 
+    def restore(self, buckets: list[int], total: float, count: int) -> None:
+        """Take saved (non-cumulative) buckets back, if they have this histogram's shape."""
+        if len(buckets) == len(self.buckets):
+            self.buckets, self.total, self.count = list(buckets), total, count
+
     def snapshot(self) -> Histogram:
         cumulative, running = [], 0
         for bucket in self.buckets:
@@ -35,10 +47,21 @@ class CumulativeHistogram:
                          sum=round(self.total, 3), count=self.count)
 
 
+class _Saved(msgspec.Struct, kw_only=True):
+    """RunMetrics as saved in the catalog."""
+
+    finished_by_minute: dict[int, int] = {}
+    outcomes: dict[str, int] = {}
+    recent_durations: list[float] = []
+    durations: tuple[list[int], float, int] = ([], 0.0, 0)
+    lag: tuple[list[int], float, int] = ([], 0.0, 0)
+    stale_outcomes_rejected: int = 0
+
+
 class RunMetrics:
     """Finished runs per minute, outcome counts, durations and schedule lag."""
 
-    def __init__(self, recent: int = 10_000) -> None:
+    def __init__(self, recent: int = 2_000) -> None:
         self.finished_by_minute: Counter[int] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.recent_durations: deque[float] = deque(maxlen=recent)
@@ -82,3 +105,25 @@ class RunMetrics:
         """Succeeded / finished, over every run counted."""
         finished = sum(self.outcomes.values())
         return round(self.outcomes["succeeded"] / finished, 4) if finished else None
+
+    def encode(self) -> bytes:
+        """The aggregates as JSON (a few KB), to save."""
+        return msgspec.json.encode(_Saved(
+            finished_by_minute=dict(self.finished_by_minute), outcomes=dict(self.outcomes),
+            recent_durations=list(self.recent_durations),
+            durations=(self.durations.buckets, self.durations.total, self.durations.count),
+            lag=(self.lag.buckets, self.lag.total, self.lag.count),
+            stale_outcomes_rejected=self.stale_outcomes_rejected))
+
+    def restore(self, saved: bytes) -> None:
+        """Continue from aggregates saved by ``encode`` (unreadable ones are ignored: counts restart)."""
+        try:
+            data = msgspec.json.decode(saved, type=_Saved)
+        except msgspec.MsgspecError:
+            return
+        self.finished_by_minute = Counter(data.finished_by_minute)
+        self.outcomes = Counter(data.outcomes)
+        self.recent_durations.extend(data.recent_durations)
+        self.durations.restore(*data.durations)
+        self.lag.restore(*data.lag)
+        self.stale_outcomes_rejected = data.stale_outcomes_rejected

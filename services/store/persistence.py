@@ -1,10 +1,17 @@
-"""Reading the store's buckets at start, and writing changed records back in batches."""
+"""Reading the store's buckets at start, and writing changed records back in batches.
+
+At start only work in progress is read back: the catalog lists which tasks are not final, and
+those (with their runs) are fetched by key. The catalog itself is checked against KV first:
+KV writes it has not seen (a crash between the two) are read from the bucket's stream after the
+sequence the catalog recorded, and a catalog that cannot be reconciled is rebuilt from KV.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from datetime import datetime, timezone
 
 import msgspec
 from nats.js import JetStreamContext
@@ -13,14 +20,24 @@ from nats.js.kv import KeyValue
 from proto import codec, streams, subjects
 from proto.api import LedgerEntry
 from proto.records import RunRecord, TaskRecord
-from proto.runs import LogChunk
+from proto.runs import LogChunk, run_id_for
 from services.common.natsio import read_bucket
-from services.store.state import StoreState
+from services.store.state import METRICS_KEY, StoreState
 from services.store.writes import LEDGER_RUN_ID, Writes
 
 log = logging.getLogger(__name__)
 
 _ledger_decoder = msgspec.json.Decoder(list[LedgerEntry])
+_task_decoder = codec.decoder(TaskRecord)
+_run_decoder = codec.decoder(RunRecord)
+KV_SEQ_KEY = "kv_tasks_seq"
+"""The catalog's meta key of the last tasks-bucket sequence whose write it reflects."""
+METRICS_SAVE_SECONDS = 1.0
+"""The run metrics are saved with the catalog at most this often (and at a clean stop)."""
+CATCH_UP_LIMIT = 20_000
+"""More unseen tasks-bucket writes than this: rebuild the catalog rather than read them one by one."""
+LOAD_CONCURRENCY = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
 """Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
 a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
@@ -32,6 +49,7 @@ class Persistence:
 
     def __init__(self, js: JetStreamContext, buckets: dict[str, KeyValue]) -> None:
         self.js = js
+        self._metrics_saved_at = 0.0
         self.tasks = buckets[subjects.BUCKET_TASKS]
         self.runs = buckets[subjects.BUCKET_RUNS]
         self.logs = buckets[subjects.BUCKET_LOGS]
@@ -40,28 +58,138 @@ class Persistence:
         """Flushes that failed since the last one that succeeded (their records wait to be written again)."""
 
     async def load(self, state: StoreState) -> None:
-        """Fill ``state`` from the buckets."""
+        """Reconcile the catalog with KV, then fill ``state`` with the tasks in progress and their runs."""
         started = time.perf_counter()
-        task_decoder, run_decoder = codec.decoder(TaskRecord), codec.decoder(RunRecord)
+        catalog = state.catalog
+        saved = catalog.get_meta(METRICS_KEY)
+        if saved:
+            state.metrics.restore(saved)
+        rebuilt = catalog.created or not await self._catch_up_catalog(state)
+        if not rebuilt:
+            in_kv, expected = await self._task_keys(), len(catalog) + catalog.deleted_count()
+            if in_kv != expected:
+                log.warning("the tasks bucket holds %d keys, the catalog accounts for %d: rebuilding it",
+                            in_kv, expected)
+                rebuilt = True
+        if rebuilt:
+            await self.rebuild_catalog(state)
+        active = catalog.active_ids()
+        runs = 0
+        for start in range(0, len(active), LOAD_CONCURRENCY):
+            for task in await asyncio.gather(*(self.get_task(t) for t in active[start:start + LOAD_CONCURRENCY])):
+                if task is not None:
+                    state.load_task(task)
+        for task_id in active:
+            for run in await self.get_runs(state, task_id, loading=True):
+                state.load_run(run)
+                runs += 1
+            if state.tasks.get(task_id) is not None and state.tasks[task_id].task_type == "scheduled":
+                ledger = await self.get_ledger(task_id)
+                if ledger:
+                    state.load_ledger(task_id, ledger)
+        missing = [t for t in active if t not in state.tasks]
+        if missing:  # catalogued but never written to KV (a crash in between): the catalog forgets them
+            catalog.commit((), missing)
+        state.finish_loading()
+        state.sync_catalog()
+        log.info("state loaded", extra={"tasks": len(state.tasks), "runs": runs, "catalogued": len(catalog),
+                                        "catalog_rebuilt": rebuilt,
+                                        "ms": round((time.perf_counter() - started) * 1000)})
+
+    async def _task_keys(self) -> int:
+        """Keys in the tasks bucket, delete markers included (one message per key: history 1)."""
+        info = await self.js.stream_info(f"KV_{subjects.BUCKET_TASKS}")
+        return info.state.messages
+
+    async def _catch_up_catalog(self, state: StoreState) -> bool:
+        """Catalog the tasks-bucket writes made after the catalog's last commit; False: rebuild instead."""
+        raw = state.catalog.get_meta(KV_SEQ_KEY)
+        seen = int(raw) if raw else 0
+        info = await self.js.stream_info(f"KV_{subjects.BUCKET_TASKS}")
+        last = info.state.last_seq
+        if last - seen > CATCH_UP_LIMIT:
+            return False
+        found = []
+        for seq in range(max(seen + 1, info.state.first_seq), last + 1):
+            try:
+                message = await self.js.get_msg(f"KV_{subjects.BUCKET_TASKS}", seq)
+            except Exception:  # overwritten or removed since: a later sequence holds what matters
+                continue
+            if message.data:
+                found.append(_task_decoder.decode(message.data))
+        state.catalog.commit(found, (), {KV_SEQ_KEY: str(last).encode()})
+        return True
+
+    async def rebuild_catalog(self, state: StoreState) -> None:
+        """Make the catalog anew from every record in the tasks bucket (the catalog is derived)."""
+        started = time.perf_counter()
+        catalog = state.catalog
+        catalog.clear()
+        last = (await self.js.stream_info(f"KV_{subjects.BUCKET_TASKS}")).state.last_seq
+        batch: list[TaskRecord] = []
+        total = 0
         async for _, value in read_bucket(self.js, subjects.BUCKET_TASKS):
             try:
-                state.load_task(task_decoder.decode(value))
+                batch.append(_task_decoder.decode(value))
             except msgspec.MsgspecError as exc:
                 log.error("unreadable task record skipped: %s", exc)
-        runs = 0
-        async for key, value in read_bucket(self.js, subjects.BUCKET_RUNS):
-            task_id, _, run_id = key.partition(".")
+            if len(batch) >= 5000:
+                catalog.commit(batch)
+                total += len(batch)
+                batch = []
+        catalog.commit(batch, (), {KV_SEQ_KEY: str(last).encode(), METRICS_KEY: state.metrics.encode()})
+        total += len(batch)
+        log.info("catalog rebuilt from KV", extra={"tasks": total, "ms": round((time.perf_counter() - started) * 1000)})
+
+    # --- reading what is not in memory --------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """A task's record from the tasks bucket, or None."""
+        try:
+            entry = await self.tasks.get(task_id)
+        except Exception:  # not found, deleted, or a key NATS cannot take
+            return None
+        if not entry.value:
+            return None
+        try:
+            return _task_decoder.decode(entry.value)
+        except msgspec.MsgspecError as exc:
+            log.error("unreadable task record %s: %s", task_id, exc)
+            return None
+
+    async def get_runs(self, state: StoreState, task_id: str, *, loading: bool = False) -> list[RunRecord]:
+        """A task's runs from the runs bucket, in the order they were queued.
+
+        A one-shot task has one run whose id follows from its task id: one direct read. A schedule's
+        runs are read with a filter on its key prefix.
+        """
+        task = state.tasks.get(task_id) if loading else None
+        found: list[RunRecord] = []
+        if task is not None and task.task_type != "scheduled":
             try:
-                if run_id == LEDGER_RUN_ID:
-                    state.load_ledger(task_id, _ledger_decoder.decode(value))
-                elif task_id in state.tasks:
-                    state.load_run(run_decoder.decode(value))
-                    runs += 1
-            except msgspec.MsgspecError as exc:
-                log.error("unreadable run record %s skipped: %s", key, exc)
-        state.finish_loading()
-        log.info("state loaded", extra={"tasks": len(state.tasks), "runs": runs,
-                                        "ms": round((time.perf_counter() - started) * 1000)})
+                entry = await self.runs.get(subjects.run_key(task_id, run_id_for(task_id, "once")))
+                if entry.value:
+                    found.append(_run_decoder.decode(entry.value))
+            except Exception:  # no run yet
+                pass
+        else:
+            async for key, value in read_bucket(self.js, subjects.BUCKET_RUNS, f"{task_id}.*"):
+                if key.endswith("." + LEDGER_RUN_ID):
+                    continue
+                try:
+                    found.append(_run_decoder.decode(value))
+                except msgspec.MsgspecError as exc:
+                    log.error("unreadable run record %s skipped: %s", key, exc)
+        found.sort(key=lambda r: (r.queued_at or r.started_at or r.finished_at or _EPOCH, r.run_id))
+        return found
+
+    async def get_ledger(self, task_id: str) -> list[LedgerEntry]:
+        """A schedule's ledger of skipped and missed slots."""
+        try:
+            entry = await self.runs.get(subjects.run_key(task_id, LEDGER_RUN_ID))
+        except Exception:
+            return []
+        return _ledger_decoder.decode(entry.value) if entry.value else []
 
     async def flush(self, state: StoreState) -> int:
         """Write everything changed in ``state``; returns how many records were written.
@@ -74,7 +202,7 @@ class Persistence:
             if not writes:
                 return 0
             try:
-                await self._write(writes)
+                kv_seq = await self._write(writes)
             except BaseException as exc:
                 # Nothing was acknowledged; the same changes must be written by the next flush.
                 state.requeue(writes)
@@ -83,27 +211,51 @@ class Persistence:
                             extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes})
                 raise
             self.failed_writes = 0
+            now = time.monotonic()
+            save_metrics = now - self._metrics_saved_at >= METRICS_SAVE_SECONDS
+            if save_metrics:
+                self._metrics_saved_at = now
+            state.sync_catalog({KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else None, save_metrics=save_metrics)
             return len(writes.tasks) + len(writes.runs)
 
-    async def _write(self, writes: Writes) -> None:
+    async def _write(self, writes: Writes) -> int:
+        """Write the batch; returns the highest tasks-bucket sequence written (0: none)."""
         pending = []
         for key, value in writes.tasks:
             pending.append(await self._publish(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
+        task_writes = len(pending)
         for key, value in writes.runs:
             pending.append(await self._publish(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
-        await _acknowledged(pending)
+        acks = await _acknowledged(pending)
+        kv_seq = max((ack.seq for ack in acks[:task_writes]), default=0)
         for task_id in writes.removed_tasks:
             await self.remove_task(task_id)
         for key in writes.removed_runs:
-            await self.runs.purge(key)
+            await self._purge_subject(subjects.BUCKET_RUNS, key)
             task_id, _, run_id = key.partition(".")
             await self._purge_subject(subjects.BUCKET_LOGS, f"{task_id}.{run_id}.>")
+        return kv_seq
 
     async def remove_task(self, task_id: str) -> None:
-        """Remove a task's record, runs, ledger and logs from the buckets."""
+        """Remove a task's record, runs, ledger and logs from the buckets.
+
+        The task's key keeps a delete marker (runners tell "deleted" from "not written yet" by it);
+        the catalog remembers the deletion until ``purge_markers`` removes the marker.
+        """
         await self.tasks.purge(task_id)
         await self._purge_subject(subjects.BUCKET_RUNS, f"{task_id}.>")
         await self._purge_subject(subjects.BUCKET_LOGS, f"{task_id}.>")
+
+    async def purge_markers(self, catalog_: object, older_than: datetime, limit: int = 1000) -> int:
+        """Remove delete markers older than ``older_than`` (each by its own subject: O(deleted))."""
+        from services.store.catalog import Catalog
+
+        assert isinstance(catalog_, Catalog)
+        ids = catalog_.deleted_before(older_than, limit)
+        for task_id in ids:
+            await self._purge_subject(subjects.BUCKET_TASKS, task_id)
+        catalog_.forget_deleted(ids)
+        return len(ids)
 
     async def _purge_subject(self, bucket: str, keys: str) -> None:
         await self.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{keys}")
@@ -129,12 +281,12 @@ class Persistence:
         return chunks
 
 
-async def _acknowledged(pending: list[asyncio.Future]) -> None:
-    """Wait for every write's acknowledgement, at most ``WRITE_DEADLINE_SECONDS`` (then raise)."""
+async def _acknowledged(pending: list[asyncio.Future]) -> list:
+    """Every write's acknowledgement, waited for at most ``WRITE_DEADLINE_SECONDS`` (then raise)."""
     if not pending:
-        return
+        return []
     try:
-        await asyncio.wait_for(asyncio.gather(*pending), WRITE_DEADLINE_SECONDS)
+        return await asyncio.wait_for(asyncio.gather(*pending), WRITE_DEADLINE_SECONDS)
     finally:
         for future in pending:  # a failed write leaves the others: retrieve them, free their slots
             if not future.done():

@@ -15,6 +15,7 @@ from proto.runs import FINAL_RUN_STATUSES, DeadLetter
 from proto.tasks import FINAL_STATUSES
 from services.common.clock import utcnow
 from services.common.presence import ServiceRegistry
+from services.store.catalog import ListFilter
 from services.store.errors import TaskNotFound
 from services.store.persistence import Persistence
 from services.store.state import StoreState
@@ -35,41 +36,53 @@ class Queries:
         self.registry = registry
         self._waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
 
-    def task(self, task_id: str) -> TaskRecord:
-        task = self.state.tasks.get(task_id)
+    async def task(self, task_id: str) -> TaskRecord:
+        """The task from memory, else from the tasks bucket (a finished one), else TaskNotFound."""
+        task = self.state.get(task_id)
+        if task is None and self.state.is_retained(task_id):
+            task = await self.persistence.get_task(task_id)
+            if task is not None and task_id not in self.state.tasks:
+                self.state.cache.put(task_id, task, len(codec.encode(task)))
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", "id")
         return task
 
-    def list_tasks(self, request: api.ListTasksRequest) -> api.TaskPage:
-        """Newest first; the cursor is the id of the last task of the previous page."""
-        tasks = self.state.tasks
-        name, kind, trigger = request.name, request.kind, request.task_type
-        after, before = request.created_after, request.created_before
+    async def _tasks(self, task_ids: list[str]) -> list[TaskRecord]:
+        """Records of these tasks in order (read concurrently from KV where not in memory)."""
+        found = await asyncio.gather(*(self._maybe_task(t) for t in task_ids))
+        return [task for task in found if task is not None]
 
-        def keep(task_id: str) -> bool:
-            task = tasks[task_id]
-            return ((kind is None or task.kind == kind)
-                    and (trigger is None or task.task_type == trigger)
-                    and (name is None or task.name.startswith(name))
-                    and (after is None or task.created_at >= after)
-                    and (before is None or task.created_at < before))
+    async def _maybe_task(self, task_id: str) -> TaskRecord | None:
+        try:
+            return await self.task(task_id)
+        except TaskNotFound:  # deleted between the catalog's answer and the read
+            return None
 
-        ids, cursor = self.state.index.page(status=request.status, before=request.cursor,
-                                            limit=request.limit, keep=keep)
+    async def list_tasks(self, request: api.ListTasksRequest) -> api.TaskPage:
+        """Newest first, from the catalog; the cursor is the id of the last task of the previous page."""
+        self.state.sync_catalog()  # what was just accepted is listed too
+        where = ListFilter(status=request.status, kind=request.kind, task_type=request.task_type,
+                           name_prefix=request.name, created_after=request.created_after,
+                           created_before=request.created_before)
+        ids, cursor = self.state.catalog.page(where, request.cursor, request.limit)
         page, size = [], 0
-        for task_id in ids:
-            size += len(codec.encode(tasks[task_id]))
+        for task in await self._tasks(ids):
+            size += len(codec.encode(task))
             if page and size > REPLY_PAGE_BYTES:
                 cursor = page[-1].id  # the rest comes with the next page
                 break
-            page.append(tasks[task_id])
+            page.append(task)
         return api.TaskPage(tasks=page, next_cursor=cursor)
 
-    def list_runs(self, request: api.ListRunsRequest) -> api.RunPage:
+    async def _runs(self, task: TaskRecord) -> list[RunRecord]:
+        """The task's runs in the order they appeared (from memory while it is in progress)."""
+        if task.id in self.state.tasks:
+            return list(self.state.runs.get(task.id, {}).values())
+        return await self.persistence.get_runs(self.state, task.id)
+
+    async def list_runs(self, request: api.ListRunsRequest) -> api.RunPage:
         """Runs of one task, newest first; the cursor is the last run id of the previous page."""
-        self.task(request.id)
-        runs = list(reversed(self.state.runs.get(request.id, {}).values()))
+        runs = list(reversed(await self._runs(await self.task(request.id))))
         start = 0
         if request.cursor:
             positions = [i for i, r in enumerate(runs) if r.run_id == request.cursor]
@@ -78,21 +91,21 @@ class Queries:
         more = start + request.limit < len(runs)
         return api.RunPage(runs=page, next_cursor=page[-1].run_id if more and page else None)
 
-    def run(self, request: api.RunRef) -> RunRecord:
-        self.task(request.id)
-        run = self.state.runs.get(request.id, {}).get(request.run_id)
+    async def run(self, request: api.RunRef) -> RunRecord:
+        task = await self.task(request.id)
+        run = next((r for r in await self._runs(task) if r.run_id == request.run_id), None)
         if run is None:
             raise TaskNotFound(f"task {request.id} has no run {request.run_id!r}", "run_id")
         return run
 
     async def logs(self, request: api.GetLogsRequest) -> api.LogsReply:
         """Stored output of one run attempt (default: the latest run, its latest attempt)."""
-        task = self.task(request.id)
+        task = await self.task(request.id)
         run_id = request.run_id or (task.last_run.run_id if task.last_run else None)
         if run_id is None:
             return api.LogsReply(task_id=task.id, run_id=None, attempt=None, chunks=[],
                                  finished=task.status in FINAL_STATUSES)
-        run = self.run(api.RunRef(id=task.id, run_id=run_id))
+        run = await self.run(api.RunRef(id=task.id, run_id=run_id))
         attempt = request.attempt or run.attempt
         ended = run.status in FINAL_RUN_STATUSES or attempt < run.attempt \
             or (run.status == "retrying" and attempt <= run.attempt)
@@ -118,12 +131,11 @@ class Queries:
         return api.LogsReply(task_id=task.id, run_id=run_id, attempt=attempt, chunks=chunks,
                              finished=finished, truncated=run.output_truncated, more=more)
 
-    def schedules(self) -> api.ScheduleList:
+    async def schedules(self) -> api.ScheduleList:
+        """Every retained schedule, newest first."""
+        self.state.sync_catalog()
         found = []
-        for task_id in self.state.index.walk(status=None, before=None):
-            task = self.state.tasks[task_id]
-            if task.task_type != "scheduled":
-                continue
+        for task in await self._tasks(self.state.catalog.schedule_ids()):
             found.append(api.ScheduleSummary(
                 id=task.id, name=task.name, kind=task.kind, status=task.status,
                 cron_expression=task.spec.cron_expression or "", timezone=task.spec.timezone,
@@ -131,14 +143,16 @@ class Queries:
                 missed_count=task.missed_count, skipped_count=task.skipped_count, created_at=task.created_at))
         return api.ScheduleList(schedules=found)
 
-    def ledger(self, request: api.LedgerRequest) -> api.Ledger:
+    async def ledger(self, request: api.LedgerRequest) -> api.Ledger:
         """Each fire slot with what became of it: a run (and its state, lag), skipped or missed."""
-        task = self.task(request.id)
+        task = await self.task(request.id)
         entries = [api.LedgerEntry(scheduled_for=r.scheduled_for, state=r.status, run_id=r.run_id, lag_ms=r.lag_ms,
                                    reason="manual trigger" if r.slot.startswith("trigger:") else None)
-                   for r in self.state.runs.get(task.id, {}).values()
+                   for r in await self._runs(task)
                    if r.run_id != LEDGER_RUN_ID and r.scheduled_for is not None]
-        entries.extend(self.state.ledgers.get(task.id, []))
+        in_memory = self.state.ledgers.get(task.id)
+        entries.extend(in_memory if in_memory is not None or task.id in self.state.tasks
+                       else await self.persistence.get_ledger(task.id))
         entries.sort(key=lambda e: e.scheduled_for, reverse=True)
         return api.Ledger(id=task.id, entries=entries[:request.limit], fired_count=task.fired_count,
                           missed_count=task.missed_count, skipped_count=task.skipped_count)
@@ -155,14 +169,17 @@ class Queries:
                 setattr(queue, flight_field, info.num_ack_pending or 0)
             except Exception as exc:  # no runner yet, or JetStream busy: depth unknown
                 log.debug("queue depth of %s unknown: %s", consumer, exc)
-        runs_total = sum(self.state.run_counts.values())
+        self.state.sync_catalog()
+        catalog = self.state.catalog
+        runs_by_status = self.state.runs_by_status()
+        by_trigger = catalog.counts("trigger")
         return api.Stats(
-            tasks_total=len(self.state.tasks),
-            tasks_by_status=self.state.index.counts_by_status(),
-            tasks_by_kind={k: v for k, v in self.state.index.kinds.items() if v},
-            tasks_by_trigger={k: v for k, v in self.state.index.triggers.items() if v},
-            runs_total=runs_total,
-            runs_by_status={k: v for k, v in sorted(self.state.run_counts.items()) if v},
+            tasks_total=sum(by_trigger.values()),
+            tasks_by_status=catalog.counts("status"),
+            tasks_by_kind=catalog.counts("kind"),
+            tasks_by_trigger=by_trigger,
+            runs_total=sum(runs_by_status.values()),
+            runs_by_status=runs_by_status,
             runs_per_minute=metrics.per_minute(utcnow()),
             success_rate=metrics.success_rate(),
             duration_ms=metrics.percentiles(),
@@ -200,7 +217,7 @@ class Queries:
 
     async def wait(self, request: api.WaitTaskRequest) -> api.WaitReply:
         """Return when the task is final (a schedule: when one of its runs ends) or on timeout."""
-        task = self.task(request.id)
+        task = await self.task(request.id)
         if task.status in FINAL_STATUSES:
             return api.WaitReply(done=True, task=task)
         loop = asyncio.get_running_loop()
@@ -213,8 +230,8 @@ class Queries:
                 try:
                     await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
                 except TimeoutError:
-                    return api.WaitReply(done=False, task=self.task(request.id))
-                current = self.task(request.id)  # raises TaskNotFound once deleted
+                    return api.WaitReply(done=False, task=await self.task(request.id))
+                current = await self.task(request.id)  # raises TaskNotFound once deleted
                 if current.status in FINAL_STATUSES or is_schedule:
                     return api.WaitReply(done=True, task=current)
                 future = loop.create_future()

@@ -12,14 +12,15 @@ from nats.aio.client import Client
 from proto import codec, subjects
 from proto.api import DeleteTaskRequest
 from proto.control import Heartbeat
-from proto.tasks import FINAL_STATUSES
 from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
 from services.common.lifecycle import sleep_or_stop
 from services.common.presence import ServiceRegistry, announce_forever, hostname
+from services.store.catalog import Catalog
 from services.store.commands import Commands
+from services.store.errors import TaskNotFound
 from services.store.consumers import EventConsumers
 from services.store.handlers import ApiHandlers
 from services.store.persistence import Persistence
@@ -29,6 +30,9 @@ from services.store.state import Effects, StoreState
 
 log = logging.getLogger(__name__)
 TOMBSTONE_MARKER_AGE = timedelta(hours=6)
+"""How long a deleted task's marker stays in the tasks bucket (runners tell "deleted" by it)."""
+RETENTION_BATCH = 1000
+"""Expired tasks deleted per sweep at most."""
 
 STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
 
@@ -45,7 +49,10 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         for name in STORE_CONSUMERS:
             await natsio.ensure_consumer(js, name)
 
-        state = StoreState(run_history_limit=settings.run_history_limit)
+        catalog = Catalog.open_or_reset(settings.catalog_path(), settings.catalog_cache_mb)
+        stack.callback(catalog.close)
+        state = StoreState(run_history_limit=settings.run_history_limit, catalog=catalog,
+                           cache_bytes=settings.cache_mb * 1024 * 1024)
         persistence = Persistence(js, buckets)
         await persistence.load(state)
         registry = ServiceRegistry()
@@ -61,13 +68,14 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
                 background.add(task)
                 task.add_done_callback(background.discard)
 
-        commands = Commands(js, state, settings.limits(), after_apply)
+        commands = Commands(js, state, settings.limits(), after_apply, queries.task)
         consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes)
         caught_up = await consumers.catch_up_tasks()
         handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests,
                                settings.store_max_waiters)
         await handlers.start()
-        log.info("store ready", extra={"tasks": len(state.tasks), "replayed_task_events": caught_up})
+        log.info("store ready", extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog),
+                                       "replayed_task_events": caught_up})
 
         def heartbeat() -> Heartbeat:
             return Heartbeat(service="store", instance_id=instance_id, host=hostname(), version=VERSION,
@@ -88,7 +96,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
             await persistence.flush(state)
         except Exception as exc:  # replayed from the streams at the next start
             log.warning("final flush failed (%s); changes will be replayed at next start", exc)
-        log.info("store stopped", extra={"tasks": len(state.tasks),
+        log.info("store stopped", extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog),
                                          "unknown_task_events": consumers.unknown_task_events})
 
 
@@ -107,24 +115,29 @@ async def _broadcast(nc: Client, payload: bytes) -> None:
 
 async def _sweep_forever(commands: Commands, state: StoreState, persistence: Persistence,
                          settings: StoreSettings, stop: asyncio.Event) -> None:
-    """Delete finished one-shot tasks older than the retention period."""
-    sweeps = 0
+    """Delete finished one-shot tasks older than the retention period; drop old delete markers.
+
+    Both come from the catalog's time indexes, oldest first, a bounded number per sweep: a sweep
+    costs what it deletes, not what is retained.
+    """
     while not await sleep_or_stop(stop, settings.retention_sweep_interval.total_seconds()):
-        sweeps += 1
-        if sweeps % 60 == 0:
-            try:  # deleted tasks leave a marker (runners read it); old markers are no longer needed
-                await persistence.tasks.purge_deletes(olderthan=int(TOMBSTONE_MARKER_AGE.total_seconds()))
-            except Exception as exc:
-                log.debug("purge of delete markers failed: %s", exc)
+        try:
+            purged = await persistence.purge_markers(state.catalog, utcnow() - TOMBSTONE_MARKER_AGE)
+            if purged:
+                log.info("delete markers purged", extra={"count": purged})
+        except Exception as exc:
+            log.debug("purge of delete markers failed: %s", exc)
         cutoff: datetime = utcnow() - settings.task_retention
-        expired = [t.id for t in list(state.tasks.values())
-                   if t.status in FINAL_STATUSES and t.task_type != "scheduled"
-                   and t.finished_at is not None and t.finished_at < cutoff]
-        for task_id in expired[:1000]:
+        expired = state.catalog.finished_before(cutoff, RETENTION_BATCH)
+        removed = 0
+        for task_id in expired:
             try:
                 await commands.delete(DeleteTaskRequest(id=task_id, cancel_running=False))
+                removed += 1
+            except TaskNotFound:  # deleted meanwhile
+                continue
             except Exception as exc:  # try again next sweep
                 log.warning("retention delete of %s failed: %s", task_id, exc)
                 break
-        if expired:
-            log.info("retention removed finished tasks", extra={"count": min(len(expired), 1000)})
+        if removed:
+            log.info("retention removed finished tasks", extra={"count": removed})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from services.common.settings import LimitSettings
 
@@ -21,3 +22,13 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     """Waits the store holds at once for every gateway and NATS client (they hold no request slot);
     past it a `too_many_waiters` error. Above a gateway's `max_waiters`: a wait whose client hung up
     is held until its timeout."""
+    store_dir: str = ".taskmesh/store"
+    """Where the store keeps its catalog (an SQLite file: derived from KV, rebuilt when lost)."""
+    catalog_cache_mb: int = 16
+    """SQLite page cache of the catalog."""
+    cache_mb: int = 32
+    """Finished task records kept in memory for fast reads (least recently used go first)."""
+
+    def catalog_path(self) -> Path:
+        """The catalog's file."""
+        return Path(self.store_dir) / "catalog.sqlite3"

@@ -1,8 +1,13 @@
-"""The store's materialised state: tasks and runs, changed only by applying events.
+"""The store's materialised state: tasks and runs in progress, changed only by applying events.
 
 Applying is synchronous and idempotent: a redelivered or replayed event changes nothing, and
 counters move only on a state *transition*, so nothing is counted twice. Each apply reports
 what the caller must do next (``Effects``) and marks what must be written back (``dirty_*``).
+
+Memory follows work in progress, not history: ``tasks`` holds tasks that are not final (and
+final ones whose runs are still active, or whose write is pending). Once a final task is
+written it leaves for a bounded cache; from then on KV has its record and the catalog (an
+SQLite file) lists and counts it. Events that still arrive for it are stale and change nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from proto.records import AttemptRecord, RunRecord, RunSummary, TaskRecord
 from proto.runs import FINAL_RUN_STATUSES, RunError
 from proto.tasks import FINAL_STATUSES
 from services.common.clock import ms_between
-from services.store.index import TaskIndex
+from services.store.cache import RecordCache
+from services.store.catalog import Catalog
 from services.store.metrics import RunMetrics
 from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
 
 ACTIVE_RUN_STATUSES = frozenset({"queued", "running", "retrying"})
+METRICS_KEY = "metrics"
+"""The catalog's meta key of the saved run metrics."""
 TOMBSTONES_KEPT = 100_000
 
 
@@ -41,16 +49,18 @@ class Effects:
 
 
 class StoreState:
-    """Every task, its runs and its ledger, with indexes and counters."""
+    """Tasks in progress with their runs and ledgers; the catalog and a cache for the rest."""
 
-    def __init__(self, *, run_history_limit: int = 100, ledger_limit: int = 200) -> None:
+    def __init__(self, *, run_history_limit: int = 100, ledger_limit: int = 200,
+                 catalog: Catalog | None = None, cache_bytes: int = 32 * 1024 * 1024) -> None:
         self.run_history_limit = run_history_limit
         self.ledger_limit = ledger_limit
+        self.catalog = catalog if catalog is not None else Catalog(":memory:")
+        self.cache = RecordCache(cache_bytes)
         self.tasks: dict[str, TaskRecord] = {}
         self.runs: dict[str, dict[str, RunRecord]] = {}
         self.ledgers: dict[str, list[LedgerEntry]] = {}
         self.idempotency: dict[str, str] = {}
-        self.index = TaskIndex()
         self.metrics = RunMetrics()
         self.run_counts: dict[str, int] = {}
         self.tombstones: OrderedDict[str, None] = OrderedDict()
@@ -59,15 +69,53 @@ class StoreState:
         self.dirty_ledgers: set[str] = set()
         self.removed_tasks: set[str] = set()
         self.removed_runs: set[tuple[str, str]] = set()
+        self.uncatalogued: dict[str, TaskRecord] = {}
+        """Tasks whose catalog row is behind (written with the next catalog commit)."""
+        self.uncatalogued_removals: set[str] = set()
+        self.evicted = 0
+
+    # --- looking up ---------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The task if it is in memory (in progress, or recently finished and cached)."""
+        return self.tasks.get(task_id) or self.cache.get(task_id)
+
+    def is_retained(self, task_id: str) -> bool:
+        """Whether the task exists, in memory or only in KV (the catalog knows every one)."""
+        if task_id in self.tasks or task_id in self.uncatalogued:
+            return True
+        return task_id not in self.uncatalogued_removals and self.catalog.status_of(task_id) is not None
+
+    def task_for_key(self, idempotency_key: str) -> str | None:
+        """The retained task submitted with this idempotency key."""
+        return self.idempotency.get(idempotency_key) or self.catalog.task_for_key(idempotency_key)
+
+    def sync_catalog(self, meta: dict[str, bytes] | None = None, *, save_metrics: bool = False) -> int:
+        """Bring the catalog up to date with memory (and save the metrics if asked); returns rows written."""
+        changed, removed = self.uncatalogued, self.uncatalogued_removals
+        if not changed and not removed and not meta and not save_metrics:
+            return 0
+        self.uncatalogued, self.uncatalogued_removals = {}, set()
+        meta = dict(meta or {})
+        if save_metrics:
+            meta[METRICS_KEY] = self.metrics.encode()
+        try:
+            self.catalog.commit(changed.values(), removed, meta)
+        except BaseException:
+            self.uncatalogued = {**changed, **self.uncatalogued}
+            self.uncatalogued_removals |= removed
+            raise
+        for task in changed.values():
+            if task.id not in self.tasks and task.idempotency_key:
+                self.idempotency.pop(task.idempotency_key, None)  # the catalog answers for it now
+        return len(changed) + len(removed)
 
     # --- loading at start ---------------------------------------------------------------------
 
     def load_task(self, task: TaskRecord) -> None:
-        """Take a task record read back from the tasks bucket."""
-        if task.id in self.tasks:
-            self.index.remove(self.tasks[task.id])
+        """Take the record of a task in progress read back from the tasks bucket."""
         self.tasks[task.id] = task
-        self.index.add(task)
+        self.uncatalogued[task.id] = task  # the catalog may trail KV after a crash
         if task.idempotency_key:
             self.idempotency[task.idempotency_key] = task.id
 
@@ -75,10 +123,6 @@ class StoreState:
         """Take a run record read back from the runs bucket (after its task)."""
         self.runs.setdefault(run.task_id, {})[run.run_id] = run
         self._count_run(None, run.status)
-        if run.status in FINAL_RUN_STATUSES:
-            self.metrics.run_finished(run.status, run.finished_at, run.duration_ms)
-        if run.lag_ms is not None:
-            self.metrics.run_started(run.lag_ms)
 
     def load_ledger(self, task_id: str, entries: list[LedgerEntry]) -> None:
         """Take a ledger read back from the runs bucket."""
@@ -99,7 +143,11 @@ class StoreState:
             self._submitted(event, seq)
             return effects
         task = self.tasks.get(event.task_id)
-        if task is None or task.event_seq >= seq:
+        if task is None:
+            if isinstance(event, events.TaskDeleted) and self.is_retained(event.task_id):
+                self._deleted_cold(event.task_id, effects)  # finished and written: only KV and catalog have it
+            return effects
+        if task.event_seq >= seq:
             return effects
         task.event_seq = seq
         self._touch(task, event.occurred_at)
@@ -117,7 +165,7 @@ class StoreState:
         return effects
 
     def _submitted(self, event: events.TaskSubmitted, seq: int) -> None:
-        if event.task_id in self.tasks or event.task_id in self.tombstones:
+        if event.task_id in self.tombstones or self.is_retained(event.task_id):
             return
         spec = event.spec
         task = TaskRecord(
@@ -136,7 +184,7 @@ class StoreState:
             except cron.CronError:  # accepted by an older version: the scheduler will say
                 pass
         self.tasks[task.id] = task
-        self.index.add(task)
+        self.uncatalogued[task.id] = task
         if event.idempotency_key:
             self.idempotency[event.idempotency_key] = task.id
         self.dirty_tasks.add(task.id)
@@ -167,18 +215,24 @@ class StoreState:
         for run in self.runs.pop(task.id, {}).values():
             self._count_run(run.status, None)
         self.ledgers.pop(task.id, None)
-        self.index.remove(task)
         del self.tasks[task.id]
         if task.idempotency_key and self.idempotency.get(task.idempotency_key) == task.id:
             del self.idempotency[task.idempotency_key]
-        self.tombstones[task.id] = None
-        while len(self.tombstones) > TOMBSTONES_KEPT:
-            self.tombstones.popitem(last=False)
         self.dirty_tasks.discard(task.id)
         self.dirty_ledgers.discard(task.id)
         self.dirty_runs = {key for key in self.dirty_runs if key[0] != task.id}
-        self.removed_tasks.add(task.id)
-        effects.wake.add(task.id)
+        self._deleted_cold(task.id, effects)
+
+    def _deleted_cold(self, task_id: str, effects: Effects) -> None:
+        """Forget a task that is no longer in memory: its records go from KV, its row from the catalog."""
+        self.cache.pop(task_id)
+        self.uncatalogued.pop(task_id, None)
+        self.uncatalogued_removals.add(task_id)
+        self.tombstones[task_id] = None
+        while len(self.tombstones) > TOMBSTONES_KEPT:
+            self.tombstones.popitem(last=False)
+        self.removed_tasks.add(task_id)
+        effects.wake.add(task_id)
 
     # --- schedule bookkeeping -----------------------------------------------------------------
 
@@ -187,7 +241,7 @@ class StoreState:
         effects = Effects()
         task = self.tasks.get(event.task_id)
         if task is None:
-            effects.unknown_task = event.task_id not in self.tombstones
+            effects.unknown_task = not self._known_elsewhere(event.task_id)
             return effects
         if isinstance(event, events.ScheduleUpdated):
             self._schedule_view(task, event.next_run_at, event.fired_count, event.missed_count, event.skipped_count)
@@ -229,7 +283,11 @@ class StoreState:
         effects = Effects()
         task = self.tasks.get(event.task_id)
         if task is None:
-            effects.unknown_task = event.task_id not in self.tombstones
+            effects.unknown_task = not self._known_elsewhere(event.task_id)
+            if not effects.unknown_task and isinstance(event, (runs.RunQueued, runs.RunStarted)):
+                # A finished (or deleted) task's run must not go on: whoever holds it stops.
+                effects.cancels.append(CancelRun(task_id=event.task_id, run_id=event.run_id,
+                                                 reason="task no longer active"))
             return effects
         if isinstance(event, runs.RunQueued):
             self._queued(task, event, effects)
@@ -240,6 +298,10 @@ class StoreState:
         elif isinstance(event, runs.RunCancelRequested):
             self._cancel_run(task, event, effects)
         return effects
+
+    def _known_elsewhere(self, task_id: str) -> bool:
+        """A task not in memory that was deleted, or finished and written (its events are stale)."""
+        return task_id in self.tombstones or self.is_retained(task_id)
 
     def _cancel_run(self, task: TaskRecord, event: runs.RunCancelRequested, effects: Effects) -> None:
         run, _ = self._run(task, event.run_id, "unknown", "queued", 1)
@@ -416,9 +478,9 @@ class StoreState:
             task.error = run.error
 
     def _set_status(self, task: TaskRecord, status: str) -> None:
-        self.index.move(task.id, task.status, status)
         task.status = status  # type: ignore[assignment]
         self.dirty_tasks.add(task.id)
+        self.uncatalogued[task.id] = task
 
     def _set_run_status(self, run: RunRecord, status: str) -> None:
         self._count_run(run.status, status)
@@ -449,6 +511,12 @@ class StoreState:
                 self.dirty_runs.discard((task_id, run_id))
                 self.removed_runs.add((task_id, run_id))
 
+    def runs_by_status(self) -> dict[str, int]:
+        """Runs in progress (counted in memory) and finished runs by outcome (aggregates, all time)."""
+        found = {status: n for status, n in self.run_counts.items() if status in ACTIVE_RUN_STATUSES and n}
+        found.update({status: n for status, n in self.metrics.outcomes.items() if n})
+        return dict(sorted(found.items()))
+
     def active_runs(self, task_id: str) -> list[RunRecord]:
         """Runs of the task that are queued, running or waiting for a retry."""
         return [r for r in self.runs.get(task_id, {}).values() if r.status in ACTIVE_RUN_STATUSES]
@@ -456,10 +524,14 @@ class StoreState:
     def take_writes(self) -> Writes:
         """Everything changed since the last call, encoded now (a snapshot), and removals."""
         writes = Writes()
+        finished = []
         for task_id in self.dirty_tasks:
             task = self.tasks.get(task_id)
             if task is not None:
-                writes.tasks.append((task_id, codec.encode(task)))
+                encoded = codec.encode(task)
+                writes.tasks.append((task_id, encoded))
+                if task.status in FINAL_STATUSES and not self.active_runs(task_id):
+                    finished.append((task, len(encoded)))
         for task_id, run_id in self.dirty_runs:
             run = self.runs.get(task_id, {}).get(run_id)
             if run is not None:
@@ -471,11 +543,25 @@ class StoreState:
         writes.removed_runs = [subjects.run_key(t, r) for t, r in self.removed_runs]
         self.dirty_tasks, self.dirty_runs, self.dirty_ledgers = set(), set(), set()
         self.removed_tasks, self.removed_runs = set(), set()
+        for task, size in finished:
+            self._evict(task, size)
         return writes
 
+    def _evict(self, task: TaskRecord, size: int) -> None:
+        """A final task with nothing left to run leaves memory for the cache (its records are written)."""
+        del self.tasks[task.id]
+        for run in self.runs.pop(task.id, {}).values():
+            self._count_run(run.status, None)
+        self.ledgers.pop(task.id, None)
+        self.cache.put(task.id, task, size)
+        self.evicted += 1
+
     def requeue(self, writes: Writes) -> None:
-        """Mark the records of a failed write dirty again."""
-        self.dirty_tasks.update(key for key, _ in writes.tasks)
+        """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""
+        for key, _ in writes.tasks:
+            if key not in self.tasks and (cached := self.cache.pop(key)) is not None:
+                self.tasks[key] = cached
+        self.dirty_tasks.update(key for key, _ in writes.tasks if key in self.tasks)
         for key, _ in writes.runs:
             task_id, _, run_id = key.partition(".")
             if run_id == LEDGER_RUN_ID:
@@ -486,3 +572,4 @@ class StoreState:
         for key in writes.removed_runs:
             task_id, _, run_id = key.partition(".")
             self.removed_runs.add((task_id, run_id))
+

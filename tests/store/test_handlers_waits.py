@@ -22,7 +22,7 @@ class BlockingQueries:
         self.release = asyncio.Event()
         self.waiting = 0
 
-    def task(self, task_id: str) -> Any:
+    async def task(self, task_id: str) -> Any:
         return {"id": task_id}
 
     async def wait(self, request: api.WaitTaskRequest) -> Any:

@@ -11,13 +11,23 @@ from proto import bounds, codec, events, subjects
 from proto.errors import FieldError
 from proto.tasks import Limits
 from services.common import natsio
+from proto.records import TaskRecord
 from services.store.commands import Commands
+from services.store.errors import TaskNotFound
 from services.store.state import StoreState
 
 
 async def _commands(js: JetStreamContext) -> Commands:
     await natsio.setup_owned(js, "store", 1)
-    return Commands(js, StoreState(), Limits(), lambda _: None)
+    state = StoreState()
+
+    async def find_task(task_id: str) -> TaskRecord:
+        task = state.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    return Commands(js, state, Limits(), lambda _: None, find_task)
 
 
 async def _published(js: JetStreamContext) -> int:

@@ -1,0 +1,313 @@
+"""The store's on-disk catalog of every retained task: what lists, filters, counts and sweeps read.
+
+SQLite (standard library, WAL mode) rather than another bucket or an in-memory index: lists by
+status, name prefix and time need secondary indexes that KV does not have, an in-memory index
+grows with history (the reason this exists), and an embedded database keeps them on disk with
+page-cache memory bounded by a setting. The catalog is *derived* state: KV stays the truth, the
+catalog is written behind it in batches (after the KV writes of the same batch), and it is
+rebuilt from KV when it is missing, corrupt, or of another schema version.
+
+One row per task: the columns lists filter on, nothing else (the records stay in KV). Counts by
+status, kind and trigger are kept by triggers in the same transactions, so reading them never
+scans. Task ids are UUIDv7 and sort by creation time: "newest first" is the primary key, descending.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from proto.records import TaskRecord
+from proto.tasks import FINAL_STATUSES
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Bumped whenever the tables change: a catalog of another version is rebuilt from KV."""
+
+_SCHEMA = """
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    task_type TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    finished_us INTEGER,
+    final INTEGER NOT NULL,
+    idempotency_key TEXT
+) WITHOUT ROWID;
+CREATE INDEX tasks_by_status ON tasks (status, id);
+CREATE INDEX tasks_by_name ON tasks (name, id);
+CREATE INDEX tasks_active ON tasks (id) WHERE final = 0;
+CREATE INDEX tasks_schedules ON tasks (id) WHERE task_type = 'scheduled';
+CREATE INDEX tasks_expiring ON tasks (finished_us) WHERE finished_us IS NOT NULL;
+CREATE INDEX tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE counts (dimension TEXT NOT NULL, value TEXT NOT NULL, n INTEGER NOT NULL,
+                     PRIMARY KEY (dimension, value)) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
+CREATE TABLE deleted (id TEXT PRIMARY KEY, deleted_us INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX deleted_by_time ON deleted (deleted_us);
+CREATE TRIGGER tasks_insert AFTER INSERT ON tasks BEGIN
+    INSERT INTO counts VALUES ('status', NEW.status, 1), ('kind', NEW.kind, 1), ('trigger', NEW.task_type, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER tasks_delete AFTER DELETE ON tasks BEGIN
+    UPDATE counts SET n = n - 1 WHERE (dimension = 'status' AND value = OLD.status)
+        OR (dimension = 'kind' AND value = OLD.kind) OR (dimension = 'trigger' AND value = OLD.task_type);
+END;
+CREATE TRIGGER tasks_move AFTER UPDATE OF status ON tasks WHEN OLD.status != NEW.status BEGIN
+    UPDATE counts SET n = n - 1 WHERE dimension = 'status' AND value = OLD.status;
+    INSERT INTO counts VALUES ('status', NEW.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+"""
+
+_UPSERT = """
+INSERT INTO tasks (id, name, status, kind, task_type, created_us, finished_us, final, idempotency_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET status = excluded.status, finished_us = excluded.finished_us,
+    final = excluded.final
+WHERE tasks.status != excluded.status OR tasks.finished_us IS NOT excluded.finished_us
+"""
+
+DENSE_MATCHES = 2000
+"""A name prefix matching more tasks than this is served by walking ids (matches are dense)."""
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """What a list asks for; every field optional."""
+
+    status: str | None = None
+    kind: str | None = None
+    task_type: str | None = None
+    name_prefix: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class CatalogUnusable(Exception):
+    """The catalog file cannot be used (corrupt, another version): rebuild it from KV."""
+
+
+class Catalog:
+    """The tasks table and its counts, in one SQLite file."""
+
+    def __init__(self, path: Path | str, cache_mb: int = 16) -> None:
+        self.path = Path(path) if path != ":memory:" else path
+        self.cache_mb = cache_mb
+        self.db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            # NORMAL: a power cut may lose the last transactions, never corrupt; the catalog trails KV anyway.
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
+            db.execute("PRAGMA temp_store = MEMORY")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            has_tables = db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
+            if not has_tables:
+                db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
+                self.created = True
+            elif version != SCHEMA_VERSION:
+                raise CatalogUnusable(f"catalog schema version {version}, this store uses {SCHEMA_VERSION}")
+            else:
+                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise CatalogUnusable("catalog failed SQLite's quick_check")
+                self.created = False
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise CatalogUnusable(str(exc)) from exc
+        except CatalogUnusable:
+            db.close()
+            raise
+        return db
+
+    @classmethod
+    def open_or_reset(cls, path: Path, cache_mb: int = 16) -> Catalog:
+        """Open the catalog; an unusable one is deleted and made anew (``created`` then says so)."""
+        try:
+            return cls(path, cache_mb)
+        except CatalogUnusable as exc:
+            log.warning("catalog %s unusable (%s): rebuilding it from KV", path, exc)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            return cls(path, cache_mb)
+
+    def close(self) -> None:
+        """Close the file (safe twice)."""
+        self.db.close()
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def commit(self, tasks: Iterable[TaskRecord], removed: Iterable[str] = (),
+               meta: dict[str, bytes] | None = None) -> None:
+        """Write a batch in one transaction: changed tasks, removed ids, and meta values."""
+        rows = [_row(task) for task in tasks]
+        with _transaction(self.db):
+            if rows:
+                self.db.executemany(_UPSERT, rows)
+            gone = [(task_id,) for task_id in removed]
+            if gone:
+                self.db.executemany("DELETE FROM tasks WHERE id = ?", gone)
+                now = _us(datetime.now(timezone.utc))
+                self.db.executemany("INSERT OR IGNORE INTO deleted VALUES (?, ?)", [(t, now) for (t,) in gone])
+            for key, value in (meta or {}).items():
+                self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
+                                (key, value))
+
+    def clear(self) -> None:
+        """Forget every task (before a rebuild); deletions still marked in KV are kept."""
+        with _transaction(self.db):
+            self.db.execute("DELETE FROM tasks")
+            self.db.execute("DELETE FROM counts")
+            self.db.execute("DELETE FROM meta")
+
+    def deleted_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Deleted tasks whose delete markers in KV are older than ``cutoff``."""
+        rows = self.db.execute("SELECT id FROM deleted WHERE deleted_us < ? ORDER BY deleted_us LIMIT ?",
+                               (_us(cutoff), limit))
+        return [row[0] for row in rows]
+
+    def forget_deleted(self, task_ids: Iterable[str]) -> None:
+        """The delete markers of these tasks are gone from KV."""
+        with _transaction(self.db):
+            self.db.executemany("DELETE FROM deleted WHERE id = ?", [(t,) for t in task_ids])
+
+    def deleted_count(self) -> int:
+        """Deleted tasks whose markers KV still holds."""
+        return self.db.execute("SELECT count(*) FROM deleted").fetchone()[0]
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def __len__(self) -> int:
+        return sum(self.counts("trigger").values())
+
+    def counts(self, dimension: str) -> dict[str, int]:
+        """Tasks per status, kind or trigger (``dimension``), from the kept counts."""
+        rows = self.db.execute("SELECT value, n FROM counts WHERE dimension = ? AND n > 0 ORDER BY value",
+                               (dimension,))
+        return dict(rows.fetchall())
+
+    def status_of(self, task_id: str) -> str | None:
+        """The task's status as catalogued, or None when the catalog does not know it."""
+        row = self.db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return row[0] if row else None
+
+    def task_for_key(self, idempotency_key: str) -> str | None:
+        """The task submitted with this idempotency key, if one is retained."""
+        row = self.db.execute("SELECT id FROM tasks WHERE idempotency_key = ? ORDER BY id LIMIT 1",
+                              (idempotency_key,)).fetchone()
+        return row[0] if row else None
+
+    def active_ids(self) -> list[str]:
+        """Tasks that are not final (what the store keeps in memory)."""
+        return [row[0] for row in self.db.execute("SELECT id FROM tasks WHERE final = 0")]
+
+    def schedule_ids(self) -> list[str]:
+        """Every retained scheduled task, newest first."""
+        return [row[0] for row in self.db.execute(
+            "SELECT id FROM tasks WHERE task_type = 'scheduled' ORDER BY id DESC")]
+
+    def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
+        """Up to ``limit`` one-shot tasks that finished before ``cutoff``, oldest first."""
+        rows = self.db.execute("SELECT id FROM tasks WHERE finished_us IS NOT NULL AND finished_us < ? "
+                               "ORDER BY finished_us LIMIT ?", (_us(cutoff), limit))
+        return [row[0] for row in rows]
+
+    def page(self, where: ListFilter, before: str | None, limit: int) -> tuple[list[str], str | None]:
+        """Up to ``limit`` task ids, newest first, older than cursor ``before``; and the next cursor."""
+        clauses, params = [], []
+        if before is not None:
+            clauses.append("id < ?")
+            params.append(before)
+        for column, value in (("status", where.status), ("kind", where.kind), ("task_type", where.task_type)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if where.created_after is not None:
+            clauses.append("id >= ? AND created_us >= ?")
+            params += [_id_floor(where.created_after), _us(where.created_after)]
+        if where.created_before is not None:
+            clauses.append("id < ? AND created_us < ?")
+            params += [_id_ceiling(where.created_before), _us(where.created_before)]
+        if where.name_prefix:
+            low, high = where.name_prefix, _after_prefix(where.name_prefix)
+            # A rare prefix is found through the name index (then sorted); a common one by walking
+            # ids newest first, where matches come soon. "+name" keeps SQLite off the name index.
+            column = "name" if self._matches_at_most(low, high, DENSE_MATCHES) else "+name"
+            clauses.append(f"{column} >= ?" + (f" AND {column} < ?" if high is not None else ""))
+            params += [low] + ([high] if high is not None else [])
+        sql = "SELECT id FROM tasks" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        sql += " ORDER BY id DESC LIMIT ?"
+        ids = [row[0] for row in self.db.execute(sql, (*params, limit + 1))]
+        if len(ids) > limit:
+            return ids[:limit], ids[limit - 1]
+        return ids, None
+
+    def _matches_at_most(self, low: str, high: str | None, bound: int) -> bool:
+        sql = "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE name >= ?" + (" AND name < ?" if high else "")
+        found = self.db.execute(sql + " LIMIT ?)", (low, *([high] if high else []), bound + 1)).fetchone()[0]
+        return found <= bound
+
+    def ids(self) -> Iterator[str]:
+        """Every catalogued id (for checks against KV)."""
+        for row in self.db.execute("SELECT id FROM tasks"):
+            yield row[0]
+
+
+class _transaction:
+    """BEGIN … COMMIT, or ROLLBACK on an error (the connection is in autocommit mode)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN")
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _row(task: TaskRecord) -> tuple[object, ...]:
+    final = task.status in FINAL_STATUSES
+    expires = final and task.task_type != "scheduled" and task.finished_at is not None
+    return (task.id, task.name, task.status, task.kind, task.task_type, _us(task.created_at),
+            _us(task.finished_at) if expires and task.finished_at else None, int(final), task.idempotency_key)
+
+
+def _us(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _id_floor(moment: datetime) -> str:
+    """The smallest UUIDv7 string of a task created at or after ``moment`` (millisecond resolution)."""
+    hex_ms = f"{int(moment.timestamp() * 1000):012x}"
+    return f"{hex_ms[:8]}-{hex_ms[8:]}"
+
+
+def _id_ceiling(moment: datetime) -> str:
+    """A string above every UUIDv7 of a task created before ``moment``."""
+    hex_ms = f"{int(moment.timestamp() * 1000) + 1:012x}"
+    return f"{hex_ms[:8]}-{hex_ms[8:]}"
+
+
+def _after_prefix(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with ``prefix`` (None: no such string)."""
+    last = ord(prefix[-1])
+    if last >= 0x10FFFF:
+        return None
+    following = last + 1 if last + 1 != 0xD800 else 0xE000  # surrogates are no characters in UTF-8
+    return prefix[:-1] + chr(following)
