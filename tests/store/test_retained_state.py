@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import pytest
 
 from proto import subjects
 from tests.support import Api, Stack, TargetServer
@@ -136,6 +137,7 @@ async def test_a_cursor_from_before_a_restart_continues_the_same_listing(stack: 
     assert not set(newer) & {t["id"] for t in rest}
 
 
+@pytest.mark.slow
 async def test_retention_removes_tasks_from_the_catalog_and_from_kv(tmp_path: Path, target: TargetServer) -> None:
     stack = Stack(tmp_path, env_extra={"TASKMESH_TASK_RETENTION": "2", "TASKMESH_RETENTION_SWEEP_INTERVAL": "0.3"})
     stack.start()
