@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, overload, TypeVar
 
 import msgspec
 
@@ -29,9 +29,13 @@ def decoder(kind: type[T] | Any) -> msgspec.json.Decoder:
     return found
 
 
-def decode(kind: type[T] | Any, data: bytes) -> T:
-    """Decode ``data`` as ``kind``; raises msgspec.ValidationError / DecodeError."""
-    return decoder(kind).decode(data)
+@overload
+def decode(kind: type[T], data: bytes | None) -> T: ...
+@overload
+def decode(kind: Any, data: bytes | None) -> Any: ...
+def decode(kind: Any, data: bytes | None) -> Any:
+    """Decode ``data`` as ``kind``; raises msgspec.ValidationError / DecodeError (also for no data)."""
+    return decoder(kind).decode(data or b"")
 
 
 task_event_decoder = decoder(events.TaskEvent)

@@ -25,7 +25,7 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
 # --- Task lifecycle (TASKS stream, published by the store) ------------------------------------
 
 
-class TaskSubmitted(Event, tag="task_submitted"):
+class TaskSubmitted(Event, frozen=True, tag="task_submitted"):
     """A task was accepted; ``occurred_at`` is the acceptance time delays count from."""
 
     subject_kind: ClassVar[str] = "submitted"
@@ -35,7 +35,7 @@ class TaskSubmitted(Event, tag="task_submitted"):
     idempotency_key: str | None = None
 
 
-class TaskCancelled(Event, tag="task_cancelled"):
+class TaskCancelled(Event, frozen=True, tag="task_cancelled"):
     """The user cancelled the task: nothing more may start; running runs are killed."""
 
     subject_kind: ClassVar[str] = "cancelled"
@@ -44,7 +44,7 @@ class TaskCancelled(Event, tag="task_cancelled"):
     reason: str = "cancelled by user"
 
 
-class TaskDeleted(Event, tag="task_deleted"):
+class TaskDeleted(Event, frozen=True, tag="task_deleted"):
     """The user deleted the task; its timers go, and its records are removed."""
 
     subject_kind: ClassVar[str] = "deleted"
@@ -53,7 +53,7 @@ class TaskDeleted(Event, tag="task_deleted"):
     cancel_running: bool = True
 
 
-class SchedulePaused(Event, tag="schedule_paused"):
+class SchedulePaused(Event, frozen=True, tag="schedule_paused"):
     """No further fires until resumed."""
 
     subject_kind: ClassVar[str] = "paused"
@@ -61,7 +61,7 @@ class SchedulePaused(Event, tag="schedule_paused"):
     task_id: str
 
 
-class ScheduleResumed(Event, tag="schedule_resumed"):
+class ScheduleResumed(Event, frozen=True, tag="schedule_resumed"):
     """Fires resume from the next fire time after ``occurred_at``."""
 
     subject_kind: ClassVar[str] = "resumed"
@@ -69,7 +69,7 @@ class ScheduleResumed(Event, tag="schedule_resumed"):
     task_id: str
 
 
-class ScheduleTriggered(Event, tag="schedule_triggered"):
+class ScheduleTriggered(Event, frozen=True, tag="schedule_triggered"):
     """Run the scheduled task once now, besides its schedule."""
 
     subject_kind: ClassVar[str] = "triggered"
@@ -85,7 +85,7 @@ TaskEvent = TaskSubmitted | TaskCancelled | TaskDeleted | SchedulePaused | Sched
 ScheduleState = Literal["active", "paused", "completed", "cancelled"]
 
 
-class ScheduleUpdated(Event, tag="schedule_updated"):
+class ScheduleUpdated(Event, frozen=True, tag="schedule_updated"):
     """The scheduler's view of a schedule after a change or a fire."""
 
     subject_kind: ClassVar[str] = "updated"
@@ -99,7 +99,7 @@ class ScheduleUpdated(Event, tag="schedule_updated"):
     last_fire_at: datetime | None = None
 
 
-class SlotSkipped(Event, tag="slot_skipped"):
+class SlotSkipped(Event, frozen=True, tag="slot_skipped"):
     """A fire time passed without a run, on purpose (overlap policy ``forbid``)."""
 
     subject_kind: ClassVar[str] = "skipped"
@@ -109,7 +109,7 @@ class SlotSkipped(Event, tag="slot_skipped"):
     reason: str
 
 
-class SlotsMissed(Event, tag="slots_missed"):
+class SlotsMissed(Event, frozen=True, tag="slots_missed"):
     """Fire times passed while no scheduler ran; what the misfire policy did about them."""
 
     subject_kind: ClassVar[str] = "missed"

@@ -85,7 +85,7 @@ class RunDue(Struct, kw_only=True):
 # --- Run events (EVENTS stream) ---------------------------------------------------------------
 
 
-class RunQueued(Event, tag="run_queued"):
+class RunQueued(Event, frozen=True, tag="run_queued"):
     """The scheduler made a run due and put it on the work queue."""
 
     subject_kind: ClassVar[str] = "queued"
@@ -110,7 +110,7 @@ class ScheduleView(Struct, kw_only=True, omit_defaults=True):
     skipped_count: int = 0
 
 
-class RunStarted(Event, tag="run_started"):
+class RunStarted(Event, frozen=True, tag="run_started"):
     """A runner began the attempt ``attempt`` of the run."""
 
     subject_kind: ClassVar[str] = "started"
@@ -131,7 +131,7 @@ class RunTimings(Struct, kw_only=True, omit_defaults=True):
     total_ms: float | None = None
 
 
-class RunFinished(Event, tag="run_finished"):
+class RunFinished(Event, frozen=True, tag="run_finished"):
     """The outcome of one attempt: the only event that ends an attempt."""
 
     subject_kind: ClassVar[str] = "finished"
@@ -158,7 +158,7 @@ class RunFinished(Event, tag="run_finished"):
     retry_at: datetime | None = None
 
 
-class RunCancelRequested(Event, tag="run_cancel_requested"):
+class RunCancelRequested(Event, frozen=True, tag="run_cancel_requested"):
     """Cancel one run (overlap policy ``replace``, or a user's per-run cancel)."""
 
     subject_kind: ClassVar[str] = "cancel"

@@ -82,7 +82,7 @@ class Output:
             needed = minimum_width(self.console, renderable)
             if needed > self.console.width:
                 # rich never prints wider than its console: a wider one on the same stream, same colours
-                Console(file=self.console.file, width=needed, color_system=self.console.color_system,
+                Console(file=self.console.file, width=needed, color_system=self.console.color_system,  # type: ignore[arg-type]  # rich reports the system it was given
                         force_terminal=self.console.is_terminal, highlight=False).print(renderable)
                 return
         self.console.print(renderable)
@@ -112,7 +112,9 @@ def api_command(func: Callable[..., int | None]) -> Callable[..., None]:
     def run(ctx: click.Context, *args: Any, as_json: bool = False, **kwargs: Any) -> None:
         out = Output(as_json)
         try:
-            code = func(out, ctx.find_object(Connection).open(ctx), *args, **kwargs)
+            connection = ctx.find_object(Connection)
+            assert connection is not None, "the group callback always sets the connection"
+            code = func(out, connection.open(ctx), *args, **kwargs)
         except GatewayError as exc:
             out.error(exc)
             ctx.exit(EXIT_API_ERROR)

@@ -53,7 +53,7 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    streams = {s.process.stdout.fileno(): s for s in services if s.process and s.process.stdout}  # type: ignore[union-attr]
+    streams = {s.process.stdout.fileno(): s for s in services if s.process and s.process.stdout}
     announced = False
     started = time.monotonic()
     try:

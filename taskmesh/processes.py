@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 SERVICES = ("store", "scheduler", "runner", "gateway")
 NATS_CONFIG = "# written by taskmesh: task records with big specs and results need more than 1 MB\nmax_payload: 8MB\n"
@@ -148,17 +149,16 @@ class ServiceProcess:
 
     def start(self, *, pipe_output: bool = False) -> ServiceProcess:
         env = {**os.environ, **self.env}
-        if pipe_output:
-            stdout = subprocess.PIPE
-        else:
+        log_file: IO[bytes] | None = None
+        if not pipe_output:
             assert self.log_path is not None
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            stdout = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+            log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}", *self.extra_args],
-                                        env=env, stdout=stdout, stderr=subprocess.STDOUT,
+                                        env=env, stdout=log_file or subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, cwd=project_root(), preexec_fn=_detach)
-        if not pipe_output:
-            stdout.close()  # type: ignore[union-attr]
+        if log_file is not None:
+            log_file.close()
         return self
 
     @property

@@ -27,7 +27,7 @@ DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds()
 
 async def within_deadline(call: Awaitable[object], seconds: float = DEADLINE_SECONDS) -> None:
     """Await one NATS call, giving up after ``seconds`` (a reply that never comes must not hang us)."""
-    await asyncio.wait_for(call, seconds)  # type: ignore[arg-type]
+    await asyncio.wait_for(call, seconds)
 
 
 def retry_delay_seconds(delivered: int) -> float:

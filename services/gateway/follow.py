@@ -77,7 +77,7 @@ class _Follower:
         after = self.next_seq - 1 if self.attempt is not None else -1
         while True:
             asked = api.GetLogsRequest(id=self.task_id, run_id=self.run_id, attempt=self.attempt, after=after)
-            reply: api.LogsReply = await self.store.call(subjects.GET_LOGS, asked, api.LogsReply)  # type: ignore[assignment]
+            reply: api.LogsReply = await self.store.call(subjects.GET_LOGS, asked, api.LogsReply)
             self.run_id = self.run_id or reply.run_id
             if self.attempt is None:
                 self.attempt = reply.attempt
@@ -106,10 +106,10 @@ class _Follower:
         if not reply.finished:
             return False
         if self.run_id is None:
-            status = (await self.store.call(subjects.GET_TASK, api.TaskRef(id=self.task_id), TaskRecord)).status  # type: ignore[union-attr]
+            status = (await self.store.call(subjects.GET_TASK, api.TaskRef(id=self.task_id), TaskRecord)).status
         else:
             run: RunRecord = await self.store.call(subjects.GET_RUN, api.RunRef(id=self.task_id, run_id=self.run_id),
-                                                   RunRecord)  # type: ignore[assignment]
+                                                   RunRecord)
             if self.attempt is not None and run.attempt > self.attempt:  # a retry began: follow it
                 await self.next_attempt(run.attempt)
                 return await self.caught_up()
@@ -150,8 +150,8 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        follower = _Follower(response, store, query.id, first.run_id)  # type: ignore[union-attr]
-        follower.attempt = query.attempt or first.attempt  # type: ignore[union-attr]
+        follower = _Follower(response, store, query.id, first.run_id)
+        follower.attempt = query.attempt or first.attempt
         if await follower.caught_up():
             return response
         await _follow_live(gateway.stopping, inbox, follower, response)

@@ -30,7 +30,7 @@ async def health(request: web.Request) -> web.Response:
     try:
         store = await gateway.store.call(subjects.STORE_HEALTH, api.StatsRequest(), api.StoreHealth,
                                          timeout=CHECK_TIMEOUT_SECONDS)
-        checks["store"] = api.DependencyHealth(status="ok", detail=f"{store.tasks} tasks")  # type: ignore[union-attr]
+        checks["store"] = api.DependencyHealth(status="ok", detail=f"{store.tasks} tasks")
     except (ApiError, StoreReplyError) as exc:
         checks["store"] = api.DependencyHealth(status="down", detail=str(exc))
 
@@ -76,6 +76,6 @@ async def metrics(request: web.Request) -> web.Response:
         stats = await gateway.store.call(subjects.GET_STATS, api.StatsRequest(), api.Stats, timeout=CHECK_TIMEOUT_SECONDS)
     except (ApiError, StoreReplyError):
         stats = None
-    text = gateway.metrics.render(stats, (gateway.waiters, gateway.followers))  # type: ignore[arg-type]
+    text = gateway.metrics.render(stats, (gateway.waiters, gateway.followers))
     return web.Response(text=text, content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")

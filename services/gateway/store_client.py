@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 from nats.aio.client import Client
@@ -50,6 +50,11 @@ class StoreClient:
             raise StoreReplyError(codec.error_reply(reply.data))
         return reply.data
 
+    @overload
+    async def call(self, subject: str, request: Any, reply_type: type[T], timeout: float | None = None) -> T: ...
+    @overload
+    async def call(self, subject: str, request: Any = None, reply_type: None = None,
+                   timeout: float | None = None) -> bytes: ...
     async def call(self, subject: str, request: Any = None, reply_type: type[T] | None = None,
                    timeout: float | None = None) -> T | bytes:
         """Encode ``request``, send it, decode the reply as ``reply_type`` (raw bytes if None)."""
@@ -68,8 +73,8 @@ class StoreClient:
         chunks: list[LogChunk] = []
         while True:
             reply = await self.call(subjects.GET_LOGS, query, api.LogsReply)
-            chunks.extend(reply.chunks)  # type: ignore[union-attr]
-            if not reply.more or not reply.chunks:  # type: ignore[union-attr]
+            chunks.extend(reply.chunks)
+            if not reply.more or not reply.chunks:
                 return chunks
-            query = msgspec.structs.replace(query, run_id=reply.run_id, attempt=reply.attempt,  # type: ignore[union-attr]
-                                            after=reply.chunks[-1].seq)  # type: ignore[union-attr]
+            query = msgspec.structs.replace(query, run_id=reply.run_id, attempt=reply.attempt,
+                                            after=reply.chunks[-1].seq)

@@ -65,8 +65,9 @@ class HttpTasks:
         except OSError:
             return None  # unresolvable here; the request itself will say so
         for info in infos:
-            if not self.policy.permits(info[4][0]):
-                return f"{host} resolves to {info[4][0]}, which the egress policy blocks"
+            address = str(info[4][0])
+            if not self.policy.permits(address):
+                return f"{host} resolves to {address}, which the egress policy blocks"
         return None
 
     async def execute(self, spec: TaskSpec, output: RunOutput) -> Outcome:

@@ -56,13 +56,13 @@ class RunOutput:
         room = self.cap_bytes - self.bytes_kept
         if len(data) > room:
             data = data[:room]
-            self._append(stream, self._decoders[stream].decode(data, final=True))  # type: ignore[index]
+            self._append(stream, self._decoders[stream].decode(data, final=True))
             self.bytes_kept += len(data)
             self.truncated = True
             self._append("system", f"\n[output truncated at {self.cap_bytes} bytes; the rest was discarded]\n")
             return
         self.bytes_kept += len(data)
-        self._append(stream, self._decoders[stream].decode(data))  # type: ignore[index]
+        self._append(stream, self._decoders[stream].decode(data))
 
     def system(self, text: str) -> None:
         """Add a line of Taskmesh's own (what happened to the run), never user secrets."""

@@ -229,7 +229,8 @@ class Catalog:
 
     def page(self, where: ListFilter, before: str | None, limit: int) -> tuple[list[str], str | None]:
         """Up to ``limit`` task ids, newest first, older than cursor ``before``; and the next cursor."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         if before is not None:
             clauses.append("id < ?")
             params.append(before)

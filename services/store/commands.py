@@ -86,7 +86,7 @@ class Commands:
             if duplicate:
                 # The key was used moments ago, before a store restart: the first event stands.
                 original = await self.js.get_msg(subjects.STREAM_TASKS, seq)
-                event = codec.task_event_decoder.decode(original.data)  # type: ignore[assignment]
+                event = codec.task_event_decoder.decode(original.data)
                 task_id = event.task_id
             self._apply(event, seq)
             if key is not None:

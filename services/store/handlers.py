@@ -102,7 +102,7 @@ class ApiHandlers:
                         f"the answer is {len(data)} bytes, more than NATS carries ({self.nc.max_payload}); "
                         "ask for less (a smaller limit or page)"))
                     data = codec.encode(reply)
-                headers = {subjects.HEADER_ERROR: reply.error.code} if isinstance(reply, ErrorBody) else None
+                headers = {subjects.HEADER_ERROR: str(reply.error.code)} if isinstance(reply, ErrorBody) else None
                 try:
                     await self.nc.publish(msg.reply, data, headers=headers)
                 except Exception as exc:  # the requester is gone or NATS is down

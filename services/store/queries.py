@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from proto import api, codec, subjects
 from proto.streams import REPLY_PAGE_BYTES
 from proto.records import RunRecord, TaskRecord
-from proto.runs import FINAL_RUN_STATUSES, DeadLetter
+from proto.runs import FINAL_RUN_STATUSES, DeadLetter, LogChunk
 from proto.tasks import FINAL_STATUSES
 from services.common.clock import utcnow
 from services.common.presence import ServiceRegistry
@@ -65,7 +65,8 @@ class Queries:
                            name_prefix=request.name, created_after=request.created_after,
                            created_before=request.created_before)
         ids, cursor = self.state.catalog.page(where, request.cursor, request.limit)
-        page, size = [], 0
+        page: list[TaskRecord] = []
+        size = 0
         for task in await self._tasks(ids):
             size += len(codec.encode(task))
             if page and size > REPLY_PAGE_BYTES:
@@ -120,7 +121,8 @@ class Queries:
             chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
         all_stored = len(chunks) >= expected
         chunks = [c for c in chunks if c.seq > request.after]
-        page, size = [], 0
+        page: list[LogChunk] = []
+        size = 0
         for chunk in chunks:
             size += len(chunk.data) + 200
             if page and size > REPLY_PAGE_BYTES:
@@ -151,8 +153,9 @@ class Queries:
                    for r in await self._runs(task)
                    if r.run_id != LEDGER_RUN_ID and r.scheduled_for is not None]
         in_memory = self.state.ledgers.get(task.id)
-        entries.extend(in_memory if in_memory is not None or task.id in self.state.tasks
-                       else await self.persistence.get_ledger(task.id))
+        if in_memory is None and task.id not in self.state.tasks:
+            in_memory = await self.persistence.get_ledger(task.id)
+        entries.extend(in_memory or [])
         entries.sort(key=lambda e: e.scheduled_for, reverse=True)
         return api.Ledger(id=task.id, entries=entries[:request.limit], fired_count=task.fired_count,
                           missed_count=task.missed_count, skipped_count=task.skipped_count)

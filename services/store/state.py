@@ -461,7 +461,7 @@ class StoreState:
             task.next_retry_at = None
             task.duration_ms = ms_between(task.started_at, task.finished_at) if task.started_at else None
         self._summarise(task)
-        self._touch(task, run.finished_at)  # type: ignore[arg-type]
+        self._touch(task, run.finished_at)
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import select
 import signal
 import struct
 import sys
+from typing import Any
 import time
 import traceback
 
@@ -122,7 +123,7 @@ def _request(payload):
     try:
         import requests  # the seed's default requirement for isolated API tasks
     except ImportError:
-        requests = None
+        requests = None  # type: ignore[assignment]  # optional inside a sandbox: urllib is the fallback
     try:
         if requests is not None:
             response = requests.request(request["method"], request["url"], headers=request["headers"], data=data,
@@ -317,7 +318,7 @@ def _checked(data, mode, result_cap):
         if isinstance(frame.get("reason"), str):
             checked["reason"] = frame["reason"][:1024]
         return checked
-    error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+    error: dict[str, Any] = frame["error"] if isinstance(frame.get("error"), dict) else {}
     if error.get("type") not in ERROR_TYPES.get(mode, ()):
         return _invalid("the sandbox sent an unknown error type")
     checked = {"type": error["type"], "message": _capped(error.get("message"), MESSAGE_CAP) or "failed"}

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
+from docker.utils import kwargs_from_env
 import docker.errors
 import requests.exceptions
 
@@ -44,7 +45,7 @@ class Engine:
 
     def __init__(self, base_url: str | None, threads: int) -> None:
         self.base_url = base_url
-        self.where = base_url or docker.utils.kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
+        self.where = base_url or kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
         self._threads = threads
         self._client: docker.APIClient | None = None
@@ -58,7 +59,7 @@ class Engine:
     async def client(self) -> docker.APIClient:
         if self._client is None:
             def make() -> docker.APIClient:
-                options = docker.utils.kwargs_from_env()
+                options = kwargs_from_env()
                 if self.base_url:
                     options["base_url"] = self.base_url
                 return docker.APIClient(version="auto", timeout=60, max_pool_size=self._threads, **options)
