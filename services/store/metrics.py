@@ -61,16 +61,19 @@ class _Saved(msgspec.Struct, kw_only=True):
 class RunMetrics:
     """Finished runs per minute, outcome counts, durations and schedule lag."""
 
-    def __init__(self, recent: int = 2_000) -> None:
+    def __init__(self, recent: int = 500) -> None:
         self.finished_by_minute: Counter[int] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.recent_durations: deque[float] = deque(maxlen=recent)
         self.durations = CumulativeHistogram(DURATION_BOUNDS_MS)
         self.lag = CumulativeHistogram(LAG_BOUNDS_MS)
         self.stale_outcomes_rejected = 0
+        self.changes = 0
+        """Counts every change, so a saver knows whether there is anything new to save."""
 
     def run_finished(self, status: str, finished_at: datetime | None, duration_ms: float | None) -> None:
         """Count one run reaching its final state."""
+        self.changes += 1
         self.outcomes[status] += 1
         if finished_at is not None:
             self.finished_by_minute[int(finished_at.timestamp() // 60)] += 1
@@ -80,6 +83,7 @@ class RunMetrics:
 
     def run_started(self, lag_ms: float | None) -> None:
         """Record how late a run started against its scheduled time."""
+        self.changes += 1
         if lag_ms is not None:
             self.lag.observe(max(lag_ms, 0.0))
 

@@ -32,8 +32,6 @@ _task_decoder = codec.decoder(TaskRecord)
 _run_decoder = codec.decoder(RunRecord)
 KV_SEQ_KEY = "kv_tasks_seq"
 """The catalog's meta key of the last tasks-bucket sequence whose write it reflects."""
-METRICS_SAVE_SECONDS = 1.0
-"""The run metrics are saved with the catalog at most this often (and at a clean stop)."""
 CATCH_UP_LIMIT = 20_000
 """More unseen tasks-bucket writes than this: rebuild the catalog rather than read them one by one."""
 LOAD_CONCURRENCY = 256
@@ -49,7 +47,7 @@ class Persistence:
 
     def __init__(self, js: JetStreamContext, buckets: dict[str, KeyValue]) -> None:
         self.js = js
-        self._metrics_saved_at = 0.0
+        self._metrics_saved = -1
         self.tasks = buckets[subjects.BUCKET_TASKS]
         self.runs = buckets[subjects.BUCKET_RUNS]
         self.logs = buckets[subjects.BUCKET_LOGS]
@@ -211,10 +209,10 @@ class Persistence:
                             extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes})
                 raise
             self.failed_writes = 0
-            now = time.monotonic()
-            save_metrics = now - self._metrics_saved_at >= METRICS_SAVE_SECONDS
-            if save_metrics:
-                self._metrics_saved_at = now
+            # Saved with the same commit as the rows, whenever they changed: a restart neither loses
+            # nor recounts what this batch finished (a few KB; the recent sample is bounded).
+            save_metrics = state.metrics.changes != self._metrics_saved
+            self._metrics_saved = state.metrics.changes
             state.sync_catalog({KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else None, save_metrics=save_metrics)
             return len(writes.tasks) + len(writes.runs)
 

@@ -362,6 +362,7 @@ class StoreState:
         run, _ = self._run(task, event.run_id, "unknown", "queued", event.attempt)
         if event.attempt < run.attempt:
             self.metrics.stale_outcomes_rejected += 1
+            self.metrics.changes += 1
             return
         if run.status in FINAL_RUN_STATUSES:
             if run.status == "cancelled":
@@ -400,6 +401,7 @@ class StoreState:
         run, _ = self._run(task, event.run_id, "unknown", "running", event.attempt)
         if event.attempt < run.attempt:
             self.metrics.stale_outcomes_rejected += 1  # superseded attempt: fenced off
+            self.metrics.changes += 1
             return
         if run.status in FINAL_RUN_STATUSES or (run.status == "retrying" and event.attempt <= run.attempt):
             return  # this attempt's outcome is already in

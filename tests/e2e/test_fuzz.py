@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from proto import codec, subjects
+from proto import bounds, codec, subjects
 from proto.tasks import TaskSpec
 from tests.support import FINAL, Api, Stack, TargetServer
 
@@ -85,7 +85,9 @@ def _from_property(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
         return st.one_of(inside, inside, st.sampled_from(edges or [0]))
     if kind == "string":
         size = schema.get("maxLength", 64)
-        text = st.text(min_size=schema.get("minLength", 0), max_size=min(size, 64))
+        low, high = schema.get("minLength", 0), min(size, 64)
+        printable = st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=low, max_size=high)
+        text = st.one_of(printable, printable, st.text(min_size=low, max_size=high))
         return st.one_of(text, text, text, st.just("x" * (size + 1))) if "maxLength" in schema else text
     if kind == "boolean":
         return st.booleans()
@@ -171,6 +173,9 @@ def _spec_strategy(target_url: str) -> st.SearchStrategy[dict[str, Any]]:
                 spec[field] = {"X-Fuzz": "v" * draw(st.sampled_from([1, 10_000, 100_000]))}
             else:
                 spec[field] = draw(HOSTILE_NUMBERS)
+        delay = spec.get("delay_seconds")
+        if isinstance(delay, (int, float)) and 2 < delay <= bounds.MAX_DURATION_SECONDS:
+            spec["delay_seconds"] = 2  # accepted, so it must end within the test (the bounds tests try long ones)
         return spec
 
     return specs()
