@@ -1,0 +1,199 @@
+"""The dashboard in a real browser against a real stack (gateway with a token, store, scheduler, runner)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+from playwright.sync_api import expect
+
+from tests.browser.conftest import TOKEN, sign_in
+
+CODE_SLOW_HELLO = """import time
+def main():
+    time.sleep(2)
+    print("hello from the dashboard")
+    return {"answer": 42}
+"""
+CODE_TALKS = """import sys, time
+def main():
+    for i in range(1, 7):
+        print(f"line {i}\\n  continued", flush=True)
+        if i == 2:
+            print("\\x1b[31mred alert\\x1b[0m", flush=True)
+            print("to stderr", file=sys.stderr, flush=True)
+        time.sleep(0.7)
+    return "done"
+"""
+CODE_SLEEPS = "import time\ndef main():\n    time.sleep(60)\n"
+
+# Records every status the task page shows, so a test sees transitions without polling the DOM itself.
+STATUS_RECORDER = """
+window.__statuses = [];
+new MutationObserver(() => {
+  const shown = document.querySelector('#task-status')?.dataset.status;
+  if (shown && window.__statuses[window.__statuses.length - 1] !== shown) window.__statuses.push(shown);
+}).observe(document, {subtree: true, childList: true, attributes: true});
+"""
+
+
+def code_task(name: str, code: str, **extra: object) -> dict:
+    return {"name": name, "task_type": "immediate", "function_code": code, "function_name": "main", **extra}
+
+
+def wait_until(check, timeout: float = 30.0):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_a_wrong_token_is_refused_and_the_right_one_signs_in(page, http: httpx.Client) -> None:  # noqa: ANN001
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("API token").fill("not-the-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("This token was refused.")
+    expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
+
+    page.get_by_label("API token").fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.locator("#status-counts")).to_be_visible()
+    expect(page.locator(".uplot")).to_be_visible()  # the runs-per-minute chart
+    assert TOKEN not in page.url
+    assert page.evaluate("sessionStorage.getItem('taskmesh.token')") == TOKEN
+
+
+def test_a_code_task_submitted_through_the_form_goes_pending_running_succeeded_live(page) -> None:  # noqa: ANN001
+    sign_in(page)
+    page.add_init_script(STATUS_RECORDER)
+    page.goto("/#/submit")
+    page.get_by_label("Name", exact=True).fill("from the form")
+    page.get_by_label("Code", exact=True).fill(CODE_SLOW_HELLO)
+    page.evaluate("window.__notReloaded = true")
+    page.get_by_role("button", name="Submit").click()
+
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "succeeded", timeout=60_000)
+    statuses = page.evaluate("window.__statuses")
+    assert page.evaluate("window.__notReloaded") is True
+    assert statuses[0] == "pending" and "running" in statuses and statuses[-1] == "succeeded", statuses
+    assert statuses.index("running") < statuses.index("succeeded")
+    expect(page.locator("#result")).to_contain_text("42")
+    expect(page.locator("#log")).to_contain_text("hello from the dashboard")
+    expect(page.locator("pre.code .hljs-keyword").first).to_be_visible()  # the spec is highlighted
+
+
+def test_log_lines_of_a_running_task_appear_as_they_arrive(page, http: httpx.Client) -> None:  # noqa: ANN001
+    task = http.post("/api/tasks", json=code_task("talks", CODE_TALKS)).json()
+    sign_in(page)
+    page.goto(f"/#/tasks/{task['id']}")
+    log = page.locator("#log")
+    expect(log).to_contain_text("line 2", timeout=60_000)
+    assert "line 6" not in log.inner_text()  # lines are shown as they come, not at the end
+    expect(log).to_contain_text("line 6")
+    expect(page.locator("#log-status")).to_contain_text("ended: succeeded")
+    assert "line 3\n  continued" in log.inner_text()  # multi-line output is kept
+    expect(log.locator(".stderr")).to_contain_text("to stderr")
+    expect(log.locator(".a-red")).to_have_text("red alert")  # ANSI colour, escape codes gone
+    assert "\x1b" not in log.inner_text()
+
+
+def test_the_task_list_filters_by_name_prefix_and_paginates(page, http: httpx.Client) -> None:  # noqa: ANN001
+    for index in range(5):
+        http.post("/api/tasks", json=code_task(f"paged-{index}", CODE_SLEEPS, task_type="delayed",
+                                               delay_seconds=3600)).raise_for_status()
+    http.post("/api/tasks", json=code_task("unrelated", CODE_SLEEPS, task_type="delayed",
+                                           delay_seconds=3600)).raise_for_status()
+    sign_in(page)
+    page.goto("/#/tasks?limit=2")
+    page.get_by_label("Name starts with").fill("paged-")
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(r"#/tasks\?name=paged-&limit=2$"))
+    rows = page.locator("#task-table tbody tr")
+    seen: list[str] = []
+    for expected in (2, 2, 1):
+        expect(rows).to_have_count(expected)
+        seen += rows.locator("td:nth-child(2)").all_inner_texts()
+        if expected == 2:
+            page.get_by_role("button", name="Next").click()
+    assert seen == [f"paged-{i}" for i in (4, 3, 2, 1, 0)]  # newest first, each once
+    expect(page.get_by_role("button", name="Next")).to_be_disabled()
+
+    page.goto("/#/tasks?name=paged-&status=pending")  # a shared link opens the same view
+    expect(page.get_by_label("Status")).to_have_value("pending")
+    expect(rows).to_have_count(5)
+    page.get_by_label("Select every task on this page").check()
+    page.get_by_role("button", name="Cancel selected").click()
+    expect(page.locator("#confirm")).to_contain_text("Cancel 5 tasks?")
+    page.locator("#confirm-ok").click()
+    expect(page.get_by_text("No task matches.")).to_be_visible()  # none is pending any more
+    assert {t["status"] for t in http.get("/api/tasks", params={"name": "paged-"}).json()["tasks"]} == {"cancelled"}
+
+
+def test_a_schedule_made_in_the_form_is_paused_resumed_and_triggered_and_its_ledger_shows_it(page, http: httpx.Client) -> None:  # noqa: ANN001
+    sign_in(page)
+    page.goto("/#/submit")
+    page.get_by_label("Name", exact=True).fill("yearly report")
+    page.get_by_label("Code", exact=True).fill("def main():\n    return 'report'\n")
+    page.get_by_label("scheduled").check()
+    page.get_by_label("Cron expression").fill("0 9 1 1 *")
+    page.get_by_label("Time zone").fill("Europe/Berlin")
+    fires = page.locator("#cron-preview li")
+    expect(fires).to_have_count(5)
+    expect(fires.first).to_contain_text("-01-01 09:00:00+01:00")  # shown in the schedule's zone
+    page.get_by_role("button", name="Submit").click()
+
+    expect(page.get_by_role("heading", name="yearly report")).to_be_visible()
+    status = page.locator("#schedule-status")
+    expect(status).to_have_text("active")
+    page.get_by_role("button", name="Pause yearly report").click()
+    expect(status).to_have_text("paused")
+    page.get_by_role("button", name="Resume yearly report").click()
+    expect(status).to_have_text("active")
+    expect(page.get_by_text("No slot yet.")).to_be_visible()
+    page.get_by_role("button", name="Trigger yearly report now").click()
+    expect(page.locator("#ledger li")).to_have_count(1)
+    expect(page.locator("#ledger li").first.locator(".badge")).to_have_text("succeeded", timeout=60_000)
+
+
+def test_a_running_task_is_cancelled_from_its_page(page, http: httpx.Client) -> None:  # noqa: ANN001
+    task = http.post("/api/tasks", json=code_task("sleeper", CODE_SLEEPS)).json()
+    sign_in(page)
+    page.goto(f"/#/tasks/{task['id']}")
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "running", timeout=60_000)
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    page.locator("#confirm-ok").click()
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "cancelled")
+    expect(page.get_by_role("button", name="Cancel", exact=True)).to_have_count(0)
+    assert http.get(f"/api/tasks/{task['id']}").json()["status"] == "cancelled"
+
+
+def test_a_field_error_from_the_api_is_shown_next_to_its_field(page) -> None:  # noqa: ANN001
+    sign_in(page)
+    page.goto("/#/submit")
+    page.get_by_label("Code", exact=True).fill("def main(:\n    pass\n")
+    page.get_by_role("button", name="Submit").click()
+    code_field = page.locator('.field[data-field="function_code"]')
+    expect(code_field.locator(".field-error")).to_contain_text("syntax")
+    expect(page.get_by_label("Code", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Code", exact=True)).to_be_focused()
+
+    page.get_by_label("Code", exact=True).fill("def main():\n    pass\n")
+    page.get_by_label("kwargs (JSON object)").fill("{not json")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator('.field[data-field="kwargs"] .field-error')).to_contain_text("not valid JSON")
+
+
+def test_the_api_reference_renders_the_openapi_document_at_phone_width(page) -> None:  # noqa: ANN001
+    sign_in(page)
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    page.get_by_role("link", name="API").click()
+    expect(page.locator(".opblock-summary-path", has_text="/api/cron/preview")).to_be_visible()
+    expect(page.locator(".opblock").first).to_be_visible()
