@@ -26,6 +26,10 @@ def main():
         time.sleep(0.7)
     return "done"
 """
+CODE_MEBIBYTE = """def main():
+    for i in range(16000):
+        print(f"line {i:05d} " + "x" * 50)
+"""
 CODE_SLEEPS = "import time\ndef main():\n    time.sleep(60)\n"
 
 # Records every status the task page shows, so a test sees transitions without polling the DOM itself.
@@ -35,6 +39,12 @@ new MutationObserver(() => {
   const shown = document.querySelector('#task-status')?.dataset.status;
   if (shown && window.__statuses[window.__statuses.length - 1] !== shown) window.__statuses.push(shown);
 }).observe(document, {subtree: true, childList: true, attributes: true});
+"""
+
+LONG_TASK_RECORDER = """
+window.__longTasks = [];
+new PerformanceObserver((list) => { for (const entry of list.getEntries()) window.__longTasks.push(entry.duration); })
+  .observe({type: "longtask", buffered: true});
 """
 
 
@@ -97,10 +107,33 @@ def test_log_lines_of_a_running_task_appear_as_they_arrive(page, http: httpx.Cli
     assert "line 6" not in log.inner_text()  # lines are shown as they come, not at the end
     expect(log).to_contain_text("line 6")
     expect(page.locator("#log-status")).to_contain_text("ended: succeeded")
-    assert "line 3\n  continued" in log.inner_text()  # multi-line output is kept
+    text = log.inner_text()
+    assert "line 3\n  continued" in text  # multi-line output is kept
+    assert [text.index(f"line {i}") for i in range(1, 7)] == sorted(text.index(f"line {i}") for i in range(1, 7))
     expect(log.locator(".stderr")).to_contain_text("to stderr")
     expect(log.locator(".a-red")).to_have_text("red alert")  # ANSI colour, escape codes gone
     assert "\x1b" not in log.inner_text()
+
+
+def test_a_run_with_a_mebibyte_of_output_stays_responsive(page, http: httpx.Client) -> None:  # noqa: ANN001
+    task = http.post("/api/tasks", json=code_task("chatty", CODE_MEBIBYTE)).json()
+    assert http.get(f"/api/tasks/{task['id']}/wait", params={"wait": 60}).json()["status"] == "succeeded"
+    sign_in(page)
+    page.add_init_script(LONG_TASK_RECORDER)
+    opened = time.monotonic()
+    page.goto(f"/#/tasks/{task['id']}")
+    expect(page.locator("#log-status")).to_contain_text("ended: succeeded", timeout=60_000)
+    expect(page.locator("#log")).to_contain_text("line 15999 ")
+    shown_s = time.monotonic() - opened
+    assert page.evaluate("PerformanceObserver.supportedEntryTypes.includes('longtask')")
+    started = time.monotonic()
+    page.get_by_role("button", name="Jump to end").click()
+    page.get_by_label("Follow").uncheck()
+    assert time.monotonic() - started < 2, "the page answered slowly with 1 MiB of output"
+    longest = page.evaluate("Math.max(0, ...window.__longTasks)")
+    print(f"1 MiB log: all shown after {shown_s:.1f} s, longest main-thread task {longest:.0f} ms")
+    assert longest < 1500, f"the main thread was blocked for {longest:.0f} ms"
+    assert page.evaluate("document.querySelectorAll('#log .block').length") >= 15  # rendered in blocks
 
 
 def test_the_task_list_filters_by_name_prefix_and_paginates(page, http: httpx.Client) -> None:  # noqa: ANN001

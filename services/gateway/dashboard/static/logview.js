@@ -6,6 +6,7 @@ import { h } from "./ui.js";
 const BLOCK_CHARS = 32 * 1024;
 const SGR = /\x1b\[([0-9;]*)m/g;
 const OTHER_ESCAPES = /\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r(?!\n)/g;
+const STREAM_CLASS = { stdout: "stdout", stderr: "stderr", system: "system" };
 const BASIC = ["black", "red", "green", "yellow", "blue", "magenta", "cyan", "white"];
 
 /** ANSI SGR state of one stream, carried across chunks. */
@@ -50,6 +51,9 @@ function palette(n) {
   return `rgb(${scale(Math.floor(c / 36))},${scale(Math.floor(c / 6) % 6)},${scale(c % 6)})`;
 }
 
+/** Output order: attempt, then the runner's sequence number (shared by stdout and stderr). */
+function key(chunk) { return chunk.attempt * 1e9 + chunk.seq; }
+
 /** Nodes for one chunk: text split on SGR codes, other control sequences dropped. */
 function render(data, style) {
   const nodes = [];
@@ -71,6 +75,8 @@ export class LogView {
   constructor(name) {
     this.name = name;
     this.chunks = [];
+    this.keys = new Set();
+    this.lastKey = -1;
     this.queue = [];
     this.chars = 0;
     this.blockChars = 0;
@@ -112,14 +118,19 @@ export class LogView {
   }
 
   flush() {
-    const batch = this.queue;
+    const batch = this.queue.sort((a, b) => key(a) - key(b));
     this.queue = [];
     const fragment = document.createDocumentFragment();
     for (const chunk of batch) {
+      const k = key(chunk);
+      if (this.keys.has(k)) continue;  // sent again after a reconnect
+      this.keys.add(k);
       this.chunks.push(chunk);
       this.chars += chunk.data.length;
-      const nodes = render(chunk.data, this.styles[chunk.stream] || this.styles.stdout);
-      const holder = h("span", { class: chunk.stream === "stderr" ? "stderr" : "stdout" }, nodes);
+      const holder = h("span", { class: STREAM_CLASS[chunk.stream] || "stdout", dataset: { k } },
+        render(chunk.data, this.styles[chunk.stream] || this.styles.stdout));
+      if (k < this.lastKey) { this.insertLate(holder, k); continue; }
+      this.lastKey = k;
       fragment.append(holder);
       this.blockChars += chunk.data.length;
       if (this.blockChars > BLOCK_CHARS) {
@@ -132,11 +143,20 @@ export class LogView {
     if (this.follow) this.jump();
   }
 
+  /** A chunk that arrived after later ones (stored and live output interleave): put it in its place. */
+  insertLate(holder, k) {
+    const spans = this.body.querySelectorAll("span[data-k]");
+    for (let i = spans.length - 1; i >= 0; i -= 1) {
+      if (Number(spans[i].dataset.k) < k) { spans[i].after(holder); return; }
+    }
+    this.body.firstChild.prepend(holder);
+  }
+
   size() {
     return this.chars > 1024 * 1024 ? `${(this.chars / 1048576).toFixed(1)} MiB` : `${Math.ceil(this.chars / 1024)} KiB`;
   }
 
-  text() { return this.chunks.map((chunk) => chunk.data).join(""); }
+  text() { return [...this.chunks].sort((a, b) => key(a) - key(b)).map((chunk) => chunk.data).join(""); }
   jump() { this.body.scrollTop = this.body.scrollHeight; }
 
   async copy() {

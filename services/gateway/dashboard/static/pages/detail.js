@@ -107,7 +107,7 @@ export function render(root, { id, signal }) {
     heading.textContent = task.name;
     status.replaceChildren(badge(task.status, { dataset: { status: task.status } }));
     status.dataset.status = task.status;
-    actions.replaceChildren(
+    actions.replaceChildren(...[
       !FINAL.has(task.status) ? h("button", { type: "button", id: "cancel-task", onclick: async () => {
         if (await confirmAction(`Cancel “${task.name}”? A running run is killed.`, "Cancel task")) {
           act("Cancel", () => api(`${path}/cancel`, { method: "POST" }));
@@ -125,7 +125,7 @@ export function render(root, { id, signal }) {
         if (!(await confirmAction(`Delete “${task.name}” with its runs and logs? This cannot be undone.`, "Delete"))) return;
         try { await api(path, { method: "DELETE" }); toast("Deleted"); window.location.hash = "#/tasks"; }
         catch (problem) { toast(`Delete: ${problem.message}`, "error"); }
-      } }, "Delete"));
+      } }, "Delete")].filter(Boolean));
     summary.replaceChildren(h("section", { class: "card" }, facts([
       ["id", h("code", {}, task.id)], ["kind", task.kind], ["trigger", task.task_type], ["created", time(task.created_at)],
       ["queued", task.queued_at && time(task.queued_at)], ["started", task.started_at && time(task.started_at)],
