@@ -67,6 +67,10 @@ async def preview(request: web.Request) -> web.Response:
             break
         fires.append(nxt)
         cursor = nxt
-    reply = CronPreview(expression=schedule.expression, timezone=zone_name, fires=fires,
-                        local=[fire.astimezone(zone).isoformat() for fire in fires])
+    reply = CronPreview(
+        expression=schedule.expression,
+        timezone=zone_name,
+        fires=fires,
+        local=[fire.astimezone(zone).isoformat() for fire in fires],
+    )
     return web.Response(body=codec.encode(reply), content_type="application/json")

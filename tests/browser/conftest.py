@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.support import Stack
 
@@ -36,21 +37,20 @@ def dashboard_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: Non
 @pytest.fixture
 def http(dashboard_stack: Stack) -> Iterator[httpx.Client]:
     """An API client with the token, to set up and check what the browser does."""
-    with httpx.Client(base_url=dashboard_stack.base_url, timeout=30,
-                      headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+    with httpx.Client(
+        base_url=dashboard_stack.base_url, timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[object]:
+def chromium() -> Iterator[Browser]:
     """Debian's headless Chromium under Playwright."""
     if not CHROMIUM.exists():
         message = f"no Chromium at {CHROMIUM}: apt-get install chromium-headless-shell (or set TASKMESH_CHROMIUM)"
         if os.environ.get("CI") == "true":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
@@ -60,7 +60,7 @@ def chromium() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(chromium, dashboard_stack: Stack, request: pytest.FixtureRequest) -> Iterator[object]:  # noqa: ANN001
+def page(chromium: Browser, dashboard_stack: Stack, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh tab (own sessionStorage) at 1280×800; a screenshot of it is kept after the test."""
     context = chromium.new_context(viewport={"width": 1280, "height": 800}, base_url=dashboard_stack.base_url)
     context.set_default_timeout(WAIT_MS)
@@ -79,6 +79,6 @@ def page(chromium, dashboard_stack: Stack, request: pytest.FixtureRequest) -> It
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def sign_in(page) -> None:  # noqa: ANN001
+def sign_in(page: Page) -> None:
     """Open the dashboard with the token already in this tab's session (as the sign-in form leaves it)."""
     page.add_init_script(f"sessionStorage.setItem('taskmesh.token', {TOKEN!r})")

@@ -6,7 +6,7 @@ import re
 import time
 
 import httpx
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import TOKEN, sign_in
 
@@ -52,17 +52,7 @@ def code_task(name: str, code: str, **extra: object) -> dict:
     return {"name": name, "task_type": "immediate", "function_code": code, "function_name": "main", **extra}
 
 
-def wait_until(check, timeout: float = 30.0):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def test_a_wrong_token_is_refused_and_the_right_one_signs_in(page, http: httpx.Client) -> None:  # noqa: ANN001
+def test_a_wrong_token_is_refused_and_the_right_one_signs_in(page: Page, http: httpx.Client) -> None:
     page.goto("/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_label("API token").fill("not-the-token")
@@ -79,7 +69,7 @@ def test_a_wrong_token_is_refused_and_the_right_one_signs_in(page, http: httpx.C
     assert page.evaluate("sessionStorage.getItem('taskmesh.token')") == TOKEN
 
 
-def test_a_code_task_submitted_through_the_form_goes_pending_running_succeeded_live(page) -> None:  # noqa: ANN001
+def test_a_code_task_submitted_through_the_form_goes_pending_running_succeeded_live(page: Page) -> None:
     sign_in(page)
     page.add_init_script(STATUS_RECORDER)
     page.goto("/#/submit")
@@ -98,7 +88,7 @@ def test_a_code_task_submitted_through_the_form_goes_pending_running_succeeded_l
     expect(page.locator("pre.code .hljs-keyword").first).to_be_visible()  # the spec is highlighted
 
 
-def test_log_lines_of_a_running_task_appear_as_they_arrive(page, http: httpx.Client) -> None:  # noqa: ANN001
+def test_log_lines_of_a_running_task_appear_as_they_arrive(page: Page, http: httpx.Client) -> None:
     task = http.post("/api/tasks", json=code_task("talks", CODE_TALKS)).json()
     sign_in(page)
     page.goto(f"/#/tasks/{task['id']}")
@@ -115,7 +105,7 @@ def test_log_lines_of_a_running_task_appear_as_they_arrive(page, http: httpx.Cli
     assert "\x1b" not in log.inner_text()
 
 
-def test_a_run_with_a_mebibyte_of_output_stays_responsive(page, http: httpx.Client) -> None:  # noqa: ANN001
+def test_a_run_with_a_mebibyte_of_output_stays_responsive(page: Page, http: httpx.Client) -> None:
     task = http.post("/api/tasks", json=code_task("chatty", CODE_MEBIBYTE)).json()
     assert http.get(f"/api/tasks/{task['id']}/wait", params={"wait": 60}).json()["status"] == "succeeded"
     sign_in(page)
@@ -136,12 +126,14 @@ def test_a_run_with_a_mebibyte_of_output_stays_responsive(page, http: httpx.Clie
     assert page.evaluate("document.querySelectorAll('#log .block').length") >= 15  # rendered in blocks
 
 
-def test_the_task_list_filters_by_name_prefix_and_paginates(page, http: httpx.Client) -> None:  # noqa: ANN001
+def test_the_task_list_filters_by_name_prefix_and_paginates(page: Page, http: httpx.Client) -> None:
     for index in range(5):
-        http.post("/api/tasks", json=code_task(f"paged-{index}", CODE_SLEEPS, task_type="delayed",
-                                               delay_seconds=3600)).raise_for_status()
-    http.post("/api/tasks", json=code_task("unrelated", CODE_SLEEPS, task_type="delayed",
-                                           delay_seconds=3600)).raise_for_status()
+        http.post(
+            "/api/tasks", json=code_task(f"paged-{index}", CODE_SLEEPS, task_type="delayed", delay_seconds=3600)
+        ).raise_for_status()
+    http.post(
+        "/api/tasks", json=code_task("unrelated", CODE_SLEEPS, task_type="delayed", delay_seconds=3600)
+    ).raise_for_status()
     sign_in(page)
     page.goto("/#/tasks?limit=2")
     page.get_by_label("Name starts with").fill("paged-")
@@ -168,7 +160,9 @@ def test_the_task_list_filters_by_name_prefix_and_paginates(page, http: httpx.Cl
     assert {t["status"] for t in http.get("/api/tasks", params={"name": "paged-"}).json()["tasks"]} == {"cancelled"}
 
 
-def test_a_schedule_made_in_the_form_is_paused_resumed_and_triggered_and_its_ledger_shows_it(page, http: httpx.Client) -> None:  # noqa: ANN001
+def test_a_schedule_made_in_the_form_is_paused_resumed_and_triggered_and_its_ledger_shows_it(
+    page: Page, http: httpx.Client
+) -> None:
     sign_in(page)
     page.goto("/#/submit")
     page.get_by_label("Name", exact=True).fill("yearly report")
@@ -194,7 +188,7 @@ def test_a_schedule_made_in_the_form_is_paused_resumed_and_triggered_and_its_led
     expect(page.locator("#ledger li").first.locator(".badge")).to_have_text("succeeded", timeout=60_000)
 
 
-def test_a_running_task_is_cancelled_from_its_page(page, http: httpx.Client) -> None:  # noqa: ANN001
+def test_a_running_task_is_cancelled_from_its_page(page: Page, http: httpx.Client) -> None:
     task = http.post("/api/tasks", json=code_task("sleeper", CODE_SLEEPS)).json()
     sign_in(page)
     page.goto(f"/#/tasks/{task['id']}")
@@ -206,7 +200,7 @@ def test_a_running_task_is_cancelled_from_its_page(page, http: httpx.Client) -> 
     assert http.get(f"/api/tasks/{task['id']}").json()["status"] == "cancelled"
 
 
-def test_a_field_error_from_the_api_is_shown_next_to_its_field(page) -> None:  # noqa: ANN001
+def test_a_field_error_from_the_api_is_shown_next_to_its_field(page: Page) -> None:
     sign_in(page)
     page.goto("/#/submit")
     page.get_by_label("Code", exact=True).fill("def main(:\n    pass\n")
@@ -222,7 +216,7 @@ def test_a_field_error_from_the_api_is_shown_next_to_its_field(page) -> None:  #
     expect(page.locator('.field[data-field="kwargs"] .field-error')).to_contain_text("not valid JSON")
 
 
-def test_the_api_reference_renders_the_openapi_document_at_phone_width(page) -> None:  # noqa: ANN001
+def test_the_api_reference_renders_the_openapi_document_at_phone_width(page: Page) -> None:
     sign_in(page)
     page.set_viewport_size({"width": 390, "height": 800})
     page.goto("/")

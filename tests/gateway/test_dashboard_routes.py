@@ -23,8 +23,13 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
     """The gateway's application with a token configured (no NATS: these routes need none)."""
-    gateway = Gateway(settings=GatewaySettings(api_tokens=[TOKEN]), nc=Client(), store=StoreClient(Client(), 1.0),
-                      registry=ServiceRegistry(), metrics=HttpMetrics())
+    gateway = Gateway(
+        settings=GatewaySettings(api_tokens=[TOKEN]),
+        nc=Client(),
+        store=StoreClient(Client(), 1.0),
+        registry=ServiceRegistry(),
+        metrics=HttpMetrics(),
+    )
     async with TestClient(TestServer(create_app(gateway))) as test_client:
         yield test_client
 
@@ -49,8 +54,16 @@ async def test_vendored_files_are_cached_for_a_year_and_revalidate_by_etag(clien
     assert again.status == 304
 
 
-@pytest.mark.parametrize("path", ["/static/..%2fweb.py", "/static/vendor/..%2f..%2f__init__.py",
-                                  "/static/%2e%2e%2fweb.py", "/static/vendor/missing.js", "/static/pages"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/..%2fweb.py",
+        "/static/vendor/..%2f..%2f__init__.py",
+        "/static/%2e%2e%2fweb.py",
+        "/static/vendor/missing.js",
+        "/static/pages",
+    ],
+)
 async def test_nothing_outside_the_static_folder_is_served(client: TestClient, path: str) -> None:
     raw = URL(f"http://{client.server.host}:{client.server.port}{path}", encoded=True)  # not normalised by the client
     response = await client.session.get(raw)
@@ -68,8 +81,11 @@ async def test_the_api_reference_page_is_swagger_ui_over_the_openapi_document(cl
 
 
 async def test_a_cron_preview_lists_the_next_fire_times_in_the_time_zone(client: TestClient) -> None:
-    response = await client.get("/api/cron/preview", headers=AUTH,
-                                params={"expression": "0 9 * * 1", "timezone": "America/New_York", "count": "3"})
+    response = await client.get(
+        "/api/cron/preview",
+        headers=AUTH,
+        params={"expression": "0 9 * * 1", "timezone": "America/New_York", "count": "3"},
+    )
     assert response.status == 200
     body = await response.json()
     assert len(body["fires"]) == 3 and len(body["local"]) == 3
@@ -77,13 +93,20 @@ async def test_a_cron_preview_lists_the_next_fire_times_in_the_time_zone(client:
     assert body["fires"] == sorted(body["fires"])
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"expression": "61 * * * *"}, "expression"), ({"expression": ""}, "expression"),
-    ({"expression": "* * *"}, "expression"), ({"expression": "0 0 30 2 *"}, "expression"),
-    ({"expression": "* * * * *", "timezone": "Mars/Olympus"}, "timezone"),
-    ({"expression": "* * * * *", "count": "0"}, "count"), ({"expression": "* * * * *", "count": "x"}, "count"),
-    ({"expression": "* * * * *", "bogus": "1"}, "bogus"), ({"expression": "*" * 500}, "expression"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"expression": "61 * * * *"}, "expression"),
+        ({"expression": ""}, "expression"),
+        ({"expression": "* * *"}, "expression"),
+        ({"expression": "0 0 30 2 *"}, "expression"),
+        ({"expression": "* * * * *", "timezone": "Mars/Olympus"}, "timezone"),
+        ({"expression": "* * * * *", "count": "0"}, "count"),
+        ({"expression": "* * * * *", "count": "x"}, "count"),
+        ({"expression": "* * * * *", "bogus": "1"}, "bogus"),
+        ({"expression": "*" * 500}, "expression"),
+    ],
+)
 async def test_a_bad_cron_preview_request_names_its_field(client: TestClient, params: dict, field: str) -> None:
     response = await client.get("/api/cron/preview", headers=AUTH, params=params)
     assert response.status == 400

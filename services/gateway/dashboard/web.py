@@ -17,12 +17,19 @@ REVALIDATE = "no-cache"
 SECURITY_HEADERS = {
     # no inline scripts, no third-party origin: a script injected through task data cannot run
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".md": "text/markdown",
-         ".txt": "text/plain", ".png": "image/png", ".svg": "image/svg+xml"}
+TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".md": "text/markdown",
+    ".txt": "text/plain",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
 
 
 def is_public(path: str) -> bool:
@@ -46,9 +53,14 @@ async def static_file(request: web.Request) -> web.FileResponse:
 
 def _file(path: Path, cache: str) -> web.FileResponse:
     content_type = TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return web.FileResponse(path, headers={"Cache-Control": cache, "Content-Type": f"{content_type}; charset=utf-8"
-                                           if content_type.startswith("text/") else content_type,
-                                           **SECURITY_HEADERS})
+    return web.FileResponse(
+        path,
+        headers={
+            "Cache-Control": cache,
+            "Content-Type": f"{content_type}; charset=utf-8" if content_type.startswith("text/") else content_type,
+            **SECURITY_HEADERS,
+        },
+    )
 
 
 def add_routes(app: web.Application) -> None:
