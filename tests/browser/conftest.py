@@ -43,9 +43,10 @@ def http(dashboard_stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """Debian's headless Chromium under Playwright."""
+    """Debian's headless Chromium under Playwright's sync API, for this module only: while it runs, the
+    main thread has a running event loop, which the asyncio tests that follow must not inherit."""
     if not CHROMIUM.exists():
         message = f"no Chromium at {CHROMIUM}: apt-get install chromium-headless-shell (or set TASKMESH_CHROMIUM)"
         if os.environ.get("CI") == "true":

@@ -21,8 +21,8 @@ function code(text, language) {
   return h("pre", { class: "code", tabindex: 0 }, element);
 }
 
-function facts(pairs) {
-  return h("dl", { class: "facts" }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
+function facts(pairs, kind = "") {
+  return h("dl", { class: `facts ${kind}`.trim() }, pairs.filter(([, v]) => v !== undefined && v !== null && v !== "")
     .map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
@@ -131,7 +131,7 @@ export function render(root, { id, signal }) {
       ["queued", task.queued_at && time(task.queued_at)], ["started", task.started_at && time(task.started_at)],
       ["finished", task.finished_at && time(task.finished_at)], ["duration", duration(task.duration_ms)],
       ["runs", task.run_count], ["next run", task.next_run_at && time(task.next_run_at)],
-      ["next retry", task.next_retry_at && time(task.next_retry_at)]])));
+      ["next retry", task.next_retry_at && time(task.next_retry_at)]], "summary")));
     outcomes.replaceChildren(...outcome(task));
     if (!specBox.firstChild) specBox.append(specSection(task));
   }
