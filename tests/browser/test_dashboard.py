@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import httpx
 from playwright.sync_api import Page, expect
@@ -12,8 +13,8 @@ from tests.browser.conftest import TOKEN, sign_in
 
 CODE_SLOW_HELLO = """import time
 def main():
-    time.sleep(2)
-    print("hello from the dashboard")
+    print("hello from the dashboard", flush=True)
+    time.sleep(4)  # long enough to be seen running even when the store lags under load
     return {"answer": 42}
 """
 CODE_TALKS = """import sys, time
@@ -30,6 +31,7 @@ CODE_MEBIBYTE = """def main():
     for i in range(16000):
         print(f"line {i:05d} " + "x" * 50)
 """
+CODE_FAILS = "def main():\n    count = 'x'\n    return int(count)\n"
 CODE_SLEEPS = "import time\ndef main():\n    time.sleep(60)\n"
 
 # Records every status the task page shows, so a test sees transitions without polling the DOM itself.
@@ -61,7 +63,7 @@ def test_a_wrong_token_is_refused_and_the_right_one_signs_in(page: Page, http: h
     expect(page.get_by_role("navigation", name="Main")).to_be_hidden()
 
     page.get_by_label("API token").fill(TOKEN)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("API token").press("Enter")  # the keyboard is enough
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     expect(page.locator("#status-counts")).to_be_visible()
     expect(page.locator(".uplot")).to_be_visible()  # the runs-per-minute chart
@@ -103,6 +105,10 @@ def test_log_lines_of_a_running_task_appear_as_they_arrive(page: Page, http: htt
     expect(log.locator(".stderr")).to_contain_text("to stderr")
     expect(log.locator(".a-red")).to_have_text("red alert")  # ANSI colour, escape codes gone
     assert "\x1b" not in log.inner_text()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download").click()
+    saved = Path(download.value.path()).read_text()
+    assert saved.count("continued") == 6 and "to stderr" in saved
 
 
 def test_a_run_with_a_mebibyte_of_output_stays_responsive(page: Page, http: httpx.Client) -> None:
@@ -159,6 +165,14 @@ def test_the_task_list_filters_by_name_prefix_and_paginates(page: Page, http: ht
     expect(page.get_by_text("No task matches.")).to_be_visible()  # none is pending any more
     assert {t["status"] for t in http.get("/api/tasks", params={"name": "paged-"}).json()["tasks"]} == {"cancelled"}
 
+    page.goto("/#/tasks?name=paged-")
+    expect(rows).to_have_count(5)
+    page.get_by_label("Select every task on this page").check()
+    page.get_by_role("button", name="Delete selected").click()
+    page.locator("#confirm-ok").click()
+    expect(page.get_by_text("No task matches.")).to_be_visible()
+    assert http.get("/api/tasks", params={"name": "paged-"}).json()["tasks"] == []
+
 
 def test_a_schedule_made_in_the_form_is_paused_resumed_and_triggered_and_its_ledger_shows_it(
     page: Page, http: httpx.Client
@@ -200,6 +214,21 @@ def test_a_running_task_is_cancelled_from_its_page(page: Page, http: httpx.Clien
     assert http.get(f"/api/tasks/{task['id']}").json()["status"] == "cancelled"
 
 
+def test_a_failed_task_shows_its_traceback_and_can_be_run_again(page: Page, http: httpx.Client) -> None:
+    task = http.post("/api/tasks", json=code_task("breaks", CODE_FAILS)).json()
+    sign_in(page)
+    page.goto(f"/#/tasks/{task['id']}")
+    expect(page.locator("#task-status")).to_have_attribute("data-status", "failed", timeout=60_000)
+    error = page.get_by_role("region", name="Error")
+    expect(error).to_contain_text("ValueError")
+    expect(error.locator("pre.traceback")).to_contain_text("line 3, in main")
+    page.get_by_role("button", name="Re-run with the same spec").click()
+    expect(page).not_to_have_url(re.compile(task["id"]))
+    expect(page.get_by_role("heading", name="breaks")).to_be_visible()
+    again = page.url.rsplit("/", 1)[1]
+    assert http.get(f"/api/tasks/{again}").json()["spec"]["function_code"] == CODE_FAILS
+
+
 def test_a_field_error_from_the_api_is_shown_next_to_its_field(page: Page) -> None:
     sign_in(page)
     page.goto("/#/submit")
@@ -224,3 +253,7 @@ def test_the_api_reference_renders_the_openapi_document_at_phone_width(page: Pag
     page.get_by_role("link", name="API").click()
     expect(page.locator(".opblock-summary-path", has_text="/api/cron/preview")).to_be_visible()
     expect(page.locator(".opblock").first).to_be_visible()
+
+    page.goto("/#/runners")
+    expect(page.locator("#runner-table tbody tr")).to_have_count(1)
+    expect(page.get_by_role("region", name="Dead letters")).to_contain_text("None.")
