@@ -244,6 +244,13 @@ def test_a_field_error_from_the_api_is_shown_next_to_its_field(page: Page) -> No
     page.get_by_role("button", name="Submit").click()
     expect(page.locator('.field[data-field="kwargs"] .field-error')).to_contain_text("not valid JSON")
 
+    page.get_by_label("HTTP request").check()  # the API-task form: its fields are checked by the API too
+    expect(page.get_by_label("Code", exact=True)).to_be_hidden()
+    page.get_by_label("URL").fill("ftp://example.com/file")
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator('.field[data-field="api_url"] .field-error')).to_contain_text("http")
+    expect(page.get_by_label("URL")).to_be_focused()
+
 
 def test_the_api_reference_renders_the_openapi_document_at_phone_width(page: Page) -> None:
     sign_in(page)

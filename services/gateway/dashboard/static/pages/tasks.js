@@ -61,6 +61,23 @@ function row(task, selected) {
     h("td", {}, duration(task.duration_ms)));
 }
 
+/** Replace only the rows whose task changed, so focus and selection elsewhere stay put. */
+function patchRows(body, tasks, selected) {
+  const shown = [...body.querySelectorAll("tr[data-id]")];
+  if (!tasks.length) {
+    body.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No task matches.")));
+    return;
+  }
+  if (shown.map((tr) => tr.dataset.id).join() !== tasks.map((task) => task.id).join()) {
+    body.replaceChildren(...tasks.map((task) => row(task, selected)));
+    return;
+  }
+  tasks.forEach((task, index) => {
+    const fresh = row(task, selected);
+    if (fresh.innerHTML !== shown[index].innerHTML) shown[index].replaceWith(fresh);
+  });
+}
+
 export function render(root, { params, signal }) {
   const selected = new Set();
   const cursor = params.get("cursor");
@@ -128,8 +145,7 @@ export function render(root, { params, signal }) {
       const key = JSON.stringify(page);
       if (key === drawn) return page.tasks.some((task) => !FINAL.has(task.status));
       drawn = key;  // redrawing unchanged rows would take the keyboard focus away
-      body.replaceChildren(...(page.tasks.length ? page.tasks.map((task) => row(task, selected))
-        : [h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No task matches."))]));
+      patchRows(body, page.tasks, selected);
       pager.replaceChildren(
         h("button", { type: "button", class: "secondary", disabled: !cursor, onclick: () => go(null, []) }, "First page"),
         h("button", { type: "button", class: "secondary", disabled: !cursor,
