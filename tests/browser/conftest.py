@@ -15,6 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from taskmesh.processes import wait_http
 from tests.support import Stack
 
 TOKEN = "dashboard-test-token"
@@ -29,6 +30,18 @@ def dashboard_stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: Non
     stack = Stack(tmp_path_factory.mktemp("dashboard"), env_extra={"TASKMESH_API_TOKENS": TOKEN})
     try:
         stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def open_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A store and a gateway without tokens (local mode)."""
+    stack = Stack(tmp_path_factory.mktemp("open"))
+    try:
+        stack.start(names=("store", "gateway"), wait=False)
+        wait_http(f"{stack.base_url}/api/health", ok_statuses=(200, 503), timeout=30)
         yield stack
     finally:
         stack.stop()

@@ -31,7 +31,9 @@ export function render(root, { signal }) {
   const cards = h("div", { class: "grid" });
   const chartBox = h("figure", { class: "card chart", "aria-labelledby": "chart-title" },
     h("figcaption", { id: "chart-title" }, "Finished runs per minute, last hour"));
-  const failures = h("div", { class: "card" }, h("h2", {}, "Failures in the last hour"), h("p", { class: "muted" }, "…"));
+  const failuresTitle = () => h("h2", { id: "failures-title" }, "Failures in the last hour");
+  const failures = h("section", { class: "card", "aria-labelledby": "failures-title" }, failuresTitle(),
+    h("p", { class: "muted" }, "…"));
   const updated = h("p", { class: "muted small", "aria-live": "off" });
   root.append(h("h1", { tabindex: -1 }, "Overview"), updated, cards, chartBox, failures);
   let chart = null;
@@ -69,14 +71,15 @@ export function render(root, { signal }) {
   }, signal);
 
   every(10000, async () => {
-    const since = new Date(Date.now() - 3600_000).toISOString();
+    // finished in the last hour, whenever created: the newest failed tasks, filtered by their end
+    const since = Date.now() - 3600_000;
     const pages = await Promise.all(["failed", "timed_out"].map((status) =>
-      api(`/api/tasks${query({ status, created_after: since, limit: 20 })}`, { signal })));
-    const rows = pages.flatMap((page) => page.tasks)
+      api(`/api/tasks${query({ status, limit: 100 })}`, { signal })));
+    const rows = pages.flatMap((page) => page.tasks).filter((task) => Date.parse(task.finished_at || task.updated_at) >= since)
       .sort((a, b) => (b.finished_at || b.updated_at).localeCompare(a.finished_at || a.updated_at));
-    failures.replaceChildren(h("h2", {}, "Failures in the last hour"), rows.length
+    failures.replaceChildren(failuresTitle(), rows.length
       ? h("ul", { class: "plain" }, rows.map((task) => h("li", {}, badge(task.status), " ",
-        h("a", { href: `#/tasks/${task.id}` }, task.name), " ", h("span", { class: "muted" },
+        h("a", { href: `#/tasks/${encodeURIComponent(task.id)}` }, task.name), " ", h("span", { class: "muted" },
           task.error ? task.error.message.slice(0, 120) : ""), " ", time(task.finished_at || task.updated_at))))
       : h("p", { class: "muted" }, "None."));
   }, signal);
