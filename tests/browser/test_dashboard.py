@@ -233,6 +233,26 @@ def test_a_failed_task_shows_its_traceback_and_can_be_run_again(page: Page, http
     expect(failures.locator(f'a[href="#/tasks/{task["id"]}"]')).to_have_text("breaks")
 
 
+def test_secrets_in_a_spec_are_masked_on_its_page(page: Page, http: httpx.Client) -> None:
+    spec = {
+        "name": "webhook",
+        "task_type": "delayed",
+        "delay_seconds": 3600,
+        "api_url": "https://example.com/hook",
+        "method": "POST",
+        "headers": {"Authorization": "Bearer hunter2", "X-Trace": "visible-value"},
+        "data": {"api_key": "s3cr3t-key", "rows": 3},
+    }
+    task = http.post("/api/tasks", json=spec).json()
+    sign_in(page)
+    page.goto(f"/#/tasks/{task['id']}")
+    spec_view = page.get_by_role("region", name="Spec")
+    expect(spec_view).to_contain_text("POST https://example.com/hook")
+    expect(spec_view).to_contain_text("visible-value")
+    text = spec_view.inner_text()
+    assert "hunter2" not in text and "s3cr3t-key" not in text and text.count("••••••") == 2
+
+
 def test_a_field_error_from_the_api_is_shown_next_to_its_field(page: Page) -> None:
     sign_in(page)
     page.goto("/#/submit")
