@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from taskmesh.processes import wait_http
 from tests.support import Stack
@@ -22,6 +22,7 @@ TOKEN = "dashboard-test-token"
 CHROMIUM = Path(os.environ.get("TASKMESH_CHROMIUM", "/usr/bin/chromium-headless-shell"))
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".taskmesh" / "screenshots"
 WAIT_MS = 30_000
+expect.set_options(timeout=15_000)  # a machine shared by several jobs can be slow to render Swagger UI
 
 
 @pytest.fixture(scope="module")
