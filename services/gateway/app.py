@@ -20,10 +20,11 @@ from services.common.clock import utcnow
 from services.common.ids import new_instance_id
 from services.common.presence import ServiceRegistry, announce_forever, hostname
 from services.gateway.context import GATEWAY, Gateway
+from services.gateway.dashboard import web as dashboard
 from services.gateway.errors import ApiError, error_response, from_body
 from services.gateway.ids import ids_middleware
 from services.gateway.metrics import HttpMetrics
-from services.gateway.openapi import build_spec, docs_page
+from services.gateway.openapi import build_spec
 from services.gateway.routes import ENDPOINTS
 from services.gateway.settings import GatewaySettings
 from services.gateway.store_client import StoreClient, StoreReplyError
@@ -77,12 +78,13 @@ def allowed_methods(path: str) -> set[str]:
 
 
 def auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Require ``Authorization: Bearer <token>`` on every path but /api/health when tokens are set."""
+    """Require ``Authorization: Bearer <token>`` on every path but /api/health and the dashboard's files
+    when tokens are set."""
     expected = [token.encode() for token in tokens if token]
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not expected or request.path in PUBLIC_PATHS:
+        if not expected or request.path in PUBLIC_PATHS or dashboard.is_public(request.path):
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), t) for t in expected):
@@ -117,18 +119,14 @@ def create_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     spec = build_spec(auth=bool(settings.api_tokens))
     spec_body = codec.encode(spec)
-    page = docs_page(spec)
 
     async def openapi(_: web.Request) -> web.Response:
         return web.Response(body=spec_body, content_type="application/json")
 
-    async def docs(_: web.Request) -> web.Response:
-        return web.Response(text=page, content_type="text/html")
-
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
     app.router.add_get("/api/openapi.json", openapi)
-    app.router.add_get("/api/docs", docs)
+    dashboard.add_routes(app)
     return app
 
 

@@ -1,8 +1,7 @@
-"""The OpenAPI 3.1 document, generated from the route table and the proto Structs, and a docs page."""
+"""The OpenAPI 3.1 document, generated from the route table and the proto Structs."""
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import msgspec
@@ -85,37 +84,3 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
 
 def _path_params(path: str) -> list[str]:
     return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
-
-
-def docs_page(spec: dict[str, Any]) -> str:
-    """A self-contained HTML page describing every endpoint (no external assets)."""
-    rows = []
-    for path, methods in spec["paths"].items():
-        for method, operation in methods.items():
-            params = ", ".join(f"<code>{html.escape(p['name'])}</code>" for p in operation["parameters"]) or "—"
-            statuses = ", ".join(sorted(operation["responses"]))
-            body = "TaskSpec (JSON)" if "requestBody" in operation else "—"
-            rows.append(f"<tr><td class=m>{method.upper()}</td><td><code>{html.escape(path)}</code></td>"
-                        f"<td>{html.escape(operation['summary'])}</td><td>{params}</td><td>{body}</td>"
-                        f"<td>{statuses}</td></tr>")
-    spec_fields = spec["components"]["schemas"].get("TaskSpec", {}).get("properties", {})
-    fields = "".join(f"<li><code>{html.escape(name)}</code> — {html.escape(_type_text(schema))}</li>"
-                     for name, schema in spec_fields.items())
-    return f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>Taskmesh API</title>
-<style>body{{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em}}
-table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}}
-.m{{font-weight:bold;font-family:monospace}}code{{background:#f4f4f4;padding:0 .2em}}</style></head><body>
-<h1>Taskmesh API <small>{html.escape(spec['info']['version'])}</small></h1>
-<p>{html.escape(spec['info']['description'])} Machine-readable: <a href="/api/openapi.json">/api/openapi.json</a>.</p>
-<table><tr><th>Method</th><th>Path</th><th>What</th><th>Parameters</th><th>Body</th><th>Statuses</th></tr>
-{''.join(rows)}</table><h2>Task fields (TaskSpec)</h2><ul>{fields}</ul></body></html>"""
-
-
-def _type_text(schema: dict[str, Any]) -> str:
-    if "anyOf" in schema:
-        return " or ".join(_type_text(s) for s in schema["anyOf"])
-    if "enum" in schema:
-        return "one of " + ", ".join(map(str, schema["enum"]))
-    if "$ref" in schema:
-        return schema["$ref"].rsplit("/", 1)[-1]
-    return str(schema.get("type", "any"))

@@ -10,7 +10,7 @@ from aiohttp import web
 from proto import api
 from proto.records import RunRecord, TaskRecord
 from proto.tasks import TaskSpec
-from services.gateway import health, views
+from services.gateway import cron_preview, health, views
 from services.gateway.ids import ID_SCHEMA
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -120,6 +120,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/api/scheduled-tasks/{task_id}/ledger", views.schedule_ledger, "scheduleLedger",
              "Every fire slot and what became of it (run, skipped, missed)", "schedules", response=api.Ledger,
              query=(Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),)),
+    Endpoint("GET", "/api/cron/preview", cron_preview.preview, "previewCron",
+             "The next fire times of a cron expression in a time zone (to check it before saving)", "schedules",
+             response=cron_preview.CronPreview, errors=(400,),
+             query=(Param("expression", {"type": "string", "maxLength": cron_preview.MAX_EXPRESSION_CHARS}),
+                    Param("timezone", {"type": "string", "default": "UTC"}, "IANA time zone."),
+                    Param("count", {"type": "integer", "minimum": 1, "maximum": cron_preview.MAX_COUNT,
+                                    "default": 5}))),
     Endpoint("GET", "/api/stats", views.stats, "stats", "Counts, rates, durations, queue depth, runners",
              "operations", response=api.Stats, errors=(503,)),
     Endpoint("GET", "/api/dead-letters", views.dead_letters, "deadLetters", "Runs given up after too many deliveries",

@@ -211,7 +211,7 @@ async def test_the_docs_page_and_openapi_document_are_served(api: Api) -> None:
     assert spec["openapi"].startswith("3.1")
     assert "/api/tasks" in spec["paths"] and "TaskSpec" in spec["components"]["schemas"]
     page = await api.client.get("/api/docs")
-    assert page.status_code == 200 and "/api/scheduled-tasks/{task_id}/trigger" in page.text
+    assert page.status_code == 200 and "swagger-ui" in page.text  # the dashboard's Swagger UI renders the spec
 
 
 def test_tokens_are_required_when_configured_except_for_health(tmp_path, target: TargetServer) -> None:  # noqa: ANN001

@@ -1,0 +1,1 @@
+"""The web dashboard: a static single-page app served at ``/``, talking to ``/api`` like any client."""
