@@ -12,12 +12,14 @@ from proto.records import TaskRecord
 from services import VERSION
 from services.gateway.ids import ID_SCHEMA
 from services.gateway.routes import ENDPOINTS, Endpoint
+from services.gateway.scopes import SUBMIT
 
 REF = "#/components/schemas/{name}"
 TASK_LINKS = ("getTask", "listRuns", "getLogs", "cancelTask", "deleteTask", "waitTask", "getSchedule",
               "pauseSchedule", "resumeSchedule", "triggerSchedule", "scheduleLedger")
 STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted (not finished yet)", 400: "Invalid request",
-               401: "Missing or wrong bearer token", 404: "Not found", 409: "Conflicts with the task's state",
+               401: "Missing or wrong bearer token", 403: "The token lacks the scope this needs", 404: "Not found",
+               409: "Conflicts with the task's state",
                413: "Body too large", 415: "Body is not JSON",
                429: "Too many waits or log follows open; retry", 503: "A dependency is unavailable; retry"}
 
@@ -61,7 +63,7 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
         else:
             content = {endpoint.content_type: {"schema": {"type": "string"}}}
         responses[str(status)] = {"description": STATUS_TEXT.get(status, "OK"), "content": content}
-    errors = set(endpoint.errors) | ({401} if auth and not endpoint.public else set())
+    errors = set(endpoint.errors) | ({401, 403} if auth and not endpoint.public else set())
     if endpoint.request is not None or endpoint.query or _path_params(endpoint.path):
         errors.add(400)
     for status in sorted(errors):
@@ -75,12 +77,22 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
             responses[str(status)]["links"] = links
     operation: dict[str, Any] = {"operationId": endpoint.operation_id, "summary": endpoint.summary,
                                  "tags": [endpoint.tag], "parameters": parameters, "responses": responses}
+    if not endpoint.public:
+        operation["x-scope"] = _scope_text(endpoint)
+        operation["description"] = f"Needs a token with scope {_scope_text(endpoint)} (when tokens are configured)."
     if endpoint.request is not None:
         operation["requestBody"] = {"required": True,
                                     "content": {"application/json": {"schema": schema_of[endpoint.request]}}}
     if auth and not endpoint.public:
-        operation["security"] = [{"bearer": []}]
+        # OpenAPI 3.1 lets a bearer requirement list the roles it needs; a submission's depends on its body
+        operation["security"] = [{"bearer": [] if endpoint.scope == SUBMIT else [endpoint.scope]}]
     return operation
+
+
+def _scope_text(endpoint: Endpoint) -> str:
+    if endpoint.scope == SUBMIT:
+        return "submit:code (a code or sandboxed task) or submit:api (a plain API task)"
+    return endpoint.scope
 
 
 def _path_params(path: str) -> list[str]:
@@ -97,7 +109,7 @@ def docs_page(spec: dict[str, Any]) -> str:
             body = "TaskSpec (JSON)" if "requestBody" in operation else "—"
             rows.append(f"<tr><td class=m>{method.upper()}</td><td><code>{html.escape(path)}</code></td>"
                         f"<td>{html.escape(operation['summary'])}</td><td>{params}</td><td>{body}</td>"
-                        f"<td>{statuses}</td></tr>")
+                        f"<td>{statuses}</td><td>{html.escape(operation.get('x-scope', 'public'))}</td></tr>")
     spec_fields = spec["components"]["schemas"].get("TaskSpec", {}).get("properties", {})
     fields = "".join(f"<li><code>{html.escape(name)}</code> — {html.escape(_type_text(schema))}</li>"
                      for name, schema in spec_fields.items())
@@ -107,7 +119,7 @@ table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;
 .m{{font-weight:bold;font-family:monospace}}code{{background:#f4f4f4;padding:0 .2em}}</style></head><body>
 <h1>Taskmesh API <small>{html.escape(spec['info']['version'])}</small></h1>
 <p>{html.escape(spec['info']['description'])} Machine-readable: <a href="/api/openapi.json">/api/openapi.json</a>.</p>
-<table><tr><th>Method</th><th>Path</th><th>What</th><th>Parameters</th><th>Body</th><th>Statuses</th></tr>
+<table><tr><th>Method</th><th>Path</th><th>What</th><th>Parameters</th><th>Body</th><th>Statuses</th><th>Scope</th></tr>
 {''.join(rows)}</table><h2>Task fields (TaskSpec)</h2><ul>{fields}</ul></body></html>"""
 
 

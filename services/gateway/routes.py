@@ -12,6 +12,7 @@ from proto.records import RunRecord, TaskRecord
 from proto.tasks import TaskSpec
 from services.gateway import health, views
 from services.gateway.ids import ID_SCHEMA
+from services.gateway.scopes import SUBMIT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -43,6 +44,10 @@ class Endpoint:
     query: tuple[Param, ...] = ()
     public: bool = False
     content_type: str = "application/json"
+    scope: str = "admin"
+    """The token scope it needs (``read``, ``admin``, or ``submit``: ``submit:code`` for a code or
+    sandboxed task, ``submit:api`` for a plain API task); an endpoint that names none needs ``admin``.
+    The only place that says which scope an endpoint needs; the OpenAPI document shows it."""
 
 
 WAIT = Param("wait", {"type": "number", "minimum": 0, "maximum": 300},
@@ -69,64 +74,64 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/tasks", views.submit_task, "submitTask",
              "Submit a code or API task (immediate, delayed or scheduled)", "tasks",
              request=TaskSpec, response=TaskRecord, status=201, extra_status=(202,), errors=SUBMIT_ERRORS,
-             query=(WAIT,)),
+             query=(WAIT,), scope=SUBMIT),
     Endpoint("POST", "/api/tasks/isolated", views.submit_isolated, "submitIsolatedTask",
              "Submit a task that runs entirely inside a sandbox container (API tasks too)", "tasks",
              request=TaskSpec, response=TaskRecord, status=201, extra_status=(202,), errors=SUBMIT_ERRORS,
-             query=(WAIT,)),
+             query=(WAIT,), scope=SUBMIT),
     Endpoint("GET", "/api/tasks", views.list_tasks, "listTasks", "List tasks, newest first", "tasks",
-             response=api.TaskPage, query=LIST_FILTERS, errors=(400, 503)),
+             response=api.TaskPage, query=LIST_FILTERS, errors=(400, 503), scope="read"),
     Endpoint("GET", "/api/tasks/{task_id}", views.get_task, "getTask", "A task with status, result and timings",
-             "tasks", response=TaskRecord),
+             "tasks", response=TaskRecord, scope="read"),
     Endpoint("POST", "/api/tasks/{task_id}/cancel", views.cancel_task, "cancelTask",
              "Cancel a task (idempotent): pending never runs, running is killed", "tasks", response=TaskRecord,
-             errors=(404, 503)),
+             errors=(404, 503), scope="admin"),
     Endpoint("POST", "/api/tasks/{task_id}/stop", views.cancel_task, "stopTask", "Alias of cancel", "tasks",
-             response=TaskRecord, errors=(404, 503)),
+             response=TaskRecord, errors=(404, 503), scope="admin"),
     Endpoint("DELETE", "/api/tasks/{task_id}", views.delete_task, "deleteTask",
              "Delete a task with its runs and logs (cancels a running run first)", "tasks",
-             response=api.DeleteReply, query=(CANCEL_RUNNING,)),
+             response=api.DeleteReply, query=(CANCEL_RUNNING,), scope="admin"),
     Endpoint("GET", "/api/tasks/{task_id}/wait", views.wait_task, "waitTask",
              "Wait for a task to finish (202 when the wait ends first)", "tasks", response=TaskRecord,
-             extra_status=(202,), errors=WAIT_ERRORS, query=(WAIT,)),
+             extra_status=(202,), errors=WAIT_ERRORS, query=(WAIT,), scope="read"),
     Endpoint("GET", "/api/tasks/{task_id}/runs", views.list_runs, "listRuns", "Run history, newest first", "runs",
-             response=api.RunPage, query=(LIMIT, CURSOR)),
+             response=api.RunPage, query=(LIMIT, CURSOR), scope="read"),
     Endpoint("GET", "/api/tasks/{task_id}/runs/{run_id}", views.get_run, "getRun", "One run with its attempts",
-             "runs", response=RunRecord),
+             "runs", response=RunRecord, scope="read"),
     Endpoint("GET", "/api/tasks/{task_id}/logs", views.get_logs, "getLogs",
              "Output of the latest run (follow=true streams it as Server-Sent Events)", "runs",
              response=api.LogsReply, errors=WAIT_ERRORS,
-             query=(Param("run_id", ID_SCHEMA), *LOG_PARAMS)),
+             query=(Param("run_id", ID_SCHEMA), *LOG_PARAMS), scope="read"),
     Endpoint("GET", "/api/tasks/{task_id}/runs/{run_id}/logs", views.get_logs, "getRunLogs", "Output of one run",
-             "runs", response=api.LogsReply, errors=WAIT_ERRORS, query=LOG_PARAMS),
+             "runs", response=api.LogsReply, errors=WAIT_ERRORS, query=LOG_PARAMS, scope="read"),
     Endpoint("POST", "/api/scheduled-tasks", views.submit_scheduled, "submitScheduledTask",
              "Submit a scheduled (cron) task", "schedules", request=TaskSpec, response=TaskRecord, status=201,
-             extra_status=(202,), errors=SUBMIT_ERRORS, query=(WAIT,)),
+             extra_status=(202,), errors=SUBMIT_ERRORS, query=(WAIT,), scope=SUBMIT),
     Endpoint("GET", "/api/scheduled-tasks", views.list_schedules, "listSchedules",
              "Scheduled tasks with next_run_at, last_run and counters", "schedules", response=api.ScheduleList,
-             errors=(503,)),
+             errors=(503,), scope="read"),
     Endpoint("GET", "/api/scheduled-tasks/{task_id}", views.get_schedule, "getSchedule", "A scheduled task",
-             "schedules", response=TaskRecord),
+             "schedules", response=TaskRecord, scope="read"),
     Endpoint("DELETE", "/api/scheduled-tasks/{task_id}", views.delete_schedule, "deleteSchedule",
              "Stop future fires and delete; a running run finishes unless cancel_running=true", "schedules",
-             response=api.DeleteReply, query=(CANCEL_RUNNING,)),
+             response=api.DeleteReply, query=(CANCEL_RUNNING,), scope="admin"),
     Endpoint("POST", "/api/scheduled-tasks/{task_id}/pause", views.pause_schedule, "pauseSchedule",
-             "Pause future fires", "schedules", response=TaskRecord, errors=(404, 409, 503)),
+             "Pause future fires", "schedules", response=TaskRecord, errors=(404, 409, 503), scope="admin"),
     Endpoint("POST", "/api/scheduled-tasks/{task_id}/resume", views.resume_schedule, "resumeSchedule",
-             "Resume a paused schedule", "schedules", response=TaskRecord, errors=(404, 409, 503)),
+             "Resume a paused schedule", "schedules", response=TaskRecord, errors=(404, 409, 503), scope="admin"),
     Endpoint("POST", "/api/scheduled-tasks/{task_id}/trigger", views.trigger_schedule, "triggerSchedule",
              "Run once now, besides the schedule", "schedules", response=api.TriggerReply, status=202,
-             errors=(404, 409, 503)),
+             errors=(404, 409, 503), scope="admin"),
     Endpoint("GET", "/api/scheduled-tasks/{task_id}/ledger", views.schedule_ledger, "scheduleLedger",
              "Every fire slot and what became of it (run, skipped, missed)", "schedules", response=api.Ledger,
-             query=(Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),)),
+             query=(Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}),), scope="read"),
     Endpoint("GET", "/api/stats", views.stats, "stats", "Counts, rates, durations, queue depth, runners",
-             "operations", response=api.Stats, errors=(503,)),
+             "operations", response=api.Stats, errors=(503,), scope="read"),
     Endpoint("GET", "/api/dead-letters", views.dead_letters, "deadLetters", "Runs given up after too many deliveries",
-             "operations", response=api.DeadLetterList, errors=(503,)),
+             "operations", response=api.DeadLetterList, errors=(503,), scope="admin"),
     Endpoint("GET", "/api/health", health.health, "health", "Health of every dependency (200 ok/degraded, 503 down)",
              "operations", response=api.Health, extra_status=(503,), errors=(), public=True),
     Endpoint("GET", "/metrics", health.metrics, "metrics", "Prometheus metrics", "operations",
-             errors=(), content_type="text/plain"),
+             errors=(), content_type="text/plain", scope="read"),
 )
 
