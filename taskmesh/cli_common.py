@@ -32,6 +32,7 @@ EXIT_INTERRUPTED = 130
 HINTS = {
     "not_found": "list tasks with `taskmesh list`",
     "unauthorized": "pass --token or set TASKMESH_TOKEN",
+    "forbidden": "use a token with that scope",
     "unavailable": "check `taskmesh health`",
     "timeout": "check `taskmesh health`",
     "conflict": "see its state with `taskmesh show ID`",

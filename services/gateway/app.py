@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,13 +24,13 @@ from services.gateway.errors import ApiError, error_response, from_body
 from services.gateway.ids import ids_middleware
 from services.gateway.metrics import HttpMetrics
 from services.gateway.openapi import build_spec
-from services.gateway.routes import ENDPOINTS
+from services.gateway.routes import ENDPOINTS, Endpoint
+from services.gateway.scopes import GRANTED, SUBMIT, Tokens, require, require_any_submit
 from services.gateway.settings import GatewaySettings
 from services.gateway.store_client import StoreClient, StoreReplyError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/api/health"})
 
 
 @web.middleware
@@ -77,20 +76,38 @@ def allowed_methods(path: str) -> set[str]:
             and all(t.startswith("{") or t == p for t, p in zip(e.path.strip("/").split("/"), parts))}
 
 
-def auth_middleware(tokens: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Require ``Authorization: Bearer <token>`` on every path but /api/health and the dashboard's files
-    when tokens are set."""
-    expected = [token.encode() for token in tokens if token]
+ENDPOINT_OF: dict[tuple[str, str], Endpoint] = {(e.method, e.path): e for e in ENDPOINTS}
+
+
+def endpoint_of(request: web.Request) -> Endpoint | None:
+    """The route-table entry the request matched (None: an unknown path, the docs, the OpenAPI document)."""
+    route = request.match_info.route
+    resource = route.resource
+    return None if resource is None else ENDPOINT_OF.get((route.method, resource.canonical))
+
+
+def auth_middleware(tokens: Tokens) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """When tokens are set: ``Authorization: Bearer <token>`` on every path but public ones (401), and
+    the scope the route table names (403); a submission's scope is checked once its body is read."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not expected or request.path in PUBLIC_PATHS or dashboard.is_public(request.path):
+        endpoint = endpoint_of(request)
+        if not tokens or (endpoint is not None and endpoint.public) or dashboard.is_public(request.path):
             return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and any(hmac.compare_digest(given.strip().encode(), t) for t in expected):
-            return await handler(request)
-        return error_response("unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
-                              headers={"WWW-Authenticate": 'Bearer realm="taskmesh"'})
+        granted = tokens.scopes_of(given.strip()) if scheme.lower() == "bearer" else None
+        if granted is None:
+            return error_response("unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
+                                  headers={"WWW-Authenticate": 'Bearer realm="taskmesh"'})
+        request[GRANTED] = granted
+        if endpoint is not None:
+            what = f"{endpoint.method} {endpoint.path}"
+            if endpoint.scope == SUBMIT:
+                require_any_submit(request, what)
+            else:
+                require(request, endpoint.scope, what)
+        return await handler(request)
 
     return middleware
 
@@ -114,10 +131,11 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 def create_app(gateway: Gateway) -> web.Application:
     """The application, with the whole URL table registered."""
     settings = gateway.settings
+    tokens = settings.tokens()
     app = web.Application(client_max_size=settings.max_body_bytes + 1024, middlewares=[
-        metrics_middleware, errors_middleware, auth_middleware(settings.api_tokens), ids_middleware])
+        metrics_middleware, errors_middleware, auth_middleware(tokens), ids_middleware])
     app[GATEWAY] = gateway
-    spec = build_spec(auth=bool(settings.api_tokens))
+    spec = build_spec(auth=bool(tokens))
     spec_body = codec.encode(spec)
 
     async def openapi(_: web.Request) -> web.Response:
@@ -155,7 +173,7 @@ async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
     log.info("gateway listening", extra={"address": f"http://{settings.http_host}:{settings.http_port}",
-                                         "auth": "bearer token" if settings.api_tokens else "none"})
+                                         "bearer_tokens": len(settings.tokens().entries)})
     try:
         nc = await natsio.connect(settings, f"taskmesh-gateway-{instance_id}", stop)
     except ConnectionAbortedError:

@@ -8,7 +8,7 @@ from proto import codec
 from proto.errors import ErrorBody, ErrorCode, error_body
 
 STATUS_OF: dict[str, int] = {
-    "invalid_json": 400, "invalid_field": 400, "unauthorized": 401, "not_found": 404, "conflict": 409,
+    "invalid_json": 400, "invalid_field": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "conflict": 409,
     "payload_too_large": 413, "unsupported_media_type": 415, "too_many_waiters": 429,
     "unavailable": 503, "timeout": 503,
 }

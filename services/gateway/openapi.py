@@ -11,12 +11,14 @@ from proto.records import TaskRecord
 from services import VERSION
 from services.gateway.ids import ID_SCHEMA
 from services.gateway.routes import ENDPOINTS, Endpoint
+from services.gateway.scopes import SUBMIT
 
 REF = "#/components/schemas/{name}"
 TASK_LINKS = ("getTask", "listRuns", "getLogs", "cancelTask", "deleteTask", "waitTask", "getSchedule",
               "pauseSchedule", "resumeSchedule", "triggerSchedule", "scheduleLedger")
 STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted (not finished yet)", 400: "Invalid request",
-               401: "Missing or wrong bearer token", 404: "Not found", 409: "Conflicts with the task's state",
+               401: "Missing or wrong bearer token", 403: "The token lacks the scope this needs", 404: "Not found",
+               409: "Conflicts with the task's state",
                413: "Body too large", 415: "Body is not JSON",
                429: "Too many waits or log follows open; retry", 503: "A dependency is unavailable; retry"}
 
@@ -60,7 +62,7 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
         else:
             content = {endpoint.content_type: {"schema": {"type": "string"}}}
         responses[str(status)] = {"description": STATUS_TEXT.get(status, "OK"), "content": content}
-    errors = set(endpoint.errors) | ({401} if auth and not endpoint.public else set())
+    errors = set(endpoint.errors) | ({401, 403} if auth and not endpoint.public else set())
     if endpoint.request is not None or endpoint.query or _path_params(endpoint.path):
         errors.add(400)
     for status in sorted(errors):
@@ -74,12 +76,22 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
             responses[str(status)]["links"] = links
     operation: dict[str, Any] = {"operationId": endpoint.operation_id, "summary": endpoint.summary,
                                  "tags": [endpoint.tag], "parameters": parameters, "responses": responses}
+    if not endpoint.public:
+        operation["x-scope"] = _scope_text(endpoint)
+        operation["description"] = f"Needs a token with scope {_scope_text(endpoint)} (when tokens are configured)."
     if endpoint.request is not None:
         operation["requestBody"] = {"required": True,
                                     "content": {"application/json": {"schema": schema_of[endpoint.request]}}}
     if auth and not endpoint.public:
-        operation["security"] = [{"bearer": []}]
+        # OpenAPI 3.1 lets a bearer requirement list the roles it needs; a submission's depends on its body
+        operation["security"] = [{"bearer": [] if endpoint.scope == SUBMIT else [endpoint.scope]}]
     return operation
+
+
+def _scope_text(endpoint: Endpoint) -> str:
+    if endpoint.scope == SUBMIT:
+        return "submit:code (a code or sandboxed task) or submit:api (a plain API task)"
+    return endpoint.scope
 
 
 def _path_params(path: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.common.settings import ServiceSettings
+from services.gateway.scopes import Tokens
 
 
 class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
@@ -11,7 +12,11 @@ class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True)
     http_host: str = "127.0.0.1"
     http_port: int = 5001
     api_tokens: list[str] = []
-    """Bearer tokens; when any is set, every endpoint but /api/health needs one."""
+    """Bearer tokens, comma-separated; when any is set (here or in the file), every endpoint but
+    /api/health needs one. `token:read+submit:api` gives a token scopes (`read`, `submit:api`,
+    `submit:code`, `admin`); a plain `token` has every scope, as before scopes existed."""
+    api_tokens_file: str | None = None
+    """A file of more tokens, one `token scope scope...` per line (`#` comments); a token alone has every scope."""
     max_body_bytes: int = 1024 * 1024
     store_timeout_seconds: float = 5.0
     max_wait_seconds: float = 300.0
@@ -19,3 +24,10 @@ class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True)
     """Waits (`/wait`, submit with `?wait=`) open at once; past it a 429 `too_many_waiters`."""
     max_followers: int = 200
     """Log follows (`/logs?follow=true`) open at once; past it a 429 `too_many_waiters`."""
+
+    def __post_init__(self) -> None:
+        self.tokens()  # a malformed entry or an unknown scope stops the gateway at start
+
+    def tokens(self) -> Tokens:
+        """The configured tokens with their scopes (TokenError, a ValueError, if malformed)."""
+        return Tokens.configured(self.api_tokens, self.api_tokens_file)

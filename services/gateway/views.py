@@ -14,6 +14,7 @@ from proto.records import TaskRecord
 from services.gateway.context import GATEWAY
 from services.gateway.errors import ApiError
 from services.gateway.follow import follow_logs
+from services.gateway.scopes import require, submit_scope
 from services.gateway.store_client import StoreClient
 
 T = TypeVar("T")
@@ -112,6 +113,10 @@ def wait_seconds(request: web.Request) -> float | None:
 async def submit(request: web.Request, route: str = "") -> web.Response:
     wait = wait_seconds(request)
     body = await json_body(request)
+    scope = submit_scope(body, route)
+    if scope is not None:
+        kind = "a code or sandboxed task" if scope == "submit:code" else "a plain API task"
+        require(request, scope, f"submitting {kind}")
     headers: dict[str, str] = {}
     key = request.headers.get("Idempotency-Key")
     if key is not None:

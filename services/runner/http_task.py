@@ -13,6 +13,7 @@ import msgspec
 
 from proto.runs import RunError
 from proto.tasks import TaskSpec
+from services.common.masking import MASK
 from services.runner.egress import EgressDenied, EgressPolicy
 from services.runner.outcome import Outcome, failed
 from services.runner.output import RunOutput
@@ -97,7 +98,8 @@ class HttpTasks:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         result: dict[str, Any] = {
             "status_code": response.status,
-            "headers": {name.lower(): ", ".join(response.headers.getall(name)) for name in response.headers.keys()},
+            "headers": {name.lower(): MASK if name.lower() == "set-cookie" else ", ".join(response.headers.getall(name))
+                        for name in response.headers.keys()},
             "body": _decoded(body, truncated, response.headers.get("content-type", "")),
             "elapsed_ms": elapsed_ms,
         }

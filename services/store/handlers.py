@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from proto import api, codec, subjects
 from proto.errors import ErrorBody, FieldError, error_body
+from services.common.masking import masked_reply
 from services.store.commands import Commands
 from services.store.errors import StoreError
 from services.store.queries import Queries
@@ -96,7 +97,7 @@ class ApiHandlers:
                 log.warning("request %s failed: %s: %s", msg.subject, type(exc).__name__, exc)
                 reply = error_body("unavailable", f"store could not complete the request: {type(exc).__name__}")
             if msg.reply:
-                data = codec.encode(reply)
+                data = codec.encode(masked_reply(reply))  # credentials never leave in a reply
                 if len(data) > self.nc.max_payload:
                     reply = error_body("payload_too_large", (
                         f"the answer is {len(data)} bytes, more than NATS carries ({self.nc.max_payload}); "
