@@ -70,10 +70,15 @@ class LeaderLease:
         failures = 0
         while True:
             started = time.monotonic()
+            # an attempt never outlasts the lease: a reply after that would come too late to lead on
+            wait = min(ATTEMPT_TIMEOUT.total_seconds(), self.valid_for())
+            if wait <= 0:
+                log.warning("lease expired: no renewal for %.1f s", started - self.renewed_at)
+                self.revision = None
+                return False
             try:
                 self.revision = await asyncio.wait_for(
-                    self.kv.update(self.key, self.holder.encode(), last=self.revision),
-                    ATTEMPT_TIMEOUT.total_seconds())
+                    self.kv.update(self.key, self.holder.encode(), last=self.revision), wait)
                 self.renewed_at = started
                 if failures:
                     log.info("lease renewed after %d failed attempts", failures)
@@ -94,11 +99,7 @@ class LeaderLease:
                 log.warning("lease renewal failed: %s", type(exc).__name__)
                 self.revision = None
                 return False
-            if self.valid_for() <= RETRY_PAUSE.total_seconds():
-                log.warning("lease expired: no renewal for %.1f s", time.monotonic() - self.renewed_at)
-                self.revision = None
-                return False
-            await asyncio.sleep(RETRY_PAUSE.total_seconds())
+            await asyncio.sleep(max(0.0, min(RETRY_PAUSE.total_seconds(), self.valid_for())))
 
     async def _adopt_if_ours(self) -> bool:
         """True when the key holds our name and we could write it again (our write stood:
