@@ -145,13 +145,14 @@ async def test_killing_the_scheduler_leader_while_a_node_is_down_neither_doubles
     while "standing by" not in second.log():
         assert time.monotonic() < deadline and second.alive(), second.log()
         await asyncio.sleep(0.1)
-    down = await asyncio.to_thread(cluster.stream_leader, "KV_leases")
-    down.kill()  # the lease bucket elects a new leader while the scheduler renews through it
     schedules = [await cluster_api.submit(
         {"name": f"tick {i}", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
          "api_url": f"{target.url}/echo", "method": "POST", "data": {"tick": i}}, path="/api/scheduled-tasks")
         for i in range(3)]
     await cluster_api.wait_for(schedules[0]["id"], lambda t: t["fired_count"] >= 3, timeout=30)
+    down = await asyncio.to_thread(cluster.stream_leader, "KV_leases")
+    down.kill()  # the lease bucket elects a new leader while the scheduler renews through it
+    await _until_answered(cluster_api, schedules[0]["id"])  # clients of the dead node reconnected
     killed, standby = await asyncio.to_thread(_scheduler_leader, cluster_stack)
     cluster_stack.services[killed].kill()
     killed_at = time.monotonic()
@@ -184,6 +185,14 @@ async def test_killing_the_scheduler_leader_while_a_node_is_down_neither_doubles
         finished = sum(1 for r in runs if r["status"] == "succeeded")
         assert finished <= hits[i] <= len(runs), "a run executed twice"
     print(f"scheduler takeover with {down.name} down: {takeover_s:.1f} s")
+
+
+async def _until_answered(api: Api, task_id: str, timeout: float = 20) -> None:
+    """Wait until the API answers 200 again (a 503 while the gateway reconnects is its answer)."""
+    deadline = time.monotonic() + timeout
+    while (await api.client.get(f"/api/tasks/{task_id}")).status_code != 200:
+        assert time.monotonic() < deadline, "the API never answered again"
+        await asyncio.sleep(0.2)
 
 
 def _ts(text: str) -> Any:
