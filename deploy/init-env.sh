@@ -24,6 +24,9 @@ TASKMESH_NATS_STORE_PASSWORD=$(secret)
 TASKMESH_NATS_SCHEDULER_PASSWORD=$(secret)
 TASKMESH_NATS_RUNNER_PASSWORD=$(secret)
 TASKMESH_NATS_ADMIN_PASSWORD=$(secret)
+# the 3-node cluster only (compose.cluster.yaml): what nodes present to each other, and the system account
+TASKMESH_NATS_ROUTE_PASSWORD=$(secret)
+TASKMESH_NATS_SYSTEM_PASSWORD=$(secret)
 # group of $socket (runners need it to start sandboxes)
 TASKMESH_DOCKER_GID=$gid
 END

@@ -27,13 +27,19 @@ HANDLING_RETRY_DELAY: Final = timedelta(seconds=0.5)
 HANDLING_RETRY_DELAY_MAX: Final = timedelta(seconds=8)
 NATS_CALL_DEADLINE: Final = timedelta(seconds=10)
 """Longest wait on one NATS call (a publish acknowledgement, a KV write, an ack)."""
-LEASE_TTL: Final = timedelta(seconds=4)
-"""A scheduler leader that stops renewing its lease is replaced after at most this long."""
+LEASE_TTL: Final = timedelta(seconds=10)
+"""A scheduler leader that stops renewing its lease is replaced after at most this long. Longer
+than a JetStream election (4-9 s), so a holder rides out one (services/scheduler/lease.py)."""
 WORK_DEDUP_WINDOW: Final = timedelta(hours=1)
 """Fires published twice (failover, restart) within this window land once."""
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
-"""Largest stream message or KV value (a task record with a big spec and result fits).
-nats-server's ``max_payload`` must be at least this (deployments here set 8 MB)."""
+"""Largest stream message or KV value (a task record with a big spec and result fits)."""
+SERVER_MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
+"""nats-server's ``max_payload``, as every config here sets it (deploy/nats/*.conf, local mode):
+room for a MAX_PAYLOAD_BYTES message plus headers (a test compares them)."""
+PUBLISH_RETRY_WINDOW: Final = timedelta(seconds=15)
+"""How long a publish carrying a ``Nats-Msg-Id`` is repeated through an election or reconnect;
+shorter than every stream's duplicate window, so a repeat can never be stored twice."""
 REPLY_PAGE_BYTES: Final = 512 * 1024
 """Pages of lists and logs stop growing past this, whatever their ``limit``."""
 

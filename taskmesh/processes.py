@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from proto import streams
+
 SERVICES = ("store", "scheduler", "runner", "gateway")
-NATS_CONFIG = "# written by taskmesh: task records with big specs and results need more than 1 MB\nmax_payload: 8MB\n"
+NATS_CONFIG = ("# written by taskmesh: task records with big specs and results need more than 1 MB\n"
+               f"max_payload: {streams.SERVER_MAX_PAYLOAD_BYTES}\n")
 """Start order: the store creates most streams, the gateway comes last."""
 
 

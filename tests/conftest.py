@@ -102,7 +102,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 _MARK_BY_FIXTURE = {"docker_engine": "docker", "wheel_server": "docker", "stack": "slow", "api": "slow"}
 """What a fixture costs: a test using one gets the marker (``make test-fast`` deselects them)."""
 _MARK_BY_FOLDER = {"compose": "compose", "e2e": "slow", "browser": "browser", "cli": "slow", "client": "slow",
-                   "deploy": "slow"}
+                   "deploy": "slow", "cluster": "slow"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

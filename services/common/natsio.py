@@ -124,12 +124,15 @@ async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyVa
         stream = f"KV_{spec.config.bucket}"
         info = await js.stream_info(stream)
         direct = bool(spec.config.direct)
-        if info.config.num_replicas != spec.config.replicas or bool(info.config.allow_direct) != direct:
-            info.config.num_replicas = spec.config.replicas
+        if info.config.num_replicas != spec.config.replicas:
+            # No service user may update a KV_ stream: replicas are the operator's to change.
+            log.warning("bucket %s has %s replicas, the settings say %s: keeping them; run "
+                        "`python -m services.admin.replicas` (deploy/README.md)", spec.config.bucket,
+                        info.config.num_replicas, spec.config.replicas)
+        if bool(info.config.allow_direct) != direct:
             info.config.allow_direct = direct
             await js.update_stream(info.config)
-            log.info("bucket %s updated", spec.config.bucket, extra={"replicas": spec.config.replicas,
-                                                                      "direct": direct})
+            log.info("bucket %s updated", spec.config.bucket, extra={"direct": direct})
             kv = await js.key_value(spec.config.bucket)
         return kv
     kv = await js.create_key_value(config=js_api.KeyValueConfig(**asdict(spec.config)))

@@ -1,51 +1,120 @@
-"""The leader lease: a KV key with a short bucket TTL, created by one holder and renewed by CAS."""
+"""The leader lease: a KV key with a bucket TTL, created by one holder and renewed by CAS.
+
+A renewal can fail for a moment without the lease being lost: while the bucket's stream elects
+a leader (4-9 s on a cluster) a CAS gets no-responders, a timeout or a 503 (error code 10163
+after a leader change). The key expires only TTL after the last successful write, so the holder
+keeps leading while that write is younger than TTL minus a margin, and retries meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from datetime import timedelta
 
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.common.publishing import RETRYABLE
+
 log = logging.getLogger(__name__)
+
+SAFETY_MARGIN = timedelta(seconds=2.5)
+"""Stop leading this long before the key could expire: clocks, a slow loop, a late standby."""
+ATTEMPT_TIMEOUT = timedelta(seconds=2)
+"""One CAS attempt's wait (a reply lost with a dying node must not eat the whole TTL)."""
+RETRY_PAUSE = timedelta(milliseconds=250)
 
 
 class LeaderLease:
     """Who may fire. Only the holder of the key's current revision can renew it; when it stops
     renewing, the bucket's TTL removes the key and a standby's ``create`` succeeds."""
 
-    def __init__(self, kv: KeyValue, key: str, holder: str) -> None:
+    def __init__(self, kv: KeyValue, key: str, holder: str, ttl: timedelta | None = None) -> None:
         self.kv = kv
         self.key = key
         self.holder = holder
         self.revision: int | None = None
+        self.ttl = ttl
+        """The bucket's TTL, read from the server at the first acquisition unless given."""
+        self.renewed_at = 0.0
+        """time.monotonic() of the last write that the server acknowledged."""
 
     async def try_acquire(self) -> bool:
         """Become the holder if nobody holds the lease."""
+        if self.ttl is None:
+            try:
+                self.ttl = timedelta(seconds=(await self.kv.status()).ttl or 0)
+            except Exception:  # NATS away: try again next time
+                return False
+        started = time.monotonic()
         try:
             self.revision = await self.kv.create(self.key, self.holder.encode())
+            self.renewed_at = started
             return True
         except Exception:  # KeyWrongLastSequenceError (held), or NATS unreachable
             pass
-        try:
-            entry = await self.kv.get(self.key)
-        except Exception:
-            return False
-        if entry.value == self.holder.encode():  # still ours (we stopped leading for another reason)
-            self.revision = entry.revision
-            return True
-        return False
+        return await self._adopt_if_ours()
+
+    def valid_for(self) -> float:
+        """Seconds this holder may still lead without another successful renewal (<= 0: none)."""
+        if self.revision is None or not self.ttl:
+            return 0.0
+        return self.renewed_at + (self.ttl - SAFETY_MARGIN).total_seconds() - time.monotonic()
 
     async def renew(self) -> bool:
-        """Extend the lease; False means it is lost (another holder, or NATS unreachable)."""
+        """Extend the lease; False means it is lost (another holder, or no success for too long)."""
         if self.revision is None:
             return False
+        failures = 0
+        while True:
+            started = time.monotonic()
+            # an attempt never outlasts the lease: a reply after that would come too late to lead on
+            wait = min(ATTEMPT_TIMEOUT.total_seconds(), self.valid_for())
+            if wait <= 0:
+                log.warning("lease expired: no renewal for %.1f s", started - self.renewed_at)
+                self.revision = None
+                return False
+            try:
+                self.revision = await asyncio.wait_for(
+                    self.kv.update(self.key, self.holder.encode(), last=self.revision), wait)
+                self.renewed_at = started
+                if failures:
+                    log.info("lease renewed after %d failed attempts", failures)
+                return True
+            except KeyWrongLastSequenceError:
+                # Taken by another, or our own earlier attempt landed though its reply was lost.
+                if await self._adopt_if_ours():
+                    return True
+                log.warning("lease taken by another holder")
+                self.revision = None
+                return False
+            except RETRYABLE as exc:  # an election, a 503 (10163), a lost reply: transient
+                failures += 1
+                if failures == 1:
+                    log.warning("lease renewal failed (%s); retrying while it is valid (%.1f s)",
+                                type(exc).__name__, self.valid_for())
+            except Exception as exc:  # anything else: not ours to guess about
+                log.warning("lease renewal failed: %s", type(exc).__name__)
+                self.revision = None
+                return False
+            await asyncio.sleep(max(0.0, min(RETRY_PAUSE.total_seconds(), self.valid_for())))
+
+    async def _adopt_if_ours(self) -> bool:
+        """True when the key holds our name and we could write it again (our write stood:
+        we stopped leading for another reason, or a reply of ours was lost)."""
         try:
-            self.revision = await self.kv.update(self.key, self.holder.encode(), last=self.revision)
-            return True
-        except Exception as exc:
-            log.warning("lease renewal failed: %s", type(exc).__name__)
-            self.revision = None
+            entry = await self.kv.get(self.key)
+            if entry.value != self.holder.encode():
+                return False
+            started = time.monotonic()
+            self.revision = await asyncio.wait_for(
+                self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds())
+        except Exception:  # gone, taken, or NATS away: not ours now
             return False
+        self.renewed_at = started
+        return True
 
     async def release(self) -> None:
         """Give the lease up now, so a standby need not wait for the TTL."""
@@ -56,4 +125,3 @@ class LeaderLease:
         except Exception as exc:  # already expired or taken
             log.debug("lease release: %s", exc)
         self.revision = None
-

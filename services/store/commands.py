@@ -20,6 +20,7 @@ from proto.runs import run_id_for
 from proto.tasks import FINAL_STATUSES, Limits, check_spec, normalised
 from services.common.clock import utcnow
 from services.common.ids import new_event_id, new_task_id
+from services.common.publishing import publish_durably
 from services.store.errors import Conflict, TaskNotFound
 from services.store.state import Effects, StoreState
 
@@ -42,9 +43,10 @@ class Commands:
         self._in_flight: dict[str, asyncio.Future[str]] = {}
 
     async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
-        ack = await self.js.publish(
-            subjects.task_event(event.task_id, event.subject_kind), payload or codec.encode(event),
-            headers={subjects.HEADER_MSG_ID: msg_id}, timeout=5)
+        # repeated through an election with the same id (the task id when no key is given, drawn
+        # before the first attempt): a repeat whose first try did land is a duplicate, not a 2nd task
+        ack = await publish_durably(self.js, subjects.task_event(event.task_id, event.subject_kind),
+                                    payload or codec.encode(event), msg_id)
         return ack.seq, bool(ack.duplicate)
 
     def _apply(self, event: events.TaskEvent, seq: int) -> None:

@@ -1,0 +1,1 @@
+"""Operator commands run by hand with the NATS admin user (``python -m services.admin.<command>``)."""

@@ -1,0 +1,82 @@
+"""publish_durably against a real nats-server that is stopped and started again mid-retry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError
+
+from proto import streams
+from services.common.publishing import PublishFailed, RetryPolicy, publish_durably
+from taskmesh.processes import NatsServer
+
+QUICK = RetryPolicy(within=timedelta(seconds=12), attempt_timeout=timedelta(seconds=1))
+
+
+async def _stream(js: JetStreamContext) -> None:
+    await js.add_stream(js_api.StreamConfig(name="T", subjects=["t.>"], duplicate_window=120.0))
+
+
+async def test_a_publish_repeated_while_the_server_restarts_is_acknowledged_and_stored_once(
+        js: JetStreamContext, nats_server: NatsServer) -> None:
+    await _stream(js)
+    await asyncio.to_thread(nats_server.stop)
+    publishing = asyncio.create_task(publish_durably(js, "t.one", b"x", "id-1", policy=QUICK))
+    await asyncio.sleep(1.5)
+    assert not publishing.done()
+    await asyncio.to_thread(nats_server.start)  # same port, same store directory
+    ack = await asyncio.wait_for(publishing, 15)
+    assert ack.stream == "T"
+    again = await publish_durably(js, "t.one", b"x", "id-1", policy=QUICK)
+    assert again.duplicate and again.seq == ack.seq
+    assert (await js.stream_info("T")).state.messages == 1
+
+
+async def test_a_repeat_of_an_id_that_already_landed_is_a_duplicate_not_a_second_message(js: JetStreamContext) -> None:
+    await _stream(js)
+    first = await js.publish("t.two", b"x", headers={"Nats-Msg-Id": "id-2"})
+    ack = await publish_durably(js, "t.two", b"x", "id-2", policy=QUICK)
+    assert ack.duplicate and ack.seq == first.seq
+    assert (await js.stream_info("T")).state.messages == 1
+
+
+async def test_a_publish_gives_up_after_its_window_with_a_clear_error_and_no_hang(
+        nc: Client, js: JetStreamContext, nats_server: NatsServer) -> None:
+    await _stream(js)
+    await asyncio.to_thread(nats_server.stop)
+    started = time.monotonic()
+    with pytest.raises(PublishFailed) as failed:
+        await publish_durably(js, "t.three", b"x", "id-3",
+                              policy=RetryPolicy(within=timedelta(seconds=2), attempt_timeout=timedelta(seconds=1)))
+    assert 2 <= time.monotonic() - started < 4
+    assert failed.value.attempts >= 2
+    await asyncio.to_thread(nats_server.start)  # so the client closes as usual
+    deadline = time.monotonic() + 10
+    while not nc.is_connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def test_an_error_a_repeat_cannot_fix_is_raised_at_once(js: JetStreamContext) -> None:
+    await _stream(js)
+    started = time.monotonic()
+    with pytest.raises(BadRequestError):
+        await publish_durably(js, "t.four", b"x", "id-4", headers={"Nats-Expected-Stream": "OTHER"}, policy=QUICK)
+    assert time.monotonic() - started < 1
+
+
+async def test_a_publish_without_an_id_is_refused() -> None:
+    with pytest.raises(ValueError, match="Nats-Msg-Id"):
+        await publish_durably(None, "t.five", b"x", "")  # type: ignore[arg-type]
+
+
+def test_the_retry_window_is_shorter_than_every_duplicate_window_and_at_least_one_election() -> None:
+    window = streams.PUBLISH_RETRY_WINDOW.total_seconds()
+    assert window >= 10
+    for spec in streams.streams().values():
+        assert window < (spec.config.duplicate_window or 120.0), spec.config.name
