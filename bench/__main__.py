@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.target import TargetProcess
 
     params = Params().quick() if args.quick else Params()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     wheelhouse = set_up(args)
     git = git_info()
     header = {"date": started.date().isoformat(), "started_at": started.isoformat(), "git": git,
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         target.stop()
         remove_containers(CONTAINER_LABEL)
     header["machine"]["load_average_end"] = load_average()  # type: ignore[index]
-    header["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    header["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
     path = report.results_path(str(git["commit"]), started.date())
     report.write_json(path, header, results)
     print(report.render_table(results))

@@ -62,6 +62,6 @@ def versions(celery_python: str | None) -> dict[str, str]:
                   "print(sys.version.split()[0], celery.__version__, kombu.__version__, redis.__version__, requests.__version__)")
         parts = _run([celery_python, "-c", script]).split()
         if len(parts) == 5:
-            found.update(zip(["celery-python", "celery", "kombu", "redis-py", "requests"], parts))
+            found.update(zip(["celery-python", "celery", "kombu", "redis-py", "requests"], parts, strict=False))
     found["harness-python"] = sys.executable
     return found

@@ -11,8 +11,15 @@ from pathlib import Path
 
 from taskmesh.processes import free_port, stop_process
 
-__all__ = ["free_port", "start_child", "stop_tree", "tree_rss_mib", "tree_schedstat_seconds", "descendants",
-           "wait_port"]
+__all__ = [
+    "descendants",
+    "free_port",
+    "start_child",
+    "stop_tree",
+    "tree_rss_mib",
+    "tree_schedstat_seconds",
+    "wait_port",
+]
 
 
 def _own_session() -> None:

@@ -23,8 +23,8 @@ async def taskmesh_burst(stack: TaskmeshStack, url: str, n: int, mode: str, conc
         specs = [api_task(url, name=f"w1-{mode}-{number}") for number in range(n)]
         submit = client.submit_nats if mode == "nats" else client.submit_http
         timeout_s = max(120.0, n / 20)
-        with CpuMeter() as cpu, ServiceCpu(stack.pids()) as services:
-            with profiler or Profiler(False, {}, stack.root, "none"):
+        with CpuMeter() as cpu, ServiceCpu(stack.pids()) as services, \
+                profiler or Profiler(False, {}, stack.root, "none"):
                 first = time.time()
                 await submit_all(submit, specs, concurrency)
                 submitted = time.time()

@@ -54,7 +54,7 @@ def stage_medians(stages: dict[str, EventLog], sent: dict[str, tuple[float, floa
                  arrived_at]
         if None in chain:
             continue
-        for step, before, after in zip(steps, chain, chain[1:]):
+        for step, before, after in zip(steps, chain, chain[1:], strict=False):
             steps[step].append((after - before) * 1000)  # type: ignore[operator]
     return {step: summarize(values)["p50"] for step, values in steps.items()}
 

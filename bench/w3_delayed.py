@@ -9,8 +9,17 @@ from bench.report import WorkloadResult
 from bench.running import Context, Profiler, ServiceCpu, celery, describe_cpu, run_async, taskmesh
 from bench.stack import TaskmeshStack
 from bench.stats import lateness_summary
-from bench.tmclient import (QUEUED, STARTED, CpuMeter, TaskmeshClient, api_task, describe_split, split_lateness,
-                            submit_all, wait_events)
+from bench.tmclient import (
+    QUEUED,
+    STARTED,
+    CpuMeter,
+    TaskmeshClient,
+    api_task,
+    describe_split,
+    split_lateness,
+    submit_all,
+    wait_events,
+)
 
 NAME = "W3"
 GOAL_P99_MS = 20.0

@@ -63,7 +63,7 @@ def celery_fires(raw: dict, count: int, window_s: float) -> dict:
     for name, due, started in raw["fires"]:
         by_schedule[name].append(due)
         lateness.append((started - due) * 1000)
-    doubled = sum(1 for dues in by_schedule.values() for a, b in zip(sorted(dues), sorted(dues)[1:]) if b - a < 0.5)
+    doubled = sum(1 for dues in by_schedule.values() for a, b in zip(sorted(dues), sorted(dues)[1:], strict=False) if b - a < 0.5)
     expected = count * int(window_s)
     fired = len(raw["fires"])
     return {"schedules": count, "window_s": window_s, "expected_fires": expected, "fired": fired,
@@ -82,9 +82,8 @@ def run(ctx: Context) -> WorkloadResult:
                         f"{tm['slots_missed_events']} SlotsMissed events; {describe_split(tm['lateness_split_ms'])}")
     cel = None
     if ctx.celery:
-        with celery(ctx, "w4", beat_schedules=p.w4_schedules) as stack:
-            with ServiceCpu(stack.pids()) as meter:
-                raw = stack.driver("w4", warmup=p.w4_warmup_s, window=p.w4_window_s, grace=grace_s(p.w4_window_s))
+        with celery(ctx, "w4", beat_schedules=p.w4_schedules) as stack, ServiceCpu(stack.pids()) as meter:
+            raw = stack.driver("w4", warmup=p.w4_warmup_s, window=p.w4_window_s, grace=grace_s(p.w4_window_s))
         cel = {**celery_fires(raw, p.w4_schedules, p.w4_window_s), "services": meter.as_dict()}
         result.notes.append(f"Celery Beat: interval schedules of 1 s (crontab has no seconds); lateness against "
                             f"Beat's own due time; CPU (cores): {describe_cpu(meter.shares, meter.waiting)}")

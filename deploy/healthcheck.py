@@ -63,15 +63,26 @@ def _listen(sock: socket.socket, url: urllib.parse.SplitResult, service: str, se
     """Subscribe to the service's heartbeats on an open connection; True when ours arrives."""
     me = socket.gethostname()
     deadline = time.monotonic() + TIMEOUT_SECONDS + settings.heartbeat_interval.total_seconds()
-    connect = {"verbose": False, "pedantic": False, "name": "taskmesh-healthcheck", "lang": "python",
-               "version": "0", "protocol": 1, "user": settings.nats_user, "pass": settings.nats_password,
-               "auth_token": settings.nats_token}
+    connect = {
+        "verbose": False,
+        "pedantic": False,
+        "name": "taskmesh-healthcheck",
+        "lang": "python",
+        "version": "0",
+        "protocol": 1,
+        "user": settings.nats_user,
+        "pass": settings.nats_password,
+        "auth_token": settings.nats_token,
+    }
     try:
         info = sock.recv(65536)  # the server speaks first: INFO {...}
         if url.scheme == "tls" or b'"tls_required":true' in info:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.hostname)
-        sock.sendall(b"CONNECT " + json.dumps({k: v for k, v in connect.items() if v is not None}).encode()
-                     + f"\r\nSUB taskmesh.heartbeat.{service}.* 1\r\nPING\r\n".encode())
+        sock.sendall(
+            b"CONNECT "
+            + json.dumps({k: v for k, v in connect.items() if v is not None}).encode()
+            + f"\r\nSUB taskmesh.heartbeat.{service}.* 1\r\nPING\r\n".encode()
+        )
         buffer = b""
         while time.monotonic() < deadline:
             sock.settimeout(max(0.05, deadline - time.monotonic()))
@@ -88,7 +99,7 @@ def _listen(sock: socket.socket, url: urllib.parse.SplitResult, service: str, se
                     size = int(line.split()[-1])
                     if len(rest) < size + 2:
                         break  # the payload is not all here yet
-                    payload, buffer = rest[:size], rest[size + 2:]
+                    payload, buffer = rest[:size], rest[size + 2 :]
                     try:
                         if json.loads(payload).get("host") == me:
                             return True

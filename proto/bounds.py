@@ -8,7 +8,7 @@ Python 3.11, 1500 on 3.12) and keep a task's events well inside a NATS message.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -50,8 +50,10 @@ depth at which any decoder on the path (gateway, store, scheduler, runner, sandb
 MAX_VALUE_BYTES: Final = 1024 * 1024
 """Largest ``args`` + ``kwargs`` + ``data`` as JSON: a task's events, run messages and record
 (``proto.streams.MAX_PAYLOAD_BYTES``) keep room for the code, the result and the envelope."""
-VALUE_RULE: Final = (f"At most {MAX_NESTING_DEPTH} levels of lists and objects; args, kwargs and data "
-                     f"together at most {MAX_VALUE_BYTES} bytes of JSON.")
+VALUE_RULE: Final = (
+    f"At most {MAX_NESTING_DEPTH} levels of lists and objects; args, kwargs and data "
+    f"together at most {MAX_VALUE_BYTES} bytes of JSON."
+)
 """The bounds JSON Schema cannot express, as the schema's description of those fields."""
 MAX_EVENT_BYTES: Final = 2 * 1024 * 1024
 """Largest ``TaskSubmitted`` event: half a stream message, so the task record (spec + result) fits."""
@@ -67,7 +69,7 @@ MIN_MEMORY_MB: Final = 32
 task below this would only ever end as ``oom_killed``; 32 leaves room for a small task's data."""
 MIN_CPUS: Final = 0.01
 """Smallest CPU share: Docker takes NanoCpus=0 as *no limit*, and anything below 1e-9 rounds to it."""
-LATEST_INSTANT: Final = datetime(3000, 1, 1, tzinfo=timezone.utc)
+LATEST_INSTANT: Final = datetime(3000, 1, 1, tzinfo=UTC)
 """Latest ``start_at`` / ``end_at``: far from ``datetime.max`` so no bounded duration added overflows."""
 
 Duration = Annotated[float, Meta(ge=0, le=MAX_DURATION_SECONDS)]

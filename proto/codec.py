@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, overload, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -99,8 +99,9 @@ def accepted_event(event: events.TaskEvent) -> tuple[bytes, events.TaskEvent]:
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise FieldError(None, f"the task cannot be stored: {type(exc).__name__}: {exc}") from None
     if len(data) > bounds.MAX_EVENT_BYTES:
-        raise FieldError(None, f"the task is {len(data)} bytes as stored, more than {bounds.MAX_EVENT_BYTES}",
-                         "payload_too_large")
+        raise FieldError(
+            None, f"the task is {len(data)} bytes as stored, more than {bounds.MAX_EVENT_BYTES}", "payload_too_large"
+        )
     try:
         return data, task_event_decoder.decode(data)
     except (msgspec.MsgspecError, RecursionError) as exc:
@@ -117,4 +118,4 @@ def decode_request(kind: type[T], data: bytes) -> T:
         raise FieldError(None, "the request body is nested too deeply") from None
 
 
-__all__ = ["encode", "decode", "decoder", "decode_spec", "accepted_event", "decode_request", "error_reply", "api"]
+__all__ = ["accepted_event", "api", "decode", "decode_request", "decode_spec", "decoder", "encode", "error_reply"]

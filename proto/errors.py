@@ -7,9 +7,20 @@ from typing import Literal
 from msgspec import Struct
 
 ErrorCode = Literal[
-    "invalid_json", "invalid_field", "unsupported_media_type", "payload_too_large",
-    "unauthorized", "not_found", "method_not_allowed", "conflict", "unavailable", "timeout",
-    "http_error", "internal", "too_many_waiters", "forbidden",
+    "invalid_json",
+    "invalid_field",
+    "unsupported_media_type",
+    "payload_too_large",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "conflict",
+    "unavailable",
+    "timeout",
+    "http_error",
+    "internal",
+    "too_many_waiters",
+    "forbidden",
 ]
 """``invalid_*`` → 400, ``unsupported_media_type`` → 415, ``payload_too_large`` → 413,
 ``unauthorized`` → 401, ``forbidden`` (the token lacks a scope) → 403, ``not_found`` → 404, ``conflict`` → 409, ``too_many_waiters`` → 429,

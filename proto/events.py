@@ -123,4 +123,3 @@ class SlotsMissed(Event, frozen=True, tag="slots_missed"):
 
 
 ScheduleEvent = ScheduleUpdated | SlotSkipped | SlotsMissed
-

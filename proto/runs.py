@@ -18,24 +18,24 @@ RETRYABLE_STATUSES = frozenset({"failed", "timed_out"})
 """Outcomes that use a retry when ``max_retries`` allows; cancelled and expired never retry."""
 
 ErrorType = Literal[
-    "exception",                  # user code raised
-    "invalid_result",             # the return value is not JSON-serialisable
-    "result_too_large",           # the return value exceeds the operator's cap
-    "function_not_found",         # function_name is not defined by the code at run time
-    "oom_killed",                 # the engine killed the container for memory
-    "timed_out",                  # wall-clock timeout; the container or request was killed
-    "exit_code",                  # the sandbox process ended with a non-zero code, no result
-    "signal",                     # the sandbox process was killed by a signal
+    "exception",  # user code raised
+    "invalid_result",  # the return value is not JSON-serialisable
+    "result_too_large",  # the return value exceeds the operator's cap
+    "function_not_found",  # function_name is not defined by the code at run time
+    "oom_killed",  # the engine killed the container for memory
+    "timed_out",  # wall-clock timeout; the container or request was killed
+    "exit_code",  # the sandbox process ended with a non-zero code, no result
+    "signal",  # the sandbox process was killed by a signal
     "dependency_install_failed",  # requirements could not be installed
-    "sandbox_unavailable",        # no usable Docker engine or image
-    "http_status",                # the HTTP response status is not the expected one
-    "http_error",                 # the HTTP request failed (connect, TLS, protocol)
-    "egress_denied",              # the URL resolves to an address the egress policy blocks
-    "cancelled",                  # cancelled by the user or the overlap policy
-    "expired",                    # could not start before its start deadline
-    "poison",                     # delivered too often without an outcome (runner crashes)
-    "runner_error",               # a bug or fault in the runner itself
-    "internal",                   # a service could not handle one of the run's messages (dead-lettered)
+    "sandbox_unavailable",  # no usable Docker engine or image
+    "http_status",  # the HTTP response status is not the expected one
+    "http_error",  # the HTTP request failed (connect, TLS, protocol)
+    "egress_denied",  # the URL resolves to an address the egress policy blocks
+    "cancelled",  # cancelled by the user or the overlap policy
+    "expired",  # could not start before its start deadline
+    "poison",  # delivered too often without an outcome (runner crashes)
+    "runner_error",  # a bug or fault in the runner itself
+    "internal",  # a service could not handle one of the run's messages (dead-lettered)
 ]
 
 
@@ -57,7 +57,7 @@ def run_id_for(task_id: str, slot: str) -> str:
 
 def slot_for_fire(scheduled_for: datetime) -> str:
     """The slot name of a cron fire: ``cron:<epoch ms>``."""
-    return f"cron:{int(round(scheduled_for.timestamp() * 1000))}"
+    return f"cron:{round(scheduled_for.timestamp() * 1000)}"
 
 
 ONCE_SLOT = "once"

@@ -67,8 +67,12 @@ def schemas() -> dict[str, bytes]:
 def _clean_descriptions(node: Any) -> Any:
     """Docstrings as ``inspect.cleandoc`` leaves them, whichever way msgspec's version indents them."""
     if isinstance(node, dict):
-        return {key: inspect.cleandoc(value) if key == "description" and isinstance(value, str)
-                else _clean_descriptions(value) for key, value in node.items()}
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
     if isinstance(node, list):
         return [_clean_descriptions(item) for item in node]
     return node

@@ -73,59 +73,123 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
     file = js_api.StorageType.FILE
     limits = js_api.RetentionPolicy.LIMITS
     return {
-        subjects.STREAM_TASKS: StreamSpec("store", js_api.StreamConfig(
-            name=subjects.STREAM_TASKS, subjects=[subjects.TASK_EVENTS_ALL], retention=limits,
-            storage=file, num_replicas=replicas, max_age=30 * DAY, duplicate_window=120.0,
-            max_msg_size=MAX_PAYLOAD_BYTES, description="Task lifecycle events")),
-        subjects.STREAM_EVENTS: StreamSpec("store", js_api.StreamConfig(
-            name=subjects.STREAM_EVENTS, subjects=[subjects.RUN_EVENTS_ALL, subjects.SCHEDULE_EVENTS_ALL],
-            retention=limits, storage=file, num_replicas=replicas, max_age=7 * DAY,
-            duplicate_window=600.0, max_msg_size=MAX_PAYLOAD_BYTES, allow_direct=True,
-            description="Run and schedule events")),
-        subjects.STREAM_LOGS: StreamSpec("store", js_api.StreamConfig(
-            name=subjects.STREAM_LOGS, subjects=[subjects.LOGS_ALL], retention=limits, storage=file,
-            num_replicas=replicas, max_age=1 * DAY, max_msg_size=MAX_PAYLOAD_BYTES,
-            description="Run output on its way to the logs bucket")),
-        subjects.STREAM_DEAD_LETTERS: StreamSpec("store", js_api.StreamConfig(
-            name=subjects.STREAM_DEAD_LETTERS, subjects=[subjects.DEAD_LETTERS_ALL], retention=limits,
-            storage=file, num_replicas=replicas, max_age=30 * DAY, max_msg_size=MAX_PAYLOAD_BYTES,
-            description="Runs given up after too many deliveries")),
-        subjects.STREAM_WORK: StreamSpec("scheduler", js_api.StreamConfig(
-            name=subjects.STREAM_WORK, subjects=[subjects.WORK_ALL],
-            retention=js_api.RetentionPolicy.WORK_QUEUE, storage=file, num_replicas=replicas,
-            duplicate_window=WORK_DEDUP_WINDOW.total_seconds(), max_msg_size=MAX_PAYLOAD_BYTES,
-            description="Due runs, pulled by runners")),
+        subjects.STREAM_TASKS: StreamSpec(
+            "store",
+            js_api.StreamConfig(
+                name=subjects.STREAM_TASKS,
+                subjects=[subjects.TASK_EVENTS_ALL],
+                retention=limits,
+                storage=file,
+                num_replicas=replicas,
+                max_age=30 * DAY,
+                duplicate_window=120.0,
+                max_msg_size=MAX_PAYLOAD_BYTES,
+                description="Task lifecycle events",
+            ),
+        ),
+        subjects.STREAM_EVENTS: StreamSpec(
+            "store",
+            js_api.StreamConfig(
+                name=subjects.STREAM_EVENTS,
+                subjects=[subjects.RUN_EVENTS_ALL, subjects.SCHEDULE_EVENTS_ALL],
+                retention=limits,
+                storage=file,
+                num_replicas=replicas,
+                max_age=7 * DAY,
+                duplicate_window=600.0,
+                max_msg_size=MAX_PAYLOAD_BYTES,
+                allow_direct=True,
+                description="Run and schedule events",
+            ),
+        ),
+        subjects.STREAM_LOGS: StreamSpec(
+            "store",
+            js_api.StreamConfig(
+                name=subjects.STREAM_LOGS,
+                subjects=[subjects.LOGS_ALL],
+                retention=limits,
+                storage=file,
+                num_replicas=replicas,
+                max_age=1 * DAY,
+                max_msg_size=MAX_PAYLOAD_BYTES,
+                description="Run output on its way to the logs bucket",
+            ),
+        ),
+        subjects.STREAM_DEAD_LETTERS: StreamSpec(
+            "store",
+            js_api.StreamConfig(
+                name=subjects.STREAM_DEAD_LETTERS,
+                subjects=[subjects.DEAD_LETTERS_ALL],
+                retention=limits,
+                storage=file,
+                num_replicas=replicas,
+                max_age=30 * DAY,
+                max_msg_size=MAX_PAYLOAD_BYTES,
+                description="Runs given up after too many deliveries",
+            ),
+        ),
+        subjects.STREAM_WORK: StreamSpec(
+            "scheduler",
+            js_api.StreamConfig(
+                name=subjects.STREAM_WORK,
+                subjects=[subjects.WORK_ALL],
+                retention=js_api.RetentionPolicy.WORK_QUEUE,
+                storage=file,
+                num_replicas=replicas,
+                duplicate_window=WORK_DEDUP_WINDOW.total_seconds(),
+                max_msg_size=MAX_PAYLOAD_BYTES,
+                description="Due runs, pulled by runners",
+            ),
+        ),
     }
 
 
-def _durable(name: str, *, ack_wait: timedelta, filter_subject: str | None = None,
-             max_ack_pending: int = 20_000) -> js_api.ConsumerConfig:
+def _durable(
+    name: str, *, ack_wait: timedelta, filter_subject: str | None = None, max_ack_pending: int = 20_000
+) -> js_api.ConsumerConfig:
     # Explicit acknowledgement everywhere, the store's consumers included. AckAll (one ack per
     # batch) is unsafe for them: messages delivered to a store that was killed, or lost in a
     # reconnect, are redelivered only after the ack wait, and the next batch's single ack would
     # cover them before they were ever written.
     return js_api.ConsumerConfig(
-        durable_name=name, filter_subject=filter_subject, ack_policy=js_api.AckPolicy.EXPLICIT,
-        deliver_policy=js_api.DeliverPolicy.ALL, ack_wait=ack_wait.total_seconds(), max_deliver=-1,
-        max_ack_pending=max_ack_pending, max_waiting=1024)
+        durable_name=name,
+        filter_subject=filter_subject,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=ack_wait.total_seconds(),
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+        max_waiting=1024,
+    )
 
 
 CONSUMERS: Final[dict[str, ConsumerSpec]] = {
-    subjects.CONSUMER_STORE_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
-        subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT)),
-    subjects.CONSUMER_STORE_EVENTS: ConsumerSpec(subjects.STREAM_EVENTS, _durable(
-        subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT)),
-    subjects.CONSUMER_STORE_LOGS: ConsumerSpec(subjects.STREAM_LOGS, _durable(
-        subjects.CONSUMER_STORE_LOGS, ack_wait=STORE_ACK_WAIT)),
-    subjects.CONSUMER_SCHEDULER_TASKS: ConsumerSpec(subjects.STREAM_TASKS, _durable(
-        subjects.CONSUMER_SCHEDULER_TASKS, ack_wait=SCHEDULER_ACK_WAIT)),
-    subjects.CONSUMER_SCHEDULER_RUNS: ConsumerSpec(subjects.STREAM_EVENTS, _durable(
-        subjects.CONSUMER_SCHEDULER_RUNS, ack_wait=SCHEDULER_ACK_WAIT,
-        filter_subject=subjects.RUN_FINISHED_ALL)),
-    subjects.CONSUMER_RUNNER_CODE: ConsumerSpec(subjects.STREAM_WORK, _durable(
-        subjects.CONSUMER_RUNNER_CODE, ack_wait=RUNNER_ACK_WAIT, filter_subject=subjects.WORK_CODE)),
-    subjects.CONSUMER_RUNNER_API: ConsumerSpec(subjects.STREAM_WORK, _durable(
-        subjects.CONSUMER_RUNNER_API, ack_wait=RUNNER_ACK_WAIT, filter_subject=subjects.WORK_API)),
+    subjects.CONSUMER_STORE_TASKS: ConsumerSpec(
+        subjects.STREAM_TASKS, _durable(subjects.CONSUMER_STORE_TASKS, ack_wait=STORE_ACK_WAIT)
+    ),
+    subjects.CONSUMER_STORE_EVENTS: ConsumerSpec(
+        subjects.STREAM_EVENTS, _durable(subjects.CONSUMER_STORE_EVENTS, ack_wait=STORE_ACK_WAIT)
+    ),
+    subjects.CONSUMER_STORE_LOGS: ConsumerSpec(
+        subjects.STREAM_LOGS, _durable(subjects.CONSUMER_STORE_LOGS, ack_wait=STORE_ACK_WAIT)
+    ),
+    subjects.CONSUMER_SCHEDULER_TASKS: ConsumerSpec(
+        subjects.STREAM_TASKS, _durable(subjects.CONSUMER_SCHEDULER_TASKS, ack_wait=SCHEDULER_ACK_WAIT)
+    ),
+    subjects.CONSUMER_SCHEDULER_RUNS: ConsumerSpec(
+        subjects.STREAM_EVENTS,
+        _durable(
+            subjects.CONSUMER_SCHEDULER_RUNS, ack_wait=SCHEDULER_ACK_WAIT, filter_subject=subjects.RUN_FINISHED_ALL
+        ),
+    ),
+    subjects.CONSUMER_RUNNER_CODE: ConsumerSpec(
+        subjects.STREAM_WORK,
+        _durable(subjects.CONSUMER_RUNNER_CODE, ack_wait=RUNNER_ACK_WAIT, filter_subject=subjects.WORK_CODE),
+    ),
+    subjects.CONSUMER_RUNNER_API: ConsumerSpec(
+        subjects.STREAM_WORK,
+        _durable(subjects.CONSUMER_RUNNER_API, ack_wait=RUNNER_ACK_WAIT, filter_subject=subjects.WORK_API),
+    ),
 }
 """Every durable consumer, by name."""
 
@@ -134,19 +198,64 @@ def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
     """Every KV bucket, by name."""
     file = js_api.StorageType.FILE
     return {
-        subjects.BUCKET_TASKS: BucketSpec("store", js_api.KeyValueConfig(
-            bucket=subjects.BUCKET_TASKS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Task records")),
-        subjects.BUCKET_RUNS: BucketSpec("store", js_api.KeyValueConfig(
-            bucket=subjects.BUCKET_RUNS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run records")),
-        subjects.BUCKET_LOGS: BucketSpec("store", js_api.KeyValueConfig(
-            bucket=subjects.BUCKET_LOGS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run output, chunked")),
-        subjects.BUCKET_SCHEDULES: BucketSpec("scheduler", js_api.KeyValueConfig(
-            bucket=subjects.BUCKET_SCHEDULES, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Durable timers")),
-        subjects.BUCKET_LEASES: BucketSpec("scheduler", js_api.KeyValueConfig(
-            bucket=subjects.BUCKET_LEASES, history=1, storage=file, replicas=replicas,
-            ttl=LEASE_TTL.total_seconds(), direct=True, description="Leader leases")),
+        subjects.BUCKET_TASKS: BucketSpec(
+            "store",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_TASKS,
+                history=1,
+                storage=file,
+                replicas=replicas,
+                max_value_size=MAX_PAYLOAD_BYTES,
+                direct=True,
+                description="Task records",
+            ),
+        ),
+        subjects.BUCKET_RUNS: BucketSpec(
+            "store",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_RUNS,
+                history=1,
+                storage=file,
+                replicas=replicas,
+                max_value_size=MAX_PAYLOAD_BYTES,
+                direct=True,
+                description="Run records",
+            ),
+        ),
+        subjects.BUCKET_LOGS: BucketSpec(
+            "store",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_LOGS,
+                history=1,
+                storage=file,
+                replicas=replicas,
+                max_value_size=MAX_PAYLOAD_BYTES,
+                direct=True,
+                description="Run output, chunked",
+            ),
+        ),
+        subjects.BUCKET_SCHEDULES: BucketSpec(
+            "scheduler",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_SCHEDULES,
+                history=1,
+                storage=file,
+                replicas=replicas,
+                max_value_size=MAX_PAYLOAD_BYTES,
+                direct=True,
+                description="Durable timers",
+            ),
+        ),
+        subjects.BUCKET_LEASES: BucketSpec(
+            "scheduler",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_LEASES,
+                history=1,
+                storage=file,
+                replicas=replicas,
+                ttl=LEASE_TTL.total_seconds(),
+                direct=True,
+                description="Leader leases",
+            ),
+        ),
     }

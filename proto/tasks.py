@@ -23,9 +23,18 @@ OverlapPolicy = Literal["allow", "forbid", "replace"]
 MisfirePolicy = Literal["run_once", "skip", "run_all"]
 
 TaskStatus = Literal[
-    "pending", "queued", "running", "retrying",
-    "succeeded", "failed", "timed_out", "cancelled", "expired",
-    "active", "paused", "completed",
+    "pending",
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "expired",
+    "active",
+    "paused",
+    "completed",
 ]
 """One-shot tasks: pending → queued → running → succeeded | failed | timed_out | cancelled | expired
 (``retrying`` between attempts). Scheduled tasks: active | paused, then completed or cancelled."""
@@ -155,7 +164,9 @@ def value_fields(spec: TaskSpec) -> None:
         except (TypeError, ValueError, OverflowError):
             raise FieldError(name, f"{name} must be a JSON value") from None
         if size > bounds.MAX_VALUE_BYTES:
-            raise FieldError(name, f"args, kwargs and data together may be at most {bounds.MAX_VALUE_BYTES} bytes of JSON")
+            raise FieldError(
+                name, f"args, kwargs and data together may be at most {bounds.MAX_VALUE_BYTES} bytes of JSON"
+            )
 
 
 def trigger_fields(spec: TaskSpec) -> None:
@@ -253,7 +264,7 @@ def api_fields(spec: TaskSpec) -> None:
         raise FieldError("api_url", f"api_url is longer than {bounds.MAX_URL_CHARS} characters")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        _ = parts.port  # raises ValueError for a port that is no number or out of range
     except ValueError:
         raise FieldError("api_url", "api_url is not a valid URL") from None
     if parts.scheme not in ("http", "https"):

@@ -42,8 +42,12 @@ def api_error(response: httpx.Response) -> ApiError:
     """The error of a non-2xx response, whatever its body looks like."""
     try:
         detail = response.json()["error"]
-        return ApiError(response.status_code, str(detail.get("code", "http_error")),
-                        str(detail.get("message", "")), detail.get("field"))
+        return ApiError(
+            response.status_code,
+            str(detail.get("code", "http_error")),
+            str(detail.get("message", "")),
+            detail.get("field"),
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         text = " ".join(response.text.split())[:200] or response.reason_phrase
         return ApiError(response.status_code, "http_error", f"HTTP {response.status_code}: {text}")
@@ -70,8 +74,9 @@ def decode(kind: type[T], response: httpx.Response) -> T:
 
 def query(params: dict[str, Any] | None) -> dict[str, Any]:
     """Query parameters without the unset ones, booleans as ``true``/``false``."""
-    return {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in (params or {}).items()
-            if v is not None}
+    return {
+        k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in (params or {}).items() if v is not None
+    }
 
 
 def submit_path(spec: dict[str, Any]) -> str:
@@ -138,8 +143,9 @@ class _EventParser:
 class Gateway:
     """The gateway at ``url``, synchronously; every method returns the decoded JSON body or raises GatewayError."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
-                 submit_retry_seconds: float = SUBMIT_RETRY_SECONDS) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, submit_retry_seconds: float = SUBMIT_RETRY_SECONDS
+    ) -> None:
         self.url = url.rstrip("/")
         self.submit_retry_seconds = submit_retry_seconds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -158,8 +164,16 @@ class Gateway:
         """Close the connection pool."""
         self.http.close()
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
-                headers: dict[str, str] | None = None, accept: tuple[int, ...] = ()) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> httpx.Response:
         """Send one request; a 4xx/5xx not in ``accept`` raises ApiError."""
         try:
             response = self.http.request(method, path, params=query(params), json=body, headers=headers)
@@ -212,8 +226,12 @@ class Gateway:
         """One ``/wait`` of at most ``seconds``: 200 when the task is done, 202 when the wait ended first."""
         return self.request("GET", f"/api/tasks/{task_id}/wait", params={"wait": seconds}, accept=(202,))
 
-    def wait(self, task_id: str, timeout_seconds: float | None,
-             on_update: Callable[[dict[str, Any]], None] = lambda task: None) -> tuple[dict[str, Any], bool]:
+    def wait(
+        self,
+        task_id: str,
+        timeout_seconds: float | None,
+        on_update: Callable[[dict[str, Any]], None] = lambda task: None,
+    ) -> tuple[dict[str, Any], bool]:
         """Wait until the task is done (a schedule: until a run ends); returns (task, done)."""
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         while True:
@@ -221,8 +239,9 @@ class Gateway:
             response = self.wait_response(task_id, min(WAIT_STEP_SECONDS, remaining))
             task = response.json()
             on_update(task)
-            done = response.status_code == 200 and (task["status"] in FINAL_STATUSES
-                                                    or task.get("task_type") == "scheduled")
+            done = response.status_code == 200 and (
+                task["status"] in FINAL_STATUSES or task.get("task_type") == "scheduled"
+            )
             if done or (deadline is not None and time.monotonic() >= deadline):
                 return task, done
 
@@ -240,15 +259,18 @@ class Gateway:
         except httpx.ConnectError as exc:
             raise unreachable(self.url, exc) from None
         except httpx.HTTPError as exc:
-            raise GatewayUnreachable(f"the log stream from {self.url} broke ({type(exc).__name__}); "
-                                     "run the command again once the gateway is back") from None
+            raise GatewayUnreachable(
+                f"the log stream from {self.url} broke ({type(exc).__name__}); "
+                "run the command again once the gateway is back"
+            ) from None
 
 
 class AsyncGateway:
     """The gateway at ``url``, for asyncio; the same requests and errors as ``Gateway``."""
 
-    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
-                 submit_retry_seconds: float = SUBMIT_RETRY_SECONDS) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, submit_retry_seconds: float = SUBMIT_RETRY_SECONDS
+    ) -> None:
         self.url = url.rstrip("/")
         self.submit_retry_seconds = submit_retry_seconds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -261,8 +283,16 @@ class AsyncGateway:
         """Close the connection pool."""
         await self.http.aclose()
 
-    async def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
-                      headers: dict[str, str] | None = None, accept: tuple[int, ...] = ()) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> httpx.Response:
         """Send one request; a 4xx/5xx not in ``accept`` raises ApiError."""
         try:
             response = await self.http.request(method, path, params=query(params), json=body, headers=headers)
@@ -294,8 +324,9 @@ class AsyncGateway:
         timeout = httpx.Timeout(REQUEST_TIMEOUT_SECONDS, read=None)
         parser = _EventParser()
         try:
-            async with self.http.stream("GET", f"/api/tasks/{task_id}/logs", params=params,
-                                        timeout=timeout) as response:
+            async with self.http.stream(
+                "GET", f"/api/tasks/{task_id}/logs", params=params, timeout=timeout
+            ) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise api_error(response)

@@ -51,7 +51,7 @@ class AsyncRun(Generic[R]):
         self.task = decode(TaskRecord, await self._gateway.request("GET", f"/api/tasks/{self.id}"))
         return self
 
-    async def result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - the sync client's signature
+    async def result(self, timeout: float | None = None) -> R:
         """Wait for the result; TaskFailed/TaskCancelled/TaskTimedOut if there is none, ResultNotReady on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.task.status not in FINAL_STATUSES:
@@ -126,7 +126,7 @@ class AsyncSchedule:
         self.task = reply.task
         return reply.run_id
 
-    async def run_result(self, run_id: str, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+    async def run_result(self, run_id: str, timeout: float | None = None) -> Any:
         """Wait for a run of this schedule (``trigger()`` names one); its result, or TaskFailed & co."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -141,8 +141,7 @@ class AsyncSchedule:
 
     async def ledger(self, limit: int = 100) -> list[LedgerEntry]:
         """Every fire slot, newest first, and what became of it."""
-        response = await self._gateway.request("GET", f"/api/scheduled-tasks/{self.id}/ledger",
-                                               params={"limit": limit})
+        response = await self._gateway.request("GET", f"/api/scheduled-tasks/{self.id}/ledger", params={"limit": limit})
         return decode(Ledger, response).entries
 
     async def runs(self, limit: int = 50) -> list[RunRecord]:
@@ -152,8 +151,9 @@ class AsyncSchedule:
 
     async def delete(self, cancel_running: bool = False) -> None:
         """Stop future fires and delete it."""
-        await self._gateway.request("DELETE", f"/api/scheduled-tasks/{self.id}",
-                                    params={"cancel_running": cancel_running})
+        await self._gateway.request(
+            "DELETE", f"/api/scheduled-tasks/{self.id}", params={"cancel_running": cancel_running}
+        )
 
 
 class AsyncFunction(Generic[P, R]):
@@ -170,16 +170,26 @@ class AsyncFunction(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._function(*args, **kwargs)
 
-    async def submit(self, *args: Any, delay_seconds: float | None = None,
-                     start_deadline_seconds: float | None = None, idempotency_key: str | None = None,
-                     **kwargs: Any) -> AsyncRun[R]:
+    async def submit(
+        self,
+        *args: Any,
+        delay_seconds: float | None = None,
+        start_deadline_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncRun[R]:
         """Run it in a sandbox now (or after ``delay_seconds``); returns once the task is accepted."""
-        spec = functions.code_spec(self.source, self.execution, args, kwargs,
-                                   **functions.trigger_fields(delay_seconds),
-                                   start_deadline_seconds=start_deadline_seconds)
+        spec = functions.code_spec(
+            self.source,
+            self.execution,
+            args,
+            kwargs,
+            **functions.trigger_fields(delay_seconds),
+            start_deadline_seconds=start_deadline_seconds,
+        )
         return AsyncRun(self._gateway, decode(TaskRecord, await self._gateway.submit_response(spec, idempotency_key)))
 
-    async def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[R]:  # noqa: ASYNC109
+    async def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[R]:
         """Submit one task per item, then the results in the order given."""
         slots = asyncio.Semaphore(MAP_CONCURRENCY)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -191,15 +201,31 @@ class AsyncFunction(Generic[P, R]):
 
         return list(await asyncio.gather(*(one(args) for args in zip(*iterables, strict=False))))
 
-    async def schedule(self, *args: Any, cron: str, timezone: str | None = None, start_at: datetime | None = None,
-                       end_at: datetime | None = None, max_runs: int | None = None,
-                       overlap_policy: OverlapPolicy | None = None, misfire_policy: MisfirePolicy | None = None,
-                       start_deadline_seconds: float | None = None, idempotency_key: str | None = None,
-                       **kwargs: Any) -> AsyncSchedule:
+    async def schedule(
+        self,
+        *args: Any,
+        cron: str,
+        timezone: str | None = None,
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        max_runs: int | None = None,
+        overlap_policy: OverlapPolicy | None = None,
+        misfire_policy: MisfirePolicy | None = None,
+        start_deadline_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncSchedule:
         """Run it on a cron schedule, in ``timezone`` (UTC by default)."""
         trigger = functions.schedule_fields(
-            cron, timezone, start_at=start_at, end_at=end_at, max_runs=max_runs, overlap_policy=overlap_policy,
-            misfire_policy=misfire_policy, start_deadline_seconds=start_deadline_seconds)
+            cron,
+            timezone,
+            start_at=start_at,
+            end_at=end_at,
+            max_runs=max_runs,
+            overlap_policy=overlap_policy,
+            misfire_policy=misfire_policy,
+            start_deadline_seconds=start_deadline_seconds,
+        )
         spec = functions.code_spec(self.source, self.execution, args, kwargs, **trigger)
         response = await self._gateway.submit_response(spec, idempotency_key)
         return AsyncSchedule(self._gateway, decode(TaskRecord, response))
@@ -208,8 +234,7 @@ class AsyncFunction(Generic[P, R]):
 class AsyncClient:
     """A Taskmesh gateway for asyncio; ``async with taskmesh.AsyncClient() as tm:`` closes it."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 submit_retry_seconds: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, *, submit_retry_seconds: float = 30.0) -> None:
         self.url = (url or os.environ.get("TASKMESH_URL") or DEFAULT_URL).rstrip("/")
         self.gateway = AsyncGateway(self.url, token or os.environ.get("TASKMESH_TOKEN"), submit_retry_seconds)
 
@@ -230,42 +255,94 @@ class AsyncClient:
     def function(self, function: Callable[P, R], /) -> AsyncFunction[P, R]: ...
 
     @overload
-    def function(self, *, name: str | None = None, requirements: list[str] | None = None,
-                 timeout: float | None = None, memory_mb: int | None = None, cpus: float | None = None,
-                 network: bool | None = None, max_retries: int | None = None,
-                 retry_delay_seconds: float | None = None, retry_backoff: float | None = None,
-                 retry_delay_max_seconds: float | None = None) -> Callable[[Callable[P, R]], AsyncFunction[P, R]]: ...
+    def function(
+        self,
+        *,
+        name: str | None = None,
+        requirements: list[str] | None = None,
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        cpus: float | None = None,
+        network: bool | None = None,
+        max_retries: int | None = None,
+        retry_delay_seconds: float | None = None,
+        retry_backoff: float | None = None,
+        retry_delay_max_seconds: float | None = None,
+    ) -> Callable[[Callable[P, R]], AsyncFunction[P, R]]: ...
 
-    def function(self, function: Callable[..., Any] | None = None, *, name: str | None = None,
-                 requirements: list[str] | None = None, timeout: float | None = None, memory_mb: int | None = None,
-                 cpus: float | None = None, network: bool | None = None, max_retries: int | None = None,
-                 retry_delay_seconds: float | None = None, retry_backoff: float | None = None,
-                 retry_delay_max_seconds: float | None = None) -> Any:
+    def function(
+        self,
+        function: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        requirements: list[str] | None = None,
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        cpus: float | None = None,
+        network: bool | None = None,
+        max_retries: int | None = None,
+        retry_delay_seconds: float | None = None,
+        retry_backoff: float | None = None,
+        retry_delay_max_seconds: float | None = None,
+    ) -> Any:
         """Decorate a module-level function so it can run in a sandbox (``@tm.function`` or ``@tm.function(...)``)."""
-        execution = Execution(name=name, requirements=list(requirements or []), timeout=timeout, memory_mb=memory_mb,
-                              cpus=cpus, network=network, max_retries=max_retries,
-                              retry_delay_seconds=retry_delay_seconds, retry_backoff=retry_backoff,
-                              retry_delay_max_seconds=retry_delay_max_seconds)
+        execution = Execution(
+            name=name,
+            requirements=list(requirements or []),
+            timeout=timeout,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            network=network,
+            max_retries=max_retries,
+            retry_delay_seconds=retry_delay_seconds,
+            retry_backoff=retry_backoff,
+            retry_delay_max_seconds=retry_delay_max_seconds,
+        )
         if function is not None:
             return AsyncFunction(self.gateway, function, execution)
         return lambda decorated: AsyncFunction(self.gateway, decorated, execution)
 
-    async def http(self, url: str, *, method: str = "GET", json: Any = None, headers: dict[str, str] | None = None,
-                   expected_status: list[int] | None = None,
-                   timeout: float | None = None,  # noqa: ASYNC109 - the task's timeout, a spec field
-                   name: str | None = None,
-                   delay_seconds: float | None = None, isolated: bool | None = None,
-                   requirements: list[str] | None = None, max_retries: int | None = None,
-                   idempotency_key: str | None = None) -> AsyncRun[Any]:
+    async def http(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        expected_status: list[int] | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        delay_seconds: float | None = None,
+        isolated: bool | None = None,
+        requirements: list[str] | None = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncRun[Any]:
         """An API task: one HTTP request made by a runner."""
-        spec = functions.http_spec(url, name=name, method=method, data=json, headers=headers,
-                                   expected_status=expected_status, timeout=timeout, isolated=isolated,
-                                   requirements=requirements, max_retries=max_retries,
-                                   **functions.trigger_fields(delay_seconds))
+        spec = functions.http_spec(
+            url,
+            name=name,
+            method=method,
+            data=json,
+            headers=headers,
+            expected_status=expected_status,
+            timeout=timeout,
+            isolated=isolated,
+            requirements=requirements,
+            max_retries=max_retries,
+            **functions.trigger_fields(delay_seconds),
+        )
         return AsyncRun(self.gateway, decode(TaskRecord, await self.gateway.submit_response(spec, idempotency_key)))
 
-    async def tasks(self, *, status: TaskStatus | None = None, kind: TaskKind | None = None,
-                    task_type: TaskType | None = None, name: str | None = None, limit: int = 50) -> list[TaskRecord]:
+    async def tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        kind: TaskKind | None = None,
+        task_type: TaskType | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskRecord]:
         """Tasks, newest first, filtered as ``GET /api/tasks`` filters."""
         params = {"status": status, "kind": kind, "task_type": task_type, "name": name, "limit": limit}
         return decode(TaskPage, await self.gateway.request("GET", "/api/tasks", params=params)).tasks

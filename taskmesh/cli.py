@@ -26,10 +26,12 @@ Shell completion (commands, options, task ids):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}, epilog=EPILOG)
 @click.version_option(package_name="taskmesh")
-@click.option("--url", envvar="TASKMESH_URL", default=DEFAULT_URL, show_default=True, metavar="URL",
-              help="Gateway base URL.")
-@click.option("--token", envvar="TASKMESH_TOKEN", metavar="TOKEN",
-              help="API token, sent as 'Authorization: Bearer TOKEN'.")
+@click.option(
+    "--url", envvar="TASKMESH_URL", default=DEFAULT_URL, show_default=True, metavar="URL", help="Gateway base URL."
+)
+@click.option(
+    "--token", envvar="TASKMESH_TOKEN", metavar="TOKEN", help="API token, sent as 'Authorization: Bearer TOKEN'."
+)
 @click.pass_context
 def cli(ctx: click.Context, url: str, token: str | None) -> None:
     """Taskmesh: run Python functions in sandboxes and HTTP requests, now, later or on a cron schedule."""
@@ -37,8 +39,14 @@ def cli(ctx: click.Context, url: str, token: str | None) -> None:
 
 
 @cli.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".taskmesh"), show_default=True,
-              envvar="TASKMESH_DATA_DIR", help="Where NATS data and the dependency cache live.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".taskmesh"),
+    show_default=True,
+    envvar="TASKMESH_DATA_DIR",
+    help="Where NATS data and the dependency cache live.",
+)
 @click.option("--port", type=int, default=5001, show_default=True, help="HTTP port of the API (127.0.0.1).")
 @click.option("--nats-port", type=int, default=4222, show_default=True, help="NATS port (127.0.0.1).")
 def up(data_dir: Path, port: int, nats_port: int) -> None:

@@ -83,8 +83,13 @@ class Output:
             needed = minimum_width(self.console, renderable)
             if needed > self.console.width:
                 # rich never prints wider than its console: a wider one on the same stream, same colours
-                Console(file=self.console.file, width=needed, color_system=self.console.color_system,  # type: ignore[arg-type]  # rich reports the system it was given
-                        force_terminal=self.console.is_terminal, highlight=False).print(renderable)
+                Console(
+                    file=self.console.file,
+                    width=needed,
+                    color_system=self.console.color_system,  # type: ignore[arg-type]  # rich reports the system it was given
+                    force_terminal=self.console.is_terminal,
+                    highlight=False,
+                ).print(renderable)
                 return
         self.console.print(renderable)
 
@@ -124,15 +129,18 @@ def api_command(func: Callable[..., int | None]) -> Callable[..., None]:
             ctx.exit(EXIT_INTERRUPTED)
         ctx.exit(code or EXIT_OK)
 
-    run = click.option("--json", "as_json", is_flag=True,
-                       help="Print the API's JSON on stdout instead of tables (errors too).")(run)
+    run = click.option(
+        "--json", "as_json", is_flag=True, help="Print the API's JSON on stdout instead of tables (errors too)."
+    )(run)
     return click.pass_context(run)
 
 
 def _completion_gateway(ctx: click.Context) -> Gateway:
     root = ctx.find_root().params
-    return Gateway(root.get("url") or os.environ.get("TASKMESH_URL") or DEFAULT_URL,
-                   root.get("token") or os.environ.get("TASKMESH_TOKEN"))
+    return Gateway(
+        root.get("url") or os.environ.get("TASKMESH_URL") or DEFAULT_URL,
+        root.get("token") or os.environ.get("TASKMESH_TOKEN"),
+    )
 
 
 def complete_task_id(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[Any]:

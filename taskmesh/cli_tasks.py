@@ -22,8 +22,20 @@ from taskmesh.cli_common import (
 )
 from taskmesh.specs import build_spec
 
-STATUSES = ["pending", "queued", "running", "retrying", "succeeded", "failed", "timed_out", "cancelled",
-            "expired", "active", "paused", "completed"]
+STATUSES = [
+    "pending",
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "expired",
+    "active",
+    "paused",
+    "completed",
+]
 task_id_argument = click.argument("task_id", metavar="ID", shell_complete=complete_task_id)
 
 SUBMIT_HELP = """Submit a code task or an API task, now, after a delay or on a cron schedule.
@@ -52,25 +64,46 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
 @click.option("--name", help="Task name (default: the function name, or METHOD URL).")
 @click.option("--code", metavar="SOURCE", help="Function code inline (a code task); use with --function.")
 @click.option("--function", metavar="NAME", help="Function to call (code tasks).")
-@click.option("--arg", "args", multiple=True, metavar="VALUE",
-              help="Positional argument; JSON if it parses, else a string. Repeatable.")
-@click.option("--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE",
-              help="Keyword argument; VALUE as for --arg. Repeatable.")
-@click.option("--requirement", "-r", "requirements", multiple=True, metavar="REQ",
-              help="pip requirement, e.g. pandas==2.2.3. Repeatable.")
+@click.option(
+    "--arg",
+    "args",
+    multiple=True,
+    metavar="VALUE",
+    help="Positional argument; JSON if it parses, else a string. Repeatable.",
+)
+@click.option(
+    "--kwarg", "kwargs", multiple=True, metavar="KEY=VALUE", help="Keyword argument; VALUE as for --arg. Repeatable."
+)
+@click.option(
+    "--requirement",
+    "-r",
+    "requirements",
+    multiple=True,
+    metavar="REQ",
+    help="pip requirement, e.g. pandas==2.2.3. Repeatable.",
+)
 @click.option("--api-url", metavar="URL", help="URL to call (an API task).")
 @click.option("--method", metavar="METHOD", help="HTTP method of an API task (default GET).")
-@click.option("--header", "-H", "headers", multiple=True, metavar="NAME:VALUE",
-              help="Request header of an API task. Repeatable.")
+@click.option(
+    "--header", "-H", "headers", multiple=True, metavar="NAME:VALUE", help="Request header of an API task. Repeatable."
+)
 @click.option("--data", metavar="BODY", help="Request body of an API task; JSON if it parses, else a string.")
-@click.option("--expect-status", type=int, multiple=True, metavar="CODE",
-              help="Status that counts as success (default 2xx). Repeatable.")
+@click.option(
+    "--expect-status",
+    type=int,
+    multiple=True,
+    metavar="CODE",
+    help="Status that counts as success (default 2xx). Repeatable.",
+)
 @click.option("--delay", type=float, metavar="SECONDS", help="Run once after this many seconds (task_type delayed).")
 @click.option("--cron", metavar="EXPR", help="Run on this cron schedule (task_type scheduled).")
 @click.option("--timezone", metavar="ZONE", help="Time zone of --cron (default UTC).")
 @click.option("--max-runs", type=int, metavar="N", help="Stop a schedule after this many runs.")
-@click.option("--overlap", type=click.Choice(["allow", "forbid", "replace"]),
-              help="When a scheduled run is still going at the next fire.")
+@click.option(
+    "--overlap",
+    type=click.Choice(["allow", "forbid", "replace"]),
+    help="When a scheduled run is still going at the next fire.",
+)
 @click.option("--timeout", type=float, metavar="SECONDS", help="Kill a run after this long.")
 @click.option("--retries", type=int, metavar="N", help="Retries after a failure or timeout (max_retries).")
 @click.option("--retry-delay", type=float, metavar="SECONDS", help="First delay before a retry.")
@@ -78,15 +111,28 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
 @click.option("--network", is_flag=True, help="Give the sandbox network access.")
 @click.option("--memory-mb", type=int, metavar="MB", help="Sandbox memory limit.")
 @click.option("--cpus", type=float, metavar="N", help="Sandbox CPU limit.")
-@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
-              help="Any other spec field; VALUE as for --arg. Repeatable.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Any other spec field; VALUE as for --arg. Repeatable.",
+)
 @click.option("--idempotency-key", metavar="KEY", help="Submitting twice with one key creates one task.")
 @click.option("--wait", "wait", is_flag=True, help="Wait for the outcome with a spinner; exit code tells success.")
 @click.option("--wait-timeout", type=float, metavar="SECONDS", help="Give up waiting after this long (exit code 4).")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the task id.")
 @api_command
-def submit(out: Output, gateway: Gateway, source: str | None, idempotency_key: str | None, wait: bool,
-           wait_timeout: float | None, quiet: bool, **flags: Any) -> int:
+def submit(
+    out: Output,
+    gateway: Gateway,
+    source: str | None,
+    idempotency_key: str | None,
+    wait: bool,
+    wait_timeout: float | None,
+    quiet: bool,
+    **flags: Any,
+) -> int:
     """Submit a task built from SOURCE and flags; with --wait, report its outcome in the exit code."""
     spec = build_spec(source, flags)
     task = gateway.submit(spec, idempotency_key)
@@ -111,8 +157,9 @@ def submit(out: Output, gateway: Gateway, source: str | None, idempotency_key: s
     return 0 if status in ("succeeded", "completed") else EXIT_NOT_SUCCEEDED
 
 
-def wait_with_spinner(out: Output, gateway: Gateway, task: dict[str, Any],
-                      timeout: float | None) -> tuple[dict[str, Any], bool]:
+def wait_with_spinner(
+    out: Output, gateway: Gateway, task: dict[str, Any], timeout: float | None
+) -> tuple[dict[str, Any], bool]:
     """Wait for the task, showing its status on a spinner when stderr is a terminal."""
     try:
         if out.as_json or not out.err.is_terminal:
@@ -191,8 +238,7 @@ def _write_chunk(chunk: dict[str, Any]) -> None:
 @click.option("--run", "run_id", metavar="RUN_ID", help="A given run (default: the latest).")
 @click.option("--attempt", type=int, metavar="N", help="A given attempt of the run (default: the latest).")
 @api_command
-def logs(out: Output, gateway: Gateway, task_id: str, follow: bool, run_id: str | None,
-         attempt: int | None) -> int:
+def logs(out: Output, gateway: Gateway, task_id: str, follow: bool, run_id: str | None, attempt: int | None) -> int:
     """Print a task's output.
 
     The task's stdout goes to stdout and its stderr to stderr, as it wrote them. With --follow,
@@ -217,8 +263,12 @@ def logs(out: Output, gateway: Gateway, task_id: str, follow: bool, run_id: str 
         if event.event == "end":
             out.note(f"-- run {event.data.get('run_id')} ended: {event.data.get('status')}")
             return 0
-    out.err.print("error: the log stream closed before the run's end was reported; run the command again",
-                  style="red", markup=False, soft_wrap=True)
+    out.err.print(
+        "error: the log stream closed before the run's end was reported; run the command again",
+        style="red",
+        markup=False,
+        soft_wrap=True,
+    )
     return EXIT_API_ERROR
 
 

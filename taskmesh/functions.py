@@ -27,8 +27,19 @@ from taskmesh.source import CapturedSource
 
 SUBMIT_OPTIONS = frozenset({"delay_seconds", "start_deadline_seconds", "idempotency_key"})
 """Keyword arguments ``submit`` keeps for itself: the function's own parameters may not use these names."""
-SCHEDULE_OPTIONS = frozenset({"cron", "timezone", "start_at", "end_at", "max_runs", "overlap_policy",
-                              "misfire_policy", "start_deadline_seconds", "idempotency_key"})
+SCHEDULE_OPTIONS = frozenset(
+    {
+        "cron",
+        "timezone",
+        "start_at",
+        "end_at",
+        "max_runs",
+        "overlap_policy",
+        "misfire_policy",
+        "start_deadline_seconds",
+        "idempotency_key",
+    }
+)
 """Keyword arguments ``schedule`` keeps for itself."""
 SCHEDULE_WAIT_STEP_SECONDS = 1.0
 """A schedule's ``/wait`` returns when any run ends: short steps, then the awaited run is read again."""
@@ -61,8 +72,10 @@ def check_parameters(function: Callable[..., Any]) -> None:
     taken = set(inspect.signature(function).parameters) & (SUBMIT_OPTIONS | SCHEDULE_OPTIONS)
     if taken:
         name = sorted(taken)[0]
-        raise FunctionNotPortable(f"cannot send {function.__name__} as a task: its parameter {name!r} has the name "
-                                  f"of an option of submit()/schedule(); rename the parameter")
+        raise FunctionNotPortable(
+            f"cannot send {function.__name__} as a task: its parameter {name!r} has the name "
+            f"of an option of submit()/schedule(); rename the parameter"
+        )
 
 
 def check_json(value: Any, where: str) -> None:
@@ -87,13 +100,18 @@ def check_json(value: Any, where: str) -> None:
     raise ArgumentsNotJson(f"{where} is not a JSON value (type {type(value).__name__}){hint}")
 
 
-def code_spec(source: CapturedSource, execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any],
-              **trigger: Any) -> dict[str, Any]:
+def code_spec(
+    source: CapturedSource, execution: Execution, args: tuple[Any, ...], kwargs: dict[str, Any], **trigger: Any
+) -> dict[str, Any]:
     """The body of a code task's submission; ``trigger`` holds task_type and its fields."""
     check_json(list(args), "args")
     check_json(kwargs, "kwargs")
-    spec: dict[str, Any] = {"name": source.function_name, **execution.fields(),
-                            "function_code": source.function_code, "function_name": source.function_name}
+    spec: dict[str, Any] = {
+        "name": source.function_name,
+        **execution.fields(),
+        "function_code": source.function_code,
+        "function_name": source.function_name,
+    }
     if args:
         spec["args"] = list(args)
     if kwargs:
@@ -144,8 +162,7 @@ def run_outcome(schedule: TaskRecord, run: RunRecord) -> Any:
     raise not_succeeded(schedule.name, schedule.id, run.status, run.error, run.run_id)
 
 
-def not_succeeded(name: str, task_id: str, status: str, error: RunError | None,
-                  run_id: str | None) -> TaskNotSucceeded:
+def not_succeeded(name: str, task_id: str, status: str, error: RunError | None, run_id: str | None) -> TaskNotSucceeded:
     """The exception for a task (or run) that ended without a result."""
     kind = {"cancelled": TaskCancelled, "timed_out": TaskTimedOut}.get(status, TaskFailed)
     return kind(name, task_id, status, error, run_id)

@@ -13,8 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from taskmesh.processes import (SERVICES, NatsServer, ProcessError, ServiceProcess, local_service_env, port_in_use,
-                                wait_http)
+from taskmesh.processes import (
+    SERVICES,
+    NatsServer,
+    ProcessError,
+    ServiceProcess,
+    local_service_env,
+    port_in_use,
+    wait_http,
+)
 
 COLOURS = {"nats": "35", "store": "36", "scheduler": "33", "runner": "32", "gateway": "34"}
 

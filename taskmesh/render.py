@@ -13,10 +13,21 @@ from rich.table import Table
 from rich.text import Text
 
 STATUS_STYLES = {
-    "succeeded": "green", "completed": "green", "ok": "green", "active": "green",
-    "failed": "red", "timed_out": "red", "expired": "red", "down": "bold red",
-    "cancelled": "magenta", "paused": "yellow", "retrying": "yellow", "degraded": "yellow",
-    "running": "cyan", "queued": "blue", "pending": "blue",
+    "succeeded": "green",
+    "completed": "green",
+    "ok": "green",
+    "active": "green",
+    "failed": "red",
+    "timed_out": "red",
+    "expired": "red",
+    "down": "bold red",
+    "cancelled": "magenta",
+    "paused": "yellow",
+    "retrying": "yellow",
+    "degraded": "yellow",
+    "running": "cyan",
+    "queued": "blue",
+    "pending": "blue",
 }
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -111,8 +122,15 @@ def task_table(tasks: list[dict[str, Any]]) -> Table:
     """Tasks, one a row."""
     table = _table("ID", "NAME", "KIND", "TYPE", "STATUS", "CREATED", "DURATION", wrap=("NAME",))
     for task in tasks:
-        table.add_row(task["id"], task["name"], task["kind"], task["task_type"], status_text(task["status"]),
-                      short_when(task.get("created_at")), duration(task.get("duration_ms")))
+        table.add_row(
+            task["id"],
+            task["name"],
+            task["kind"],
+            task["task_type"],
+            status_text(task["status"]),
+            short_when(task.get("created_at")),
+            duration(task.get("duration_ms")),
+        )
     return table
 
 
@@ -127,8 +145,11 @@ def task_detail(task: dict[str, Any]) -> RenderableType:
     """Everything about one task."""
     spec = task.get("spec", {})
     rows: list[tuple[str, RenderableType | str]] = [
-        ("id", task["id"]), ("name", task["name"]), ("calls", what(task)),
-        ("kind", f"{task['kind']}, {task['task_type']}"), ("status", status_text(task["status"])),
+        ("id", task["id"]),
+        ("name", task["name"]),
+        ("calls", what(task)),
+        ("kind", f"{task['kind']}, {task['task_type']}"),
+        ("status", status_text(task["status"])),
     ]
     if spec.get("cron_expression"):
         rows.append(("schedule", f"{spec['cron_expression']} ({spec.get('timezone', 'UTC')})"))
@@ -136,8 +157,12 @@ def task_detail(task: dict[str, Any]) -> RenderableType:
         rows.append(("delay", f"{spec['delay_seconds']:g} s"))
     if spec.get("requirements"):
         rows.append(("requirements", " ".join(spec["requirements"])))
-    rows += [("created", when(task.get("created_at"))), ("started", when(task.get("started_at"))),
-             ("finished", when(task.get("finished_at"))), ("duration", duration(task.get("duration_ms")))]
+    rows += [
+        ("created", when(task.get("created_at"))),
+        ("started", when(task.get("started_at"))),
+        ("finished", when(task.get("finished_at"))),
+        ("duration", duration(task.get("duration_ms"))),
+    ]
     if task.get("next_run_at"):
         rows.append(("next run", when(task["next_run_at"])))
     if task.get("next_retry_at"):
@@ -163,8 +188,11 @@ def outcome(task: dict[str, Any]) -> RenderableType:
     if task.get("task_type") == "scheduled" and task.get("last_run"):
         status = task["last_run"]["status"]
     mark = "✓" if status in ("succeeded", "completed") else "✗"
-    head = Text.assemble((f"{mark} ", STATUS_STYLES.get(status, "")), status_text(status),
-                         f" in {duration(task.get('duration_ms'))} · {task['name']} · {task['id']}")
+    head = Text.assemble(
+        (f"{mark} ", STATUS_STYLES.get(status, "")),
+        status_text(status),
+        f" in {duration(task.get('duration_ms'))} · {task['name']} · {task['id']}",
+    )
     parts: list[RenderableType] = [head]
     if task.get("error"):
         parts.append(error_line(task["error"]))
@@ -179,28 +207,45 @@ def runs_table(runs: list[dict[str, Any]]) -> Table:
     """Runs of a task, one a row."""
     table = _table("RUN ID", "SLOT", "STATUS", "ATTEMPT", "SCHEDULED FOR", "DURATION", "ERROR", wrap=("SLOT", "ERROR"))
     for run in runs:
-        table.add_row(run["run_id"], run["slot"], status_text(run["status"]), str(run.get("attempt", 1)),
-                      short_when(run.get("scheduled_for")), duration(run.get("duration_ms")),
-                      error_line(run.get("error")))
+        table.add_row(
+            run["run_id"],
+            run["slot"],
+            status_text(run["status"]),
+            str(run.get("attempt", 1)),
+            short_when(run.get("scheduled_for")),
+            duration(run.get("duration_ms")),
+            error_line(run.get("error")),
+        )
     return table
 
 
 def run_detail(run: dict[str, Any]) -> RenderableType:
     """One run with its attempts."""
     rows: list[tuple[str, RenderableType | str]] = [
-        ("run", run["run_id"]), ("task", run["task_id"]), ("slot", run["slot"]),
-        ("status", status_text(run["status"])), ("scheduled for", when(run.get("scheduled_for"))),
-        ("started", when(run.get("started_at"))), ("finished", when(run.get("finished_at"))),
-        ("duration", duration(run.get("duration_ms"))), ("lag", duration(run.get("lag_ms"))),
-        ("runner", run.get("runner_id") or "-"), ("exit code", str(run.get("exit_code", "-"))),
+        ("run", run["run_id"]),
+        ("task", run["task_id"]),
+        ("slot", run["slot"]),
+        ("status", status_text(run["status"])),
+        ("scheduled for", when(run.get("scheduled_for"))),
+        ("started", when(run.get("started_at"))),
+        ("finished", when(run.get("finished_at"))),
+        ("duration", duration(run.get("duration_ms"))),
+        ("lag", duration(run.get("lag_ms"))),
+        ("runner", run.get("runner_id") or "-"),
+        ("exit code", str(run.get("exit_code", "-"))),
     ]
     if run.get("error"):
         rows.append(("error", error_line(run["error"])))
     attempts = _table("ATTEMPT", "STATUS", "RUNNER", "STARTED", "FINISHED", "ERROR TYPE", wrap=("RUNNER",))
     for attempt in run.get("attempts", []):
-        attempts.add_row(str(attempt["attempt"]), status_text(attempt.get("status")), attempt.get("runner_id") or "-",
-                         when(attempt.get("started_at")), when(attempt.get("finished_at")),
-                         attempt.get("error_type") or "-")
+        attempts.add_row(
+            str(attempt["attempt"]),
+            status_text(attempt.get("status")),
+            attempt.get("runner_id") or "-",
+            when(attempt.get("started_at")),
+            when(attempt.get("finished_at")),
+            attempt.get("error_type") or "-",
+        )
     parts: list[RenderableType] = [_fields(rows), Text(""), attempts]
     if run.get("result") is not None:
         parts += [Text("result", style="bold"), value_view(run["result"])]
@@ -212,12 +257,21 @@ def schedules_table(schedules: list[dict[str, Any]]) -> Table:
     table = _table("ID", "NAME", "STATUS", "SCHEDULE", "NEXT RUN", "LAST RUN", "FIRED", wrap=("NAME", "SCHEDULE"))
     for item in schedules:
         last = item.get("last_run") or {}
-        lost = [f"{item[key]} {word}" for key, word in (("missed_count", "missed"), ("skipped_count", "skipped"))
-                if item[key]]
+        lost = [
+            f"{item[key]} {word}"
+            for key, word in (("missed_count", "missed"), ("skipped_count", "skipped"))
+            if item[key]
+        ]
         fired = str(item["fired_count"]) + (f" ({', '.join(lost)})" if lost else "")
-        table.add_row(item["id"], item["name"], status_text(item["status"]),
-                      f"{item['cron_expression']} {item['timezone']}", short_when(item.get("next_run_at")),
-                      status_text(last.get("status")) if last else "-", fired)
+        table.add_row(
+            item["id"],
+            item["name"],
+            status_text(item["status"]),
+            f"{item['cron_expression']} {item['timezone']}",
+            short_when(item.get("next_run_at")),
+            status_text(last.get("status")) if last else "-",
+            fired,
+        )
     return table
 
 
@@ -244,19 +298,24 @@ def stats_view(stats: dict[str, Any]) -> RenderableType:
     runners = stats.get("runners", [])
     free = sum(s["total"] - s["busy"] for r in runners for s in r.get("slots", {}).values())
     per_minute = stats.get("runs_per_minute", [])
-    return _fields([
-        ("tasks", Text.assemble(f"{stats['tasks_total']} total  ", _counts(stats.get("tasks_by_status", {})))),
-        ("by kind", _counts(stats.get("tasks_by_kind", {}))),
-        ("by trigger", _counts(stats.get("tasks_by_trigger", {}))),
-        ("runs", Text.assemble(f"{stats['runs_total']} total  ", _counts(stats.get("runs_by_status", {})))),
-        ("success rate", "-" if rate is None else f"{rate:.0%}"),
-        ("duration", f"p50 {duration(durations.get('p50'))}  p95 {duration(durations.get('p95'))}"),
-        ("queue", f"code {queue.get('code_pending', 0)} waiting, {queue.get('code_in_flight', 0)} in flight;  "
-                  f"api {queue.get('api_pending', 0)} waiting, {queue.get('api_in_flight', 0)} in flight"),
-        ("runners", f"{len(runners)} ({free} free slots)"),
-        ("dead letters", str(stats.get("dead_letters", 0))),
-        ("last hour", f"{sparkline(per_minute)}  {sum(per_minute)} runs"),
-    ])
+    return _fields(
+        [
+            ("tasks", Text.assemble(f"{stats['tasks_total']} total  ", _counts(stats.get("tasks_by_status", {})))),
+            ("by kind", _counts(stats.get("tasks_by_kind", {}))),
+            ("by trigger", _counts(stats.get("tasks_by_trigger", {}))),
+            ("runs", Text.assemble(f"{stats['runs_total']} total  ", _counts(stats.get("runs_by_status", {})))),
+            ("success rate", "-" if rate is None else f"{rate:.0%}"),
+            ("duration", f"p50 {duration(durations.get('p50'))}  p95 {duration(durations.get('p95'))}"),
+            (
+                "queue",
+                f"code {queue.get('code_pending', 0)} waiting, {queue.get('code_in_flight', 0)} in flight;  "
+                f"api {queue.get('api_pending', 0)} waiting, {queue.get('api_in_flight', 0)} in flight",
+            ),
+            ("runners", f"{len(runners)} ({free} free slots)"),
+            ("dead letters", str(stats.get("dead_letters", 0))),
+            ("last hour", f"{sparkline(per_minute)}  {sum(per_minute)} runs"),
+        ]
+    )
 
 
 def health_view(health: dict[str, Any], url: str) -> RenderableType:

@@ -38,19 +38,29 @@ def capture(function: Callable[..., Any]) -> CapturedSource:
     """The function as source, or FunctionNotPortable saying which name is in the way and how to fix it."""
     name = getattr(function, "__name__", repr(function))
     if not inspect.isfunction(function):
-        raise _refuse(name, f"{name!r} is not a plain function (it is {type(function).__name__}); "
-                            "decorate a function defined with `def` at the top level of a module")
+        raise _refuse(
+            name,
+            f"{name!r} is not a plain function (it is {type(function).__name__}); "
+            "decorate a function defined with `def` at the top level of a module",
+        )
     if name == "<lambda>":
-        raise _refuse(name, "a lambda has no source of its own to send; define it with `def` at the top level "
-                            "of a module")
+        raise _refuse(
+            name, "a lambda has no source of its own to send; define it with `def` at the top level of a module"
+        )
     outer = function.__qualname__.rsplit(".", 1)[0] if "." in function.__qualname__ else ""
     if outer and not outer.endswith("<locals>"):
-        raise _refuse(name, f"{function.__qualname__} is a method; tasks are module-level functions: "
-                            "move it out of the class and pass what it needs as arguments")
+        raise _refuse(
+            name,
+            f"{function.__qualname__} is a method; tasks are module-level functions: "
+            "move it out of the class and pass what it needs as arguments",
+        )
     if function.__code__.co_freevars:
         variable = function.__code__.co_freevars[0]
-        raise _refuse(name, f"{name} uses {variable!r} from the function around it (a closure variable); "
-                            f"move {variable!r} inside {name}, or pass it as an argument")
+        raise _refuse(
+            name,
+            f"{name} uses {variable!r} from the function around it (a closure variable); "
+            f"move {variable!r} inside {name}, or pass it as an argument",
+        )
     node, text = _definition(function)
     imports = _module_imports(function)
     lines = []
@@ -59,9 +69,12 @@ def capture(function: Callable[..., Any]) -> CapturedSource:
             continue
         if used not in imports:
             kind = type(function.__globals__[used]).__name__ if used in function.__globals__ else "undefined"
-            raise _refuse(name, f"{name} uses the global {used!r} ({kind}); a task carries only its own source "
-                                f"and the module's import statements: move {used!r} inside {name}, "
-                                "or pass it as an argument")
+            raise _refuse(
+                name,
+                f"{name} uses the global {used!r} ({kind}); a task carries only its own source "
+                f"and the module's import statements: move {used!r} inside {name}, "
+                "or pass it as an argument",
+            )
         lines.append(imports[used])
     code = HEADER + "".join(f"{line}\n" for line in dict.fromkeys(lines)) + "\n\n" + text
     return CapturedSource(function_name=name, function_code=code)
@@ -82,7 +95,7 @@ def _definition(function: Callable[..., Any]) -> tuple[ast.FunctionDef | ast.Asy
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise _refuse(function.__name__, "its source is not a `def` statement")
     lines = source.splitlines(keepends=True)
-    return node, "".join(lines[node.lineno - 1:node.end_lineno])
+    return node, "".join(lines[node.lineno - 1 : node.end_lineno])
 
 
 def _globals_read(code: CodeType) -> set[str]:
@@ -119,8 +132,11 @@ def _module_imports(function: Callable[..., Any]) -> dict[str, str]:
                 if alias.name == "*":
                     continue
                 bound = (alias.asname or alias.name).split(".")[0]
-                single = ast.Import(names=[alias]) if isinstance(statement, ast.Import) else \
-                    ast.ImportFrom(module=statement.module, names=[alias], level=0)
+                single = (
+                    ast.Import(names=[alias])
+                    if isinstance(statement, ast.Import)
+                    else ast.ImportFrom(module=statement.module, names=[alias], level=0)
+                )
                 found.setdefault(bound, ast.unparse(single))
     return found
 

@@ -15,9 +15,17 @@ import click
 import yaml
 
 PLAIN_FLAGS = {
-    "name": "name", "method": "method", "api_url": "api_url", "timezone": "timezone", "max_runs": "max_runs",
-    "timeout": "timeout", "retries": "max_retries", "retry_delay": "retry_delay_seconds", "memory_mb": "memory_mb",
-    "cpus": "cpus", "overlap": "overlap_policy",
+    "name": "name",
+    "method": "method",
+    "api_url": "api_url",
+    "timezone": "timezone",
+    "max_runs": "max_runs",
+    "timeout": "timeout",
+    "retries": "max_retries",
+    "retry_delay": "retry_delay_seconds",
+    "memory_mb": "memory_mb",
+    "cpus": "cpus",
+    "overlap": "overlap_policy",
 }
 """Flags copied into the spec as they are: flag name → spec field."""
 
@@ -49,8 +57,10 @@ def load_spec_file(path: str) -> dict[str, Any]:
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
-                                 f"{str(exc).splitlines()[0]}", param_hint="SOURCE") from None
+        raise click.BadParameter(
+            f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {str(exc).splitlines()[0]}",
+            param_hint="SOURCE",
+        ) from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold one object (a task spec)", param_hint="SOURCE")
     return data
@@ -75,8 +85,9 @@ def code_from_python(path: str, function: str | None) -> dict[str, Any]:
         names = top_level_functions(code, path)
         if len(names) != 1:
             found = ", ".join(names) or "none"
-            raise click.UsageError(f"{path} defines {len(names)} top-level functions ({found}); "
-                                   "name the one to run with --function")
+            raise click.UsageError(
+                f"{path} defines {len(names)} top-level functions ({found}); name the one to run with --function"
+            )
         function = names[0]
     return {"function_code": code, "function_name": function}
 
@@ -98,8 +109,10 @@ def build_spec(source: str | None, flags: dict[str, Any]) -> dict[str, Any]:
     if flags.get("args"):
         spec["args"] = [parse_value(value) for value in flags["args"]]
     if flags.get("kwargs"):
-        spec["kwargs"] = {**spec.get("kwargs", {}),
-                          **{k: parse_value(v) for k, v in _pairs(flags["kwargs"], "=", "--kwarg")}}
+        spec["kwargs"] = {
+            **spec.get("kwargs", {}),
+            **{k: parse_value(v) for k, v in _pairs(flags["kwargs"], "=", "--kwarg")},
+        }
     if flags.get("requirements"):
         spec["requirements"] = [*spec.get("requirements", []), *flags["requirements"]]
     if flags.get("headers"):

@@ -170,12 +170,23 @@ class Function(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._function(*args, **kwargs)
 
-    def submit(self, *args: Any, delay_seconds: float | None = None, start_deadline_seconds: float | None = None,
-               idempotency_key: str | None = None, **kwargs: Any) -> Run[R]:
+    def submit(
+        self,
+        *args: Any,
+        delay_seconds: float | None = None,
+        start_deadline_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Run[R]:
         """Run it in a sandbox now (or after ``delay_seconds``); returns once the task is accepted."""
-        spec = functions.code_spec(self.source, self.execution, args, kwargs,
-                                   **functions.trigger_fields(delay_seconds),
-                                   start_deadline_seconds=start_deadline_seconds)
+        spec = functions.code_spec(
+            self.source,
+            self.execution,
+            args,
+            kwargs,
+            **functions.trigger_fields(delay_seconds),
+            start_deadline_seconds=start_deadline_seconds,
+        )
         return Run(self._gateway, decode(TaskRecord, self._gateway.submit_response(spec, idempotency_key)))
 
     def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[R]:
@@ -184,15 +195,31 @@ class Function(Generic[P, R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         return [run.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for run in runs]
 
-    def schedule(self, *args: Any, cron: str, timezone: str | None = None, start_at: datetime | None = None,
-                 end_at: datetime | None = None, max_runs: int | None = None,
-                 overlap_policy: OverlapPolicy | None = None, misfire_policy: MisfirePolicy | None = None,
-                 start_deadline_seconds: float | None = None, idempotency_key: str | None = None,
-                 **kwargs: Any) -> Schedule:
+    def schedule(
+        self,
+        *args: Any,
+        cron: str,
+        timezone: str | None = None,
+        start_at: datetime | None = None,
+        end_at: datetime | None = None,
+        max_runs: int | None = None,
+        overlap_policy: OverlapPolicy | None = None,
+        misfire_policy: MisfirePolicy | None = None,
+        start_deadline_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> Schedule:
         """Run it on a cron schedule (5 or 6 fields, or ``@hourly``-style), in ``timezone`` (UTC by default)."""
         trigger = functions.schedule_fields(
-            cron, timezone, start_at=start_at, end_at=end_at, max_runs=max_runs, overlap_policy=overlap_policy,
-            misfire_policy=misfire_policy, start_deadline_seconds=start_deadline_seconds)
+            cron,
+            timezone,
+            start_at=start_at,
+            end_at=end_at,
+            max_runs=max_runs,
+            overlap_policy=overlap_policy,
+            misfire_policy=misfire_policy,
+            start_deadline_seconds=start_deadline_seconds,
+        )
         spec = functions.code_spec(self.source, self.execution, args, kwargs, **trigger)
         return Schedule(self._gateway, decode(TaskRecord, self._gateway.submit_response(spec, idempotency_key)))
 
@@ -200,8 +227,7 @@ class Function(Generic[P, R]):
 class Client:
     """A Taskmesh gateway: ``TASKMESH_URL`` / ``TASKMESH_TOKEN`` unless given, default http://127.0.0.1:5001."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 submit_retry_seconds: float = 30.0) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, *, submit_retry_seconds: float = 30.0) -> None:
         self.url = (url or os.environ.get("TASKMESH_URL") or DEFAULT_URL).rstrip("/")
         self.gateway = Gateway(self.url, token or os.environ.get("TASKMESH_TOKEN"), submit_retry_seconds)
 
@@ -222,39 +248,94 @@ class Client:
     def function(self, function: Callable[P, R], /) -> Function[P, R]: ...
 
     @overload
-    def function(self, *, name: str | None = None, requirements: list[str] | None = None,
-                 timeout: float | None = None, memory_mb: int | None = None, cpus: float | None = None,
-                 network: bool | None = None, max_retries: int | None = None,
-                 retry_delay_seconds: float | None = None, retry_backoff: float | None = None,
-                 retry_delay_max_seconds: float | None = None) -> Callable[[Callable[P, R]], Function[P, R]]: ...
+    def function(
+        self,
+        *,
+        name: str | None = None,
+        requirements: list[str] | None = None,
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        cpus: float | None = None,
+        network: bool | None = None,
+        max_retries: int | None = None,
+        retry_delay_seconds: float | None = None,
+        retry_backoff: float | None = None,
+        retry_delay_max_seconds: float | None = None,
+    ) -> Callable[[Callable[P, R]], Function[P, R]]: ...
 
-    def function(self, function: Callable[..., Any] | None = None, *, name: str | None = None,
-                 requirements: list[str] | None = None, timeout: float | None = None, memory_mb: int | None = None,
-                 cpus: float | None = None, network: bool | None = None, max_retries: int | None = None,
-                 retry_delay_seconds: float | None = None, retry_backoff: float | None = None,
-                 retry_delay_max_seconds: float | None = None) -> Any:
+    def function(
+        self,
+        function: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        requirements: list[str] | None = None,
+        timeout: float | None = None,
+        memory_mb: int | None = None,
+        cpus: float | None = None,
+        network: bool | None = None,
+        max_retries: int | None = None,
+        retry_delay_seconds: float | None = None,
+        retry_backoff: float | None = None,
+        retry_delay_max_seconds: float | None = None,
+    ) -> Any:
         """Decorate a module-level function so it can run in a sandbox (``@tm.function`` or ``@tm.function(...)``)."""
-        execution = Execution(name=name, requirements=list(requirements or []), timeout=timeout, memory_mb=memory_mb,
-                              cpus=cpus, network=network, max_retries=max_retries,
-                              retry_delay_seconds=retry_delay_seconds, retry_backoff=retry_backoff,
-                              retry_delay_max_seconds=retry_delay_max_seconds)
+        execution = Execution(
+            name=name,
+            requirements=list(requirements or []),
+            timeout=timeout,
+            memory_mb=memory_mb,
+            cpus=cpus,
+            network=network,
+            max_retries=max_retries,
+            retry_delay_seconds=retry_delay_seconds,
+            retry_backoff=retry_backoff,
+            retry_delay_max_seconds=retry_delay_max_seconds,
+        )
         if function is not None:
             return Function(self.gateway, function, execution)
         return lambda decorated: Function(self.gateway, decorated, execution)
 
-    def http(self, url: str, *, method: str = "GET", json: Any = None, headers: dict[str, str] | None = None,
-             expected_status: list[int] | None = None, timeout: float | None = None, name: str | None = None,
-             delay_seconds: float | None = None, isolated: bool | None = None, requirements: list[str] | None = None,
-             max_retries: int | None = None, idempotency_key: str | None = None) -> Run[Any]:
+    def http(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        expected_status: list[int] | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        delay_seconds: float | None = None,
+        isolated: bool | None = None,
+        requirements: list[str] | None = None,
+        max_retries: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Run[Any]:
         """An API task: one HTTP request made by a runner; its result is the response (status, headers, body)."""
-        spec = functions.http_spec(url, name=name, method=method, data=json, headers=headers,
-                                   expected_status=expected_status, timeout=timeout, isolated=isolated,
-                                   requirements=requirements, max_retries=max_retries,
-                                   **functions.trigger_fields(delay_seconds))
+        spec = functions.http_spec(
+            url,
+            name=name,
+            method=method,
+            data=json,
+            headers=headers,
+            expected_status=expected_status,
+            timeout=timeout,
+            isolated=isolated,
+            requirements=requirements,
+            max_retries=max_retries,
+            **functions.trigger_fields(delay_seconds),
+        )
         return Run(self.gateway, decode(TaskRecord, self.gateway.submit_response(spec, idempotency_key)))
 
-    def tasks(self, *, status: TaskStatus | None = None, kind: TaskKind | None = None,
-              task_type: TaskType | None = None, name: str | None = None, limit: int = 50) -> list[TaskRecord]:
+    def tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        kind: TaskKind | None = None,
+        task_type: TaskType | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskRecord]:
         """Tasks, newest first, filtered as ``GET /api/tasks`` filters (``name`` is a prefix)."""
         params = {"status": status, "kind": kind, "task_type": task_type, "name": name, "limit": limit}
         return decode(TaskPage, self.gateway.request("GET", "/api/tasks", params=params)).tasks
@@ -265,4 +346,6 @@ class Client:
 
     def get_schedule(self, task_id: str) -> Schedule:
         """A scheduled task submitted earlier, by id."""
-        return Schedule(self.gateway, decode(TaskRecord, self.gateway.request("GET", f"/api/scheduled-tasks/{task_id}")))
+        return Schedule(
+            self.gateway, decode(TaskRecord, self.gateway.request("GET", f"/api/scheduled-tasks/{task_id}"))
+        )

@@ -88,8 +88,11 @@ def docker_engine() -> None:
     try:
         subprocess.run(["docker", "version"], check=True, capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError) as exc:
-        pytest.fail(f"a Docker engine is required for sandbox tests and none answers ({exc}); "
-                    "start it (see README) and run again", pytrace=False)
+        pytest.fail(
+            f"a Docker engine is required for sandbox tests and none answers ({exc}); "
+            "start it (see README) and run again",
+            pytrace=False,
+        )
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -101,8 +104,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 _MARK_BY_FIXTURE = {"docker_engine": "docker", "wheel_server": "docker", "stack": "slow", "api": "slow"}
 """What a fixture costs: a test using one gets the marker (``make test-fast`` deselects them)."""
-_MARK_BY_FOLDER = {"compose": "compose", "e2e": "slow", "browser": "browser", "cli": "slow", "client": "slow",
-                   "deploy": "slow", "cluster": "slow"}
+_MARK_BY_FOLDER = {
+    "compose": "compose",
+    "e2e": "slow",
+    "browser": "browser",
+    "cli": "slow",
+    "client": "slow",
+    "deploy": "slow",
+    "cluster": "slow",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

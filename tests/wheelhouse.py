@@ -27,15 +27,32 @@ def sandbox_python() -> str:
     image = os.environ.get("TASKMESH_SANDBOX_IMAGE")
     if not image:
         for label in ("org.taskmesh.sandbox", "org.taskmesh.recipe"):
-            found = subprocess.run(["docker", "images", "--filter", f"label={label}", "--format", "{{.Repository}}:{{.Tag}}"],
-                                   capture_output=True, text=True, timeout=30).stdout.split()
+            found = subprocess.run(
+                ["docker", "images", "--filter", f"label={label}", "--format", "{{.Repository}}:{{.Tag}}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
             if found:
                 image = found[0]
                 break
     image = image or "python:3.12-slim"
-    version = subprocess.run(["docker", "run", "--rm", "--network", "none", image, "python3", "-c",
-                              "import sys; print('%d.%d' % sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=120)
+    version = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "python3",
+            "-c",
+            "import sys; print('%d.%d' % sys.version_info[:2])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if version.returncode != 0:
         raise SystemExit(f"tests.wheelhouse: cannot run the sandbox image {image}: {version.stderr.strip()}")
     return version.stdout.strip()
@@ -54,9 +71,28 @@ def main() -> None:
         return
     directory.mkdir(parents=True, exist_ok=True)
     abi = "cp" + python.replace(".", "")
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary",
-               ":all:", "--python-version", python, "--implementation", "cp", "--abi", abi, "--abi", "none",
-               "--abi", "abi3", "--dest", str(directory)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary",
+        ":all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--abi",
+        abi,
+        "--abi",
+        "none",
+        "--abi",
+        "abi3",
+        "--dest",
+        str(directory),
+    ]
     for platform in PLATFORMS:
         command += ["--platform", platform]
     subprocess.run(command + PACKAGES, check=True)

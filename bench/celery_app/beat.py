@@ -10,7 +10,7 @@ from celery.beat import PersistentScheduler
 class DueScheduler(PersistentScheduler):
     """PersistentScheduler, plus ``due`` (epoch seconds: last run + interval) in the task's kwargs."""
 
-    def apply_async(self, entry, producer=None, advance=True, **kwargs):  # noqa: ANN001, ANN201 - Celery's signature
+    def apply_async(self, entry, producer=None, advance=True, **kwargs):
         # tick() hands over the entry before it advances, so last_run_at is the previous fire.
         last = entry.schedule.maybe_make_aware(entry.last_run_at or entry.default_now())
         fired = copy.copy(entry)

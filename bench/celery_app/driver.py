@@ -11,7 +11,7 @@ import json
 import random
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 
@@ -28,7 +28,7 @@ def ping(args: argparse.Namespace) -> dict:
     while True:
         try:
             return {"pong": noop.delay().get(timeout=5)}
-        except Exception:  # noqa: BLE001 - the worker may still be starting
+        except Exception:
             if time.monotonic() > deadline:
                 raise
 
@@ -50,10 +50,10 @@ def wait_results(task_ids: list[str], timeout_s: float, stored_before: int) -> l
 def done_at(meta: dict) -> float:
     """When the worker stored the result (epoch seconds)."""
     when = datetime.fromisoformat(meta["date_done"])
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def burst(args: argparse.Namespace, send) -> dict:  # noqa: ANN001
+def burst(args: argparse.Namespace, send) -> dict:
     """Submit ``args.n`` tasks as fast as one client can, then wait for every result."""
     stored_before = redis.Redis.from_url(BACKEND_URL).dbsize()
     cpu0 = time.process_time()
@@ -76,7 +76,7 @@ def w5_burst(args: argparse.Namespace) -> dict:
     return burst(args, lambda: run_code.delay(CODE))
 
 
-def sequential(args: argparse.Namespace, call) -> dict:  # noqa: ANN001
+def sequential(args: argparse.Namespace, call) -> dict:
     """``args.n`` round trips ``delay().get()``, one after another; milliseconds each."""
     for _ in range(args.warmup):
         call()
@@ -109,7 +109,7 @@ def w3(args: argparse.Namespace) -> dict:
     for _ in range(args.n):
         due = time.time() + rng.uniform(args.dmin, args.dmax)
         last_due = max(last_due, due)
-        fetch_timed.apply_async((args.url, due, key), eta=datetime.fromtimestamp(due, timezone.utc))
+        fetch_timed.apply_async((args.url, due, key), eta=datetime.fromtimestamp(due, UTC))
     submitted = time.time()
     deadline = max(last_due, time.time()) + args.grace
     while records.llen(key) < args.n and time.time() < deadline:

@@ -64,15 +64,22 @@ def admin_settings(environ: Mapping[str, str]) -> ServiceSettings:
     """The connection settings, with the admin user when none is given."""
     settings = load_settings(ServiceSettings, environ)
     if settings.nats_user is None and environ.get("TASKMESH_NATS_ADMIN_PASSWORD"):
-        settings = msgspec.structs.replace(settings, nats_user="admin",
-                                           nats_password=environ["TASKMESH_NATS_ADMIN_PASSWORD"])
+        settings = msgspec.structs.replace(
+            settings, nats_user="admin", nats_password=environ["TASKMESH_NATS_ADMIN_PASSWORD"]
+        )
     return settings
 
 
 async def main(settings: ServiceSettings, replicas: int) -> int:
-    nc = await nats.connect([u.strip() for u in settings.nats_url.split(",")], user=settings.nats_user,
-                            password=settings.nats_password, token=settings.nats_token, connect_timeout=3,
-                            max_reconnect_attempts=3, allow_reconnect=True)
+    nc = await nats.connect(
+        [u.strip() for u in settings.nats_url.split(",")],
+        user=settings.nats_user,
+        password=settings.nats_password,
+        token=settings.nats_token,
+        connect_timeout=3,
+        max_reconnect_attempts=3,
+        allow_reconnect=True,
+    )
     try:
         changed = await upgrade(nc.jetstream(timeout=TIMEOUT_SECONDS), replicas)
     finally:

@@ -21,7 +21,10 @@ from services.scheduler.settings import SchedulerSettings
 from services.store.settings import StoreSettings
 
 SETTINGS: dict[str, type[ServiceSettings]] = {
-    "gateway": GatewaySettings, "scheduler": SchedulerSettings, "store": StoreSettings, "runner": RunnerSettings,
+    "gateway": GatewaySettings,
+    "scheduler": SchedulerSettings,
+    "store": StoreSettings,
+    "runner": RunnerSettings,
 }
 """Each service and the Struct its ``__main__`` loads."""
 
@@ -101,10 +104,14 @@ def field_docstrings(kind: type) -> dict[str, str]:
         if not cls.__module__.startswith("services."):
             continue
         body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-        for node, following in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                    and isinstance(following.value.value, str)):
+        for node, following in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
                 found[node.target.id] = " ".join(following.value.value.split())
     return found
 
@@ -141,8 +148,10 @@ def rows() -> list[tuple[str, str, str, str]]:
     for name in order:
         meaning = docstrings.get(name) or MEANINGS.get(name)
         if not meaning:
-            raise LookupError(f"setting {name!r} has no meaning: give it a docstring (a string on the line "
-                              "after the field) or an entry in services/common/config_doc.py MEANINGS")
+            raise LookupError(
+                f"setting {name!r} has no meaning: give it a docstring (a string on the line "
+                "after the field) or an entry in services/common/config_doc.py MEANINGS"
+            )
         services = "all" if len(readers[name]) == len(SETTINGS) else ", ".join(readers[name])
         table.append((f"`{env_name(name)}`", default_text(fields[name]), meaning, services))
     return table

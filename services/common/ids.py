@@ -38,4 +38,3 @@ def new_event_id() -> str:
 def new_instance_id() -> str:
     """12 hex characters naming one process of a service (safe as a NATS subject token)."""
     return f"{os.getpid() & 0xFFFF:04x}{secrets.token_hex(4)}"
-

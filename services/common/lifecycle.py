@@ -64,8 +64,9 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
         return stop.is_set()
 
 
-async def supervise(name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event,
-                    restarts: Counter[str]) -> None:
+async def supervise(
+    name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event, restarts: Counter[str]
+) -> None:
     """Run ``loop()`` until ``stop``; when it dies (returns or raises early), count and restart it with backoff."""
     delay = 0.2
     while not stop.is_set():

@@ -42,8 +42,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
-                          if k not in _RESERVED and not k.startswith("_"))
+        extras = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _RESERVED and not k.startswith("_")
+        )
         text = f"{stamp} {record.levelname:<5} {self.service:<9} {record.getMessage()}"
         if extras:
             text += f"  {extras}"

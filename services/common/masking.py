@@ -57,8 +57,10 @@ def masked_result(result: Any) -> Any:
     if isinstance(result, dict) and "status_code" in result and isinstance(result.get("headers"), dict):
         headers = result["headers"]
         if any(name.lower() == "set-cookie" for name in headers):
-            return {**result, "headers": {name: MASK if name.lower() == "set-cookie" else value
-                                          for name, value in headers.items()}}
+            return {
+                **result,
+                "headers": {name: MASK if name.lower() == "set-cookie" else value for name, value in headers.items()},
+            }
     return result
 
 

@@ -39,12 +39,22 @@ async def connect(settings: ServiceSettings, name: str, stop: asyncio.Event | No
         nc = Client()
         try:
             await nc.connect(
-                servers=[u.strip() for u in settings.nats_url.split(",")], name=name,
-                user=settings.nats_user, password=settings.nats_password, token=settings.nats_token,
-                allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                connect_timeout=2, ping_interval=10, max_outstanding_pings=3,
-                error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
-                pending_size=64 * 1024 * 1024, drain_timeout=int(settings.shutdown_grace.total_seconds()) + 5,
+                servers=[u.strip() for u in settings.nats_url.split(",")],
+                name=name,
+                user=settings.nats_user,
+                password=settings.nats_password,
+                token=settings.nats_token,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes float seconds; annotated int
+                connect_timeout=2,
+                ping_interval=10,
+                max_outstanding_pings=3,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                pending_size=64 * 1024 * 1024,
+                drain_timeout=int(settings.shutdown_grace.total_seconds()) + 5,
             )
             log.info("connected to nats", extra={"url": nc.connected_url.netloc if nc.connected_url else "?"})
             return nc
@@ -70,6 +80,7 @@ def _same_stream(have: js_api.StreamConfig, want: js_api.StreamConfig) -> bool:
 async def ensure_stream(js: JetStreamContext, spec: streams.StreamSpec) -> None:
     """Create the stream, or bring its settings in line with ``spec``."""
     want = spec.config
+    assert want.name is not None, "every stream in proto has a name"
     try:
         info = await js.stream_info(want.name)
     except NotFoundError:
@@ -97,8 +108,7 @@ async def ensure_consumer(js: JetStreamContext, name: str) -> None:
         await _recreate_from_ack_floor(js, spec, info)
 
 
-async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerSpec,
-                                   info: js_api.ConsumerInfo) -> None:
+async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerSpec, info: js_api.ConsumerInfo) -> None:
     """Give a durable consumer a new ack policy (the server cannot change one in place).
 
     The new consumer starts just above the old one's ack floor: what was acknowledged stays
@@ -109,9 +119,15 @@ async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerS
     config = replace(spec.config, deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
     await js.delete_consumer(spec.stream, info.name)
     await js.add_consumer(spec.stream, config)
-    log.warning("consumer recreated with a new ack policy", extra={
-        "consumer": info.name, "stream": spec.stream, "ack_policy": str(spec.config.ack_policy),
-        "from_sequence": start})
+    log.warning(
+        "consumer recreated with a new ack policy",
+        extra={
+            "consumer": info.name,
+            "stream": spec.stream,
+            "ack_policy": str(spec.config.ack_policy),
+            "from_sequence": start,
+        },
+    )
 
 
 async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyValue:
@@ -126,9 +142,13 @@ async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyVa
         direct = bool(spec.config.direct)
         if info.config.num_replicas != spec.config.replicas:
             # No service user may update a KV_ stream: replicas are the operator's to change.
-            log.warning("bucket %s has %s replicas, the settings say %s: keeping them; run "
-                        "`python -m services.admin.replicas` (deploy/README.md)", spec.config.bucket,
-                        info.config.num_replicas, spec.config.replicas)
+            log.warning(
+                "bucket %s has %s replicas, the settings say %s: keeping them; run "
+                "`python -m services.admin.replicas` (deploy/README.md)",
+                spec.config.bucket,
+                info.config.num_replicas,
+                spec.config.replicas,
+            )
         if bool(info.config.allow_direct) != direct:
             info.config.allow_direct = direct
             await js.update_stream(info.config)
@@ -150,8 +170,8 @@ async def wait_for_stream(js: JetStreamContext, name: str, stop: asyncio.Event) 
             return
         except NotFoundError:
             if not logged:
-                log.info("waiting for stream %s (created by %s)", name,
-                         streams.streams().get(name, streams.StreamSpec("?", None)).owner)  # type: ignore[arg-type]
+                known = streams.streams().get(name)
+                log.info("waiting for stream %s (created by %s)", name, known.owner if known else "?")
                 logged = True
         except Exception as exc:  # timeouts while NATS restarts
             log.debug("stream_info %s: %s", name, exc)
@@ -195,17 +215,22 @@ async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> Asy
         delivered.put_nowait(message)
 
     subscription = await js.subscribe(
-        prefix + keys, stream=f"KV_{bucket}", cb=on_message, ordered_consumer=True,
-        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300)
+        prefix + keys,
+        stream=f"KV_{bucket}",
+        cb=on_message,
+        ordered_consumer=True,
+        deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=300,
+    )
     try:
         info = await subscription.consumer_info()
-        at_least = info.num_pending + (info.delivered.consumer_seq if info.delivered else 0)
+        at_least = (info.num_pending or 0) + (info.delivered.consumer_seq if info.delivered else 0)
         received = 0
         while received < at_least:
             message = await asyncio.wait_for(delivered.get(), timeout=30)
             received += 1
             if message.data and not _is_delete_marker(message):
-                yield message.subject[len(prefix):], message.data
+                yield message.subject[len(prefix) :], message.data
             if received >= at_least and message.metadata.num_pending:
                 at_least = received + message.metadata.num_pending  # written since: read those too
     finally:
@@ -220,8 +245,9 @@ def _is_delete_marker(message: Msg) -> bool:
     return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
 
 
-async def fetch_until(subscription: JetStreamContext.PullSubscription, batch: int, timeout: float,
-                      stop: asyncio.Event) -> list[Msg]:
+async def fetch_until(
+    subscription: JetStreamContext.PullSubscription, batch: int, timeout: float, stop: asyncio.Event
+) -> list[Msg]:
     """Up to ``batch`` messages, or [] when ``timeout`` passes or ``stop`` is set first.
 
     A stop does not wait for the pull to expire; whatever the server sends afterwards stays

@@ -56,12 +56,20 @@ async def handling_failed(js: JetStreamContext, message: Msg, exc: BaseException
     delivered = deliveries(message)
     if delivered < streams.HANDLING_DELIVERIES or is_transient(exc):
         delay = retry_delay_seconds(delivered)
-        log.warning("%s could not handle %s (%s: %s); delivery %d, again in %.1f s", consumer, message.subject,
-                    type(exc).__name__, exc, delivered, delay)
+        log.warning(
+            "%s could not handle %s (%s: %s); delivery %d, again in %.1f s",
+            consumer,
+            message.subject,
+            type(exc).__name__,
+            exc,
+            delivered,
+            delay,
+        )
         await within_deadline(message.nak(delay=delay))
         return False
-    reason = (f"{consumer} could not handle this message ({type(exc).__name__}: {exc}); "
-              f"given up after {delivered} deliveries")
+    reason = (
+        f"{consumer} could not handle this message ({type(exc).__name__}: {exc}); given up after {delivered} deliveries"
+    )
     log.error("message given up", extra={"consumer": consumer, "subject": message.subject, "reason": reason})
     await give_up(js, message, reason, delivered)
     await within_deadline(message.term())
@@ -76,18 +84,42 @@ async def give_up(js: JetStreamContext, message: Msg, reason: str, delivered: in
         return
     task_id, run_id, slot, attempt, due = target
     identity = _identity(message)
-    letter = runs.DeadLetter(task_id=task_id, run_id=run_id, attempt=attempt, deliveries=delivered, reason=reason,
-                             at=utcnow(), due=due, subject=message.subject,
-                             payload=None if due else message.data.decode(errors="replace")[:64 * 1024])
-    await js.publish(subjects.dead_letter(task_id), codec.encode(letter), timeout=DEADLINE_SECONDS,
-                     headers={subjects.HEADER_MSG_ID: f"dl:{identity}"})
+    letter = runs.DeadLetter(
+        task_id=task_id,
+        run_id=run_id,
+        attempt=attempt,
+        deliveries=delivered,
+        reason=reason,
+        at=utcnow(),
+        due=due,
+        subject=message.subject,
+        payload=None if due else message.data.decode(errors="replace")[: 64 * 1024],
+    )
+    await js.publish(
+        subjects.dead_letter(task_id),
+        codec.encode(letter),
+        timeout=DEADLINE_SECONDS,
+        headers={subjects.HEADER_MSG_ID: f"dl:{identity}"},
+    )
     if _is_internal_failure(message):
         return  # the failure report itself failed: another report would only fail the same way
     finished = runs.RunFinished(
-        event_id=f"i:{identity}", occurred_at=utcnow(), task_id=task_id, run_id=run_id, attempt=attempt,
-        runner_id="internal", status="failed", slot=slot, error=runs.RunError(type="internal", message=reason))
-    await js.publish(subjects.run_event(task_id, run_id, "finished"), codec.encode(finished), timeout=DEADLINE_SECONDS,
-                     headers={subjects.HEADER_MSG_ID: finished.event_id})
+        event_id=f"i:{identity}",
+        occurred_at=utcnow(),
+        task_id=task_id,
+        run_id=run_id,
+        attempt=attempt,
+        runner_id="internal",
+        status="failed",
+        slot=slot,
+        error=runs.RunError(type="internal", message=reason),
+    )
+    await js.publish(
+        subjects.run_event(task_id, run_id, "finished"),
+        codec.encode(finished),
+        timeout=DEADLINE_SECONDS,
+        headers={subjects.HEADER_MSG_ID: finished.event_id},
+    )
 
 
 Target = tuple[str, str, str, int, "runs.RunDue | None"]

@@ -22,8 +22,13 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-async def announce_forever(nc: Client, make: Callable[[], Heartbeat], interval: timedelta,
-                           stop: asyncio.Event, nudge: asyncio.Event | None = None) -> None:
+async def announce_forever(
+    nc: Client,
+    make: Callable[[], Heartbeat],
+    interval: timedelta,
+    stop: asyncio.Event,
+    nudge: asyncio.Event | None = None,
+) -> None:
     """Publish ``make()`` every ``interval`` until ``stop``, and at once whenever ``nudge`` is set
     (a change others should hear about now, such as becoming leader); quiet while NATS is away."""
     nudge = nudge or asyncio.Event()
@@ -67,8 +72,11 @@ class ServiceRegistry:
         now = time.monotonic()
         for key in [k for k, (seen, _) in self._beats.items() if now - seen > self.stale_after * 10]:
             del self._beats[key]  # forget long-gone instances
-        found = [beat for seen, beat in self._beats.values()
-                 if now - seen <= self.stale_after and (service is None or beat.service == service)]
+        found = [
+            beat
+            for seen, beat in self._beats.values()
+            if now - seen <= self.stale_after and (service is None or beat.service == service)
+        ]
         return sorted(found, key=lambda b: (b.service, b.instance_id))
 
     async def follow(self, nc: Client) -> object:

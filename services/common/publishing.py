@@ -52,15 +52,22 @@ class PublishFailed(Exception):
     """Not acknowledged within the policy's window; ``attempts`` tells how often it was tried."""
 
     def __init__(self, subject: str, attempts: int, last: BaseException) -> None:
-        super().__init__(f"publish to {subject} not acknowledged after {attempts} attempts: "
-                         f"{type(last).__name__}: {last}")
+        super().__init__(
+            f"publish to {subject} not acknowledged after {attempts} attempts: {type(last).__name__}: {last}"
+        )
         self.attempts = attempts
         self.last = last
 
 
-async def publish_durably(js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *,
-                          headers: dict[str, str] | None = None,
-                          policy: RetryPolicy = RetryPolicy()) -> js_api.PubAck:
+async def publish_durably(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    msg_id: str,
+    *,
+    headers: dict[str, str] | None = None,
+    policy: RetryPolicy = RetryPolicy(),
+) -> js_api.PubAck:
     """Publish with ``Nats-Msg-Id: msg_id``, repeating on election and reconnect failures.
 
     Raises PublishFailed when the window passes, and any other error (a permission violation,
@@ -76,19 +83,26 @@ async def publish_durably(js: JetStreamContext, subject: str, payload: bytes, ms
         attempts += 1
         remaining = deadline - time.monotonic()
         try:
-            ack = await js.publish(subject, payload, headers=all_headers,
-                                   timeout=max(0.05, min(policy.attempt_timeout.total_seconds(), remaining)))
+            ack = await js.publish(
+                subject,
+                payload,
+                headers=all_headers,
+                timeout=max(0.05, min(policy.attempt_timeout.total_seconds(), remaining)),
+            )
         except RETRYABLE as exc:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PublishFailed(subject, attempts, exc) from exc
             if attempts == 1:
-                log.warning("publish not acknowledged; repeating", extra={
-                    "subject": subject, "error": type(exc).__name__})
+                log.warning(
+                    "publish not acknowledged; repeating", extra={"subject": subject, "error": type(exc).__name__}
+                )
             await asyncio.sleep(min(remaining, backoff * random.uniform(0.5, 1.0)))
             backoff = min(backoff * 2, policy.max_backoff.total_seconds())
             continue
         if attempts > 1:
-            log.info("publish acknowledged after repeats", extra={
-                "subject": subject, "attempts": attempts, "duplicate": bool(ack.duplicate)})
+            log.info(
+                "publish acknowledged after repeats",
+                extra={"subject": subject, "attempts": attempts, "duplicate": bool(ack.duplicate)},
+            )
         return ack

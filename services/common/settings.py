@@ -58,9 +58,13 @@ class LimitSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True):
     def limits(self) -> Limits:
         """The operator limits as the contract names them."""
         return Limits(
-            code_timeout_seconds=self.code_timeout_seconds, api_timeout_seconds=self.api_timeout_seconds,
-            max_timeout_seconds=self.max_timeout_seconds, memory_mb=self.sandbox_memory_mb,
-            max_memory_mb=self.max_memory_mb, cpus=self.sandbox_cpus, max_cpus=self.max_cpus,
+            code_timeout_seconds=self.code_timeout_seconds,
+            api_timeout_seconds=self.api_timeout_seconds,
+            max_timeout_seconds=self.max_timeout_seconds,
+            memory_mb=self.sandbox_memory_mb,
+            max_memory_mb=self.max_memory_mb,
+            cpus=self.sandbox_cpus,
+            max_cpus=self.max_cpus,
             allow_network=self.allow_sandbox_network,
         )
 

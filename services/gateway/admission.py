@@ -22,8 +22,11 @@ class Admission:
         """One place for the duration of the block; ApiError(too_many_waiters) when none is free."""
         if self.active >= self.limit:
             self.refused += 1
-            raise ApiError("too_many_waiters", f"{self.active} {self.kind} are already open on this gateway "
-                           f"(the limit is {self.limit}); try again shortly")
+            raise ApiError(
+                "too_many_waiters",
+                f"{self.active} {self.kind} are already open on this gateway "
+                f"(the limit is {self.limit}); try again shortly",
+            )
         self.active += 1
         try:
             yield

@@ -44,9 +44,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return from_body(exc.body)
     except web.HTTPMethodNotAllowed as exc:
         allowed = allowed_methods(request.path) or set(exc.allowed_methods)
-        return web.Response(status=405, body=codec.encode({"error": {
-            "code": "method_not_allowed", "message": f"{request.method} is not allowed on {request.path}"}}),
-            content_type="application/json", headers={"Allow": ", ".join(sorted(allowed))})
+        return web.Response(
+            status=405,
+            body=codec.encode(
+                {
+                    "error": {
+                        "code": "method_not_allowed",
+                        "message": f"{request.method} is not allowed on {request.path}",
+                    }
+                }
+            ),
+            content_type="application/json",
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
     except web.HTTPRequestEntityTooLarge:
         return error_response("payload_too_large", "the body is too large")
     except web.HTTPNotFound:
@@ -54,14 +64,20 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return web.Response(status=exc.status, body=codec.encode({"error": {
-            "code": "http_error", "message": exc.reason}}), content_type="application/json")
+        return web.Response(
+            status=exc.status,
+            body=codec.encode({"error": {"code": "http_error", "message": exc.reason}}),
+            content_type="application/json",
+        )
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return web.Response(status=500, body=codec.encode({"error": {
-            "code": "internal", "message": "internal error; it has been logged"}}), content_type="application/json")
+        return web.Response(
+            status=500,
+            body=codec.encode({"error": {"code": "internal", "message": "internal error; it has been logged"}}),
+            content_type="application/json",
+        )
 
 
 def allowed_methods(path: str) -> set[str]:
@@ -71,9 +87,12 @@ def allowed_methods(path: str) -> set[str]:
     if fixed:
         return fixed
     parts = path.strip("/").split("/")
-    return {e.method for e in ENDPOINTS
-            if len(e.path.strip("/").split("/")) == len(parts)
-            and all(t.startswith("{") or t == p for t, p in zip(e.path.strip("/").split("/"), parts))}
+    return {
+        e.method
+        for e in ENDPOINTS
+        if len(e.path.strip("/").split("/")) == len(parts)
+        and all(t.startswith("{") or t == p for t, p in zip(e.path.strip("/").split("/"), parts, strict=False))
+    }
 
 
 ENDPOINT_OF: dict[tuple[str, str], Endpoint] = {(e.method, e.path): e for e in ENDPOINTS}
@@ -98,8 +117,11 @@ def auth_middleware(tokens: Tokens) -> Callable[..., Awaitable[web.StreamRespons
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         granted = tokens.scopes_of(given.strip()) if scheme.lower() == "bearer" else None
         if granted is None:
-            return error_response("unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
-                                  headers={"WWW-Authenticate": 'Bearer realm="taskmesh"'})
+            return error_response(
+                "unauthorized",
+                "a valid 'Authorization: Bearer <token>' header is required",
+                headers={"WWW-Authenticate": 'Bearer realm="taskmesh"'},
+            )
         request[GRANTED] = granted
         if endpoint is not None:
             what = f"{endpoint.method} {endpoint.path}"
@@ -132,8 +154,10 @@ def create_app(gateway: Gateway) -> web.Application:
     """The application, with the whole URL table registered."""
     settings = gateway.settings
     tokens = settings.tokens()
-    app = web.Application(client_max_size=settings.max_body_bytes + 1024, middlewares=[
-        metrics_middleware, errors_middleware, auth_middleware(tokens), ids_middleware])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes + 1024,
+        middlewares=[metrics_middleware, errors_middleware, auth_middleware(tokens), ids_middleware],
+    )
     app[GATEWAY] = gateway
     spec = build_spec(auth=bool(tokens))
     spec_body = codec.encode(spec)
@@ -165,15 +189,25 @@ async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
     instance_id = new_instance_id()
     started_at = utcnow()
-    gateway = Gateway(settings=settings, nc=Client(), store=StoreClient(Client(), settings.store_timeout_seconds),
-                      registry=ServiceRegistry(), metrics=HttpMetrics())
+    gateway = Gateway(
+        settings=settings,
+        nc=Client(),
+        store=StoreClient(Client(), settings.store_timeout_seconds),
+        registry=ServiceRegistry(),
+        metrics=HttpMetrics(),
+    )
     # handler_cancellation: a client that hangs up frees its wait or follow place at once
     runner = web.AppRunner(create_app(gateway), access_log=None, shutdown_timeout=5, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
     await site.start()
-    log.info("gateway listening", extra={"address": f"http://{settings.http_host}:{settings.http_port}",
-                                         "bearer_tokens": len(settings.tokens().entries)})
+    log.info(
+        "gateway listening",
+        extra={
+            "address": f"http://{settings.http_host}:{settings.http_port}",
+            "bearer_tokens": len(settings.tokens().entries),
+        },
+    )
     try:
         nc = await natsio.connect(settings, f"taskmesh-gateway-{instance_id}", stop)
     except ConnectionAbortedError:
@@ -184,8 +218,14 @@ async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
     await gateway.registry.follow(nc)
 
     def heartbeat() -> Heartbeat:
-        return Heartbeat(service="gateway", instance_id=instance_id, host=hostname(), version=VERSION,
-                         started_at=started_at, sent_at=utcnow())
+        return Heartbeat(
+            service="gateway",
+            instance_id=instance_id,
+            host=hostname(),
+            version=VERSION,
+            started_at=started_at,
+            sent_at=utcnow(),
+        )
 
     beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
     await stop.wait()

@@ -8,22 +8,35 @@ from proto import codec
 from proto.errors import ErrorBody, ErrorCode, error_body
 
 STATUS_OF: dict[str, int] = {
-    "invalid_json": 400, "invalid_field": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "conflict": 409,
-    "payload_too_large": 413, "unsupported_media_type": 415, "too_many_waiters": 429,
-    "unavailable": 503, "timeout": 503,
+    "invalid_json": 400,
+    "invalid_field": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "too_many_waiters": 429,
+    "unavailable": 503,
+    "timeout": 503,
 }
 
 
-def error_response(code: ErrorCode, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    code: ErrorCode, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """A JSON error response."""
     return from_body(error_body(code, message, field), headers)
 
 
 def from_body(body: ErrorBody, headers: dict[str, str] | None = None) -> web.Response:
     """The response for an error body received from the store."""
-    return web.Response(status=STATUS_OF.get(body.error.code, 400), body=codec.encode(body),
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        status=STATUS_OF.get(body.error.code, 400),
+        body=codec.encode(body),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 class ApiError(Exception):

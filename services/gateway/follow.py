@@ -88,8 +88,15 @@ class _Follower:
             after = reply.chunks[-1].seq
 
     async def _write(self, chunk: LogChunk) -> None:
-        data = codec.encode({"run_id": chunk.run_id, "attempt": chunk.attempt, "seq": chunk.seq,
-                             "stream": chunk.stream, "data": chunk.data}).decode()
+        data = codec.encode(
+            {
+                "run_id": chunk.run_id,
+                "attempt": chunk.attempt,
+                "seq": chunk.seq,
+                "stream": chunk.stream,
+                "data": chunk.data,
+            }
+        ).decode()
         for raw, escaped in LINE_BREAKS.items():
             data = data.replace(raw, escaped)
         self.sent += 1
@@ -108,8 +115,9 @@ class _Follower:
         if self.run_id is None:
             status = (await self.store.call(subjects.GET_TASK, api.TaskRef(id=self.task_id), TaskRecord)).status
         else:
-            run: RunRecord = await self.store.call(subjects.GET_RUN, api.RunRef(id=self.task_id, run_id=self.run_id),
-                                                   RunRecord)
+            run: RunRecord = await self.store.call(
+                subjects.GET_RUN, api.RunRef(id=self.task_id, run_id=self.run_id), RunRecord
+            )
             if self.attempt is not None and run.attempt > self.attempt:  # a retry began: follow it
                 await self.next_attempt(run.attempt)
                 return await self.caught_up()
@@ -147,8 +155,9 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
     ]
     try:
         first = await store.call(subjects.GET_LOGS, query, api.LogsReply)  # a 404 is still a JSON error
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         await response.prepare(request)
         follower = _Follower(response, store, query.id, first.run_id)
         follower.attempt = query.attempt or first.attempt
@@ -162,8 +171,9 @@ async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.St
                 await subscription.unsubscribe()
 
 
-async def _follow_live(stopping: asyncio.Event, inbox: asyncio.Queue[tuple[str, bytes]], follower: _Follower,
-                       response: web.StreamResponse) -> None:
+async def _follow_live(
+    stopping: asyncio.Event, inbox: asyncio.Queue[tuple[str, bytes]], follower: _Follower, response: web.StreamResponse
+) -> None:
     """Live chunks until the run's end; the store is asked again when quiet or when a gap shows."""
     loop = asyncio.get_running_loop()
     quiet, last_fill = 0.0, loop.time()

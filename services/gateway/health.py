@@ -23,13 +23,16 @@ async def health(request: web.Request) -> web.Response:
             info = await nc.jetstream(timeout=CHECK_TIMEOUT_SECONDS).account_info()
             checks["jetstream"] = api.DependencyHealth(status="ok", detail=f"{info.streams} streams")
         except Exception as exc:  # JetStream disabled, or the server busy
-            checks["jetstream"] = api.DependencyHealth(status="down", detail=f"JetStream not answering: {type(exc).__name__}")
+            checks["jetstream"] = api.DependencyHealth(
+                status="down", detail=f"JetStream not answering: {type(exc).__name__}"
+            )
     else:
         checks["nats"] = api.DependencyHealth(status="down", detail="not connected to NATS")
         checks["jetstream"] = api.DependencyHealth(status="down", detail="not connected to NATS")
     try:
-        store = await gateway.store.call(subjects.STORE_HEALTH, api.StatsRequest(), api.StoreHealth,
-                                         timeout=CHECK_TIMEOUT_SECONDS)
+        store = await gateway.store.call(
+            subjects.STORE_HEALTH, api.StatsRequest(), api.StoreHealth, timeout=CHECK_TIMEOUT_SECONDS
+        )
         checks["store"] = api.DependencyHealth(status="ok", detail=f"{store.tasks} tasks")
     except (ApiError, StoreReplyError) as exc:
         checks["store"] = api.DependencyHealth(status="down", detail=str(exc))
@@ -38,25 +41,33 @@ async def health(request: web.Request) -> web.Response:
     schedulers = registry.alive("scheduler")
     leaders = [s for s in schedulers if s.leader]
     if leaders:
-        checks["scheduler"] = api.DependencyHealth(status="ok", count=len(schedulers),
-                                                   detail=f"leader {leaders[0].instance_id}, {len(schedulers) - 1} standby")
+        checks["scheduler"] = api.DependencyHealth(
+            status="ok", count=len(schedulers), detail=f"leader {leaders[0].instance_id}, {len(schedulers) - 1} standby"
+        )
     else:
-        checks["scheduler"] = api.DependencyHealth(status="down" if not schedulers else "degraded", count=len(schedulers),
-                                                   detail="no scheduler running" if not schedulers else "no leader yet")
+        checks["scheduler"] = api.DependencyHealth(
+            status="down" if not schedulers else "degraded",
+            count=len(schedulers),
+            detail="no scheduler running" if not schedulers else "no leader yet",
+        )
     runners = registry.alive("runner")
     if runners:
         free = sum(slots.total - slots.busy for r in runners for slots in r.slots.values())
         checks["runners"] = api.DependencyHealth(status="ok", count=len(runners), detail=f"{free} free slots")
     else:
-        checks["runners"] = api.DependencyHealth(status="down", count=0, detail="no runner is running: nothing executes")
+        checks["runners"] = api.DependencyHealth(
+            status="down", count=0, detail="no runner is running: nothing executes"
+        )
     usable = [r for r in runners if r.sandbox is not None and r.sandbox.usable]
     if usable:
         checks["sandbox"] = api.DependencyHealth(status="ok", count=len(usable), detail=usable[0].sandbox.image or "")  # type: ignore[union-attr]
     else:
         reasons = {r.sandbox.detail for r in runners if r.sandbox is not None}
         checks["sandbox"] = api.DependencyHealth(
-            status="degraded", count=0,
-            detail="; ".join(sorted(reasons)) or "no runner reports a sandbox backend: code tasks cannot run")
+            status="degraded",
+            count=0,
+            detail="; ".join(sorted(reasons)) or "no runner reports a sandbox backend: code tasks cannot run",
+        )
 
     essential = ("nats", "jetstream", "store")
     if any(checks[name].status == "down" for name in essential):
@@ -66,16 +77,20 @@ async def health(request: web.Request) -> web.Response:
     else:
         overall = "ok"
     body = api.Health(status=overall, version=VERSION, checks=checks, runners=runners)
-    return web.Response(body=codec.encode(body), status=503 if overall == "down" else 200,
-                        content_type="application/json")
+    return web.Response(
+        body=codec.encode(body), status=503 if overall == "down" else 200, content_type="application/json"
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     try:
-        stats = await gateway.store.call(subjects.GET_STATS, api.StatsRequest(), api.Stats, timeout=CHECK_TIMEOUT_SECONDS)
+        stats = await gateway.store.call(
+            subjects.GET_STATS, api.StatsRequest(), api.Stats, timeout=CHECK_TIMEOUT_SECONDS
+        )
     except (ApiError, StoreReplyError):
         stats = None
     text = gateway.metrics.render(stats, (gateway.waiters, gateway.followers))
-    return web.Response(text=text, content_type="text/plain",
-                        headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+    return web.Response(
+        text=text, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8"
+    )

@@ -24,13 +24,15 @@ def check_id(value: str, field: str) -> None:
     """Raise a 400 naming ``field`` unless ``value`` is a well-formed id."""
     if not ID_PATTERN.fullmatch(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
-        raise ApiError("invalid_field", f"{field} {shown!r} is not a valid id (1 to 64 letters, digits, '-' or '_')",
-                       field)
+        raise ApiError(
+            "invalid_field", f"{field} {shown!r} is not a valid id (1 to 64 letters, digits, '-' or '_')", field
+        )
 
 
 @web.middleware
-async def ids_middleware(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def ids_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Every id in the path or query is well-formed before any handler runs."""
     for name, field in PATH_IDS.items():
         if name in request.match_info:

@@ -14,13 +14,33 @@ from services.gateway.routes import ENDPOINTS, Endpoint
 from services.gateway.scopes import SUBMIT
 
 REF = "#/components/schemas/{name}"
-TASK_LINKS = ("getTask", "listRuns", "getLogs", "cancelTask", "deleteTask", "waitTask", "getSchedule",
-              "pauseSchedule", "resumeSchedule", "triggerSchedule", "scheduleLedger")
-STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted (not finished yet)", 400: "Invalid request",
-               401: "Missing or wrong bearer token", 403: "The token lacks the scope this needs", 404: "Not found",
-               409: "Conflicts with the task's state",
-               413: "Body too large", 415: "Body is not JSON",
-               429: "Too many waits or log follows open; retry", 503: "A dependency is unavailable; retry"}
+TASK_LINKS = (
+    "getTask",
+    "listRuns",
+    "getLogs",
+    "cancelTask",
+    "deleteTask",
+    "waitTask",
+    "getSchedule",
+    "pauseSchedule",
+    "resumeSchedule",
+    "triggerSchedule",
+    "scheduleLedger",
+)
+STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted (not finished yet)",
+    400: "Invalid request",
+    401: "Missing or wrong bearer token",
+    403: "The token lacks the scope this needs",
+    404: "Not found",
+    409: "Conflicts with the task's state",
+    413: "Body too large",
+    415: "Body is not JSON",
+    429: "Too many waits or log follows open; retry",
+    503: "A dependency is unavailable; retry",
+}
 
 
 def build_spec(auth: bool) -> dict[str, Any]:
@@ -31,15 +51,18 @@ def build_spec(auth: bool) -> dict[str, Any]:
             if kind is not None and kind not in types:
                 types.append(kind)
     schemas, components = msgspec.json.schema_components(types, ref_template=REF)
-    schema_of = dict(zip(types, schemas))
+    schema_of = dict(zip(types, schemas, strict=False))
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, schema_of, auth)
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "Taskmesh", "version": VERSION,
-                 "description": "Run Python functions in sandboxes and HTTP requests, now, later or on a cron "
-                                "schedule. Every error is {\"error\": {\"code\", \"message\", \"field\"}}."},
+        "info": {
+            "title": "Taskmesh",
+            "version": VERSION,
+            "description": "Run Python functions in sandboxes and HTTP requests, now, later or on a cron "
+            'schedule. Every error is {"error": {"code", "message", "field"}}.',
+        },
         "paths": paths,
         "components": {"schemas": components},
     }
@@ -49,10 +72,19 @@ def build_spec(auth: bool) -> dict[str, Any]:
 
 
 def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dict[str, Any]:
-    parameters = [{"name": name, "in": "path", "required": True, "schema": ID_SCHEMA}
-                  for name in _path_params(endpoint.path)]
-    parameters += [{"name": p.name, "in": "query", "required": False, "schema": p.schema,
-                    **({"description": p.description} if p.description else {})} for p in endpoint.query]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA} for name in _path_params(endpoint.path)
+    ]
+    parameters += [
+        {
+            "name": p.name,
+            "in": "query",
+            "required": False,
+            "schema": p.schema,
+            **({"description": p.description} if p.description else {}),
+        }
+        for p in endpoint.query
+    ]
     responses: dict[str, Any] = {}
     for status in (endpoint.status, *endpoint.extra_status):
         if status == 503 and endpoint.response is not None and endpoint.path == "/api/health":
@@ -66,22 +98,35 @@ def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dic
     if endpoint.request is not None or endpoint.query or _path_params(endpoint.path):
         errors.add(400)
     for status in sorted(errors):
-        responses.setdefault(str(status), {"description": STATUS_TEXT.get(status, "Error"),
-                                           "content": {"application/json": {"schema": schema_of[ErrorBody]}}})
+        responses.setdefault(
+            str(status),
+            {
+                "description": STATUS_TEXT.get(status, "Error"),
+                "content": {"application/json": {"schema": schema_of[ErrorBody]}},
+            },
+        )
     if endpoint.response is TaskRecord and endpoint.request is not None:
         # lets clients (and schemathesis' stateful phase) follow a created task to its operations
-        links = {target: {"operationId": target, "parameters": {"task_id": "$response.body#/id"}}
-                 for target in TASK_LINKS}
+        links = {
+            target: {"operationId": target, "parameters": {"task_id": "$response.body#/id"}} for target in TASK_LINKS
+        }
         for status in (endpoint.status, *endpoint.extra_status):
             responses[str(status)]["links"] = links
-    operation: dict[str, Any] = {"operationId": endpoint.operation_id, "summary": endpoint.summary,
-                                 "tags": [endpoint.tag], "parameters": parameters, "responses": responses}
+    operation: dict[str, Any] = {
+        "operationId": endpoint.operation_id,
+        "summary": endpoint.summary,
+        "tags": [endpoint.tag],
+        "parameters": parameters,
+        "responses": responses,
+    }
     if not endpoint.public:
         operation["x-scope"] = _scope_text(endpoint)
         operation["description"] = f"Needs a token with scope {_scope_text(endpoint)} (when tokens are configured)."
     if endpoint.request is not None:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": schema_of[endpoint.request]}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schema_of[endpoint.request]}},
+        }
     if auth and not endpoint.public:
         # OpenAPI 3.1 lets a bearer requirement list the roles it needs; a submission's depends on its body
         operation["security"] = [{"bearer": [] if endpoint.scope == SUBMIT else [endpoint.scope]}]

@@ -7,7 +7,8 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from proto import api, codec, subjects
 from proto.errors import ErrorBody
@@ -33,8 +34,9 @@ class StoreClient:
         self.nc = nc
         self.timeout = timeout_seconds
 
-    async def raw(self, subject: str, payload: bytes = b"{}", headers: dict[str, str] | None = None,
-                  timeout: float | None = None) -> bytes:
+    async def raw(
+        self, subject: str, payload: bytes = b"{}", headers: dict[str, str] | None = None, timeout: float | None = None
+    ) -> bytes:
         """The reply bytes; StoreReplyError for an error reply; ApiError(503) when unreachable."""
         if not self.nc.is_connected:
             raise ApiError("unavailable", "NATS is not reachable from the gateway; try again shortly")
@@ -53,10 +55,12 @@ class StoreClient:
     @overload
     async def call(self, subject: str, request: Any, reply_type: type[T], timeout: float | None = None) -> T: ...
     @overload
-    async def call(self, subject: str, request: Any = None, reply_type: None = None,
-                   timeout: float | None = None) -> bytes: ...
-    async def call(self, subject: str, request: Any = None, reply_type: type[T] | None = None,
-                   timeout: float | None = None) -> T | bytes:
+    async def call(
+        self, subject: str, request: Any = None, reply_type: None = None, timeout: float | None = None
+    ) -> bytes: ...
+    async def call(
+        self, subject: str, request: Any = None, reply_type: type[T] | None = None, timeout: float | None = None
+    ) -> T | bytes:
         """Encode ``request``, send it, decode the reply as ``reply_type`` (raw bytes if None)."""
         payload = codec.encode(request) if request is not None else b"{}"
         data = await self.raw(subject, payload, timeout=timeout)
@@ -76,5 +80,6 @@ class StoreClient:
             chunks.extend(reply.chunks)
             if not reply.more or not reply.chunks:
                 return chunks
-            query = msgspec.structs.replace(query, run_id=reply.run_id, attempt=reply.attempt,
-                                            after=reply.chunks[-1].seq)
+            query = msgspec.structs.replace(
+                query, run_id=reply.run_id, attempt=reply.attempt, after=reply.chunks[-1].seq
+            )

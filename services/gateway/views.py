@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -47,7 +47,7 @@ def _instant(name: str, text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise ApiError("invalid_field", f"{name} must be an RFC 3339 time such as 2026-01-31T12:00:00Z", name) from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def query_as(request: web.Request, kind: type[T], **extra: Any) -> T:
@@ -126,8 +126,9 @@ async def submit(request: web.Request, route: str = "") -> web.Response:
     if wait is not None:
         headers[subjects.HEADER_WAIT] = str(wait)  # the store answers once the task is done (or the wait ends)
     with request.app[GATEWAY].waiters.hold() if wait is not None else contextlib.nullcontext():
-        reply = await store(request).raw(subjects.SUBMIT_TASK, body, headers or None,
-                                         timeout=None if wait is None else wait + 5)
+        reply = await store(request).raw(
+            subjects.SUBMIT_TASK, body, headers or None, timeout=None if wait is None else wait + 5
+        )
     accepted = _accepted_decoder.decode(reply)
     response_headers = {"Location": f"/api/tasks/{accepted.id}"}
     if accepted.replayed:
@@ -187,24 +188,32 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
 
 
 async def delete_task(request: web.Request, cancel_running_default: bool = True) -> web.Response:
-    payload = codec.encode(api.DeleteTaskRequest(
-        id=request.match_info["task_id"], cancel_running=_flag(request, "cancel_running", cancel_running_default)))
+    payload = codec.encode(
+        api.DeleteTaskRequest(
+            id=request.match_info["task_id"], cancel_running=_flag(request, "cancel_running", cancel_running_default)
+        )
+    )
     return json_bytes(await store(request).raw(subjects.DELETE_TASK, payload))
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
     task = codec.decode(TaskRecord, await store(request).raw(subjects.GET_TASK, task_ref(request)))
     if task.task_type != "scheduled":
-        raise ApiError("not_found", f"task {task.id} is not a scheduled task; use DELETE /api/tasks/{task.id}", "task_id")
+        raise ApiError(
+            "not_found", f"task {task.id} is not a scheduled task; use DELETE /api/tasks/{task.id}", "task_id"
+        )
     return await delete_task(request, cancel_running_default=False)
 
 
 async def wait_task(request: web.Request) -> web.Response:
     seconds = wait_seconds(request)
-    payload = api.WaitTaskRequest(id=request.match_info["task_id"], timeout_seconds=30.0 if seconds is None else seconds)
+    payload = api.WaitTaskRequest(
+        id=request.match_info["task_id"], timeout_seconds=30.0 if seconds is None else seconds
+    )
     with request.app[GATEWAY].waiters.hold():
-        reply = await store(request).call(subjects.WAIT_TASK, payload, api.WaitReply,
-                                          timeout=payload.timeout_seconds + 5)
+        reply = await store(request).call(
+            subjects.WAIT_TASK, payload, api.WaitReply, timeout=payload.timeout_seconds + 5
+        )
     return json_struct(reply.task, 200 if reply.done else 202)
 
 
@@ -227,8 +236,9 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         with request.app[GATEWAY].followers.hold():
             return await follow_logs(request, query)
     if request.query.get("format") == "text":
-        return web.Response(text="".join(c.data for c in await store(request).all_log_chunks(query)),
-                            content_type="text/plain")
+        return web.Response(
+            text="".join(c.data for c in await store(request).all_log_chunks(query)), content_type="text/plain"
+        )
     return json_bytes(await store(request).raw(subjects.GET_LOGS, codec.encode(query)))
 
 

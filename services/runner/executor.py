@@ -26,8 +26,8 @@ from proto.records import RunRecord, TaskRecord
 from proto.retry import should_retry
 from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
 from services.common.clock import utcnow
-from services.runner.http_task import HttpTasks
 from services.common.poison import is_transient, within_deadline
+from services.runner.http_task import HttpTasks
 from services.runner.outcome import Outcome, retry_at
 from services.runner.output import RunOutput
 from services.runner.sandbox.docker_sandbox import DockerSandboxes, SandboxJob

@@ -47,8 +47,14 @@ _timer_decoder = msgspec.json.Decoder(AnyTimer)
 class Leader:
     """Holds every timer in memory (mirrored in the schedules bucket) while this process leads."""
 
-    def __init__(self, js: JetStreamContext, timers_kv: KeyValue, tasks_kv: KeyValue,
-                 settings: SchedulerSettings, restarts: Counter[str] | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        timers_kv: KeyValue,
+        tasks_kv: KeyValue,
+        settings: SchedulerSettings,
+        restarts: Counter[str] | None = None,
+    ) -> None:
         self.js = js
         self.tasks_kv = tasks_kv
         self.settings = settings
@@ -74,8 +80,14 @@ class Leader:
                 self._remember(_timer_decoder.decode(value))
             except msgspec.MsgspecError as exc:
                 log.error("unreadable timer %s dropped: %s", key, exc)
-        log.info("timers loaded", extra={"timers": len(self.timers), "armed": len(self.heap),
-                                         "ms": round((time.perf_counter() - started) * 1000)})
+        log.info(
+            "timers loaded",
+            extra={
+                "timers": len(self.timers),
+                "armed": len(self.heap),
+                "ms": round((time.perf_counter() - started) * 1000),
+            },
+        )
 
     def _remember(self, timer: AnyTimer) -> None:
         self.timers[timer.key] = timer
@@ -115,12 +127,18 @@ class Leader:
     async def run(self, until: asyncio.Event) -> None:
         """Lead until ``until`` is set (stop requested or lease lost)."""
         await self.load()
-        consumers = ((subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS, self._on_task_event),
-                     (subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS, self._on_run_finished))
+        consumers = (
+            (subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS, self._on_task_event),
+            (subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS, self._on_run_finished),
+        )
         workers = [
-            *(asyncio.create_task(supervise(durable, partial(self._consume, stream, durable, handle, until), until,
-                                            self.restarts), name=durable)
-              for stream, durable, handle in consumers),
+            *(
+                asyncio.create_task(
+                    supervise(durable, partial(self._consume, stream, durable, handle, until), until, self.restarts),
+                    name=durable,
+                )
+                for stream, durable, handle in consumers
+            ),
             asyncio.create_task(self._fire_loop(until), name="fire-loop"),
         ]
         try:
@@ -130,8 +148,9 @@ class Leader:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _consume(self, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]],
-                       until: asyncio.Event) -> None:
+    async def _consume(
+        self, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]], until: asyncio.Event
+    ) -> None:
         subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         try:
             while not until.is_set():
@@ -249,8 +268,9 @@ class Leader:
         spec = timer.spec if isinstance(timer, CronTimer) else await self._spec_of(event.task_id)
         if spec is None:
             return
-        run_id = await self.publisher.fire(event.task_id, spec, slot=f"trigger:{event.event_id}",
-                                           scheduled_for=event.occurred_at)
+        run_id = await self.publisher.fire(
+            event.task_id, spec, slot=f"trigger:{event.event_id}", scheduled_for=event.occurred_at
+        )
         if isinstance(timer, CronTimer) and tracks_overlap(timer):
             await self._save(msgspec.structs.replace(timer, active_runs=[*timer.active_runs, run_id][-100:]))
 
@@ -286,9 +306,16 @@ class Leader:
                 spec = cron.spec if isinstance(cron, CronTimer) else await self._spec_of(event.task_id)
                 if spec is None:
                     return  # cancelled or deleted meanwhile: no retry
-                retry = RetryTimer(task_id=event.task_id, spec=spec, due_at=event.retry_at, run_id=event.run_id,
-                                   slot=event.slot or ONCE_SLOT, attempt=event.attempt + 1, retry=event.retry + 1,
-                                   scheduled_for=event.scheduled_for or event.retry_at)
+                retry = RetryTimer(
+                    task_id=event.task_id,
+                    spec=spec,
+                    due_at=event.retry_at,
+                    run_id=event.run_id,
+                    slot=event.slot or ONCE_SLOT,
+                    attempt=event.attempt + 1,
+                    retry=event.retry + 1,
+                    scheduled_for=event.scheduled_for or event.retry_at,
+                )
                 if retry.key not in self.timers:
                     await self._save(retry)
 
@@ -305,13 +332,18 @@ class Leader:
                     return
                 try:
                     if isinstance(timer, OnceTimer):
-                        await self.publisher.fire(timer.task_id, timer.spec, slot=ONCE_SLOT,
-                                                  scheduled_for=timer.due_at)
+                        await self.publisher.fire(timer.task_id, timer.spec, slot=ONCE_SLOT, scheduled_for=timer.due_at)
                         await self._drop(key)
                     elif isinstance(timer, RetryTimer):
-                        await self.publisher.fire(timer.task_id, timer.spec, slot=timer.slot, run_id=timer.run_id,
-                                                  scheduled_for=timer.scheduled_for, attempt=timer.attempt,
-                                                  retry=timer.retry)
+                        await self.publisher.fire(
+                            timer.task_id,
+                            timer.spec,
+                            slot=timer.slot,
+                            run_id=timer.run_id,
+                            scheduled_for=timer.scheduled_for,
+                            attempt=timer.attempt,
+                            retry=timer.retry,
+                        )
                         await self._drop(key)
                     elif isinstance(timer, CronTimer) and timer.state == "active":
                         await self._fire_cron(timer)
@@ -333,34 +365,63 @@ class Leader:
             else:
                 to_fire.append(scheduled_for)
         updated = msgspec.structs.replace(
-            timer, fired_count=timer.fired_count + len(to_fire), skipped_count=timer.skipped_count + len(skipped),
+            timer,
+            fired_count=timer.fired_count + len(to_fire),
+            skipped_count=timer.skipped_count + len(skipped),
             missed_count=timer.missed_count + decision.missed,
             last_fire_at=to_fire[-1] if to_fire else timer.last_fire_at,
-            due_at=decision.next_due or timer.due_at)
-        view = ScheduleView(next_run_at=decision.next_due, fired_count=updated.fired_count,
-                            missed_count=updated.missed_count, skipped_count=updated.skipped_count)
+            due_at=decision.next_due or timer.due_at,
+        )
+        view = ScheduleView(
+            next_run_at=decision.next_due,
+            fired_count=updated.fired_count,
+            missed_count=updated.missed_count,
+            skipped_count=updated.skipped_count,
+        )
         for scheduled_for in skipped:
-            await self.publisher.event(events.SlotSkipped(
-                event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, scheduled_for=scheduled_for,
-                reason=f"previous run {(active or ['?'])[-1]} still running (overlap_policy forbid)"),
-                msg_id=f"skip:{timer.task_id}:{slot_for_fire(scheduled_for)}")
+            await self.publisher.event(
+                events.SlotSkipped(
+                    event_id=new_event_id(),
+                    occurred_at=now,
+                    task_id=timer.task_id,
+                    scheduled_for=scheduled_for,
+                    reason=f"previous run {(active or ['?'])[-1]} still running (overlap_policy forbid)",
+                ),
+                msg_id=f"skip:{timer.task_id}:{slot_for_fire(scheduled_for)}",
+            )
         for scheduled_for in to_fire:
             if active and policy == "replace":
                 for run_id in active:
-                    await self.publisher.event(runs.RunCancelRequested(
-                        event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, run_id=run_id,
-                        reason=f"replaced by the fire of {scheduled_for.isoformat()} (overlap_policy replace)"))
+                    await self.publisher.event(
+                        runs.RunCancelRequested(
+                            event_id=new_event_id(),
+                            occurred_at=now,
+                            task_id=timer.task_id,
+                            run_id=run_id,
+                            reason=f"replaced by the fire of {scheduled_for.isoformat()} (overlap_policy replace)",
+                        )
+                    )
                 active = []
-            run_id = await self.publisher.fire(timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for),
-                                               scheduled_for=scheduled_for, schedule=view)
+            run_id = await self.publisher.fire(
+                timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for), scheduled_for=scheduled_for, schedule=view
+            )
             if tracks_overlap(timer):
                 active.append(run_id)
         if decision.missed:
-            await self.publisher.event(events.SlotsMissed(
-                event_id=new_event_id(), occurred_at=now, task_id=timer.task_id, count=decision.missed,
-                first=decision.missed_first, last=decision.missed_last,  # type: ignore[arg-type]
-                policy=timer.spec.misfire_policy, caught_up=len(to_fire)),
-                msg_id=f"miss:{timer.task_id}:{slot_for_fire(decision.missed_first)}")  # type: ignore[arg-type]
+            assert decision.missed_first is not None and decision.missed_last is not None, "set with missed"
+            await self.publisher.event(
+                events.SlotsMissed(
+                    event_id=new_event_id(),
+                    occurred_at=now,
+                    task_id=timer.task_id,
+                    count=decision.missed,
+                    first=decision.missed_first,
+                    last=decision.missed_last,
+                    policy=timer.spec.misfire_policy,
+                    caught_up=len(to_fire),
+                ),
+                msg_id=f"miss:{timer.task_id}:{slot_for_fire(decision.missed_first)}",
+            )
         updated = msgspec.structs.replace(updated, active_runs=active[-100:])
         if decision.next_due is None:
             await self._drop(timer.key)

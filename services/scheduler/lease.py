@@ -78,7 +78,8 @@ class LeaderLease:
                 return False
             try:
                 self.revision = await asyncio.wait_for(
-                    self.kv.update(self.key, self.holder.encode(), last=self.revision), wait)
+                    self.kv.update(self.key, self.holder.encode(), last=self.revision), wait
+                )
                 self.renewed_at = started
                 if failures:
                     log.info("lease renewed after %d failed attempts", failures)
@@ -93,8 +94,11 @@ class LeaderLease:
             except RETRYABLE as exc:  # an election, a 503 (10163), a lost reply: transient
                 failures += 1
                 if failures == 1:
-                    log.warning("lease renewal failed (%s); retrying while it is valid (%.1f s)",
-                                type(exc).__name__, self.valid_for())
+                    log.warning(
+                        "lease renewal failed (%s); retrying while it is valid (%.1f s)",
+                        type(exc).__name__,
+                        self.valid_for(),
+                    )
             except Exception as exc:  # anything else: not ours to guess about
                 log.warning("lease renewal failed: %s", type(exc).__name__)
                 self.revision = None
@@ -110,7 +114,8 @@ class LeaderLease:
                 return False
             started = time.monotonic()
             self.revision = await asyncio.wait_for(
-                self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds())
+                self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds()
+            )
         except Exception:  # gone, taken, or NATS away: not ours now
             return False
         self.renewed_at = started

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from proto.cron import CronSchedule
 from proto import schedules
+from proto.cron import CronSchedule
 from proto.schedules import CronTimer
 from proto.tasks import TaskSpec
 
@@ -52,7 +52,7 @@ def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) 
     if now - due <= grace:
         slots, last_slot = [due], due
     else:
-        late = [due] + schedule_of(spec).fires_between(due, now, MISSED_COUNT_CAP)
+        late = [due, *schedule_of(spec).fires_between(due, now, MISSED_COUNT_CAP)]
         if spec.end_at is not None:
             late = [t for t in late if t <= spec.end_at] or [due]
         last_slot = late[-1]
@@ -66,7 +66,7 @@ def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) 
         if result.missed:
             result.missed_first, result.missed_last = late[0], late[-1]
     if spec.max_runs is not None:
-        slots = slots[:max(0, spec.max_runs - timer.fired_count)]
+        slots = slots[: max(0, spec.max_runs - timer.fired_count)]
     result.fire = slots
     fired_after = timer.fired_count + len(slots)
     if spec.max_runs is not None and fired_after >= spec.max_runs:

@@ -34,8 +34,9 @@ class Publisher:
         self.fired = 0
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
-        return await self.js.publish_async(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id},
-                                           wait_stall=PUBLISH_TIMEOUT_SECONDS)
+        return await self.js.publish_async(
+            subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, wait_stall=PUBLISH_TIMEOUT_SECONDS
+        )
 
     async def _settle(self, *futures: asyncio.Future) -> None:
         try:
@@ -45,9 +46,18 @@ class Publisher:
                 if not future.done():
                     future.cancel()
 
-    async def fire(self, task_id: str, spec: TaskSpec, *, slot: str, scheduled_for: datetime,
-                   run_id: str | None = None, attempt: int = 1, retry: int = 0,
-                   schedule: ScheduleView | None = None) -> str:
+    async def fire(
+        self,
+        task_id: str,
+        spec: TaskSpec,
+        *,
+        slot: str,
+        scheduled_for: datetime,
+        run_id: str | None = None,
+        attempt: int = 1,
+        retry: int = 0,
+        schedule: ScheduleView | None = None,
+    ) -> str:
         """Make one run due now; returns its run id. An expired start deadline ends it as expired."""
         run_id = run_id or runs.run_id_for(task_id, slot)
         now = utcnow()
@@ -55,23 +65,55 @@ class Publisher:
         if spec.start_deadline_seconds is not None:
             deadline = scheduled_for + timedelta(seconds=spec.start_deadline_seconds)
         identity = f"{task_id}:{slot}:{attempt}"
-        queued = RunQueued(event_id=f"q:{identity}", occurred_at=now, task_id=task_id, run_id=run_id, slot=slot,
-                           scheduled_for=scheduled_for, attempt=attempt, retry=retry, deadline_at=deadline,
-                           schedule=schedule)
-        first = await self._publish(subjects.run_event(task_id, run_id, "queued"), codec.encode(queued),
-                                    queued.event_id)
+        queued = RunQueued(
+            event_id=f"q:{identity}",
+            occurred_at=now,
+            task_id=task_id,
+            run_id=run_id,
+            slot=slot,
+            scheduled_for=scheduled_for,
+            attempt=attempt,
+            retry=retry,
+            deadline_at=deadline,
+            schedule=schedule,
+        )
+        first = await self._publish(
+            subjects.run_event(task_id, run_id, "queued"), codec.encode(queued), queued.event_id
+        )
         if deadline is not None and now > deadline:
             expired = RunFinished(
-                event_id=f"x:{identity}", occurred_at=now, task_id=task_id, run_id=run_id, attempt=attempt,
-                runner_id="scheduler", status="expired", slot=slot, scheduled_for=scheduled_for,
-                error=RunError(type="expired", message=(
-                    f"not started within start_deadline_seconds={spec.start_deadline_seconds:g} "
-                    f"of {scheduled_for.isoformat()}")))
-            second = await self._publish(subjects.run_event(task_id, run_id, "finished"), codec.encode(expired),
-                                         expired.event_id)
+                event_id=f"x:{identity}",
+                occurred_at=now,
+                task_id=task_id,
+                run_id=run_id,
+                attempt=attempt,
+                runner_id="scheduler",
+                status="expired",
+                slot=slot,
+                scheduled_for=scheduled_for,
+                error=RunError(
+                    type="expired",
+                    message=(
+                        f"not started within start_deadline_seconds={spec.start_deadline_seconds:g} "
+                        f"of {scheduled_for.isoformat()}"
+                    ),
+                ),
+            )
+            second = await self._publish(
+                subjects.run_event(task_id, run_id, "finished"), codec.encode(expired), expired.event_id
+            )
         else:
-            due = RunDue(task_id=task_id, run_id=run_id, slot=slot, spec=spec, scheduled_for=scheduled_for,
-                         queued_at=now, attempt=attempt, retry=retry, deadline_at=deadline)
+            due = RunDue(
+                task_id=task_id,
+                run_id=run_id,
+                slot=slot,
+                spec=spec,
+                scheduled_for=scheduled_for,
+                queued_at=now,
+                attempt=attempt,
+                retry=retry,
+                deadline_at=deadline,
+            )
             work = subjects.WORK_CODE if spec.sandboxed else subjects.WORK_API
             second = await self._publish(work, codec.encode(due), identity)
         await self._settle(first, second)
@@ -88,10 +130,19 @@ class Publisher:
 
     async def schedule_updated(self, timer: CronTimer, state: str, *, next_run_at: datetime | None) -> None:
         """Tell the store where a schedule stands."""
-        await self.event(events.ScheduleUpdated(
-            event_id=new_event_id(), occurred_at=utcnow(), task_id=timer.task_id, state=state,  # type: ignore[arg-type]
-            next_run_at=next_run_at, fired_count=timer.fired_count, missed_count=timer.missed_count,
-            skipped_count=timer.skipped_count, last_fire_at=timer.last_fire_at))
+        await self.event(
+            events.ScheduleUpdated(
+                event_id=new_event_id(),
+                occurred_at=utcnow(),
+                task_id=timer.task_id,
+                state=state,  # type: ignore[arg-type]
+                next_run_at=next_run_at,
+                fired_count=timer.fired_count,
+                missed_count=timer.missed_count,
+                skipped_count=timer.skipped_count,
+                last_fire_at=timer.last_fire_at,
+            )
+        )
 
     async def save(self, timer: AnyTimer) -> None:
         """Persist a timer (it survives a restart or a failover)."""
@@ -103,8 +154,9 @@ class Publisher:
         Losing it (a crash right now) only repeats the fire at a takeover, and a repeated fire
         lands once (its message id); waiting would hold every other fire of the moment.
         """
-        future = await self.js.publish_async(f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}", codec.encode(timer),
-                                             wait_stall=PUBLISH_TIMEOUT_SECONDS)
+        future = await self.js.publish_async(
+            f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}", codec.encode(timer), wait_stall=PUBLISH_TIMEOUT_SECONDS
+        )
         # nats-py never resolves a publish answered by an API error (nats.py #985): do not let it linger
         asyncio.get_running_loop().call_later(PUBLISH_TIMEOUT_SECONDS, future.cancel)
         future.add_done_callback(_log_failed_save)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 import logging
+from collections import Counter
 from contextlib import AsyncExitStack
-
 
 from proto import streams, subjects
 from proto.control import Heartbeat
@@ -46,9 +45,16 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         restarts: Counter[str] = Counter()
 
         def heartbeat() -> Heartbeat:
-            return Heartbeat(service="scheduler", instance_id=instance_id, host=hostname(), version=VERSION,
-                             started_at=started_at, sent_at=utcnow(), leader=leading.is_set(),
-                             consumer_restarts=dict(restarts))
+            return Heartbeat(
+                service="scheduler",
+                instance_id=instance_id,
+                host=hostname(),
+                version=VERSION,
+                started_at=started_at,
+                sent_at=utcnow(),
+                leader=leading.is_set(),
+                consumer_restarts=dict(restarts),
+            )
 
         changed = asyncio.Event()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))

@@ -18,7 +18,7 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from proto.records import TaskRecord
@@ -148,8 +148,9 @@ class Catalog:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def commit(self, tasks: Iterable[TaskRecord], removed: Iterable[str] = (),
-               meta: dict[str, bytes] | None = None) -> None:
+    def commit(
+        self, tasks: Iterable[TaskRecord], removed: Iterable[str] = (), meta: dict[str, bytes] | None = None
+    ) -> None:
         """Write a batch in one transaction: changed tasks, removed ids, and meta values."""
         rows = [_row(task) for task in tasks]
         with _transaction(self.db):
@@ -158,11 +159,12 @@ class Catalog:
             gone = [(task_id,) for task_id in removed]
             if gone:
                 self.db.executemany("DELETE FROM tasks WHERE id = ?", gone)
-                now = _us(datetime.now(timezone.utc))
+                now = _us(datetime.now(UTC))
                 self.db.executemany("INSERT OR IGNORE INTO deleted VALUES (?, ?)", [(t, now) for (t,) in gone])
             for key, value in (meta or {}).items():
-                self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
-                                (key, value))
+                self.db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value", (key, value)
+                )
 
     def clear(self) -> None:
         """Forget every task (before a rebuild); deletions still marked in KV are kept."""
@@ -173,8 +175,9 @@ class Catalog:
 
     def deleted_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Deleted tasks whose delete markers in KV are older than ``cutoff``."""
-        rows = self.db.execute("SELECT id FROM deleted WHERE deleted_us < ? ORDER BY deleted_us LIMIT ?",
-                               (_us(cutoff), limit))
+        rows = self.db.execute(
+            "SELECT id FROM deleted WHERE deleted_us < ? ORDER BY deleted_us LIMIT ?", (_us(cutoff), limit)
+        )
         return [row[0] for row in rows]
 
     def forget_deleted(self, task_ids: Iterable[str]) -> None:
@@ -197,8 +200,7 @@ class Catalog:
 
     def counts(self, dimension: str) -> dict[str, int]:
         """Tasks per status, kind or trigger (``dimension``), from the kept counts."""
-        rows = self.db.execute("SELECT value, n FROM counts WHERE dimension = ? AND n > 0 ORDER BY value",
-                               (dimension,))
+        rows = self.db.execute("SELECT value, n FROM counts WHERE dimension = ? AND n > 0 ORDER BY value", (dimension,))
         return dict(rows.fetchall())
 
     def status_of(self, task_id: str) -> str | None:
@@ -208,8 +210,9 @@ class Catalog:
 
     def task_for_key(self, idempotency_key: str) -> str | None:
         """The task submitted with this idempotency key, if one is retained."""
-        row = self.db.execute("SELECT id FROM tasks WHERE idempotency_key = ? ORDER BY id LIMIT 1",
-                              (idempotency_key,)).fetchone()
+        row = self.db.execute(
+            "SELECT id FROM tasks WHERE idempotency_key = ? ORDER BY id LIMIT 1", (idempotency_key,)
+        ).fetchone()
         return row[0] if row else None
 
     def active_ids(self) -> list[str]:
@@ -218,13 +221,16 @@ class Catalog:
 
     def schedule_ids(self) -> list[str]:
         """Every retained scheduled task, newest first."""
-        return [row[0] for row in self.db.execute(
-            "SELECT id FROM tasks WHERE task_type = 'scheduled' ORDER BY id DESC")]
+        return [
+            row[0] for row in self.db.execute("SELECT id FROM tasks WHERE task_type = 'scheduled' ORDER BY id DESC")
+        ]
 
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Up to ``limit`` one-shot tasks that finished before ``cutoff``, oldest first."""
-        rows = self.db.execute("SELECT id FROM tasks WHERE finished_us IS NOT NULL AND finished_us < ? "
-                               "ORDER BY finished_us LIMIT ?", (_us(cutoff), limit))
+        rows = self.db.execute(
+            "SELECT id FROM tasks WHERE finished_us IS NOT NULL AND finished_us < ? ORDER BY finished_us LIMIT ?",
+            (_us(cutoff), limit),
+        )
         return [row[0] for row in rows]
 
     def page(self, where: ListFilter, before: str | None, limit: int) -> tuple[list[str], str | None]:
@@ -285,8 +291,17 @@ class _transaction:
 def _row(task: TaskRecord) -> tuple[object, ...]:
     final = task.status in FINAL_STATUSES
     expires = final and task.task_type != "scheduled" and task.finished_at is not None
-    return (task.id, task.name, task.status, task.kind, task.task_type, _us(task.created_at),
-            _us(task.finished_at) if expires and task.finished_at else None, int(final), task.idempotency_key)
+    return (
+        task.id,
+        task.name,
+        task.status,
+        task.kind,
+        task.task_type,
+        _us(task.created_at),
+        _us(task.finished_at) if expires and task.finished_at else None,
+        int(final),
+        task.idempotency_key,
+    )
 
 
 def _us(moment: datetime) -> int:

@@ -32,8 +32,14 @@ MAX_IDEMPOTENCY_KEY = 200
 class Commands:
     """Everything that changes a task at a client's request."""
 
-    def __init__(self, js: JetStreamContext, state: StoreState, limits: Limits,
-                 after_apply: Callable[[Effects], None], find_task: Callable[[str], Awaitable[TaskRecord]]) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        state: StoreState,
+        limits: Limits,
+        after_apply: Callable[[Effects], None],
+        find_task: Callable[[str], Awaitable[TaskRecord]],
+    ) -> None:
         self.js = js
         self.state = state
         self.limits = limits
@@ -45,8 +51,9 @@ class Commands:
     async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
         # repeated through an election with the same id (the task id when no key is given, drawn
         # before the first attempt): a repeat whose first try did land is a duplicate, not a 2nd task
-        ack = await publish_durably(self.js, subjects.task_event(event.task_id, event.subject_kind),
-                                    payload or codec.encode(event), msg_id)
+        ack = await publish_durably(
+            self.js, subjects.task_event(event.task_id, event.subject_kind), payload or codec.encode(event), msg_id
+        )
         return ack.seq, bool(ack.duplicate)
 
     def _apply(self, event: events.TaskEvent, seq: int) -> None:
@@ -72,7 +79,9 @@ class Commands:
         key = headers.get(subjects.HEADER_IDEMPOTENCY_KEY) or headers.get(subjects.HEADER_MSG_ID)
         if key is not None:
             if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-                raise FieldError("Idempotency-Key", f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+                raise FieldError(
+                    "Idempotency-Key", f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+                )
             replay = await self._replay(key)
             if replay is not None:
                 return replay
@@ -80,15 +89,16 @@ class Commands:
             self._in_flight[key] = future
         try:
             task_id = new_task_id()
-            submitted = events.TaskSubmitted(event_id=task_id, occurred_at=utcnow(), task_id=task_id,
-                                             spec=spec, idempotency_key=key)
+            submitted = events.TaskSubmitted(
+                event_id=task_id, occurred_at=utcnow(), task_id=task_id, spec=spec, idempotency_key=key
+            )
             # applied as the consumers will read it, and refused (400) if they could not
             payload, event = codec.accepted_event(submitted)
             seq, duplicate = await self._publish(event, f"submit:{key}" if key else task_id, payload)
             if duplicate:
                 # The key was used moments ago, before a store restart: the first event stands.
                 original = await self.js.get_msg(subjects.STREAM_TASKS, seq)
-                event = codec.task_event_decoder.decode(original.data)
+                event = codec.task_event_decoder.decode(original.data or b"")
                 task_id = event.task_id
             self._apply(event, seq)
             if key is not None:
@@ -124,8 +134,12 @@ class Commands:
         task = await self.find_task(request.id)
         if task.status in FINAL_STATUSES:
             return task
-        event = events.TaskCancelled(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id,
-                                     reason=request.reason[:500] or "cancelled by user")
+        event = events.TaskCancelled(
+            event_id=new_event_id(),
+            occurred_at=utcnow(),
+            task_id=task.id,
+            reason=request.reason[:500] or "cancelled by user",
+        )
         seq, _ = await self._publish(event, event.event_id)
         self._apply(event, seq)
         return self.task(request.id)
@@ -134,8 +148,9 @@ class Commands:
         """Remove the task, its runs and logs; running runs are cancelled unless told otherwise."""
         task = await self.find_task(request.id)
         runs = len(self.state.runs[task.id]) if task.id in self.state.runs else task.run_count
-        event = events.TaskDeleted(event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id,
-                                   cancel_running=request.cancel_running)
+        event = events.TaskDeleted(
+            event_id=new_event_id(), occurred_at=utcnow(), task_id=task.id, cancel_running=request.cancel_running
+        )
         seq, _ = await self._publish(event, event.event_id)
         self._apply(event, seq)
         return DeleteReply(id=task.id, deleted=True, runs_removed=runs)

@@ -52,8 +52,14 @@ Commit = Callable[[list[Msg], Applied], Awaitable[None]]
 class EventConsumers:
     """Materialises TASKS, EVENTS and LOGS into the state and the buckets."""
 
-    def __init__(self, js: JetStreamContext, state: StoreState, persistence: Persistence,
-                 after_apply: Callable[[Effects], None], log_cap_bytes: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        state: StoreState,
+        persistence: Persistence,
+        after_apply: Callable[[Effects], None],
+        log_cap_bytes: int,
+    ) -> None:
         self.js = js
         self.state = state
         self.persistence = persistence
@@ -66,8 +72,9 @@ class EventConsumers:
 
     async def catch_up_tasks(self) -> int:
         """Apply the TASKS backlog before anything else (so run events find their tasks)."""
-        subscription = await self.js.pull_subscribe_bind(durable=subjects.CONSUMER_STORE_TASKS,
-                                                          stream=subjects.STREAM_TASKS)
+        subscription = await self.js.pull_subscribe_bind(
+            durable=subjects.CONSUMER_STORE_TASKS, stream=subjects.STREAM_TASKS
+        )
         applied = 0
         try:
             while True:
@@ -94,9 +101,12 @@ class EventConsumers:
             (subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS, self._apply_events, self._commit),
             (subjects.STREAM_LOGS, subjects.CONSUMER_STORE_LOGS, _nothing_to_apply, self._commit_logs),
         )
-        await asyncio.gather(*(
-            supervise(durable, partial(self._loop, stream, durable, apply, commit, stop), stop, self.restarts)
-            for stream, durable, apply, commit in loops))
+        await asyncio.gather(
+            *(
+                supervise(durable, partial(self._loop, stream, durable, apply, commit, stop), stop, self.restarts)
+                for stream, durable, apply, commit in loops
+            )
+        )
 
     async def _loop(self, stream: str, durable: str, apply: Apply, commit: Commit, stop: asyncio.Event) -> None:
         subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)

@@ -29,8 +29,9 @@ Route = Callable[[Msg], Awaitable[Any]]
 class ApiHandlers:
     """Decodes each request, runs its route, and replies with the result or an error body."""
 
-    def __init__(self, nc: Client, commands: Commands, queries: Queries, max_concurrent: int,
-                 max_waiters: int = 10_000) -> None:
+    def __init__(
+        self, nc: Client, commands: Commands, queries: Queries, max_concurrent: int, max_waiters: int = 10_000
+    ) -> None:
         self.nc = nc
         self.commands = commands
         self.queries = queries
@@ -56,8 +57,13 @@ class ApiHandlers:
             subjects.GET_LEDGER: lambda m: self._async(m, api.LedgerRequest, queries.ledger),
             subjects.GET_STATS: lambda m: self._async(m, api.StatsRequest, lambda _: queries.stats()),
             subjects.LIST_DEAD_LETTERS: lambda m: self._async(m, api.StatsRequest, lambda _: queries.dead_letters()),
-            subjects.STORE_HEALTH: lambda m: self._sync(m, api.StatsRequest, lambda _: api.StoreHealth(
-                ready=True, tasks=len(queries.state.catalog), services=queries.registry.alive())),
+            subjects.STORE_HEALTH: lambda m: self._sync(
+                m,
+                api.StatsRequest,
+                lambda _: api.StoreHealth(
+                    ready=True, tasks=len(queries.state.catalog), services=queries.registry.alive()
+                ),
+            ),
         }
 
     async def start(self) -> None:
@@ -99,9 +105,13 @@ class ApiHandlers:
             if msg.reply:
                 data = codec.encode(masked_reply(reply))  # credentials never leave in a reply
                 if len(data) > self.nc.max_payload:
-                    reply = error_body("payload_too_large", (
-                        f"the answer is {len(data)} bytes, more than NATS carries ({self.nc.max_payload}); "
-                        "ask for less (a smaller limit or page)"))
+                    reply = error_body(
+                        "payload_too_large",
+                        (
+                            f"the answer is {len(data)} bytes, more than NATS carries ({self.nc.max_payload}); "
+                            "ask for less (a smaller limit or page)"
+                        ),
+                    )
                     data = codec.encode(reply)
                 headers = {subjects.HEADER_ERROR: str(reply.error.code)} if isinstance(reply, ErrorBody) else None
                 try:
@@ -113,6 +123,7 @@ class ApiHandlers:
     def _sync(msg: Msg, kind: type, handler: Callable[[Any], Any]) -> Awaitable[Any]:
         async def run() -> Any:
             return handler(codec.decode_request(kind, msg.data))
+
         return run()
 
     @staticmethod
@@ -127,8 +138,9 @@ class ApiHandlers:
             return accepted
         with self._waiter():
             waited = await self.queries.wait(api.WaitTaskRequest(id=accepted.id, timeout_seconds=wait))
-        return api.SubmitAccepted(id=accepted.id, status=waited.task.status, task=waited.task,
-                                  replayed=accepted.replayed, done=waited.done)
+        return api.SubmitAccepted(
+            id=accepted.id, status=waited.task.status, task=waited.task, replayed=accepted.replayed, done=waited.done
+        )
 
     async def _wait(self, msg: Msg) -> Any:
         request = codec.decode_request(api.WaitTaskRequest, msg.data)
@@ -139,8 +151,12 @@ class ApiHandlers:
     def _waiter(self) -> Iterator[None]:
         """A place among ``max_waiters`` concurrent waits; a ``too_many_waiters`` error when none is free."""
         if self.waiting >= self.max_waiters:
-            raise FieldError(None, f"{self.waiting} waits are already open on the store (the limit is "
-                             f"{self.max_waiters}); try again shortly", code="too_many_waiters")
+            raise FieldError(
+                None,
+                f"{self.waiting} waits are already open on the store (the limit is "
+                f"{self.max_waiters}); try again shortly",
+                code="too_many_waiters",
+            )
         self.waiting += 1
         try:
             yield

@@ -43,8 +43,9 @@ class CumulativeHistogram:
         for bucket in self.buckets:
             running += bucket
             cumulative.append(running)
-        return Histogram(bounds=[float(b) for b in self.bounds], counts=cumulative,
-                         sum=round(self.total, 3), count=self.count)
+        return Histogram(
+            bounds=[float(b) for b in self.bounds], counts=cumulative, sum=round(self.total, 3), count=self.count
+        )
 
 
 class _Saved(msgspec.Struct, kw_only=True):
@@ -112,12 +113,16 @@ class RunMetrics:
 
     def encode(self) -> bytes:
         """The aggregates as JSON (a few KB), to save."""
-        return msgspec.json.encode(_Saved(
-            finished_by_minute=dict(self.finished_by_minute), outcomes=dict(self.outcomes),
-            recent_durations=list(self.recent_durations),
-            durations=(self.durations.buckets, self.durations.total, self.durations.count),
-            lag=(self.lag.buckets, self.lag.total, self.lag.count),
-            stale_outcomes_rejected=self.stale_outcomes_rejected))
+        return msgspec.json.encode(
+            _Saved(
+                finished_by_minute=dict(self.finished_by_minute),
+                outcomes=dict(self.outcomes),
+                recent_durations=list(self.recent_durations),
+                durations=(self.durations.buckets, self.durations.total, self.durations.count),
+                lag=(self.lag.buckets, self.lag.total, self.lag.count),
+                stale_outcomes_rejected=self.stale_outcomes_rejected,
+            )
+        )
 
     def restore(self, saved: bytes) -> None:
         """Continue from aggregates saved by ``encode`` (unreadable ones are ignored: counts restart)."""

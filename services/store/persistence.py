@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 from nats.js import JetStreamContext
@@ -35,7 +35,7 @@ KV_SEQ_KEY = "kv_tasks_seq"
 CATCH_UP_LIMIT = 20_000
 """More unseen tasks-bucket writes than this: rebuild the catalog rather than read them one by one."""
 LOAD_CONCURRENCY = 256
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
 """Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
 a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
@@ -66,15 +66,16 @@ class Persistence:
         if not rebuilt:
             in_kv, expected = await self._task_keys(), len(catalog) + catalog.deleted_count()
             if in_kv != expected:
-                log.warning("the tasks bucket holds %d keys, the catalog accounts for %d: rebuilding it",
-                            in_kv, expected)
+                log.warning(
+                    "the tasks bucket holds %d keys, the catalog accounts for %d: rebuilding it", in_kv, expected
+                )
                 rebuilt = True
         if rebuilt:
             await self.rebuild_catalog(state)
         active = catalog.active_ids()
         runs = 0
         for start in range(0, len(active), LOAD_CONCURRENCY):
-            for task in await asyncio.gather(*(self.get_task(t) for t in active[start:start + LOAD_CONCURRENCY])):
+            for task in await asyncio.gather(*(self.get_task(t) for t in active[start : start + LOAD_CONCURRENCY])):
                 if task is not None:
                     state.load_task(task)
         for task_id in active:
@@ -90,9 +91,16 @@ class Persistence:
             catalog.commit((), missing)
         state.finish_loading()
         state.sync_catalog()
-        log.info("state loaded", extra={"tasks": len(state.tasks), "runs": runs, "catalogued": len(catalog),
-                                        "catalog_rebuilt": rebuilt,
-                                        "ms": round((time.perf_counter() - started) * 1000)})
+        log.info(
+            "state loaded",
+            extra={
+                "tasks": len(state.tasks),
+                "runs": runs,
+                "catalogued": len(catalog),
+                "catalog_rebuilt": rebuilt,
+                "ms": round((time.perf_counter() - started) * 1000),
+            },
+        )
 
     async def _task_keys(self) -> int:
         """Keys in the tasks bucket, delete markers included (one message per key: history 1)."""
@@ -205,8 +213,12 @@ class Persistence:
                 # Nothing was acknowledged; the same changes must be written by the next flush.
                 state.requeue(writes)
                 self.failed_writes += 1
-                log.warning("records not written (%s: %s); written again by the next flush", type(exc).__name__, exc,
-                            extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes})
+                log.warning(
+                    "records not written (%s: %s); written again by the next flush",
+                    type(exc).__name__,
+                    exc,
+                    extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes},
+                )
                 raise
             self.failed_writes = 0
             # Saved with the same commit as the rows, whenever they changed: a restart neither loses
@@ -261,8 +273,9 @@ class Persistence:
     async def put_log_chunks(self, chunks: list[LogChunk]) -> None:
         """File log chunks under their (task, run, attempt, seq) keys."""
         pending = [
-            await self._publish(f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}",
-                                codec.encode(c))
+            await self._publish(
+                f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}", codec.encode(c)
+            )
             for c in chunks
         ]
         await _acknowledged(pending)
@@ -273,8 +286,10 @@ class Persistence:
     async def read_log_chunks(self, task_id: str, run_id: str, attempt: int) -> list[LogChunk]:
         """Every stored chunk of one run attempt, in order."""
         decoder = codec.log_chunk_decoder
-        chunks = [decoder.decode(value)
-                  async for _, value in read_bucket(self.js, subjects.BUCKET_LOGS, f"{task_id}.{run_id}.{attempt}.*")]
+        chunks = [
+            decoder.decode(value)
+            async for _, value in read_bucket(self.js, subjects.BUCKET_LOGS, f"{task_id}.{run_id}.{attempt}.*")
+        ]
         chunks.sort(key=lambda c: c.seq)
         return chunks
 

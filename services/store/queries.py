@@ -9,9 +9,9 @@ from collections import defaultdict
 from nats.js import JetStreamContext
 
 from proto import api, codec, subjects
-from proto.streams import REPLY_PAGE_BYTES
 from proto.records import RunRecord, TaskRecord
 from proto.runs import FINAL_RUN_STATUSES, DeadLetter, LogChunk
+from proto.streams import REPLY_PAGE_BYTES
 from proto.tasks import FINAL_STATUSES
 from services.common.clock import utcnow
 from services.common.presence import ServiceRegistry
@@ -28,8 +28,9 @@ LOG_SETTLE_SECONDS = 3.0
 class Queries:
     """Answers built from the materialised state (and the logs bucket for output)."""
 
-    def __init__(self, js: JetStreamContext, state: StoreState, persistence: Persistence,
-                 registry: ServiceRegistry) -> None:
+    def __init__(
+        self, js: JetStreamContext, state: StoreState, persistence: Persistence, registry: ServiceRegistry
+    ) -> None:
         self.js = js
         self.state = state
         self.persistence = persistence
@@ -61,9 +62,14 @@ class Queries:
     async def list_tasks(self, request: api.ListTasksRequest) -> api.TaskPage:
         """Newest first, from the catalog; the cursor is the id of the last task of the previous page."""
         self.state.sync_catalog()  # what was just accepted is listed too
-        where = ListFilter(status=request.status, kind=request.kind, task_type=request.task_type,
-                           name_prefix=request.name, created_after=request.created_after,
-                           created_before=request.created_before)
+        where = ListFilter(
+            status=request.status,
+            kind=request.kind,
+            task_type=request.task_type,
+            name_prefix=request.name,
+            created_after=request.created_after,
+            created_before=request.created_before,
+        )
         ids, cursor = self.state.catalog.page(where, request.cursor, request.limit)
         page: list[TaskRecord] = []
         size = 0
@@ -88,7 +94,7 @@ class Queries:
         if request.cursor:
             positions = [i for i, r in enumerate(runs) if r.run_id == request.cursor]
             start = positions[0] + 1 if positions else len(runs)
-        page = runs[start:start + request.limit]
+        page = runs[start : start + request.limit]
         more = start + request.limit < len(runs)
         return api.RunPage(runs=page, next_cursor=page[-1].run_id if more and page else None)
 
@@ -104,12 +110,16 @@ class Queries:
         task = await self.task(request.id)
         run_id = request.run_id or (task.last_run.run_id if task.last_run else None)
         if run_id is None:
-            return api.LogsReply(task_id=task.id, run_id=None, attempt=None, chunks=[],
-                                 finished=task.status in FINAL_STATUSES)
+            return api.LogsReply(
+                task_id=task.id, run_id=None, attempt=None, chunks=[], finished=task.status in FINAL_STATUSES
+            )
         run = await self.run(api.RunRef(id=task.id, run_id=run_id))
         attempt = request.attempt or run.attempt
-        ended = run.status in FINAL_RUN_STATUSES or attempt < run.attempt \
+        ended = (
+            run.status in FINAL_RUN_STATUSES
+            or attempt < run.attempt
             or (run.status == "retrying" and attempt <= run.attempt)
+        )
         expected = next((a.log_chunks for a in run.attempts if a.attempt == attempt), run.log_chunks)
         chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
         # Chunks travel on their own stream and may reach us just after the outcome: once a run has
@@ -130,42 +140,73 @@ class Queries:
             page.append(chunk)
         more, chunks = len(page) < len(chunks), page
         finished = ended and all_stored
-        return api.LogsReply(task_id=task.id, run_id=run_id, attempt=attempt, chunks=chunks,
-                             finished=finished, truncated=run.output_truncated, more=more)
+        return api.LogsReply(
+            task_id=task.id,
+            run_id=run_id,
+            attempt=attempt,
+            chunks=chunks,
+            finished=finished,
+            truncated=run.output_truncated,
+            more=more,
+        )
 
     async def schedules(self) -> api.ScheduleList:
         """Every retained schedule, newest first."""
         self.state.sync_catalog()
         found = []
         for task in await self._tasks(self.state.catalog.schedule_ids()):
-            found.append(api.ScheduleSummary(
-                id=task.id, name=task.name, kind=task.kind, status=task.status,
-                cron_expression=task.spec.cron_expression or "", timezone=task.spec.timezone,
-                next_run_at=task.next_run_at, last_run=task.last_run, fired_count=task.fired_count,
-                missed_count=task.missed_count, skipped_count=task.skipped_count, created_at=task.created_at))
+            found.append(
+                api.ScheduleSummary(
+                    id=task.id,
+                    name=task.name,
+                    kind=task.kind,
+                    status=task.status,
+                    cron_expression=task.spec.cron_expression or "",
+                    timezone=task.spec.timezone,
+                    next_run_at=task.next_run_at,
+                    last_run=task.last_run,
+                    fired_count=task.fired_count,
+                    missed_count=task.missed_count,
+                    skipped_count=task.skipped_count,
+                    created_at=task.created_at,
+                )
+            )
         return api.ScheduleList(schedules=found)
 
     async def ledger(self, request: api.LedgerRequest) -> api.Ledger:
         """Each fire slot with what became of it: a run (and its state, lag), skipped or missed."""
         task = await self.task(request.id)
-        entries = [api.LedgerEntry(scheduled_for=r.scheduled_for, state=r.status, run_id=r.run_id, lag_ms=r.lag_ms,
-                                   reason="manual trigger" if r.slot.startswith("trigger:") else None)
-                   for r in await self._runs(task)
-                   if r.run_id != LEDGER_RUN_ID and r.scheduled_for is not None]
+        entries = [
+            api.LedgerEntry(
+                scheduled_for=r.scheduled_for,
+                state=r.status,
+                run_id=r.run_id,
+                lag_ms=r.lag_ms,
+                reason="manual trigger" if r.slot.startswith("trigger:") else None,
+            )
+            for r in await self._runs(task)
+            if r.run_id != LEDGER_RUN_ID and r.scheduled_for is not None
+        ]
         in_memory = self.state.ledgers.get(task.id)
         if in_memory is None and task.id not in self.state.tasks:
             in_memory = await self.persistence.get_ledger(task.id)
         entries.extend(in_memory or [])
         entries.sort(key=lambda e: e.scheduled_for, reverse=True)
-        return api.Ledger(id=task.id, entries=entries[:request.limit], fired_count=task.fired_count,
-                          missed_count=task.missed_count, skipped_count=task.skipped_count)
+        return api.Ledger(
+            id=task.id,
+            entries=entries[: request.limit],
+            fired_count=task.fired_count,
+            missed_count=task.missed_count,
+            skipped_count=task.skipped_count,
+        )
 
     async def stats(self) -> api.Stats:
         metrics = self.state.metrics
         queue = api.QueueDepth()
         for consumer, pending_field, flight_field in (
-                (subjects.CONSUMER_RUNNER_CODE, "code_pending", "code_in_flight"),
-                (subjects.CONSUMER_RUNNER_API, "api_pending", "api_in_flight")):
+            (subjects.CONSUMER_RUNNER_CODE, "code_pending", "code_in_flight"),
+            (subjects.CONSUMER_RUNNER_API, "api_pending", "api_in_flight"),
+        ):
             try:
                 info = await self.js.consumer_info(subjects.STREAM_WORK, consumer, timeout=1)
                 setattr(queue, pending_field, info.num_pending or 0)

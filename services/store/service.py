@@ -20,8 +20,8 @@ from services.common.lifecycle import sleep_or_stop
 from services.common.presence import ServiceRegistry, announce_forever, hostname
 from services.store.catalog import Catalog
 from services.store.commands import Commands
-from services.store.errors import TaskNotFound
 from services.store.consumers import EventConsumers
+from services.store.errors import TaskNotFound
 from services.store.handlers import ApiHandlers
 from services.store.persistence import Persistence
 from services.store.queries import Queries
@@ -51,8 +51,9 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
 
         catalog = Catalog.open_or_reset(settings.catalog_path(), settings.catalog_cache_mb)
         stack.callback(catalog.close)
-        state = StoreState(run_history_limit=settings.run_history_limit, catalog=catalog,
-                           cache_bytes=settings.cache_mb * 1024 * 1024)
+        state = StoreState(
+            run_history_limit=settings.run_history_limit, catalog=catalog, cache_bytes=settings.cache_mb * 1024 * 1024
+        )
         persistence = Persistence(js, buckets)
         await persistence.load(state)
         registry = ServiceRegistry()
@@ -71,15 +72,23 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         commands = Commands(js, state, settings.limits(), after_apply, queries.task)
         consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes)
         caught_up = await consumers.catch_up_tasks()
-        handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests,
-                               settings.store_max_waiters)
+        handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests, settings.store_max_waiters)
         await handlers.start()
-        log.info("store ready", extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog),
-                                       "replayed_task_events": caught_up})
+        log.info(
+            "store ready",
+            extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog), "replayed_task_events": caught_up},
+        )
 
         def heartbeat() -> Heartbeat:
-            return Heartbeat(service="store", instance_id=instance_id, host=hostname(), version=VERSION,
-                             started_at=started_at, sent_at=utcnow(), consumer_restarts=dict(consumers.restarts))
+            return Heartbeat(
+                service="store",
+                instance_id=instance_id,
+                host=hostname(),
+                version=VERSION,
+                started_at=started_at,
+                sent_at=utcnow(),
+                consumer_restarts=dict(consumers.restarts),
+            )
 
         loops = [
             asyncio.create_task(consumers.run(stop), name="consumers"),
@@ -96,8 +105,14 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
             await persistence.flush(state)
         except Exception as exc:  # replayed from the streams at the next start
             log.warning("final flush failed (%s); changes will be replayed at next start", exc)
-        log.info("store stopped", extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog),
-                                         "unknown_task_events": consumers.unknown_task_events})
+        log.info(
+            "store stopped",
+            extra={
+                "tasks_in_progress": len(state.tasks),
+                "tasks": len(catalog),
+                "unknown_task_events": consumers.unknown_task_events,
+            },
+        )
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -112,9 +127,9 @@ async def _broadcast(nc: Client, payload: bytes) -> None:
         log.warning("cancel broadcast failed: %s", exc)
 
 
-
-async def _sweep_forever(commands: Commands, state: StoreState, persistence: Persistence,
-                         settings: StoreSettings, stop: asyncio.Event) -> None:
+async def _sweep_forever(
+    commands: Commands, state: StoreState, persistence: Persistence, settings: StoreSettings, stop: asyncio.Event
+) -> None:
     """Delete finished one-shot tasks older than the retention period; drop old delete markers.
 
     Both come from the catalog's time indexes, oldest first, a bounded number per sweep: a sweep

@@ -51,8 +51,14 @@ class Effects:
 class StoreState:
     """Tasks in progress with their runs and ledgers; the catalog and a cache for the rest."""
 
-    def __init__(self, *, run_history_limit: int = 100, ledger_limit: int = 200,
-                 catalog: Catalog | None = None, cache_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        *,
+        run_history_limit: int = 100,
+        ledger_limit: int = 200,
+        catalog: Catalog | None = None,
+        cache_bytes: int = 32 * 1024 * 1024,
+    ) -> None:
         self.run_history_limit = run_history_limit
         self.ledger_limit = ledger_limit
         self.catalog = catalog if catalog is not None else Catalog(":memory:")
@@ -155,13 +161,11 @@ class StoreState:
             self._cancelled(task, event, effects)
         elif isinstance(event, events.TaskDeleted):
             self._deleted(task, event, effects)
-        elif isinstance(event, events.SchedulePaused):
-            if task.status == "active":
-                self._set_status(task, "paused")
-                task.next_run_at = None
-        elif isinstance(event, events.ScheduleResumed):
-            if task.status == "paused":
-                self._set_status(task, "active")
+        elif isinstance(event, events.SchedulePaused) and task.status == "active":
+            self._set_status(task, "paused")
+            task.next_run_at = None
+        elif isinstance(event, events.ScheduleResumed) and task.status == "paused":
+            self._set_status(task, "active")
         return effects
 
     def _submitted(self, event: events.TaskSubmitted, seq: int) -> None:
@@ -169,10 +173,16 @@ class StoreState:
             return
         spec = event.spec
         task = TaskRecord(
-            id=event.task_id, name=spec.name, kind=spec.kind, task_type=spec.task_type,
-            status="active" if spec.task_type == "scheduled" else "pending", spec=spec,
-            created_at=event.occurred_at, updated_at=event.occurred_at,
-            idempotency_key=event.idempotency_key, event_seq=seq,
+            id=event.task_id,
+            name=spec.name,
+            kind=spec.kind,
+            task_type=spec.task_type,
+            status="active" if spec.task_type == "scheduled" else "pending",
+            spec=spec,
+            created_at=event.occurred_at,
+            updated_at=event.occurred_at,
+            idempotency_key=event.idempotency_key,
+            event_seq=seq,
         )
         if spec.task_type == "delayed" and spec.delay_seconds is not None:
             task.next_run_at = event.occurred_at + timedelta(seconds=spec.delay_seconds)
@@ -202,8 +212,9 @@ class StoreState:
             if run.status in ("queued", "retrying"):
                 # A queued run's runner will see the cancelled task and drop it; a retry's timer
                 # is dropped by the scheduler. Either way no outcome may follow: final now.
-                self._finish_run(task, run, "cancelled", event.occurred_at,
-                                 RunError(type="cancelled", message=event.reason))
+                self._finish_run(
+                    task, run, "cancelled", event.occurred_at, RunError(type="cancelled", message=event.reason)
+                )
             elif run.status == "running":
                 effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason=event.reason))
 
@@ -251,13 +262,20 @@ class StoreState:
                 task.next_run_at = None
                 effects.wake.add(task.id)
         elif isinstance(event, events.SlotSkipped):
-            self._ledger_add(task.id, LedgerEntry(scheduled_for=event.scheduled_for, state="skipped",
-                                                  reason=event.reason))
+            self._ledger_add(
+                task.id, LedgerEntry(scheduled_for=event.scheduled_for, state="skipped", reason=event.reason)
+            )
         elif isinstance(event, events.SlotsMissed):
-            self._ledger_add(task.id, LedgerEntry(
-                scheduled_for=event.first, state="missed", count=event.count,
-                reason=f"{event.count} fire(s) from {event.first.isoformat()} to {event.last.isoformat()} "
-                       f"missed while no scheduler ran; policy {event.policy}, {event.caught_up} caught up"))
+            self._ledger_add(
+                task.id,
+                LedgerEntry(
+                    scheduled_for=event.first,
+                    state="missed",
+                    count=event.count,
+                    reason=f"{event.count} fire(s) from {event.first.isoformat()} to {event.last.isoformat()} "
+                    f"missed while no scheduler ran; policy {event.policy}, {event.caught_up} caught up",
+                ),
+            )
         self._touch(task, event.occurred_at)
         return effects
 
@@ -273,7 +291,7 @@ class StoreState:
         if any(e.scheduled_for == entry.scheduled_for and e.state == entry.state for e in ledger):
             return  # a redelivered event
         ledger.append(entry)
-        del ledger[:-self.ledger_limit]
+        del ledger[: -self.ledger_limit]
         self.dirty_ledgers.add(task_id)
 
     # --- runs ---------------------------------------------------------------------------------
@@ -286,8 +304,9 @@ class StoreState:
             effects.unknown_task = not self._known_elsewhere(event.task_id)
             if not effects.unknown_task and isinstance(event, (runs.RunQueued, runs.RunStarted)):
                 # A finished (or deleted) task's run must not go on: whoever holds it stops.
-                effects.cancels.append(CancelRun(task_id=event.task_id, run_id=event.run_id,
-                                                 reason="task no longer active"))
+                effects.cancels.append(
+                    CancelRun(task_id=event.task_id, run_id=event.run_id, reason="task no longer active")
+                )
             return effects
         if isinstance(event, runs.RunQueued):
             self._queued(task, event, effects)
@@ -309,7 +328,9 @@ class StoreState:
             return
         effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason=event.reason))
         if run.status in ("queued", "retrying"):
-            self._finish_run(task, run, "cancelled", event.occurred_at, RunError(type="cancelled", message=event.reason))
+            self._finish_run(
+                task, run, "cancelled", event.occurred_at, RunError(type="cancelled", message=event.reason)
+            )
             effects.wake.add(task.id)
 
     def _run(self, task: TaskRecord, run_id: str, slot: str, status: str, attempt: int) -> tuple[RunRecord, bool]:
@@ -347,8 +368,9 @@ class StoreState:
         if task.status == "cancelled":
             # Fired just before a cancel reached the scheduler: never let it run. (A completed
             # schedule's last fires still run: completing means no more fires, not fewer runs.)
-            self._finish_run(task, run, "cancelled", event.occurred_at,
-                             RunError(type="cancelled", message="task no longer active"))
+            self._finish_run(
+                task, run, "cancelled", event.occurred_at, RunError(type="cancelled", message="task no longer active")
+            )
             effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason="task no longer active"))
             return
         if task.status in ("pending", "retrying"):
@@ -386,8 +408,11 @@ class StoreState:
                 earlier.status = "lost"
                 earlier.finished_at = event.occurred_at
                 earlier.error_type = "runner_lost"
-        run.attempts.append(AttemptRecord(attempt=event.attempt, runner_id=event.runner_id,
-                                          status="running", started_at=event.occurred_at))
+        run.attempts.append(
+            AttemptRecord(
+                attempt=event.attempt, runner_id=event.runner_id, status="running", started_at=event.occurred_at
+            )
+        )
         self.dirty_runs.add((task.id, run.run_id))
         if task.status == "cancelled":
             effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason="task no longer active"))
@@ -472,9 +497,15 @@ class StoreState:
         if not task_runs:
             return
         run = next(reversed(task_runs.values()))  # runs are kept in the order they appeared
-        task.last_run = RunSummary(run_id=run.run_id, attempt=run.attempt, status=run.status,
-                                   scheduled_for=run.scheduled_for, started_at=run.started_at,
-                                   finished_at=run.finished_at, duration_ms=run.duration_ms)
+        task.last_run = RunSummary(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            status=run.status,
+            scheduled_for=run.scheduled_for,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            duration_ms=run.duration_ms,
+        )
         if task.task_type == "scheduled" and run.status in FINAL_RUN_STATUSES:
             task.result = run.result
             task.error = run.error
@@ -574,4 +605,3 @@ class StoreState:
         for key in writes.removed_runs:
             task_id, _, run_id = key.partition(".")
             self.removed_runs.add((task_id, run_id))
-

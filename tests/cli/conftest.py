@@ -47,8 +47,16 @@ class Taskmesh:
     async def start(self, *args: str, **env: str) -> asyncio.subprocess.Process:
         """Start the command; the caller reads its output."""
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "taskmesh", *args, cwd=ROOT, env=cli_env(self.url, **env),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "taskmesh",
+            *args,
+            cwd=ROOT,
+            env=cli_env(self.url, **env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
     async def __call__(self, *args: str, timeout: float = 120.0, **env: str) -> Result:
         """Run the command to its end."""

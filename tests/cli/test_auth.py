@@ -17,8 +17,10 @@ def stack_env() -> dict[str, str]:
 async def test_without_a_token_the_error_says_how_to_give_one(taskmesh: Taskmesh) -> None:
     result = await taskmesh("list")
     assert result.code == 3, result
-    assert result.stderr == ("error: a valid 'Authorization: Bearer <token>' header is required (unauthorized); "
-                             "pass --token or set TASKMESH_TOKEN\n")
+    assert result.stderr == (
+        "error: a valid 'Authorization: Bearer <token>' header is required (unauthorized); "
+        "pass --token or set TASKMESH_TOKEN\n"
+    )
 
 
 async def test_the_token_flag_is_sent_as_a_bearer_header(taskmesh: Taskmesh) -> None:

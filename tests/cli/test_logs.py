@@ -32,7 +32,8 @@ async def read_line(stream: asyncio.StreamReader, timeout: float = 60.0) -> str:
 
 
 async def test_logs_prints_the_task_stdout_to_stdout_and_its_stderr_to_stderr(
-        taskmesh: Taskmesh, api: Api, docker_engine: None) -> None:
+    taskmesh: Taskmesh, api: Api, docker_engine: None
+) -> None:
     task_id = await submit_printer(taskmesh)
     await api.wait_final(task_id)
     result = await taskmesh("logs", task_id)
@@ -41,18 +42,23 @@ async def test_logs_prints_the_task_stdout_to_stdout_and_its_stderr_to_stderr(
     assert result.stderr == "a warning\n"
 
 
-async def test_logs_json_returns_the_chunks_with_their_streams(taskmesh: Taskmesh, api: Api,
-                                                                docker_engine: None) -> None:
+async def test_logs_json_returns_the_chunks_with_their_streams(
+    taskmesh: Taskmesh, api: Api, docker_engine: None
+) -> None:
     task_id = await submit_printer(taskmesh)
     await api.wait_final(task_id)
     reply = (await taskmesh("logs", task_id, "--json")).json()
     assert reply["finished"] is True
     assert sorted((c["stream"], c["data"]) for c in reply["chunks"]) == [
-        ("stderr", "a warning\n"), ("stdout", "first line\n"), ("stdout", "second line\n")]
+        ("stderr", "a warning\n"),
+        ("stdout", "first line\n"),
+        ("stdout", "second line\n"),
+    ]
 
 
 async def test_logs_follow_prints_output_of_a_running_task_as_it_comes(
-        taskmesh: Taskmesh, api: Api, docker_engine: None) -> None:
+    taskmesh: Taskmesh, api: Api, docker_engine: None
+) -> None:
     task_id = await submit_printer(taskmesh)
     follower = await taskmesh.start("logs", task_id, "-f")
     assert follower.stdout is not None and follower.stderr is not None
@@ -68,7 +74,8 @@ async def test_logs_follow_prints_output_of_a_running_task_as_it_comes(
 
 
 async def test_logs_follow_json_prints_one_event_per_line_ending_with_the_status(
-        taskmesh: Taskmesh, docker_engine: None) -> None:
+    taskmesh: Taskmesh, docker_engine: None
+) -> None:
     task_id = await submit_printer(taskmesh)
     result = await taskmesh("logs", task_id, "--follow", "--json")
     assert result.code == 0, result
@@ -91,7 +98,8 @@ async def test_logs_follow_waits_for_a_delayed_task_to_start(taskmesh: Taskmesh,
 
 
 async def test_logs_prints_output_larger_than_one_reply_page_in_full(
-        taskmesh: Taskmesh, api: Api, docker_engine: None) -> None:
+    taskmesh: Taskmesh, api: Api, docker_engine: None
+) -> None:
     # 700 KiB of numbered lines: the store answers in pages of 512 KiB
     code = "def main():\n    for n in range(70_000):\n        print(f'{n:09d}')\n"
     task_id = (await taskmesh("submit", "--code", code, "--function", "main", "-q")).stdout.strip()
@@ -106,7 +114,8 @@ async def test_logs_prints_output_larger_than_one_reply_page_in_full(
 
 
 async def test_a_follow_whose_gateway_goes_away_ends_with_one_line_and_exit_code_three(
-        taskmesh: Taskmesh, stack: Stack, target: TargetServer) -> None:
+    taskmesh: Taskmesh, stack: Stack, target: TargetServer
+) -> None:
     task_id = (await taskmesh("submit", "--api-url", f"{target.url}/hello", "--delay", "600", "-q")).stdout.strip()
     follower = await taskmesh.start("logs", "-f", task_id)
     assert follower.stderr is not None

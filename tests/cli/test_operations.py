@@ -7,14 +7,25 @@ from tests.support import Api, TargetServer
 
 
 async def scheduled_task(taskmesh: Taskmesh, target: TargetServer) -> str:
-    result = await taskmesh("submit", "--api-url", f"{target.url}/hello", "--name", "yearly",
-                            "--cron", "0 0 1 1 *", "--timezone", "Europe/Berlin", "-q")
+    result = await taskmesh(
+        "submit",
+        "--api-url",
+        f"{target.url}/hello",
+        "--name",
+        "yearly",
+        "--cron",
+        "0 0 1 1 *",
+        "--timezone",
+        "Europe/Berlin",
+        "-q",
+    )
     assert result.code == 0, result
     return result.stdout.strip()
 
 
 async def test_schedules_lists_scheduled_tasks_with_their_cron_and_next_run(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     task_id = await scheduled_task(taskmesh, target)
     reply = (await taskmesh("schedules", "list", "--json")).json()
     (schedule,) = reply["schedules"]
@@ -26,7 +37,8 @@ async def test_schedules_lists_scheduled_tasks_with_their_cron_and_next_run(
 
 
 async def test_schedules_pause_and_resume_change_the_status_and_are_safe_to_repeat(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     task_id = await scheduled_task(taskmesh, target)
     paused = await taskmesh("schedules", "pause", task_id, "--json")
     assert paused.code == 0, paused
@@ -41,7 +53,8 @@ async def test_schedules_pause_and_resume_change_the_status_and_are_safe_to_repe
 
 
 async def test_schedules_trigger_runs_the_task_now_and_prints_the_run_id(
-        taskmesh: Taskmesh, api: Api, target: TargetServer) -> None:
+    taskmesh: Taskmesh, api: Api, target: TargetServer
+) -> None:
     task_id = await scheduled_task(taskmesh, target)
     triggered = await taskmesh("schedules", "trigger", task_id, "--json")
     assert triggered.code == 0, triggered
@@ -55,12 +68,14 @@ async def test_schedules_trigger_runs_the_task_now_and_prints_the_run_id(
 
 
 async def test_pausing_a_task_that_is_not_scheduled_is_a_conflict_in_one_line(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     task_id = (await taskmesh("submit", "--api-url", f"{target.url}/hello", "-q")).stdout.strip()
     result = await taskmesh("schedules", "pause", task_id)
     assert result.code == 3, result
-    assert result.stderr == (f"error: task {task_id} is not a scheduled task (conflict); "
-                             "see its state with `taskmesh show ID`\n")
+    assert result.stderr == (
+        f"error: task {task_id} is not a scheduled task (conflict); see its state with `taskmesh show ID`\n"
+    )
 
 
 async def test_stats_counts_tasks_and_runs(taskmesh: Taskmesh, target: TargetServer) -> None:

@@ -10,7 +10,8 @@ from tests.support import Api, TargetServer
 
 
 async def test_submit_from_flags_creates_an_api_task_and_its_json_parses_back(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     result = await taskmesh("submit", "--api-url", f"{target.url}/hello", "--name", "ping", "--json")
     assert result.code == 0, result
     task = result.json()
@@ -21,9 +22,21 @@ async def test_submit_from_flags_creates_an_api_task_and_its_json_parses_back(
 
 
 async def test_submit_wait_prints_the_result_and_exits_zero_when_the_task_succeeds(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
-    result = await taskmesh("submit", "--api-url", f"{target.url}/echo", "--method", "post", "--data", '{"n": 1}',
-                            "-H", "X-Trace: cli", "--wait", "--json")
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
+    result = await taskmesh(
+        "submit",
+        "--api-url",
+        f"{target.url}/echo",
+        "--method",
+        "post",
+        "--data",
+        '{"n": 1}',
+        "-H",
+        "X-Trace: cli",
+        "--wait",
+        "--json",
+    )
     assert result.code == 0, result
     task = result.json()
     assert task["status"] == "succeeded"
@@ -46,9 +59,11 @@ async def test_submit_wait_exits_one_when_the_task_fails(taskmesh: Taskmesh, tar
 
 
 async def test_submit_wait_exits_four_when_the_wait_timeout_runs_out_first(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
-    result = await taskmesh("submit", "--api-url", f"{target.url}/hello", "--delay", "600", "--wait",
-                            "--wait-timeout", "1", "--json")
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
+    result = await taskmesh(
+        "submit", "--api-url", f"{target.url}/hello", "--delay", "600", "--wait", "--wait-timeout", "1", "--json"
+    )
     assert result.code == 4, result
     assert result.json()["status"] == "pending"
 
@@ -61,10 +76,13 @@ async def test_submit_quiet_prints_only_the_task_id(taskmesh: Taskmesh, api: Api
 
 
 async def test_submit_reads_a_yaml_spec_and_flags_override_its_fields(
-        taskmesh: Taskmesh, target: TargetServer, tmp_path: Path) -> None:
+    taskmesh: Taskmesh, target: TargetServer, tmp_path: Path
+) -> None:
     spec = tmp_path / "nightly.yaml"
-    spec.write_text(f"name: nightly\ntask_type: scheduled\ncron_expression: '0 3 * * *'\n"
-                    f"timezone: Europe/Paris\napi_url: {target.url}/hello\n")
+    spec.write_text(
+        f"name: nightly\ntask_type: scheduled\ncron_expression: '0 3 * * *'\n"
+        f"timezone: Europe/Paris\napi_url: {target.url}/hello\n"
+    )
     result = await taskmesh("submit", str(spec), "--name", "nightly report", "--json")
     assert result.code == 0, result
     task = result.json()
@@ -82,12 +100,15 @@ async def test_submit_reads_a_json_spec_file(taskmesh: Taskmesh, target: TargetS
 
 
 async def test_submit_runs_a_function_from_a_python_file_with_its_arguments(
-        taskmesh: Taskmesh, tmp_path: Path, docker_engine: None) -> None:
+    taskmesh: Taskmesh, tmp_path: Path, docker_engine: None
+) -> None:
     job = tmp_path / "job.py"
-    job.write_text("def helper(x):\n    return x * 2\n\n"
-                   "def main(n, mode='slow'):\n    return {'n': helper(n), 'mode': mode}\n")
-    result = await taskmesh("submit", str(job), "--function", "main", "--arg", "21", "--kwarg", "mode=fast",
-                            "--wait", "--json")
+    job.write_text(
+        "def helper(x):\n    return x * 2\n\ndef main(n, mode='slow'):\n    return {'n': helper(n), 'mode': mode}\n"
+    )
+    result = await taskmesh(
+        "submit", str(job), "--function", "main", "--arg", "21", "--kwarg", "mode=fast", "--wait", "--json"
+    )
     assert result.code == 0, result
     task = result.json()
     assert task["name"] == "main"
@@ -95,7 +116,8 @@ async def test_submit_runs_a_function_from_a_python_file_with_its_arguments(
 
 
 async def test_a_python_file_with_one_function_needs_no_function_flag(
-        taskmesh: Taskmesh, tmp_path: Path, docker_engine: None) -> None:
+    taskmesh: Taskmesh, tmp_path: Path, docker_engine: None
+) -> None:
     job = tmp_path / "calc.py"
     job.write_text("def calculate():\n    return 1 + 2 * 3\n")
     result = await taskmesh("submit", str(job), "--wait", "--json")
@@ -107,8 +129,9 @@ async def test_requirements_from_flags_are_kept_in_the_spec(taskmesh: Taskmesh, 
     # delayed by an hour and deleted: the requirements are checked, never installed
     job = tmp_path / "job.py"
     job.write_text("import six\n\ndef main():\n    return six.__version__\n")
-    result = await taskmesh("submit", str(job), "--requirement", "six==1.17.0", "-r", "tzdata", "--delay", "3600",
-                            "--json")
+    result = await taskmesh(
+        "submit", str(job), "--requirement", "six==1.17.0", "-r", "tzdata", "--delay", "3600", "--json"
+    )
     assert result.code == 0, result
     task = result.json()
     assert task["task_type"] == "delayed"
@@ -117,7 +140,8 @@ async def test_requirements_from_flags_are_kept_in_the_spec(taskmesh: Taskmesh, 
 
 
 async def test_an_idempotency_key_makes_a_second_submission_return_the_first_task(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     args = ("submit", "--api-url", f"{target.url}/hello", "--idempotency-key", "order-42", "-q")
     first, second = await taskmesh(*args), await taskmesh(*args)
     assert first.code == second.code == 0
@@ -125,7 +149,8 @@ async def test_an_idempotency_key_makes_a_second_submission_return_the_first_tas
 
 
 async def test_an_invalid_field_is_one_line_naming_the_field_and_exit_code_three(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     result = await taskmesh("submit", "--api-url", f"{target.url}/hello", "--set", "task_type=soon")
     assert result.code == 3, result
     assert result.stdout == ""

@@ -19,8 +19,9 @@ async def test_list_filters_like_the_api_and_pages_with_a_cursor(taskmesh: Taskm
 
     by_name = (await taskmesh("list", "--name", "alpha", "--json")).json()
     assert [t["id"] for t in by_name["tasks"]] == [second["id"], first["id"]]
-    by_status = (await taskmesh("list", "--status", "failed", "--kind", "api", "--task-type", "immediate",
-                                "--json")).json()
+    by_status = (
+        await taskmesh("list", "--status", "failed", "--kind", "api", "--task-type", "immediate", "--json")
+    ).json()
     assert [t["id"] for t in by_status["tasks"]] == [failed["id"]]
     assert (await taskmesh("list", "--kind", "code", "--json")).json()["tasks"] == []
 
@@ -31,8 +32,7 @@ async def test_list_filters_like_the_api_and_pages_with_a_cursor(taskmesh: Taskm
     assert rest["next_cursor"] is None
 
 
-async def test_list_prints_an_aligned_table_and_the_next_page_command(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+async def test_list_prints_an_aligned_table_and_the_next_page_command(taskmesh: Taskmesh, target: TargetServer) -> None:
     tasks = [await finished_task(taskmesh, f"{target.url}/hello", "--name", f"row-{n}") for n in range(2)]
     result = await taskmesh("list", "--limit", "1")
     assert result.code == 0, result
@@ -82,8 +82,9 @@ async def test_runs_lists_the_runs_and_shows_one_with_its_attempts(taskmesh: Tas
     assert "ATTEMPT" in detail.stdout and '"status_code": 200' in detail.stdout
 
 
-async def test_cancel_stops_a_pending_task_and_is_safe_to_repeat(taskmesh: Taskmesh, api: Api,
-                                                                  target: TargetServer) -> None:
+async def test_cancel_stops_a_pending_task_and_is_safe_to_repeat(
+    taskmesh: Taskmesh, api: Api, target: TargetServer
+) -> None:
     task_id = (await taskmesh("submit", "--api-url", f"{target.url}/hello", "--delay", "600", "-q")).stdout.strip()
     result = await taskmesh("cancel", task_id, "--reason", "not needed", "--json")
     assert result.code == 0, result
@@ -95,7 +96,8 @@ async def test_cancel_stops_a_pending_task_and_is_safe_to_repeat(taskmesh: Taskm
 
 
 async def test_delete_removes_the_task_and_show_then_reports_not_found(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     task = await finished_task(taskmesh, f"{target.url}/hello")
     deleted = await taskmesh("delete", task["id"], "--json")
     assert deleted.code == 0, deleted
@@ -113,7 +115,8 @@ async def test_delete_prints_what_it_removed(taskmesh: Taskmesh, target: TargetS
 
 
 async def test_a_narrow_terminal_never_cuts_ids_or_states_out_of_the_table(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     name = "a rather long task name for a narrow terminal"
     task = await finished_task(taskmesh, f"{target.url}/hello", "--name", name)
     result = await taskmesh("list", COLUMNS="60")

@@ -26,16 +26,24 @@ from tests.support import Api, TargetServer
 SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
-def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 60.0,
-                    interrupt_after: str | None = None) -> tuple[int, str]:
+def run_in_terminal(
+    args: list[str], env: dict[str, str], timeout: float = 60.0, interrupt_after: str | None = None
+) -> tuple[int, str]:
     """Run ``python -m taskmesh ARGS`` on a 120x40 pseudo-terminal; its exit code and everything it drew.
 
     With ``interrupt_after``, SIGINT (what Ctrl-C sends) once that text has been drawn.
     """
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "taskmesh", *args], cwd=ROOT, env=env, stdin=terminal,
-                               stdout=terminal, stderr=terminal, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskmesh", *args],
+        cwd=ROOT,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
     os.close(terminal)
     drawn = bytearray()
     deadline = time.monotonic() + timeout
@@ -63,11 +71,13 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 60.0,
 
 
 async def test_submit_wait_in_a_terminal_spins_through_the_statuses_then_prints_the_result(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     env = cli_env(taskmesh.url, TERM="xterm-256color")
     env.pop("COLUMNS")
     code, drawn = await asyncio.to_thread(
-        run_in_terminal, ["submit", "--api-url", f"{target.url}/slow?seconds=2", "--name", "slow call", "--wait"], env)
+        run_in_terminal, ["submit", "--api-url", f"{target.url}/slow?seconds=2", "--name", "slow call", "--wait"], env
+    )
     assert code == 0, drawn
     assert "\x1b[?25l" in drawn  # the spinner hid the cursor while it ran
     assert any(frame in drawn for frame in SPINNER_FRAMES), drawn
@@ -77,20 +87,26 @@ async def test_submit_wait_in_a_terminal_spins_through_the_statuses_then_prints_
 
 
 async def test_submit_wait_in_a_terminal_exits_non_zero_when_the_task_fails(
-        taskmesh: Taskmesh, target: TargetServer) -> None:
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
     env = cli_env(taskmesh.url, TERM="xterm-256color")
     code, drawn = await asyncio.to_thread(
-        run_in_terminal, ["submit", "--api-url", f"{target.url}/status/502", "--wait"], env)
+        run_in_terminal, ["submit", "--api-url", f"{target.url}/status/502", "--wait"], env
+    )
     assert code == 1, drawn
     assert "✗" in drawn and "HTTP 502" in drawn
 
 
 async def test_ctrl_c_during_submit_wait_stops_the_waiting_not_the_task(
-        taskmesh: Taskmesh, api: Api, target: TargetServer) -> None:
+    taskmesh: Taskmesh, api: Api, target: TargetServer
+) -> None:
     env = cli_env(taskmesh.url, TERM="xterm-256color")
     code, drawn = await asyncio.to_thread(
-        run_in_terminal, ["submit", "--api-url", f"{target.url}/hello", "--delay", "600", "--wait"], env,
-        interrupt_after="pending  ")
+        run_in_terminal,
+        ["submit", "--api-url", f"{target.url}/hello", "--delay", "600", "--wait"],
+        env,
+        interrupt_after="pending  ",
+    )
     assert code == 130, drawn
     assert "Traceback" not in drawn
     task_id = drawn.split("the task goes on: taskmesh show ")[1][:36]
@@ -106,8 +122,9 @@ def every_command(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[
     return found
 
 
-@pytest.mark.parametrize("path", [(), *(path for path, _ in every_command(cli))],
-                         ids=lambda path: " ".join(path) or "taskmesh")
+@pytest.mark.parametrize(
+    "path", [(), *(path for path, _ in every_command(cli))], ids=lambda path: " ".join(path) or "taskmesh"
+)
 def test_every_command_has_complete_help(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(cli, [*path, "--help"], prog_name="taskmesh")
     assert result.exit_code == 0, result.output
@@ -131,15 +148,17 @@ def test_the_top_level_help_documents_environment_exit_codes_and_completion() ->
 
 def complete(words: str, url: str) -> list[str]:
     env = cli_env(url, _TASKMESH_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(len(words.split(" ")) - 1))
-    done = subprocess.run([sys.executable, "-m", "taskmesh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "taskmesh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     return [line for line in done.stdout.splitlines() if line]
 
 
 def test_bash_completion_script_comes_from_click() -> None:
     env = cli_env("http://127.0.0.1:1", _TASKMESH_COMPLETE="bash_source")
-    done = subprocess.run([sys.executable, "-m", "taskmesh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "taskmesh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     assert "_taskmesh_completion()" in done.stdout
     assert "-F _taskmesh_completion taskmesh" in done.stdout
@@ -158,11 +177,26 @@ async def test_completion_offers_task_ids_from_the_gateway(taskmesh: Taskmesh, t
     assert await asyncio.to_thread(complete, "taskmesh show zzz", taskmesh.url) == []
 
 
-@pytest.mark.parametrize("args", [
-    ["list"], ["show", "x"], ["runs", "x"], ["logs", "x"], ["logs", "-f", "x"], ["cancel", "x"], ["delete", "x"],
-    ["schedules"], ["schedules", "pause", "x"], ["schedules", "resume", "x"], ["schedules", "trigger", "x"],
-    ["stats"], ["health"], ["submit", "--api-url", "http://127.0.0.1:9/"],
-], ids=" ".join)
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["show", "x"],
+        ["runs", "x"],
+        ["logs", "x"],
+        ["logs", "-f", "x"],
+        ["cancel", "x"],
+        ["delete", "x"],
+        ["schedules"],
+        ["schedules", "pause", "x"],
+        ["schedules", "resume", "x"],
+        ["schedules", "trigger", "x"],
+        ["stats"],
+        ["health"],
+        ["submit", "--api-url", "http://127.0.0.1:9/"],
+    ],
+    ids=" ".join,
+)
 def test_a_gateway_that_is_not_running_is_one_line_and_exit_code_three(args: list[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(cli, ["--url", url, *args], prog_name="taskmesh")

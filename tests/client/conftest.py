@@ -11,11 +11,14 @@ from tests.support import Stack, WheelServer
 
 
 @pytest.fixture(scope="module")
-def sandbox_stack(tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer,
-                  docker_engine: None) -> Iterator[Stack]:
+def sandbox_stack(
+    tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer, docker_engine: None
+) -> Iterator[Stack]:
     """A stack whose runner installs requirements from the local wheelhouse only."""
-    running = Stack(tmp_path_factory.mktemp("client"), env_extra={
-        "TASKMESH_FIND_LINKS": wheel_server.url, "TASKMESH_POOL_SIZE": "2"})
+    running = Stack(
+        tmp_path_factory.mktemp("client"),
+        env_extra={"TASKMESH_FIND_LINKS": wheel_server.url, "TASKMESH_POOL_SIZE": "2"},
+    )
     try:
         running.start()
         yield running

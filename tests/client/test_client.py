@@ -127,7 +127,8 @@ def test_server_side_checks_come_back_as_api_errors_naming_the_field(tm: taskmes
 
 
 async def test_an_http_task_posts_json_with_headers_and_failed_tasks_are_listed(
-        tm: taskmesh.Client, target: TargetServer) -> None:
+    tm: taskmesh.Client, target: TargetServer
+) -> None:
     def calls() -> tuple[object, list[taskmesh.Task]]:
         response = tm.http(f"{target.url}/echo", method="POST", json={"n": 1}, headers={"X-Trace": "abc"}).result(30)
         with pytest.raises(taskmesh.TaskFailed) as failed:

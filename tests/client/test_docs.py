@@ -45,8 +45,11 @@ def local_numpy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     found = sorted(wheelhouse.target_dir().glob(f"numpy-2.2.6-{tag}-{tag}-*.whl"))
     if not found:
-        pytest.fail(f"no numpy wheel for {tag} in {wheelhouse.target_dir()}: the wheelhouse is made for the "
-                    "sandbox's Python; run the tests with the same Python version", pytrace=False)
+        pytest.fail(
+            f"no numpy wheel for {tag} in {wheelhouse.target_dir()}: the wheelhouse is made for the "
+            "sandbox's Python; run the tests with the same Python version",
+            pytrace=False,
+        )
     directory = tmp_path_factory.mktemp("local-numpy")
     with zipfile.ZipFile(found[0]) as wheel:
         wheel.extractall(directory)
@@ -60,19 +63,35 @@ def test_the_page_has_examples_each_with_its_output() -> None:
 
 
 @pytest.mark.parametrize("number", range(len(examples())), ids=lambda n: f"example-{n + 1}")
-async def test_the_example_prints_what_the_page_shows(number: int, sandbox_stack: Stack, target: TargetServer,
-                                                      posts_server: WheelServer, local_numpy: Path,
-                                                      tmp_path: Path) -> None:
+async def test_the_example_prints_what_the_page_shows(
+    number: int,
+    sandbox_stack: Stack,
+    target: TargetServer,
+    posts_server: WheelServer,
+    local_numpy: Path,
+    tmp_path: Path,
+) -> None:
     code, output = examples()[number]
-    code = (code.replace("https://example.org/hook", f"{target.url}/echo")
-                .replace("https://jsonplaceholder.typicode.com/posts", f"{posts_server.url}posts"))
+    code = code.replace("https://example.org/hook", f"{target.url}/echo").replace(
+        "https://jsonplaceholder.typicode.com/posts", f"{posts_server.url}posts"
+    )
     script = tmp_path / f"example_{number + 1}.py"
     script.write_text(code, encoding="utf-8")
-    env = {**{k: v for k, v in os.environ.items() if k not in ("TASKMESH_URL", "TASKMESH_TOKEN")},
-           "TASKMESH_URL": sandbox_stack.base_url, "PYTHONPATH": os.pathsep.join((str(ROOT), str(local_numpy))), "PYTHONIOENCODING": "utf-8"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("TASKMESH_URL", "TASKMESH_TOKEN")},
+        "TASKMESH_URL": sandbox_stack.base_url,
+        "PYTHONPATH": os.pathsep.join((str(ROOT), str(local_numpy))),
+        "PYTHONIOENCODING": "utf-8",
+    }
     # a subprocess, as a user runs it; asynchronously, because the target server lives on this event loop
-    process = await asyncio.create_subprocess_exec(sys.executable, str(script), cwd=tmp_path, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), 400)
     except TimeoutError:

@@ -19,8 +19,11 @@ NOWHERE = "http://127.0.0.1:9"
 
 def test_a_function_reading_a_module_global_is_refused_at_decoration_naming_it() -> None:
     tm = taskmesh.Client(NOWHERE)
-    with pytest.raises(taskmesh.FunctionNotPortable, match=r"global 'THRESHOLD' \(int\).*move 'THRESHOLD' inside "
-                                                         r"over_threshold, or pass it as an argument"):
+    with pytest.raises(
+        taskmesh.FunctionNotPortable,
+        match=r"global 'THRESHOLD' \(int\).*move 'THRESHOLD' inside "
+        r"over_threshold, or pass it as an argument",
+    ):
         tm.function(tasks.over_threshold)
 
 
@@ -58,7 +61,9 @@ def test_the_sent_source_is_the_function_without_decorators_plus_the_imports_it_
 def test_arguments_that_are_not_json_fail_before_sending() -> None:
     tm = taskmesh.Client(NOWHERE)
     mean = tm.function(tasks.mean)
-    with pytest.raises(taskmesh.ArgumentsNotJson, match=r"args\[0\]\[1\] is not a JSON value \(type datetime\); pass value.isoformat"):
+    with pytest.raises(
+        taskmesh.ArgumentsNotJson, match=r"args\[0\]\[1\] is not a JSON value \(type datetime\); pass value.isoformat"
+    ):
         mean.submit([1, datetime(2026, 1, 1)])
     with pytest.raises(taskmesh.ArgumentsNotJson, match="nan"):
         mean.submit([float("nan")])
@@ -95,8 +100,18 @@ def test_a_followed_log_yields_each_chunk_once_even_when_the_stream_repeats_it()
         body = json.dumps({"run_id": "r", "attempt": attempt, "seq": seq, "stream": "stdout", "data": data})
         return ["event: log", f"id: {attempt}:{seq}", f"data: {body}", ""]
 
-    lines = [*chunk(1, 0, "a\n"), *chunk(1, 1, "b\n"), ": keepalive", "", *chunk(1, 0, "a\n"), *chunk(1, 1, "b\n"),
-             *chunk(2, 0, "a again\n"), "event: end", 'data: {"run_id": "r", "status": "succeeded"}', ""]
+    lines = [
+        *chunk(1, 0, "a\n"),
+        *chunk(1, 1, "b\n"),
+        ": keepalive",
+        "",
+        *chunk(1, 0, "a\n"),
+        *chunk(1, 1, "b\n"),
+        *chunk(2, 0, "a again\n"),
+        "event: end",
+        'data: {"run_id": "r", "status": "succeeded"}',
+        "",
+    ]
     events = list(server_sent_events(lines))
     assert [e.data.get("data") for e in events if e.event == "log"] == ["a\n", "b\n", "a again\n"]
     assert events[-1] == LogEvent("end", {"run_id": "r", "status": "succeeded"})

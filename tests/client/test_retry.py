@@ -15,17 +15,20 @@ from tests.support import Stack, TargetServer
 def restart_nats(stack: Stack) -> None:
     """Start NATS again on the same port and store (the services reconnect by themselves)."""
     assert stack.nats is not None
-    stack.nats = NatsServer(stack.nats.data_dir, port=stack.nats.port, monitor_port=stack.nats.monitor_port,
-                            log_path=stack.nats.log_path).start()
+    stack.nats = NatsServer(
+        stack.nats.data_dir, port=stack.nats.port, monitor_port=stack.nats.monitor_port, log_path=stack.nats.log_path
+    ).start()
 
 
 async def test_a_submission_during_a_nats_outage_is_retried_and_creates_exactly_one_task(
-        stack: Stack, target: TargetServer) -> None:
+    stack: Stack, target: TargetServer
+) -> None:
     assert stack.nats is not None
     stack.nats.stop()
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
-        refused = await http.post("/api/tasks", json={"name": "probe", "task_type": "immediate",
-                                                      "api_url": f"{target.url}/hello"})
+        refused = await http.post(
+            "/api/tasks", json={"name": "probe", "task_type": "immediate", "api_url": f"{target.url}/hello"}
+        )
     assert refused.status_code == 503, refused.text  # the gateway is up and says so
 
     tm = taskmesh.Client(stack.base_url, submit_retry_seconds=90)
@@ -46,7 +49,8 @@ async def test_a_submission_during_a_nats_outage_is_retried_and_creates_exactly_
 
 
 async def test_the_async_client_retries_a_submission_through_a_nats_outage_too(
-        stack: Stack, target: TargetServer) -> None:
+    stack: Stack, target: TargetServer
+) -> None:
     assert stack.nats is not None
     stack.nats.stop()
     async with taskmesh.AsyncClient(stack.base_url, submit_retry_seconds=90) as atm:

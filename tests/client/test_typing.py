@@ -12,9 +12,13 @@ EXAMPLE = Path(__file__).with_name("typed_example.py")
 
 def mypy(path: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     """mypy --strict on one file; errors in the modules it imports are not its business here."""
-    return subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-                           "--cache-dir", str(cache), str(path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--cache-dir", str(cache), str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_program_on_the_public_api_passes_mypy_strict(tmp_path: Path) -> None:
@@ -24,8 +28,10 @@ def test_a_program_on_the_public_api_passes_mypy_strict(tmp_path: Path) -> None:
 
 def test_mypy_catches_a_wrong_argument_and_a_wrong_result_type(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.py"
-    wrong.write_text(EXAMPLE.read_text() + "\n\ndef wrong() -> None:\n    mean('not a list')\n"
-                     "    text: str = mean.submit([1.0]).result()\n")
+    wrong.write_text(
+        EXAMPLE.read_text() + "\n\ndef wrong() -> None:\n    mean('not a list')\n"
+        "    text: str = mean.submit([1.0]).result()\n"
+    )
     checked = mypy(wrong, tmp_path / "cache")
     assert checked.returncode == 1
     assert 'Argument 1 to "__call__" of "Function" has incompatible type "str"' in checked.stdout, checked.stdout

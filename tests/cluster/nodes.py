@@ -42,15 +42,31 @@ class Node:
         # the deployment's file with this node's store and route port (flags for those would
         # not merge with the file: --cluster_listen drops the route authorization)
         config = self.root / f"{self.name}.conf"
-        config.write_text((DEPLOY_NATS / "cluster.conf").read_text()
-                          .replace("store_dir: /var/lib/taskmesh/nats", f'store_dir: "{self.root / self.name}"')
-                          .replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{self.route_port}"))
+        config.write_text(
+            (DEPLOY_NATS / "cluster.conf")
+            .read_text()
+            .replace("store_dir: /var/lib/taskmesh/nats", f'store_dir: "{self.root / self.name}"')
+            .replace("listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{self.route_port}")
+        )
         log = open(self.root / f"{self.name}.log", "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(config), "-a", "127.0.0.1", "-p", str(self.port),
-             "-m", str(self.monitor_port)],
-            env={**env, "TASKMESH_NATS_SERVER_NAME": self.name}, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_detach)
+            [
+                nats_server_binary(),
+                "-c",
+                str(config),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+            ],
+            env={**env, "TASKMESH_NATS_SERVER_NAME": self.name},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_detach,
+        )
         log.close()
 
     def alive(self) -> bool:
@@ -104,16 +120,21 @@ class NatsCluster:
     def env(self) -> dict[str, str]:
         """The nodes' environment: passwords and the three route URLs."""
         env = {f"TASKMESH_NATS_{user.upper()}_PASSWORD": password for user, password in self.passwords.items()}
-        env |= {"TASKMESH_NATS_ROUTE_PASSWORD": self.route_password,
-                "TASKMESH_NATS_SYSTEM_PASSWORD": self.system_password}
+        env |= {
+            "TASKMESH_NATS_ROUTE_PASSWORD": self.route_password,
+            "TASKMESH_NATS_SYSTEM_PASSWORD": self.system_password,
+        }
         for i, node in enumerate(self.nodes, 1):
             env[f"TASKMESH_NATS_ROUTE_{i}"] = f"nats-route://route:{self.route_password}@127.0.0.1:{node.route_port}"
         return env
 
     def credentials(self, user: str) -> dict[str, str]:
         """What a service (or the admin) is started with to reach the cluster."""
-        return {"TASKMESH_NATS_URL": self.urls, "TASKMESH_NATS_USER": user,
-                "TASKMESH_NATS_PASSWORD": self.passwords[user]}
+        return {
+            "TASKMESH_NATS_URL": self.urls,
+            "TASKMESH_NATS_USER": user,
+            "TASKMESH_NATS_PASSWORD": self.passwords[user],
+        }
 
     def start(self, timeout: float = 30.0) -> NatsCluster:
         for node in self.nodes:
@@ -157,8 +178,11 @@ class NatsCluster:
             node.terminate(timeout=15)
 
     def logs(self) -> str:
-        return "\n".join(f"----- {n.name} -----\n{(self.root / f'{n.name}.log').read_text(errors='replace')[-3000:]}"
-                         for n in self.nodes if (self.root / f"{n.name}.log").exists())
+        return "\n".join(
+            f"----- {n.name} -----\n{(self.root / f'{n.name}.log').read_text(errors='replace')[-3000:]}"
+            for n in self.nodes
+            if (self.root / f"{n.name}.log").exists()
+        )
 
 
 def wait_until(condition: Any, timeout: float, what: str) -> None:

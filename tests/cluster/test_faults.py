@@ -22,8 +22,9 @@ CLIENT_TIMEOUT_SECONDS = 40.0
 """Longer than the gateway's wait on the store (20 s here): a client timeout would be a hang."""
 
 
-async def _submit(client: httpx.AsyncClient, target: TargetServer, label: str, i: int,
-                  answered: dict[int, Any], retries: int = 0) -> None:
+async def _submit(
+    client: httpx.AsyncClient, target: TargetServer, label: str, i: int, answered: dict[int, Any], retries: int = 0
+) -> None:
     """Submit API task ``i``; ``answered[i]`` becomes (status code or the error's name, task id).
 
     With ``retries``, a 503 is repeated with the same Idempotency-Key, as a careful client does.
@@ -31,9 +32,17 @@ async def _submit(client: httpx.AsyncClient, target: TargetServer, label: str, i
     headers = {"Idempotency-Key": f"{label}-{i}"} if retries else {}
     for attempt in range(retries + 1):
         try:
-            response = await client.post("/api/tasks", headers=headers, json={
-                "name": f"{label} {i}", "task_type": "immediate", "api_url": f"{target.url}/echo",
-                "method": "POST", "data": {label: i}})
+            response = await client.post(
+                "/api/tasks",
+                headers=headers,
+                json={
+                    "name": f"{label} {i}",
+                    "task_type": "immediate",
+                    "api_url": f"{target.url}/echo",
+                    "method": "POST",
+                    "data": {label: i},
+                },
+            )
             answered[i] = (response.status_code, response.json().get("id"))
         except httpx.HTTPError as exc:
             answered[i] = (type(exc).__name__, None)
@@ -47,11 +56,13 @@ REPEATED: Counter[str] = Counter()
 """503s repeated by the careful client, by test label (printed)."""
 
 
-async def _submit_all(stack: ClusterStack, target: TargetServer, label: str, count: int, concurrency: int,
-                      answered: dict[int, Any]) -> None:
+async def _submit_all(
+    stack: ClusterStack, target: TargetServer, label: str, count: int, concurrency: int, answered: dict[int, Any]
+) -> None:
     """Submit ``count`` API tasks, ``concurrency`` at a time."""
     gate = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=stack.base_url, timeout=CLIENT_TIMEOUT_SECONDS) as client:
+
         async def submit(i: int) -> None:
             async with gate:
                 await _submit(client, target, label, i, answered)
@@ -66,8 +77,9 @@ async def _wait_answered(answered: dict[int, Any], count: int, timeout: float = 
         await asyncio.sleep(0.05)
 
 
-async def _assert_each_201_succeeded_once(api: Api, target: TargetServer, label: str,
-                                          answered: dict[int, Any], timeout: float = 120) -> Counter[Any]:
+async def _assert_each_201_succeeded_once(
+    api: Api, target: TargetServer, label: str, answered: dict[int, Any], timeout: float = 120
+) -> Counter[Any]:
     """Every 201 ends succeeded, and no submission made two tasks; returns the target's hits."""
     accepted = {i: task_id for i, (status, task_id) in answered.items() if status == 201}
     deadline = time.monotonic() + timeout
@@ -79,7 +91,9 @@ async def _assert_each_201_succeeded_once(api: Api, target: TargetServer, label:
         assert time.monotonic() < deadline, f"{len(missing)} accepted tasks never ran, e.g. {missing[:5]}"
         await asyncio.sleep(0.2)
     for task_id in accepted.values():
-        task = await api.wait_for(task_id, lambda t: t["status"] in FINAL, timeout=max(1.0, deadline - time.monotonic()))
+        task = await api.wait_for(
+            task_id, lambda t: t["status"] in FINAL, timeout=max(1.0, deadline - time.monotonic())
+        )
         assert task["status"] == "succeeded", task
     refused_but_created = sum(1 for i, (status, _) in answered.items() if status != 201 and hits[i])
     total = (await api.get("/api/stats"))["tasks_by_kind"].get("api", 0)
@@ -98,7 +112,8 @@ def _executed_twice(hits: Counter[Any]) -> None:
 
 
 async def test_killing_the_node_that_leads_tasks_mid_burst_answers_everyone_and_doubles_nothing(
-        cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer) -> None:
+    cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer
+) -> None:
     count = 1000
     answered: dict[int, Any] = {}
     burst = asyncio.create_task(_submit_all(cluster_stack, target, "burst", count, 20, answered))
@@ -112,20 +127,24 @@ async def test_killing_the_node_that_leads_tasks_mid_burst_answers_everyone_and_
     assert set(statuses) <= {201, 503}, statuses  # an answer for everyone, never a timeout
     assert statuses[201] >= count // 2, statuses
     hits = await _assert_each_201_succeeded_once(cluster_api, target, "burst", answered)
-    print(f"killed {leader.name} after {killed_after} answers: {dict(statuses)}; "
-          f"503s that ran anyway: {sum(1 for i, (s, _) in answered.items() if s == 503 and hits[i])}")
+    print(
+        f"killed {leader.name} after {killed_after} answers: {dict(statuses)}; "
+        f"503s that ran anyway: {sum(1 for i, (s, _) in answered.items() if s == 503 and hits[i])}"
+    )
     _executed_twice(hits)
 
 
 async def test_a_rolling_restart_of_every_node_under_steady_load_loses_and_doubles_nothing(
-        cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer) -> None:
+    cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer
+) -> None:
     answered: dict[int, Any] = {}
     stop = asyncio.Event()
 
     async def steady_load() -> int:
         sent = 0
-        async with httpx.AsyncClient(base_url=cluster_stack.base_url, timeout=CLIENT_TIMEOUT_SECONDS,
-                                     limits=httpx.Limits(max_connections=50)) as client:
+        async with httpx.AsyncClient(
+            base_url=cluster_stack.base_url, timeout=CLIENT_TIMEOUT_SECONDS, limits=httpx.Limits(max_connections=50)
+        ) as client:
             in_flight = set()
             while not stop.is_set():  # ~10 a second, whatever the answers take
                 sent += 1
@@ -151,7 +170,6 @@ async def test_a_rolling_restart_of_every_node_under_steady_load_loses_and_doubl
     _executed_twice(hits)
 
 
-
 def _scheduler_leader(stack: ClusterStack) -> tuple[str, str]:
     """(the leading scheduler's key in stack.services, the standby's), from /api/health."""
     detail = httpx.get(f"{stack.base_url}/api/health", timeout=5).json()["checks"]["scheduler"]["detail"]
@@ -163,16 +181,27 @@ def _scheduler_leader(stack: ClusterStack) -> tuple[str, str]:
 
 
 async def test_killing_the_scheduler_leader_while_a_node_is_down_neither_doubles_nor_drops_a_fire(
-        cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer) -> None:
+    cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer
+) -> None:
     second = cluster_stack.start_service("scheduler", key="scheduler-2")
     deadline = time.monotonic() + 30
     while "standing by" not in second.log():
         assert time.monotonic() < deadline and second.alive(), second.log()
         await asyncio.sleep(0.1)
-    schedules = [await cluster_api.submit(
-        {"name": f"tick {i}", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-         "api_url": f"{target.url}/echo", "method": "POST", "data": {"tick": i}}, path="/api/scheduled-tasks")
-        for i in range(3)]
+    schedules = [
+        await cluster_api.submit(
+            {
+                "name": f"tick {i}",
+                "task_type": "scheduled",
+                "cron_expression": "*/1 * * * * *",
+                "api_url": f"{target.url}/echo",
+                "method": "POST",
+                "data": {"tick": i},
+            },
+            path="/api/scheduled-tasks",
+        )
+        for i in range(3)
+    ]
     await cluster_api.wait_for(schedules[0]["id"], lambda t: t["fired_count"] >= 3, timeout=30)
     down = await asyncio.to_thread(cluster.stream_leader, "KV_leases")
     down.kill()  # the lease bucket elects a new leader while the scheduler renews through it
@@ -187,8 +216,9 @@ async def test_killing_the_scheduler_leader_while_a_node_is_down_neither_doubles
     takeover_s = time.monotonic() - killed_at
     await cluster_api.wait_for(schedules[0]["id"], lambda t: t["fired_count"] >= 3, timeout=15)
     first_fires = {s["id"]: (await cluster_api.task(s["id"]))["fired_count"] for s in schedules}
-    await cluster_api.wait_for(schedules[0]["id"], lambda t: t["fired_count"] >= first_fires[schedules[0]["id"]] + 3,
-                               timeout=15)  # firing on schedule again
+    await cluster_api.wait_for(
+        schedules[0]["id"], lambda t: t["fired_count"] >= first_fires[schedules[0]["id"]] + 3, timeout=15
+    )  # firing on schedule again
     for task in schedules:
         await cluster_api.client.post(f"/api/scheduled-tasks/{task['id']}/pause")
     await asyncio.sleep(2.0)  # fires in flight land

@@ -48,15 +48,21 @@ async def _heard(nc: Client, services: set[str], timeout: float = 40) -> None:
 
 
 def _admin_command(cluster: NatsCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TASKMESH_NATS_URL": cluster.urls,
-           "TASKMESH_NATS_ADMIN_PASSWORD": cluster.passwords["admin"]}
+    env = {**os.environ, "TASKMESH_NATS_URL": cluster.urls, "TASKMESH_NATS_ADMIN_PASSWORD": cluster.passwords["admin"]}
     env.pop("TASKMESH_NATS_USER", None)
-    return subprocess.run([sys.executable, "-m", "services.admin.replicas", *args], env=env, cwd=project_root(),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "services.admin.replicas", *args],
+        env=env,
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def test_an_r1_install_moved_to_r3_keeps_running_and_the_admin_command_makes_everything_r3(
-        tmp_path: Path, cluster: NatsCluster) -> None:
+    tmp_path: Path, cluster: NatsCluster
+) -> None:
     stack = ClusterStack(tmp_path, cluster=cluster)
     admin = await nats.connect(cluster.urls.split(","), user="admin", password=cluster.passwords["admin"])
     try:

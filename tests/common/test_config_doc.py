@@ -13,7 +13,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 def test_the_configuration_table_is_what_the_generator_prints() -> None:
     assert DOC.read_text() == config_doc.render(), (
-        "docs/configuration.md is stale: run `python -m services.common.config_doc > docs/configuration.md`")
+        "docs/configuration.md is stale: run `python -m services.common.config_doc > docs/configuration.md`"
+    )
 
 
 def test_every_setting_of_every_service_has_a_row_with_a_meaning() -> None:

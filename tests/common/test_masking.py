@@ -14,23 +14,37 @@ from services.common.masking import masked_reply, masked_result, masked_spec, ma
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("name", "masked"), [
-    ("Authorization", True), ("proxy-authorization", True), ("COOKIE", True), ("X-Api-Key", True),
-    ("X-Auth-Token", True), ("x-client-secret", True), ("Db-Password", True), ("my-api-key-2", True),
-    ("Accept", False), ("Content-Type", False), ("X-Request-Id", False),
-])
+@pytest.mark.parametrize(
+    ("name", "masked"),
+    [
+        ("Authorization", True),
+        ("proxy-authorization", True),
+        ("COOKIE", True),
+        ("X-Api-Key", True),
+        ("X-Auth-Token", True),
+        ("x-client-secret", True),
+        ("Db-Password", True),
+        ("my-api-key-2", True),
+        ("Accept", False),
+        ("Content-Type", False),
+        ("X-Request-Id", False),
+    ],
+)
 def test_a_header_is_masked_when_its_name_says_it_is_a_credential(name: str, masked: bool) -> None:
     spec = masked_spec(TaskSpec(name="t", task_type="immediate", api_url="http://h/", headers={name: "v4lue"}))
     assert spec.headers[name] == ("***" if masked else "v4lue")
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("http://alice:pw@h:8080/p?q=1#f", "http://alice:***@h:8080/p?q=1#f"),
-    ("https://:pw@[::1]/", "https://:***@[::1]/"),
-    ("http://alice@h/", "http://alice@h/"),
-    ("http://h/p", "http://h/p"),
-    ("http://a:b@[::1/", "***"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://alice:pw@h:8080/p?q=1#f", "http://alice:***@h:8080/p?q=1#f"),
+        ("https://:pw@[::1]/", "https://:***@[::1]/"),
+        ("http://alice@h/", "http://alice@h/"),
+        ("http://h/p", "http://h/p"),
+        ("http://a:b@[::1/", "***"),
+    ],
+)
 def test_only_the_password_of_a_url_is_masked(url: str, shown: str) -> None:
     assert masked_url(url) == shown
 

@@ -24,7 +24,8 @@ async def _stream(js: JetStreamContext) -> None:
 
 
 async def test_a_publish_repeated_while_the_server_restarts_is_acknowledged_and_stored_once(
-        js: JetStreamContext, nats_server: NatsServer) -> None:
+    js: JetStreamContext, nats_server: NatsServer
+) -> None:
     await _stream(js)
     await asyncio.to_thread(nats_server.stop)
     publishing = asyncio.create_task(publish_durably(js, "t.one", b"x", "id-1", policy=QUICK))
@@ -47,13 +48,19 @@ async def test_a_repeat_of_an_id_that_already_landed_is_a_duplicate_not_a_second
 
 
 async def test_a_publish_gives_up_after_its_window_with_a_clear_error_and_no_hang(
-        nc: Client, js: JetStreamContext, nats_server: NatsServer) -> None:
+    nc: Client, js: JetStreamContext, nats_server: NatsServer
+) -> None:
     await _stream(js)
     await asyncio.to_thread(nats_server.stop)
     started = time.monotonic()
     with pytest.raises(PublishFailed) as failed:
-        await publish_durably(js, "t.three", b"x", "id-3",
-                              policy=RetryPolicy(within=timedelta(seconds=2), attempt_timeout=timedelta(seconds=1)))
+        await publish_durably(
+            js,
+            "t.three",
+            b"x",
+            "id-3",
+            policy=RetryPolicy(within=timedelta(seconds=2), attempt_timeout=timedelta(seconds=1)),
+        )
     assert 2 <= time.monotonic() - started < 4
     assert failed.value.attempts >= 2
     await asyncio.to_thread(nats_server.start)  # so the client closes as usual

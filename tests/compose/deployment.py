@@ -61,8 +61,9 @@ def build_tools_image() -> str:
     tag = f"taskmesh-build-tools:{digest.hexdigest()[:12]}"
     if not docker("images", "-q", tag).strip():
         args = ["--uv", uv, "--tag", tag] + (["--ca-bundle", ca] if Path(ca).exists() else [])
-        subprocess.run([str(ROOT / "deploy" / "build-tools-image.sh"), *args], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            [str(ROOT / "deploy" / "build-tools-image.sh"), *args], check=True, capture_output=True, timeout=120
+        )
     return tag
 
 
@@ -99,8 +100,10 @@ class Deployment:
         make_index(wheelhouse, index)
         socket_gid = str(os.stat("/var/run/docker.sock").st_gid)
         settings = {
-            **{f"TASKMESH_NATS_{user}_PASSWORD": "tm" + secrets.token_hex(12)
-               for user in ("GATEWAY", "STORE", "SCHEDULER", "RUNNER", "ADMIN")},
+            **{
+                f"TASKMESH_NATS_{user}_PASSWORD": "tm" + secrets.token_hex(12)
+                for user in ("GATEWAY", "STORE", "SCHEDULER", "RUNNER", "ADMIN")
+            },
             "TASKMESH_API_TOKEN": self.token,
             "TASKMESH_DOCKER_GID": socket_gid,
             "TASKMESH_IMAGE": SERVICE_IMAGE,
@@ -123,8 +126,18 @@ class Deployment:
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         files = [arg for path in COMPOSE_FILES for arg in ("-f", str(path))]
-        return docker("compose", "-p", self.project, "--env-file", self.env["COMPOSE_ENV_FILE"], *files, *args,
-                      timeout=timeout, check=check, env=self.env)
+        return docker(
+            "compose",
+            "-p",
+            self.project,
+            "--env-file",
+            self.env["COMPOSE_ENV_FILE"],
+            *files,
+            *args,
+            timeout=timeout,
+            check=check,
+            env=self.env,
+        )
 
     def timed(self, name: str, *args: str, timeout: float = 600) -> str:
         started = time.monotonic()

@@ -30,8 +30,18 @@ class ClusterDeployment(Deployment):
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
         files = [arg for path in CLUSTER_FILES for arg in ("-f", str(path))]
-        return docker("compose", "-p", self.project, "--env-file", self.env["COMPOSE_ENV_FILE"], *files, *args,
-                      timeout=timeout, check=check, env=self.env)
+        return docker(
+            "compose",
+            "-p",
+            self.project,
+            "--env-file",
+            self.env["COMPOSE_ENV_FILE"],
+            *files,
+            *args,
+            timeout=timeout,
+            check=check,
+            env=self.env,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +55,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDepl
     (deployment.workdir / "index").mkdir()  # no wheels needed: this test installs no requirement
     try:
         deployment.prepare(wheelhouse.target_dir(), build_tools_image())
-        extra = {"TASKMESH_IMAGE": IMAGE, "TASKMESH_SANDBOX_IMAGE": SANDBOX,
-                 "TASKMESH_NATS_ROUTE_PASSWORD": "tm" + secrets.token_hex(12),
-                 "TASKMESH_NATS_SYSTEM_PASSWORD": "tm" + secrets.token_hex(12)}
+        extra = {
+            "TASKMESH_IMAGE": IMAGE,
+            "TASKMESH_SANDBOX_IMAGE": SANDBOX,
+            "TASKMESH_NATS_ROUTE_PASSWORD": "tm" + secrets.token_hex(12),
+            "TASKMESH_NATS_SYSTEM_PASSWORD": "tm" + secrets.token_hex(12),
+        }
         env_file = deployment.workdir / "compose.env"
         env_file.write_text(env_file.read_text() + "".join(f"{k}={v}\n" for k, v in extra.items()))
         deployment.env |= extra
@@ -67,13 +80,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterDepl
 
 
 async def test_the_cluster_comes_up_healthy_runs_a_task_and_needs_no_replica_upgrade(
-        deployment: ClusterDeployment) -> None:
+    deployment: ClusterDeployment,
+) -> None:
     health = deployment.health()
     assert health["status"] == "ok", health["checks"]
     api = Api(deployment.url, token=deployment.token)
     try:
-        created = await api.submit({"name": "on the cluster", "task_type": "immediate",
-                                    "api_url": "http://target:8000/hello.json"})
+        created = await api.submit(
+            {"name": "on the cluster", "task_type": "immediate", "api_url": "http://target:8000/hello.json"}
+        )
         done = await api.wait_final(created["id"], timeout=60)
         assert done["status"] == "succeeded", done
     finally:

@@ -37,12 +37,12 @@ async def heartbeats(nc: Client) -> AsyncIterator[None]:
 
 async def _check(service: str, nats_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TASKMESH_NATS_URL": nats_url, "PYTHONPATH": str(HEALTHCHECK.parents[1])}
-    return await asyncio.to_thread(subprocess.run, [sys.executable, str(HEALTHCHECK), service], env=env,
-                                   capture_output=True, text=True, timeout=30)
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(HEALTHCHECK), service], env=env, capture_output=True, text=True, timeout=30
+    )
 
 
-async def test_a_service_is_healthy_while_its_first_nats_url_is_down(
-        nats_server: NatsServer, heartbeats: None) -> None:
+async def test_a_service_is_healthy_while_its_first_nats_url_is_down(nats_server: NatsServer, heartbeats: None) -> None:
     down = f"nats://127.0.0.1:{free_port()}"
     done = await _check("store", f"{down}, {down.replace('127.0.0.1', 'localhost')},{nats_server.url}")
     assert done.returncode == 0, done.stderr

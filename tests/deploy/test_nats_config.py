@@ -41,7 +41,8 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 async def test_three_nodes_from_cluster_conf_form_one_cluster_with_r3_streams_and_a_system_account(
-        cluster: NatsCluster) -> None:
+    cluster: NatsCluster,
+) -> None:
     admin = await nats.connect(cluster.urls.split(","), user="admin", password=cluster.passwords["admin"])
     try:
         info = await admin.jetstream().add_stream(name="PROBE", subjects=["probe.>"], num_replicas=3)

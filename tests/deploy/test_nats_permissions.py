@@ -18,7 +18,8 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api as js_api
 
 from proto import streams, subjects
@@ -52,11 +53,17 @@ class ConfiguredNats:
         shutil.copy(DEPLOY_NATS / "authorization.conf", self.root / "authorization.conf")
         (self.root / "nats.conf").write_text(
             f"listen: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.monitor_port}\n"
-            f'jetstream {{ store_dir: "{self.root / "data"}" }}\ninclude ./authorization.conf\n')
+            f'jetstream {{ store_dir: "{self.root / "data"}" }}\ninclude ./authorization.conf\n'
+        )
         env = {f"TASKMESH_NATS_{user.upper()}_PASSWORD": password for user, password in self.passwords.items()}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([nats_server_binary(), "-c", str(self.root / "nats.conf")],
-                                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.root / "nats.conf")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         wait_http(f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true", timeout=10)
         return self
 
@@ -97,13 +104,29 @@ async def secured_api(secured: tuple[Stack, ConfiguredNats]) -> AsyncIterator[Ap
 
 
 async def test_every_service_works_under_its_own_user_and_is_never_denied(
-        secured: tuple[Stack, ConfiguredNats], secured_api: Api, target: TargetServer) -> None:
+    secured: tuple[Stack, ConfiguredNats], secured_api: Api, target: TargetServer
+) -> None:
     stack, server = secured
     immediate = await secured_api.submit({"name": "now", "task_type": "immediate", "api_url": f"{target.url}/hello"})
-    delayed = await secured_api.submit({"name": "later", "task_type": "delayed", "delay_seconds": 1,
-                                        "api_url": f"{target.url}/echo", "method": "POST", "data": {"a": 1}})
-    cron = await secured_api.submit({"name": "tick", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-                                     "api_url": f"{target.url}/hello", "max_runs": 2})
+    delayed = await secured_api.submit(
+        {
+            "name": "later",
+            "task_type": "delayed",
+            "delay_seconds": 1,
+            "api_url": f"{target.url}/echo",
+            "method": "POST",
+            "data": {"a": 1},
+        }
+    )
+    cron = await secured_api.submit(
+        {
+            "name": "tick",
+            "task_type": "scheduled",
+            "cron_expression": "*/1 * * * * *",
+            "api_url": f"{target.url}/hello",
+            "max_runs": 2,
+        }
+    )
     assert (await secured_api.wait_final(immediate["id"]))["status"] == "succeeded"
     assert (await secured_api.wait_final(delayed["id"]))["status"] == "succeeded"
     assert (await secured_api.wait_final(cron["id"]))["status"] == "completed"
@@ -156,8 +179,9 @@ async def _denied(server: ConfiguredNats, user: str, subject: str, payload: byte
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
 
-    client = await nats.connect(server.url, user=user, password=server.passwords[user], error_cb=on_error,
-                                allow_reconnect=False)
+    client = await nats.connect(
+        server.url, user=user, password=server.passwords[user], error_cb=on_error, allow_reconnect=False
+    )
     try:
         try:
             await client.request(subject, payload, timeout=1)
@@ -173,25 +197,28 @@ async def _denied(server: ConfiguredNats, user: str, subject: str, payload: byte
         await client.close()
 
 
-@pytest.mark.parametrize(("user", "subject"), [
-    ("gateway", "$JS.API.CONSUMER.MSG.NEXT.WORK.runner-code"),
-    ("gateway", "$JS.API.CONSUMER.DELETE.WORK.runner-api"),
-    ("gateway", "taskmesh.work.code"),
-    ("gateway", "$KV.tasks.x"),
-    ("runner", "$KV.tasks.x"),
-    ("runner", "$KV.runs.x.y"),
-    ("runner", "$KV.logs.x.y.1.00000001"),
-    ("runner", "$JS.API.STREAM.PURGE.KV_tasks"),
-    ("runner", "taskmesh.task.x.submitted"),
-    ("runner", "taskmesh.work.api"),
-    ("runner", "taskmesh.api.tasks.submit"),
-    ("scheduler", "$KV.tasks.x"),
-    ("scheduler", "taskmesh.task.x.cancelled"),
-    ("scheduler", "$JS.API.STREAM.DELETE.WORK"),
-    ("store", "taskmesh.work.code"),
-    ("store", "$KV.leases.scheduler"),
-    ("store", "$JS.API.CONSUMER.MSG.NEXT.WORK.runner-code"),
-])
+@pytest.mark.parametrize(
+    ("user", "subject"),
+    [
+        ("gateway", "$JS.API.CONSUMER.MSG.NEXT.WORK.runner-code"),
+        ("gateway", "$JS.API.CONSUMER.DELETE.WORK.runner-api"),
+        ("gateway", "taskmesh.work.code"),
+        ("gateway", "$KV.tasks.x"),
+        ("runner", "$KV.tasks.x"),
+        ("runner", "$KV.runs.x.y"),
+        ("runner", "$KV.logs.x.y.1.00000001"),
+        ("runner", "$JS.API.STREAM.PURGE.KV_tasks"),
+        ("runner", "taskmesh.task.x.submitted"),
+        ("runner", "taskmesh.work.api"),
+        ("runner", "taskmesh.api.tasks.submit"),
+        ("scheduler", "$KV.tasks.x"),
+        ("scheduler", "taskmesh.task.x.cancelled"),
+        ("scheduler", "$JS.API.STREAM.DELETE.WORK"),
+        ("store", "taskmesh.work.code"),
+        ("store", "$KV.leases.scheduler"),
+        ("store", "$JS.API.CONSUMER.MSG.NEXT.WORK.runner-code"),
+    ],
+)
 async def test_a_service_is_denied_what_is_not_its_business(tmp_path: Path, user: str, subject: str) -> None:
     server = ConfiguredNats(tmp_path / "nats").start()
     try:
@@ -203,8 +230,14 @@ async def test_a_service_is_denied_what_is_not_its_business(tmp_path: Path, user
 async def test_a_wrong_password_is_refused(tmp_path: Path) -> None:
     server = ConfiguredNats(tmp_path / "nats").start()
     try:
-        with pytest.raises(Exception, match="(?i)authorization"):
-            await nats.connect(server.url, user="runner", password="guess", allow_reconnect=False,
-                               max_reconnect_attempts=0, connect_timeout=2)
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(
+                server.url,
+                user="runner",
+                password="guess",
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+            )
     finally:
         server.stop()

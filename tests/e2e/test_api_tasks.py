@@ -6,8 +6,16 @@ from tests.support import Api, Stack, TargetServer
 
 
 async def test_immediate_api_task_succeeds_with_the_response_as_result(api: Api, target: TargetServer) -> None:
-    created = await api.submit({"name": "立即API请求", "task_type": "immediate", "api_url": f"{target.url}/echo",
-                                "method": "POST", "data": {"message": "延时请求"}, "timeout": 30})
+    created = await api.submit(
+        {
+            "name": "立即API请求",
+            "task_type": "immediate",
+            "api_url": f"{target.url}/echo",
+            "method": "POST",
+            "data": {"message": "延时请求"},
+            "timeout": 30,
+        }
+    )
     assert created["status"] == "pending"
     task = await api.wait_final(created["id"])
     assert task["status"] == "succeeded"
@@ -36,8 +44,9 @@ async def test_a_non_2xx_response_fails_the_run_and_keeps_the_response(api: Api,
 
 
 async def test_expected_status_makes_a_non_2xx_response_a_success(api: Api, target: TargetServer) -> None:
-    created = await api.submit({"name": "418", "task_type": "immediate", "api_url": f"{target.url}/status/418",
-                                "expected_status": [418]})
+    created = await api.submit(
+        {"name": "418", "task_type": "immediate", "api_url": f"{target.url}/status/418", "expected_status": [418]}
+    )
     task = await api.wait_final(created["id"])
     assert task["status"] == "succeeded"
 
@@ -45,8 +54,9 @@ async def test_expected_status_makes_a_non_2xx_response_a_success(api: Api, targ
 async def test_an_unreachable_url_fails_with_a_readable_error(api: Api, stack: Stack) -> None:
     from taskmesh.processes import free_port
 
-    created = await api.submit({"name": "nobody home", "task_type": "immediate",
-                                "api_url": f"http://127.0.0.1:{free_port()}/", "timeout": 5})
+    created = await api.submit(
+        {"name": "nobody home", "task_type": "immediate", "api_url": f"http://127.0.0.1:{free_port()}/", "timeout": 5}
+    )
     task = await api.wait_final(created["id"])
     assert task["status"] == "failed"
     assert task["error"]["type"] == "http_error"
@@ -54,32 +64,44 @@ async def test_an_unreachable_url_fails_with_a_readable_error(api: Api, stack: S
 
 
 async def test_a_slow_response_times_out(api: Api, target: TargetServer) -> None:
-    created = await api.submit({"name": "slow", "task_type": "immediate", "api_url": f"{target.url}/slow?seconds=5",
-                                "timeout": 0.5})
+    created = await api.submit(
+        {"name": "slow", "task_type": "immediate", "api_url": f"{target.url}/slow?seconds=5", "timeout": 0.5}
+    )
     task = await api.wait_final(created["id"])
     assert task["status"] == "timed_out"
     assert task["error"]["type"] == "timed_out"
 
 
 async def test_metadata_addresses_are_blocked_by_the_egress_policy(api: Api) -> None:
-    created = await api.submit({"name": "metadata", "task_type": "immediate",
-                                "api_url": "http://169.254.169.254/latest/meta-data/", "timeout": 2})
+    created = await api.submit(
+        {
+            "name": "metadata",
+            "task_type": "immediate",
+            "api_url": "http://169.254.169.254/latest/meta-data/",
+            "timeout": 2,
+        }
+    )
     task = await api.wait_final(created["id"])
     assert task["status"] == "failed"
     assert task["error"]["type"] == "egress_denied"
 
 
 async def test_wait_returns_the_finished_task_in_one_request(api: Api, target: TargetServer) -> None:
-    response = await api.client.post("/api/tasks", params={"wait": 10},
-                                     json={"name": "sync", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+    response = await api.client.post(
+        "/api/tasks",
+        params={"wait": 10},
+        json={"name": "sync", "task_type": "immediate", "api_url": f"{target.url}/hello"},
+    )
     assert response.status_code == 201
     assert response.json()["status"] == "succeeded"
     assert response.json()["result"]["body"] == {"hello": "world", "method": "GET"}
 
 
 async def test_wait_that_expires_answers_202_with_the_current_state(api: Api, target: TargetServer) -> None:
-    response = await api.client.post("/api/tasks", params={"wait": 0.2}, json={
-        "name": "later", "task_type": "delayed", "delay_seconds": 30, "api_url": f"{target.url}/hello"})
+    response = await api.client.post(
+        "/api/tasks",
+        params={"wait": 0.2},
+        json={"name": "later", "task_type": "delayed", "delay_seconds": 30, "api_url": f"{target.url}/hello"},
+    )
     assert response.status_code == 202
     assert response.json()["status"] == "pending"
-

@@ -14,8 +14,12 @@ from proto import api as requests
 from proto import codec, subjects
 from tests.support import Api, Stack, TargetServer, free_port
 
-HEADER_SECRETS = {"Authorization": "Bearer hdr-secret-4e1d", "X-Vendor-Token": "tok-secret-4e1d",
-                  "Cookie": "session=cookie-secret-4e1d", "X-Api-Key": "key-secret-4e1d"}
+HEADER_SECRETS = {
+    "Authorization": "Bearer hdr-secret-4e1d",
+    "X-Vendor-Token": "tok-secret-4e1d",
+    "Cookie": "session=cookie-secret-4e1d",
+    "X-Api-Key": "key-secret-4e1d",
+}
 URL_SECRET = "url-secret-4e1d"
 SECRETS = [*HEADER_SECRETS.values(), URL_SECRET, base64.b64encode(f"alice:{URL_SECRET}".encode()).decode()]
 
@@ -26,12 +30,20 @@ def assert_masked(text: str) -> None:
 
 
 async def test_inline_credentials_reach_the_target_but_no_reply_shows_them(
-        stack: Stack, api: Api, target: TargetServer) -> None:
-    with_headers = {"name": "header credentials", "task_type": "immediate", "api_url": f"{target.url}/echo",
-                    "headers": {**HEADER_SECRETS, "Accept": "application/json"}}
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    with_headers = {
+        "name": "header credentials",
+        "task_type": "immediate",
+        "api_url": f"{target.url}/echo",
+        "headers": {**HEADER_SECRETS, "Accept": "application/json"},
+    }
     port_and_path = target.url.removeprefix("http://") + "/echo"
-    with_password = {"name": "url credentials", "task_type": "immediate",
-                     "api_url": f"http://alice:{URL_SECRET}@{port_and_path}?q=1"}
+    with_password = {
+        "name": "url credentials",
+        "task_type": "immediate",
+        "api_url": f"http://alice:{URL_SECRET}@{port_and_path}?q=1",
+    }
     replies: list[str] = []
     created = []
     for body in (with_headers, with_password):
@@ -39,8 +51,9 @@ async def test_inline_credentials_reach_the_target_but_no_reply_shows_them(
         assert response.status_code == 201, response.text
         replies.append(response.text)
         created.append(response.json())
-        waited = await api.client.post("/api/tasks", json={**body, "name": body["name"] + " waited"},
-                                       params={"wait": 30})
+        waited = await api.client.post(
+            "/api/tasks", json={**body, "name": body["name"] + " waited"}, params={"wait": 30}
+        )
         assert waited.status_code == 201 and waited.json()["status"] == "succeeded", waited.text
         replies.append(waited.text)
         created.append(waited.json())

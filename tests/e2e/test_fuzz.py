@@ -79,9 +79,13 @@ def _from_property(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
         low = schema.get("minimum", schema.get("exclusiveMinimum"))
         high = schema.get("maximum", schema.get("exclusiveMaximum"))
         edges = [edge + delta for edge in (low, high) if edge is not None for delta in (-1, 0, 1)]
-        inside = (st.integers(min_value=int(low) if low is not None else None,
-                              max_value=int(high) if high is not None else None) if kind == "integer"
-                  else st.floats(min_value=low, max_value=high, allow_nan=False, allow_infinity=False))
+        inside = (
+            st.integers(
+                min_value=int(low) if low is not None else None, max_value=int(high) if high is not None else None
+            )
+            if kind == "integer"
+            else st.floats(min_value=low, max_value=high, allow_nan=False, allow_infinity=False)
+        )
         return st.one_of(inside, inside, st.sampled_from(edges or [0]))
     if kind == "string":
         size = schema.get("maxLength", 64)
@@ -98,9 +102,11 @@ def _from_property(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "object":
         values = _from_property(schema.get("additionalProperties", {}))
         return st.dictionaries(st.text(max_size=10), values, max_size=5)
-    return st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                        max_leaves=10)
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=10,
+    )
 
 
 def _schema_fields() -> dict[str, st.SearchStrategy[Any]]:
@@ -116,8 +122,9 @@ def _schema_strategy() -> st.SearchStrategy[dict[str, Any]]:
 
     @st.composite
     def draw_spec(draw: st.DrawFn) -> dict[str, Any]:
-        return {name: draw(values) for name, values in fields.items()
-                if name in required or draw(st.integers(0, 3)) == 0}
+        return {
+            name: draw(values) for name, values in fields.items() if name in required or draw(st.integers(0, 3)) == 0
+        }
 
     return draw_spec()
 
@@ -134,7 +141,10 @@ def _spec_strategy(target_url: str) -> st.SearchStrategy[dict[str, Any]]:
     @st.composite
     def specs(draw: st.DrawFn) -> dict[str, Any]:
         shape = draw(st.sampled_from(["valid", "one field from the schema", "all from the schema"]))
-        spec: dict[str, Any] = {"name": "fuzz", "task_type": draw(st.sampled_from(["immediate", "delayed", "scheduled"]))}
+        spec: dict[str, Any] = {
+            "name": "fuzz",
+            "task_type": draw(st.sampled_from(["immediate", "delayed", "scheduled"])),
+        }
         if shape == "all from the schema":
             spec = dict(draw(schema_specs))
         elif shape == "one field from the schema":
@@ -147,7 +157,9 @@ def _spec_strategy(target_url: str) -> st.SearchStrategy[dict[str, Any]]:
         else:
             spec.pop("function_code", None)
             spec.pop("function_name", None)
-            spec["api_url"] = target_url + draw(st.sampled_from(["/hello", "/echo", "/status/500", "/slow?seconds=0.3"]))
+            spec["api_url"] = target_url + draw(
+                st.sampled_from(["/hello", "/echo", "/status/500", "/slow?seconds=0.3"])
+            )
         spec["requirements"] = []  # no package index is reachable from here
         spec.pop("isolated", None)
         if spec.get("task_type") == "delayed" and not isinstance(spec.get("delay_seconds"), (int, float)):
@@ -158,9 +170,26 @@ def _spec_strategy(target_url: str) -> st.SearchStrategy[dict[str, Any]]:
         if isinstance(spec.get("delay_seconds"), (int, float)):
             spec["delay_seconds"] = min(spec["delay_seconds"], 2)
         for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):  # a hostile value or two in some specs
-            field = draw(st.sampled_from(["data", "args", "kwargs", "timeout", "cpus", "memory_mb", "max_retries",
-                                          "retry_delay_seconds", "retry_delay_max_seconds", "start_deadline_seconds",
-                                          "delay_seconds", "max_runs", "expected_status", "headers"]))
+            field = draw(
+                st.sampled_from(
+                    [
+                        "data",
+                        "args",
+                        "kwargs",
+                        "timeout",
+                        "cpus",
+                        "memory_mb",
+                        "max_retries",
+                        "retry_delay_seconds",
+                        "retry_delay_max_seconds",
+                        "start_deadline_seconds",
+                        "delay_seconds",
+                        "max_runs",
+                        "expected_status",
+                        "headers",
+                    ]
+                )
+            )
             if field in ("data",):
                 spec[field] = draw(HOSTILE_JSON)
             elif field == "args":
@@ -186,8 +215,13 @@ def _generate(target_url: str, count: int, replay_seed: int) -> list[dict[str, A
     drawn: list[dict[str, Any]] = []
 
     @seed(replay_seed)
-    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(_spec_strategy(target_url))
     def collect(spec: dict[str, Any]) -> None:
         drawn.append(spec)
@@ -197,14 +231,17 @@ def _generate(target_url: str, count: int, replay_seed: int) -> list[dict[str, A
 
 
 async def _submit_http(api: Api, spec: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    response = await api.client.post("/api/tasks", content=_encode(spec),
-                                     headers={"Content-Type": "application/json"})
+    response = await api.client.post("/api/tasks", content=_encode(spec), headers={"Content-Type": "application/json"})
     return response.status_code, response.json()
 
 
 async def _submit_nats(nc: Any, spec: dict[str, Any], index: int) -> tuple[int, dict[str, Any]]:
-    reply = await nc.request(subjects.SUBMIT_TASK, _encode(spec), timeout=30,
-                             headers={subjects.HEADER_MSG_ID: f"fuzz-{index}-{time.time_ns()}"})
+    reply = await nc.request(
+        subjects.SUBMIT_TASK,
+        _encode(spec),
+        timeout=30,
+        headers={subjects.HEADER_MSG_ID: f"fuzz-{index}-{time.time_ns()}"},
+    )
     body = msgspec.json.decode(reply.data)
     return (400 if "error" in body else 201), body
 
@@ -227,8 +264,10 @@ async def _drained(nc: Any) -> dict[str, dict[str, int]]:
                 if not consumer.config.durable_name:  # a watcher's ephemeral, ordered consumer
                     continue
                 state[f"{stream.config.name}/{consumer.name}"] = {
-                    "pending": consumer.num_pending or 0, "ack_pending": consumer.num_ack_pending or 0,
-                    "redelivered": consumer.num_redelivered or 0}
+                    "pending": consumer.num_pending or 0,
+                    "ack_pending": consumer.num_ack_pending or 0,
+                    "redelivered": consumer.num_redelivered or 0,
+                }
         busy = {name: s for name, s in state.items() if s["pending"] or s["ack_pending"]}
         if not busy or time.monotonic() > deadline:
             return state
@@ -242,7 +281,8 @@ def stack_env() -> dict[str, str]:
 
 @pytest.mark.docker
 async def test_generated_specs_over_http_and_nats_never_wedge_a_service(
-        stack: Stack, api: Api, target: TargetServer, docker_engine: None) -> None:
+    stack: Stack, api: Api, target: TargetServer, docker_engine: None
+) -> None:
     seed = int(os.environ.get("TASKMESH_FUZZ_SEED", str(random.randrange(2**32))))
     print(f"fuzz seed {seed} ({EXAMPLES} examples): replay with TASKMESH_FUZZ_SEED={seed}")
     specs = _generate(target.url, EXAMPLES, seed)
@@ -263,8 +303,9 @@ async def test_generated_specs_over_http_and_nats_never_wedge_a_service(
                 rejected[body["error"].get("field") or body["error"]["code"]] += 1
             return body["id"] if status < 300 else None
 
-        accepted = [task_id for task_id in await asyncio.gather(*(submit(i, s) for i, s in enumerate(specs)))
-                    if task_id]
+        accepted = [
+            task_id for task_id in await asyncio.gather(*(submit(i, s) for i, s in enumerate(specs))) if task_id
+        ]
         print(f"{len(accepted)} of {len(specs)} specs accepted; rejected by field: {dict(rejected.most_common())}")
         assert accepted, "no generated spec was accepted: the generator no longer produces valid specs"
 
@@ -296,4 +337,4 @@ async def test_generated_specs_over_http_and_nats_never_wedge_a_service(
 
     for key, service in stack.services.items():
         log = service.log()
-        assert "Traceback" not in log, f"{key} logged a traceback:\n{log[log.index('Traceback') - 2000:][:8000]}"
+        assert "Traceback" not in log, f"{key} logged a traceback:\n{log[log.index('Traceback') - 2000 :][:8000]}"

@@ -15,8 +15,12 @@ from proto import cron
 from tests.support import Api, TargetServer
 
 API_TASK: dict[str, Any] = {"name": "hostile", "task_type": "immediate", "api_url": "http://127.0.0.1:9/"}
-CODE_TASK: dict[str, Any] = {"name": "hostile", "task_type": "immediate",
-                             "function_code": "def f():\n    return 1\n", "function_name": "f"}
+CODE_TASK: dict[str, Any] = {
+    "name": "hostile",
+    "task_type": "immediate",
+    "function_code": "def f():\n    return 1\n",
+    "function_name": "f",
+}
 
 
 def deep_data(depth: int, base: dict[str, Any] = API_TASK, field: str = "data") -> bytes:
@@ -25,10 +29,18 @@ def deep_data(depth: int, base: dict[str, Any] = API_TASK, field: str = "data") 
 
 
 HOSTILE: list[tuple[str, bytes, str]] = [
-    ("start deadline of 1e12 s", json.dumps({**API_TASK, "start_deadline_seconds": 1e12}).encode(),
-     "start_deadline_seconds"),
-    ("retry delays of 1e12 s", json.dumps({**API_TASK, "max_retries": 1, "retry_delay_seconds": 1e12,
-                                          "retry_delay_max_seconds": 1e12}).encode(), "retry_delay_seconds"),
+    (
+        "start deadline of 1e12 s",
+        json.dumps({**API_TASK, "start_deadline_seconds": 1e12}).encode(),
+        "start_deadline_seconds",
+    ),
+    (
+        "retry delays of 1e12 s",
+        json.dumps(
+            {**API_TASK, "max_retries": 1, "retry_delay_seconds": 1e12, "retry_delay_max_seconds": 1e12}
+        ).encode(),
+        "retry_delay_seconds",
+    ),
     ("data 980 levels deep", deep_data(980), "data"),
     ("data 10000 levels deep", deep_data(10_000), "data"),
     ("args 980 levels deep", deep_data(980, CODE_TASK, "args"), "args"),
@@ -37,7 +49,8 @@ HOSTILE: list[tuple[str, bytes, str]] = [
 
 
 async def test_hostile_bodies_are_400s_naming_their_field_and_the_stack_still_runs_tasks(
-        api: Api, target: TargetServer) -> None:
+    api: Api, target: TargetServer
+) -> None:
     for what, body, field in HOSTILE:
         response = await api.client.post("/api/tasks", content=body, headers={"Content-Type": "application/json"})
 
@@ -51,10 +64,26 @@ async def test_hostile_bodies_are_400s_naming_their_field_and_the_stack_still_ru
 
 
 async def test_a_task_at_every_bound_is_accepted_and_runs(api: Api, target: TargetServer) -> None:
-    body = json.dumps({"name": "at the bounds", "task_type": "immediate", "api_url": f"{target.url}/echo",
-                       "method": "POST", "start_deadline_seconds": 366 * 86400.0, "max_retries": 20,
-                       "retry_delay_seconds": 86400, "retry_backoff": 10, "retry_delay_max_seconds": 86400}
-                      ).encode()[:-1] + b', "data": ' + b"[" * 32 + b"1" + b"]" * 32 + b"}"
+    body = (
+        json.dumps(
+            {
+                "name": "at the bounds",
+                "task_type": "immediate",
+                "api_url": f"{target.url}/echo",
+                "method": "POST",
+                "start_deadline_seconds": 366 * 86400.0,
+                "max_retries": 20,
+                "retry_delay_seconds": 86400,
+                "retry_backoff": 10,
+                "retry_delay_max_seconds": 86400,
+            }
+        ).encode()[:-1]
+        + b', "data": '
+        + b"[" * 32
+        + b"1"
+        + b"]" * 32
+        + b"}"
+    )
 
     response = await api.client.post("/api/tasks", content=body, headers={"Content-Type": "application/json"})
 
@@ -82,9 +111,16 @@ async def test_the_openapi_document_carries_the_bounds(api: Api) -> None:
 
 
 async def test_a_scheduled_task_says_when_it_first_fires_in_its_201_and_right_after(api: Api) -> None:
-    created = await api.submit({"name": "yearly", "task_type": "scheduled", "cron_expression": "0 0 1 1 *",
-                                "timezone": "Europe/Berlin", "api_url": "http://127.0.0.1:9/"},
-                               path="/api/scheduled-tasks")
+    created = await api.submit(
+        {
+            "name": "yearly",
+            "task_type": "scheduled",
+            "cron_expression": "0 0 1 1 *",
+            "timezone": "Europe/Berlin",
+            "api_url": "http://127.0.0.1:9/",
+        },
+        path="/api/scheduled-tasks",
+    )
 
     created_at = datetime.fromisoformat(created["created_at"])
     expected = cron.CronSchedule("0 0 1 1 *", "Europe/Berlin").next_after(created_at)

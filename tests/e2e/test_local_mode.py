@@ -22,9 +22,24 @@ from tests.support import TargetServer
 @asynccontextmanager
 async def taskmesh_up(data_dir: Path, port: int, nats_port: int, **env: str) -> AsyncIterator[subprocess.Popen]:
     """``taskmesh up`` as a user runs it; the test's own servers keep serving meanwhile (async waits)."""
-    process = subprocess.Popen([sys.executable, "-m", "taskmesh", "up", "--data-dir", str(data_dir), "--port", str(port),
-                                "--nats-port", str(nats_port)], env={**os.environ, **env},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskmesh",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(port),
+            "--nats-port",
+            str(nats_port),
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/api/health", 30)
         async with httpx.AsyncClient() as client:
@@ -55,9 +70,16 @@ async def test_local_mode_serves_the_api_keeps_data_and_stops_on_ctrl_c(tmp_path
     port, nats_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     async with taskmesh_up(tmp_path / "data", port, nats_port) as process, httpx.AsyncClient() as client:
-        created = await client.post(f"{base}/api/tasks", json={"name": "立即API请求", "task_type": "immediate",
-                                                               "api_url": f"{target.url}/hello", "method": "GET",
-                                                               "timeout": 30})
+        created = await client.post(
+            f"{base}/api/tasks",
+            json={
+                "name": "立即API请求",
+                "task_type": "immediate",
+                "api_url": f"{target.url}/hello",
+                "method": "GET",
+                "timeout": 30,
+            },
+        )
         assert created.status_code == 201
         task_id = created.json()["id"]
         assert (await wait_final(client, base, task_id))["status"] == "succeeded"
@@ -75,19 +97,32 @@ async def test_local_mode_serves_the_api_keeps_data_and_stops_on_ctrl_c(tmp_path
 async def test_without_docker_api_tasks_work_and_code_tasks_say_why_not(tmp_path: Path, target: TargetServer) -> None:
     port, nats_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
-    async with taskmesh_up(tmp_path / "data", port, nats_port, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock"), \
-            httpx.AsyncClient() as client:
+    async with (
+        taskmesh_up(tmp_path / "data", port, nats_port, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock"),
+        httpx.AsyncClient() as client,
+    ):
         health = (await client.get(f"{base}/api/health")).json()
         assert health["status"] == "degraded"
         assert health["checks"]["sandbox"]["status"] == "degraded"
         assert "Docker not running" in health["checks"]["sandbox"]["detail"]
 
-        api_task = (await client.post(f"{base}/api/tasks", json={"name": "api", "task_type": "immediate",
-                                                                  "api_url": f"{target.url}/hello"})).json()
+        api_task = (
+            await client.post(
+                f"{base}/api/tasks", json={"name": "api", "task_type": "immediate", "api_url": f"{target.url}/hello"}
+            )
+        ).json()
         assert (await wait_final(client, base, api_task["id"]))["status"] == "succeeded"
-        code_task = (await client.post(f"{base}/api/tasks", json={"name": "code", "task_type": "immediate",
-                                                                   "function_code": "def f():\n    return 1",
-                                                                   "function_name": "f"})).json()
+        code_task = (
+            await client.post(
+                f"{base}/api/tasks",
+                json={
+                    "name": "code",
+                    "task_type": "immediate",
+                    "function_code": "def f():\n    return 1",
+                    "function_name": "f",
+                },
+            )
+        ).json()
         failed = await wait_final(client, base, code_task["id"])
         assert failed["status"] == "failed"
         assert failed["error"]["type"] == "sandbox_unavailable"

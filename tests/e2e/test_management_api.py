@@ -41,8 +41,13 @@ async def test_listing_filters_and_pages_newest_first(api: Api, target: TargetSe
 
 
 async def test_bad_list_parameters_are_400_naming_the_parameter(api: Api) -> None:
-    for params, field in (({"status": "nope"}, "status"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"),
-                          ({"created_after": "yesterday"}, "created_after"), ({"colour": "red"}, "colour")):
+    for params, field in (
+        ({"status": "nope"}, "status"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"created_after": "yesterday"}, "created_after"),
+        ({"colour": "red"}, "colour"),
+    ):
         response = await api.client.get("/api/tasks", params=params)
         assert response.status_code == 400, params
         assert response.json()["error"]["field"] == field
@@ -84,9 +89,15 @@ async def test_cancelling_a_running_api_task_aborts_its_request(api: Api, target
 
 
 async def test_cancelling_a_running_code_task_kills_its_container(api: Api, stack: Stack, docker_engine: None) -> None:
-    created = await api.submit({"name": "sleeper", "task_type": "immediate", "timeout": 60,
-                                "function_code": "import time\ndef f():\n    print('start', flush=True)\n    time.sleep(60)",
-                                "function_name": "f"})
+    created = await api.submit(
+        {
+            "name": "sleeper",
+            "task_type": "immediate",
+            "timeout": 60,
+            "function_code": "import time\ndef f():\n    print('start', flush=True)\n    time.sleep(60)",
+            "function_name": "f",
+        }
+    )
     await api.wait_for(created["id"], lambda t: t["status"] == "running", timeout=30)
     await api.client.post(f"/api/tasks/{created['id']}/cancel")
     task = await api.wait_for(created["id"], lambda t: t["last_run"]["status"] == "cancelled", timeout=15)
@@ -106,7 +117,9 @@ async def test_deleting_a_task_removes_it_its_runs_and_logs(api: Api, target: Ta
 
 async def test_logs_can_be_followed_live_until_the_run_ends(api: Api, docker_engine: None) -> None:
     source = "import time\ndef f():\n    for i in range(3):\n        print('line', i, flush=True)\n        time.sleep(0.7)\n    return 'done'"
-    created = await api.submit({"name": "chatty", "task_type": "immediate", "function_code": source, "function_name": "f"})
+    created = await api.submit(
+        {"name": "chatty", "task_type": "immediate", "function_code": source, "function_name": "f"}
+    )
     events: list[tuple[str, dict]] = []
     async with api.client.stream("GET", f"/api/tasks/{created['id']}/logs", params={"follow": "true"}) as response:
         assert response.status_code == 200
@@ -166,7 +179,7 @@ async def test_metrics_are_prometheus_text(api: Api, target: TargetServer) -> No
     assert "# TYPE taskmesh_http_requests_total counter" in text
     assert 'taskmesh_tasks{status="succeeded"}' in text
     assert 'taskmesh_queue_depth{pool="api"} 0' in text
-    assert "taskmesh_run_duration_milliseconds_bucket{le=\"+Inf\"}" in text
+    assert 'taskmesh_run_duration_milliseconds_bucket{le="+Inf"}' in text
     assert "taskmesh_schedule_lag_milliseconds_count" in text
 
 
@@ -183,10 +196,26 @@ async def test_an_idempotency_key_makes_a_resubmission_return_the_same_task(api:
 
 async def test_errors_are_json_with_the_right_status(api: Api) -> None:
     cases = [
-        (api.client.post("/api/tasks", content=b"{not json", headers={"Content-Type": "application/json"}), 400, "invalid_json"),
+        (
+            api.client.post("/api/tasks", content=b"{not json", headers={"Content-Type": "application/json"}),
+            400,
+            "invalid_json",
+        ),
         (api.client.post("/api/tasks", content=b"", headers={"Content-Type": "application/json"}), 400, "invalid_json"),
-        (api.client.post("/api/tasks", content=b"name=x", headers={"Content-Type": "application/x-www-form-urlencoded"}), 415, "unsupported_media_type"),
-        (api.client.post("/api/tasks", content=b"[" + b"1," * 700_000 + b"1]", headers={"Content-Type": "application/json"}), 413, "payload_too_large"),
+        (
+            api.client.post(
+                "/api/tasks", content=b"name=x", headers={"Content-Type": "application/x-www-form-urlencoded"}
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            api.client.post(
+                "/api/tasks", content=b"[" + b"1," * 700_000 + b"1]", headers={"Content-Type": "application/json"}
+            ),
+            413,
+            "payload_too_large",
+        ),
         (api.client.get("/api/tasks/does-not-exist"), 404, "not_found"),
         (api.client.get("/api/nothing-here"), 404, "not_found"),
         (api.client.put("/api/tasks"), 405, "method_not_allowed"),
@@ -214,7 +243,7 @@ async def test_the_docs_page_and_openapi_document_are_served(api: Api) -> None:
     assert page.status_code == 200 and "swagger-ui" in page.text  # the dashboard's Swagger UI renders the spec
 
 
-def test_tokens_are_required_when_configured_except_for_health(tmp_path, target: TargetServer) -> None:  # noqa: ANN001
+def test_tokens_are_required_when_configured_except_for_health(tmp_path, target: TargetServer) -> None:
     stack = Stack(tmp_path, env_extra={"TASKMESH_API_TOKENS": "s3cret-token,other"}).start()
     try:
         base = stack.base_url

@@ -15,10 +15,17 @@ async def test_a_plain_nats_client_submits_and_follows_a_task(stack: Stack, targ
     nc = await nats.connect(stack.nats.url)
     try:
         finished = await nc.subscribe("taskmesh.run.*.*.finished")
-        body = {"name": "from nats", "task_type": "immediate", "api_url": f"{target.url}/echo", "method": "POST",
-                "data": {"via": "nats"}, "timeout": 30}
-        reply = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5,
-                                 headers={"Nats-Msg-Id": "client-key-1"})
+        body = {
+            "name": "from nats",
+            "task_type": "immediate",
+            "api_url": f"{target.url}/echo",
+            "method": "POST",
+            "data": {"via": "nats"},
+            "timeout": 30,
+        }
+        reply = await nc.request(
+            "taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5, headers={"Nats-Msg-Id": "client-key-1"}
+        )
         accepted = json.loads(reply.data)
         assert accepted["status"] == "pending" and accepted["id"]
         task_id = accepted["id"]
@@ -26,13 +33,26 @@ async def test_a_plain_nats_client_submits_and_follows_a_task(stack: Stack, targ
         # the outcome arrives as an event, and the store has it when asked
         event = json.loads((await finished.next_msg(timeout=20)).data)
         assert event["type"] == "run_finished" and event["task_id"] == task_id and event["status"] == "succeeded"
-        waited = json.loads((await nc.request("taskmesh.api.tasks.wait",
-                                              json.dumps({"id": task_id, "timeout_seconds": 10}).encode(), timeout=15)).data)
+        waited = json.loads(
+            (
+                await nc.request(
+                    "taskmesh.api.tasks.wait", json.dumps({"id": task_id, "timeout_seconds": 10}).encode(), timeout=15
+                )
+            ).data
+        )
         assert waited["done"] is True and waited["task"]["result"]["body"]["body"] == {"via": "nats"}
 
         # the same idempotency key gives back the same task, and nothing runs twice
-        again = json.loads((await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5,
-                                             headers={"Nats-Msg-Id": "client-key-1"})).data)
+        again = json.loads(
+            (
+                await nc.request(
+                    "taskmesh.api.tasks.submit",
+                    json.dumps(body).encode(),
+                    timeout=5,
+                    headers={"Nats-Msg-Id": "client-key-1"},
+                )
+            ).data
+        )
         assert again["id"] == task_id and again["replayed"] is True
         assert target.bodies == [{"via": "nats"}]
     finally:
@@ -47,7 +67,10 @@ async def test_a_plain_nats_client_gets_a_rejection_naming_the_field(stack: Stac
             ({"name": "x", "task_type": "soon", "api_url": "http://127.0.0.1:1/"}, "task_type"),
             ({"name": "x", "task_type": "immediate", "function_code": "def f(): pass"}, "function_name"),
             ({"name": "x", "task_type": "immediate", "api_url": "ftp://127.0.0.1/"}, "api_url"),
-            ({"name": "x", "task_type": "delayed", "delay_seconds": -1, "api_url": "http://127.0.0.1:1/"}, "delay_seconds"),
+            (
+                {"name": "x", "task_type": "delayed", "delay_seconds": -1, "api_url": "http://127.0.0.1:1/"},
+                "delay_seconds",
+            ),
         ]
         for body, field in cases:
             reply = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5)
@@ -68,13 +91,15 @@ async def test_a_plain_nats_client_can_submit_and_wait_in_one_request(stack: Sta
     nc = await nats.connect(stack.nats.url)
     try:
         body = {"name": "sync", "task_type": "immediate", "api_url": f"{target.url}/hello"}
-        reply = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=15,
-                                 headers={"Taskmesh-Wait": "10"})
+        reply = await nc.request(
+            "taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=15, headers={"Taskmesh-Wait": "10"}
+        )
         accepted = json.loads(reply.data)
         assert accepted["done"] is True and accepted["status"] == "succeeded"
         assert accepted["task"]["result"]["body"] == {"hello": "world", "method": "GET"}
-        bad = await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5,
-                               headers={"Taskmesh-Wait": "soon"})
+        bad = await nc.request(
+            "taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5, headers={"Taskmesh-Wait": "soon"}
+        )
         assert json.loads(bad.data)["error"]["field"] == "wait"
     finally:
         await nc.close()

@@ -4,7 +4,7 @@ tasks behind it run as usual."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import nats
 
@@ -12,11 +12,12 @@ from proto import codec, events, streams, subjects
 from proto.tasks import TaskSpec
 from tests.support import Api, Stack, TargetServer
 
-END_OF_TIME = datetime(9999, 12, 31, 23, 59, 30, tzinfo=timezone.utc)
+END_OF_TIME = datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC)
 
 
 async def test_a_task_event_the_scheduler_cannot_handle_is_dead_lettered_and_the_next_task_still_runs(
-        stack: Stack, api: Api, target: TargetServer) -> None:
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     # Given a submission that passes every check but makes the scheduler raise (its start deadline
     # lands past year 9999: OverflowError), published straight onto TASKS
     assert stack.nats is not None
@@ -25,8 +26,12 @@ async def test_a_task_event_the_scheduler_cannot_handle_is_dead_lettered_and_the
         task_id = f"hostile-{secrets.token_hex(4)}"
         spec = TaskSpec(name="hostile", task_type="immediate", api_url=f"{target.url}/hello", start_deadline_seconds=60)
         event = events.TaskSubmitted(event_id=f"e-{task_id}", occurred_at=END_OF_TIME, task_id=task_id, spec=spec)
-        await nc.jetstream().publish(subjects.task_event(task_id, event.subject_kind), codec.encode(event),
-                                     headers={subjects.HEADER_MSG_ID: event.event_id}, timeout=10)
+        await nc.jetstream().publish(
+            subjects.task_event(task_id, event.subject_kind),
+            codec.encode(event),
+            headers={subjects.HEADER_MSG_ID: event.event_id},
+            timeout=10,
+        )
     finally:
         await nc.close()
     # When a normal task is submitted right after it

@@ -37,8 +37,12 @@ def only_one_success(run: dict[str, object]) -> bool:
 
 
 def containers_of(stack: Stack) -> list[str]:
-    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={stack.instance}"],
-                          capture_output=True, text=True, timeout=30).stdout.split()
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={stack.instance}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
 
 
 @pytest.fixture
@@ -47,7 +51,8 @@ def stack_env() -> dict[str, str]:
 
 
 async def test_killing_a_runner_mid_run_loses_nothing_and_leaves_no_container(
-        stack: Stack, api: Api, docker_engine: None) -> None:
+    stack: Stack, api: Api, docker_engine: None
+) -> None:
     stack.start_service("runner", key="runner-2")
     stack.wait_ready(runners=2)
     created = await submit_all(api, [sleepy(i) for i in range(200)])
@@ -83,8 +88,18 @@ async def test_a_stopped_runner_finishes_or_hands_back_its_runs(stack: Stack, ap
     stack.start_service("runner", key="runner", TASKMESH_SHUTDOWN_GRACE="1")
     stack.start_service("runner", key="runner-2")
     stack.wait_ready(runners=2)
-    created = await submit_all(api, [{"name": f"slow {i}", "task_type": "immediate", "timeout": 30,
-                                      "api_url": f"{target.url}/slow?seconds={0.2 if i % 2 else 3}"} for i in range(20)])
+    created = await submit_all(
+        api,
+        [
+            {
+                "name": f"slow {i}",
+                "task_type": "immediate",
+                "timeout": 30,
+                "api_url": f"{target.url}/slow?seconds={0.2 if i % 2 else 3}",
+            }
+            for i in range(20)
+        ],
+    )
     await asyncio.sleep(0.8)
     victim = stack.services["runner"]
     victim.stop()  # SIGTERM: short runs finish within the 1 s grace, long ones are handed back
@@ -104,11 +119,15 @@ async def test_restarting_nats_mid_burst_keeps_every_accepted_task(tmp_path: Pat
     accepted: list[str] = []
     refused = 0
     try:
+
         async def submit(i: int) -> None:
             nonlocal refused
             try:
-                response = await api.client.post("/api/tasks", timeout=30, json={
-                    "name": f"burst {i}", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+                response = await api.client.post(
+                    "/api/tasks",
+                    timeout=30,
+                    json={"name": f"burst {i}", "task_type": "immediate", "api_url": f"{target.url}/hello"},
+                )
             except httpx.HTTPError:
                 raise AssertionError("the gateway must answer (503), not hang or drop the connection") from None
             if response.status_code == 201:
@@ -133,8 +152,12 @@ async def test_restarting_nats_mid_burst_keeps_every_accepted_task(tmp_path: Pat
             assert stack.nats is not None
             stack.nats.stop()
             await asyncio.sleep(1.0)
-            stack.nats = NatsServer(stack.nats.data_dir, port=stack.nats.port, monitor_port=stack.nats.monitor_port,
-                                    log_path=stack.nats.log_path).start()
+            stack.nats = NatsServer(
+                stack.nats.data_dir,
+                port=stack.nats.port,
+                monitor_port=stack.nats.monitor_port,
+                log_path=stack.nats.log_path,
+            ).start()
 
         await asyncio.gather(burst(), bounce())
         assert len(accepted) + refused == 1000
@@ -147,13 +170,17 @@ async def test_restarting_nats_mid_burst_keeps_every_accepted_task(tmp_path: Pat
         stack.stop()
 
 
-async def test_killing_the_store_mid_burst_keeps_states_and_counts_right(stack: Stack, api: Api,
-                                                                         target: TargetServer) -> None:
+async def test_killing_the_store_mid_burst_keeps_states_and_counts_right(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     accepted: list[str] = []
 
     async def submit(i: int) -> None:
-        response = await api.client.post("/api/tasks", timeout=30, json={
-            "name": f"store burst {i}", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+        response = await api.client.post(
+            "/api/tasks",
+            timeout=30,
+            json={"name": f"store burst {i}", "task_type": "immediate", "api_url": f"{target.url}/hello"},
+        )
         if response.status_code == 201:
             accepted.append(response.json()["id"])
         else:

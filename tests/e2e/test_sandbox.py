@@ -17,8 +17,10 @@ from tests.support import Api, Stack, TargetServer, WheelServer
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer, docker_engine: None) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("sandbox"), env_extra={
-        "TASKMESH_FIND_LINKS": wheel_server.url, "TASKMESH_POOL_SIZE": "2"})
+    running = Stack(
+        tmp_path_factory.mktemp("sandbox"),
+        env_extra={"TASKMESH_FIND_LINKS": wheel_server.url, "TASKMESH_POOL_SIZE": "2"},
+    )
     try:
         running.start()
         yield running
@@ -73,7 +75,9 @@ async def test_a_return_value_that_is_not_json_fails_with_a_clear_message(api: A
 
 
 async def test_sets_tuples_and_nan_become_json(api: Api) -> None:
-    task = await run(api, code("shapes", "def f():\n    return {'s': {3}, 't': (1, 2), 'n': float('nan'), 1: 'one'}", "f"))
+    task = await run(
+        api, code("shapes", "def f():\n    return {'s': {3}, 't': (1, 2), 'n': float('nan'), 1: 'one'}", "f")
+    )
     assert task["result"] == {"s": [3], "t": [1, 2], "n": None, "1": "one"}
 
 
@@ -96,8 +100,10 @@ async def test_a_missing_function_is_rejected_at_submission(api: Api) -> None:
 
 
 async def test_output_is_captured_as_the_runs_log_in_order(api: Api) -> None:
-    source = ("import sys\ndef talk():\n    print('out 1')\n    print('err 1', file=sys.stderr)\n"
-              "    print('out 2')\n    return 'ok'")
+    source = (
+        "import sys\ndef talk():\n    print('out 1')\n    print('err 1', file=sys.stderr)\n"
+        "    print('out 2')\n    return 'ok'"
+    )
     task = await run(api, code("talk", source, "talk"))
     logs = (await api.get(f"/api/tasks/{task['id']}/logs"))["chunks"]
     user = [(c["stream"], c["data"]) for c in logs if c["stream"] != "system"]
@@ -157,7 +163,9 @@ async def test_limits_above_the_operator_maxima_are_rejected(api: Api) -> None:
 async def test_requirements_are_installed_once_and_reused(api: Api, stack: Stack) -> None:
     source = "import six\ndef version():\n    return six.__version__"
     first = await run(api, code("six 1", source, "version", requirements=["six==1.17.0"]))
-    second = await run(api, code("six 2", source, "version", requirements=["six == 1.17.0"]))  # same set, spelled differently
+    second = await run(
+        api, code("six 2", source, "version", requirements=["six == 1.17.0"])
+    )  # same set, spelled differently
     assert first["status"] == second["status"] == "succeeded"
     assert first["result"] == second["result"] == "1.17.0"
     first_run, second_run = (await api.runs(first["id"]))[0], (await api.runs(second["id"]))[0]
@@ -169,8 +177,9 @@ async def test_requirements_are_installed_once_and_reused(api: Api, stack: Stack
 
 async def test_concurrent_first_uses_of_a_requirement_set_build_it_once(api: Api) -> None:
     source = "import numpy\ndef total():\n    return int(numpy.arange(10).sum())"
-    created = await asyncio.gather(*(api.submit(code(f"np {i}", source, "total", requirements=["numpy==2.2.6"]))
-                                     for i in range(3)))
+    created = await asyncio.gather(
+        *(api.submit(code(f"np {i}", source, "total", requirements=["numpy==2.2.6"])) for i in range(3))
+    )
     tasks = [await api.wait_final(c["id"], timeout=180) for c in created]
     assert [t["result"] for t in tasks] == [45, 45, 45]
     hits = sorted([(await api.runs(t["id"]))[0]["deps_cache_hit"] for t in tasks])
@@ -187,10 +196,15 @@ async def test_an_unknown_requirement_fails_as_dependency_install_failed(api: Ap
 
 async def test_the_seed_pandas_example_runs_with_current_versions(api: Api) -> None:
     # The seed pins pandas==1.5.0 / numpy==1.24.0, which have no wheels for the image's Python 3.11.
-    source = ("import pandas as pd\ndef analyze():\n    df = pd.DataFrame({\"A\": [1,2,3,4,5]})\n"
-              "    return df.describe().to_dict()")
-    task = await run(api, code("数据分析任务", source, "analyze", requirements=["pandas==2.2.3", "numpy==2.2.6"]),
-                     path="/api/tasks/isolated")
+    source = (
+        'import pandas as pd\ndef analyze():\n    df = pd.DataFrame({"A": [1,2,3,4,5]})\n'
+        "    return df.describe().to_dict()"
+    )
+    task = await run(
+        api,
+        code("数据分析任务", source, "analyze", requirements=["pandas==2.2.3", "numpy==2.2.6"]),
+        path="/api/tasks/isolated",
+    )
     assert task["status"] == "succeeded", task["error"]
     assert task["result"]["A"]["mean"] == 3.0
     assert task["result"]["A"]["count"] == 5.0
@@ -198,16 +212,20 @@ async def test_the_seed_pandas_example_runs_with_current_versions(api: Api) -> N
 
 async def test_the_seed_numpy_example_runs(api: Api) -> None:
     source = "import numpy as np\ndef generate_data():\n    return np.random.rand(10).tolist()"
-    task = await run(api, code("延时数据分析", source, "generate_data", requirements=["numpy==2.2.6"]),
-                     path="/api/tasks/isolated")
+    task = await run(
+        api, code("延时数据分析", source, "generate_data", requirements=["numpy==2.2.6"]), path="/api/tasks/isolated"
+    )
     assert task["status"] == "succeeded"
     assert len(task["result"]) == 10 and all(0 <= x < 1 for x in task["result"])
 
 
 async def test_the_seed_machine_learning_example_runs(api: Api) -> None:
     source = Path(__file__).with_name("seed_train_model.py").read_text()
-    task = await run(api, code("ml", source, "train_model", requirements=["scikit-learn==1.6.1", "numpy==2.2.6"]),
-                     path="/api/tasks/isolated")
+    task = await run(
+        api,
+        code("ml", source, "train_model", requirements=["scikit-learn==1.6.1", "numpy==2.2.6"]),
+        path="/api/tasks/isolated",
+    )
     assert task["status"] == "succeeded", task["error"]
     assert set(task["result"]) == {"model_score", "coefficients", "intercept"}
     assert len(task["result"]["coefficients"]) == 3
@@ -229,9 +247,18 @@ async def test_the_seed_sales_analysis_example_returns_numpy_and_date_values_as_
 
 
 async def test_an_isolated_api_task_makes_its_request_from_inside_a_sandbox(api: Api, target: TargetServer) -> None:
-    task = await run(api, {"name": "隔离POST请求", "task_type": "immediate", "api_url": f"{target.url}/echo",
-                           "method": "POST", "data": {"message": "Hello from isolated task"}, "timeout": 30},
-                     path="/api/tasks/isolated")
+    task = await run(
+        api,
+        {
+            "name": "隔离POST请求",
+            "task_type": "immediate",
+            "api_url": f"{target.url}/echo",
+            "method": "POST",
+            "data": {"message": "Hello from isolated task"},
+            "timeout": 30,
+        },
+        path="/api/tasks/isolated",
+    )
     assert task["status"] == "succeeded", task["error"]
     assert task["spec"]["requirements"] == ["requests"]
     assert task["result"]["status_code"] == 200

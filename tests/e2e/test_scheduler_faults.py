@@ -36,15 +36,37 @@ def leader_key(stack: Stack) -> tuple[str, str]:
 
 
 async def test_killing_the_leader_hands_over_without_doubled_or_lost_fires(
-        stack: Stack, api: Api, target: TargetServer) -> None:
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     stack.start_service("scheduler", key="scheduler-2")
     await asyncio.sleep(1.0)
-    schedules = [await api.submit({"name": f"tick {i}", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-                                   "api_url": f"{target.url}/echo", "method": "POST", "data": {"task": i}},
-                                  path="/api/scheduled-tasks") for i in range(3)]
-    delayed = [await api.submit({"name": f"later {i}", "task_type": "delayed", "delay_seconds": 3 + i,
-                                 "api_url": f"{target.url}/echo", "method": "POST", "data": {"delayed": i}})
-               for i in range(3)]
+    schedules = [
+        await api.submit(
+            {
+                "name": f"tick {i}",
+                "task_type": "scheduled",
+                "cron_expression": "*/1 * * * * *",
+                "api_url": f"{target.url}/echo",
+                "method": "POST",
+                "data": {"task": i},
+            },
+            path="/api/scheduled-tasks",
+        )
+        for i in range(3)
+    ]
+    delayed = [
+        await api.submit(
+            {
+                "name": f"later {i}",
+                "task_type": "delayed",
+                "delay_seconds": 3 + i,
+                "api_url": f"{target.url}/echo",
+                "method": "POST",
+                "data": {"delayed": i},
+            }
+        )
+        for i in range(3)
+    ]
     await asyncio.sleep(2.0)
     killed, standby = leader_key(stack)
     stack.services[killed].kill()
@@ -79,15 +101,32 @@ async def test_killing_the_leader_hands_over_without_doubled_or_lost_fires(
 
 
 async def test_a_restarted_scheduler_fires_pending_delays_and_applies_the_misfire_policy(
-        stack: Stack, api: Api, target: TargetServer) -> None:
-    schedule = await api.submit({"name": "catch up", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-                                 "api_url": f"{target.url}/hello"}, path="/api/scheduled-tasks")
-    skipper = await api.submit({"name": "skip missed", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-                                "misfire_policy": "skip", "api_url": f"{target.url}/hello"}, path="/api/scheduled-tasks")
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    schedule = await api.submit(
+        {
+            "name": "catch up",
+            "task_type": "scheduled",
+            "cron_expression": "*/1 * * * * *",
+            "api_url": f"{target.url}/hello",
+        },
+        path="/api/scheduled-tasks",
+    )
+    skipper = await api.submit(
+        {
+            "name": "skip missed",
+            "task_type": "scheduled",
+            "cron_expression": "*/1 * * * * *",
+            "misfire_policy": "skip",
+            "api_url": f"{target.url}/hello",
+        },
+        path="/api/scheduled-tasks",
+    )
     await api.wait_for(schedule["id"], lambda t: t["fired_count"] >= 1, timeout=10)
     stack.services["scheduler"].stop()
-    delayed = await api.submit({"name": "while down", "task_type": "delayed", "delay_seconds": 1,
-                                "api_url": f"{target.url}/hello"})
+    delayed = await api.submit(
+        {"name": "while down", "task_type": "delayed", "delay_seconds": 1, "api_url": f"{target.url}/hello"}
+    )
     before = (await api.task(schedule["id"]))["fired_count"]
     await asyncio.sleep(4.0)  # > misfire grace of 2 s set below: these fires are missed
     stack.start_service("scheduler", key="scheduler", TASKMESH_MISFIRE_GRACE="2")

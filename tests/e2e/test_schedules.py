@@ -16,7 +16,9 @@ def api_task(target: TargetServer, name: str, **extra: object) -> dict[str, obje
     return {"name": name, "api_url": f"{target.url}/echo", "method": "POST", "data": {"task": name}, **extra}
 
 
-def code_task(name: str, source: str = "def f():\n    return 'ok'", function: str = "f", **extra: object) -> dict[str, object]:
+def code_task(
+    name: str, source: str = "def f():\n    return 'ok'", function: str = "f", **extra: object
+) -> dict[str, object]:
     return {"name": name, "function_code": source, "function_name": function, **extra}
 
 
@@ -47,8 +49,10 @@ async def test_a_fractional_zero_delay_runs_at_once(api: Api, target: TargetServ
 
 
 async def test_a_cron_with_seconds_fires_on_each_tick(api: Api, target: TargetServer) -> None:
-    created = await api.submit({**api_task(target, "every second"), "task_type": "scheduled",
-                                "cron_expression": "*/1 * * * * *"}, path="/api/scheduled-tasks")
+    created = await api.submit(
+        {**api_task(target, "every second"), "task_type": "scheduled", "cron_expression": "*/1 * * * * *"},
+        path="/api/scheduled-tasks",
+    )
     assert created["status"] == "active"
     await api.wait_for(created["id"], lambda t: t["fired_count"] >= 3, timeout=15)
     runs = await api.runs(created["id"])
@@ -63,8 +67,10 @@ async def test_a_cron_with_seconds_fires_on_each_tick(api: Api, target: TargetSe
 
 
 async def test_pause_resume_trigger_and_delete_control_a_schedule(api: Api, target: TargetServer) -> None:
-    created = await api.submit({**api_task(target, "controlled"), "task_type": "scheduled",
-                                "cron_expression": "*/1 * * * * *"}, path="/api/scheduled-tasks")
+    created = await api.submit(
+        {**api_task(target, "controlled"), "task_type": "scheduled", "cron_expression": "*/1 * * * * *"},
+        path="/api/scheduled-tasks",
+    )
     task_id = created["id"]
     await api.wait_for(task_id, lambda t: t["fired_count"] >= 1, timeout=10)
 
@@ -78,8 +84,11 @@ async def test_pause_resume_trigger_and_delete_control_a_schedule(api: Api, targ
     triggered = await api.client.post(f"/api/scheduled-tasks/{task_id}/trigger")
     assert triggered.status_code == 202
     run_id = triggered.json()["run_id"]
-    await api.wait_for(task_id, lambda t: t["last_run"] and t["last_run"]["run_id"] == run_id
-                       and t["last_run"]["status"] == "succeeded", timeout=10)
+    await api.wait_for(
+        task_id,
+        lambda t: t["last_run"] and t["last_run"]["run_id"] == run_id and t["last_run"]["status"] == "succeeded",
+        timeout=10,
+    )
 
     resumed = (await api.client.post(f"/api/scheduled-tasks/{task_id}/resume")).json()
     assert resumed["status"] == "active"
@@ -95,8 +104,10 @@ async def test_pause_resume_trigger_and_delete_control_a_schedule(api: Api, targ
 
 
 async def test_max_runs_completes_the_schedule(api: Api, target: TargetServer) -> None:
-    created = await api.submit({**api_task(target, "twice"), "task_type": "scheduled",
-                                "cron_expression": "*/1 * * * * *", "max_runs": 2}, path="/api/scheduled-tasks")
+    created = await api.submit(
+        {**api_task(target, "twice"), "task_type": "scheduled", "cron_expression": "*/1 * * * * *", "max_runs": 2},
+        path="/api/scheduled-tasks",
+    )
     task = await api.wait_final(created["id"], timeout=20)
     assert task["status"] == "completed"
     assert task["fired_count"] == 2
@@ -106,8 +117,14 @@ async def test_max_runs_completes_the_schedule(api: Api, target: TargetServer) -
 
 
 async def test_overlap_forbid_skips_fires_while_a_run_is_still_running(api: Api, target: TargetServer) -> None:
-    body = {"name": "slow forbid", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-            "api_url": f"{target.url}/slow?seconds=2.5", "overlap_policy": "forbid", "timeout": 10}
+    body = {
+        "name": "slow forbid",
+        "task_type": "scheduled",
+        "cron_expression": "*/1 * * * * *",
+        "api_url": f"{target.url}/slow?seconds=2.5",
+        "overlap_policy": "forbid",
+        "timeout": 10,
+    }
     created = await api.submit(body, path="/api/scheduled-tasks")
     task = await api.wait_for(created["id"], lambda t: t["skipped_count"] >= 2, timeout=20)
     ledger = await api.get(f"/api/scheduled-tasks/{created['id']}/ledger")
@@ -120,8 +137,14 @@ async def test_overlap_forbid_skips_fires_while_a_run_is_still_running(api: Api,
 
 
 async def test_overlap_replace_cancels_the_running_run(api: Api, target: TargetServer) -> None:
-    body = {"name": "slow replace", "task_type": "scheduled", "cron_expression": "*/1 * * * * *",
-            "api_url": f"{target.url}/slow?seconds=5", "overlap_policy": "replace", "timeout": 10}
+    body = {
+        "name": "slow replace",
+        "task_type": "scheduled",
+        "cron_expression": "*/1 * * * * *",
+        "api_url": f"{target.url}/slow?seconds=5",
+        "overlap_policy": "replace",
+        "timeout": 10,
+    }
     created = await api.submit(body, path="/api/scheduled-tasks")
 
     def replaced(runs: list[dict[str, object]]) -> bool:
@@ -139,9 +162,15 @@ async def test_overlap_replace_cancels_the_running_run(api: Api, target: TargetS
 
 
 async def test_a_time_zone_schedule_reports_its_next_fire_in_utc(api: Api, target: TargetServer) -> None:
-    created = await api.submit({**api_task(target, "berlin"), "task_type": "scheduled",
-                                "cron_expression": "30 6 * * *", "timezone": "Europe/Berlin"},
-                               path="/api/scheduled-tasks")
+    created = await api.submit(
+        {
+            **api_task(target, "berlin"),
+            "task_type": "scheduled",
+            "cron_expression": "30 6 * * *",
+            "timezone": "Europe/Berlin",
+        },
+        path="/api/scheduled-tasks",
+    )
     task = await api.wait_for(created["id"], lambda t: t["next_run_at"] is not None, timeout=10)
     local = ts(task["next_run_at"]).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))
     assert (local.hour, local.minute) == (6, 30)
@@ -151,26 +180,33 @@ async def test_a_time_zone_schedule_reports_its_next_fire_in_utc(api: Api, targe
 
 
 async def test_invalid_cron_and_time_zones_are_rejected_naming_the_field(api: Api) -> None:
-    for extra, field in (({"cron_expression": "61 * * * *"}, "cron_expression"),
-                         ({"cron_expression": "* * *"}, "cron_expression"),
-                         ({"cron_expression": "* * * * *", "timezone": "Mars/Olympus"}, "timezone"),
-                         ({}, "cron_expression")):
-        response = await api.client.post("/api/scheduled-tasks", json={
-            "name": "bad", "task_type": "scheduled", "api_url": "http://127.0.0.1:1/", **extra})
+    for extra, field in (
+        ({"cron_expression": "61 * * * *"}, "cron_expression"),
+        ({"cron_expression": "* * *"}, "cron_expression"),
+        ({"cron_expression": "* * * * *", "timezone": "Mars/Olympus"}, "timezone"),
+        ({}, "cron_expression"),
+    ):
+        response = await api.client.post(
+            "/api/scheduled-tasks",
+            json={"name": "bad", "task_type": "scheduled", "api_url": "http://127.0.0.1:1/", **extra},
+        )
         assert response.status_code == 400, extra
         assert response.json()["error"]["field"] == field
 
 
 async def test_the_scheduled_endpoint_takes_only_scheduled_tasks(api: Api) -> None:
-    response = await api.client.post("/api/scheduled-tasks", json={
-        "name": "now", "task_type": "immediate", "api_url": "http://127.0.0.1:1/"})
+    response = await api.client.post(
+        "/api/scheduled-tasks", json={"name": "now", "task_type": "immediate", "api_url": "http://127.0.0.1:1/"}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["field"] == "task_type"
 
 
 async def test_the_seed_scheduled_code_example_is_accepted_verbatim(api: Api) -> None:
-    body = ('{"name": "定时计算任务", "task_type": "scheduled", "cron_expression": "0 0 * * *", '
-            '"function_code": "def daily_report():\\n    return \\"日报生成完成\\"", "function_name": "daily_report"}')
+    body = (
+        '{"name": "定时计算任务", "task_type": "scheduled", "cron_expression": "0 0 * * *", '
+        '"function_code": "def daily_report():\\n    return \\"日报生成完成\\"", "function_name": "daily_report"}'
+    )
     response = await api.client.post("/api/scheduled-tasks", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 201
     task = response.json()
@@ -179,12 +215,19 @@ async def test_the_seed_scheduled_code_example_is_accepted_verbatim(api: Api) ->
     assert (fire.hour, fire.minute, fire.second) == (0, 0, 0)
     # a manual trigger runs it now (the real fire is at midnight UTC)
     run_id = (await api.client.post(f"/api/scheduled-tasks/{task['id']}/trigger")).json()["run_id"]
-    done = await api.wait_for(task["id"], lambda t: t["last_run"] and t["last_run"]["run_id"] == run_id
-                              and t["last_run"]["status"] in ("succeeded", "failed"), timeout=60)
+    done = await api.wait_for(
+        task["id"],
+        lambda t: (
+            t["last_run"] and t["last_run"]["run_id"] == run_id and t["last_run"]["status"] in ("succeeded", "failed")
+        ),
+        timeout=60,
+    )
     assert done["result"] == "日报生成完成"
 
 
-async def test_a_run_that_cannot_start_before_its_deadline_expires(stack: Stack, api: Api, target: TargetServer) -> None:
+async def test_a_run_that_cannot_start_before_its_deadline_expires(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     stack.services["runner"].stop()  # nothing can start it
     created = await api.submit({**api_task(target, "deadline"), "task_type": "immediate", "start_deadline_seconds": 1})
     await asyncio.sleep(1.5)

@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import nats
@@ -35,8 +35,15 @@ RUN_ID = "run-1"
 
 
 def chunk(seq: int, attempt: int = 1) -> LogChunk:
-    return LogChunk(task_id=TASK_ID, run_id=RUN_ID, attempt=attempt, seq=seq, stream="stdout",
-                    data=f"line {attempt}.{seq}\n", at=datetime.now(timezone.utc))
+    return LogChunk(
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        attempt=attempt,
+        seq=seq,
+        stream="stdout",
+        data=f"line {attempt}.{seq}\n",
+        at=datetime.now(UTC),
+    )
 
 
 @dataclass
@@ -59,8 +66,13 @@ class FakeStore:
                 await self.on_logs.pop(0)()
             attempt = asked.attempt or self.attempt
             chunks = [c for c in self.stored if c.attempt == attempt and c.seq > asked.after]
-            reply: object = api.LogsReply(task_id=TASK_ID, run_id=RUN_ID, attempt=attempt, chunks=chunks,
-                                          finished=self.finished or attempt < self.attempt)
+            reply: object = api.LogsReply(
+                task_id=TASK_ID,
+                run_id=RUN_ID,
+                attempt=attempt,
+                chunks=chunks,
+                finished=self.finished or attempt < self.attempt,
+            )
         elif msg.subject == subjects.GET_RUN:
             reply = RunRecord(task_id=TASK_ID, run_id=RUN_ID, slot="once", status=self.status, attempt=self.attempt)
         else:
@@ -84,8 +96,13 @@ async def store(nats_server: NatsServer, nc: Client) -> FakeStore:
 @pytest.fixture
 async def gateway_url(nats_server: NatsServer, store: FakeStore) -> AsyncIterator[str]:
     gateway_nc = await nats.connect(nats_server.url)
-    gateway = Gateway(settings=GatewaySettings(), nc=gateway_nc, store=StoreClient(gateway_nc, 5.0),
-                      registry=ServiceRegistry(), metrics=HttpMetrics())
+    gateway = Gateway(
+        settings=GatewaySettings(),
+        nc=gateway_nc,
+        store=StoreClient(gateway_nc, 5.0),
+        registry=ServiceRegistry(),
+        metrics=HttpMetrics(),
+    )
     server = TestServer(create_app(gateway))
     await server.start_server()
     try:
@@ -101,15 +118,15 @@ async def follow(url: str, timeout: float = 20.0) -> list[dict]:
     events = []
 
     async def read() -> None:
-        async with httpx.AsyncClient(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=url) as client:  # noqa: SIM117 - the stream belongs to the client
             async with client.stream("GET", f"/api/tasks/{TASK_ID}/logs", params={"follow": "true"}) as response:
                 assert response.status_code == 200, await response.aread()
                 kind = None
                 async for line in response.aiter_lines():
                     if line.startswith("event: "):
-                        kind = line[len("event: "):]
+                        kind = line[len("event: ") :]
                     elif line.startswith("data: "):
-                        events.append({"event": kind, **json.loads(line[len("data: "):])})
+                        events.append({"event": kind, **json.loads(line[len("data: ") :])})
 
     await asyncio.wait_for(read(), timeout)
     return events
@@ -120,7 +137,8 @@ def seqs(events: list[dict]) -> list[tuple[int, int]]:
 
 
 async def test_a_chunk_stored_late_is_sent_before_the_live_chunks_that_overtook_it(
-        gateway_url: str, store: FakeStore) -> None:
+    gateway_url: str, store: FakeStore
+) -> None:
     # Given chunk 0 stored, chunk 1 published before the follow subscribed but not yet stored,
     # and chunks 0 and 2 arriving live while the gateway reads the stored part
     store.stored = [chunk(0)]
@@ -140,8 +158,7 @@ async def test_a_chunk_stored_late_is_sent_before_the_live_chunks_that_overtook_
     assert events[-1] == {"event": "end", "run_id": RUN_ID, "status": "succeeded"}
 
 
-async def test_chunks_arriving_live_and_stored_at_once_are_each_sent_once(
-        gateway_url: str, store: FakeStore) -> None:
+async def test_chunks_arriving_live_and_stored_at_once_are_each_sent_once(gateway_url: str, store: FakeStore) -> None:
     # Given every chunk arrives live while the stored read is under way, and is stored too
     store.stored = [chunk(0), chunk(1)]
 
@@ -156,8 +173,7 @@ async def test_chunks_arriving_live_and_stored_at_once_are_each_sent_once(
     assert events[-1]["event"] == "end"
 
 
-async def test_a_retry_is_followed_after_the_whole_of_the_earlier_attempt(
-        gateway_url: str, store: FakeStore) -> None:
+async def test_a_retry_is_followed_after_the_whole_of_the_earlier_attempt(gateway_url: str, store: FakeStore) -> None:
     # Given attempt 1 has two chunks, the second stored late, and attempt 2 begins live meanwhile
     store.stored = [chunk(0)]
 
@@ -173,8 +189,15 @@ async def test_a_retry_is_followed_after_the_whole_of_the_earlier_attempt(
 
 
 async def test_output_with_unicode_line_separators_stays_one_event(gateway_url: str, store: FakeStore) -> None:
-    odd = LogChunk(task_id=TASK_ID, run_id=RUN_ID, attempt=1, seq=0, stream="stdout",
-                   data="a\u2028b\u2029c\u0085d\n", at=datetime.now(timezone.utc))
+    odd = LogChunk(
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        attempt=1,
+        seq=0,
+        stream="stdout",
+        data="a\u2028b\u2029c\u0085d\n",
+        at=datetime.now(UTC),
+    )
     store.stored, store.finished, store.status = [odd], True, "succeeded"
     events = await follow(gateway_url)
     assert [e["data"] for e in events if e["event"] == "log"] == ["a\u2028b\u2029c\u0085d\n"]

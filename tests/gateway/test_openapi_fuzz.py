@@ -32,12 +32,23 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(stack: Stack, tmp_path: Path) -> None:
-    command = [Path(sys.executable).with_name("schemathesis"), "run", f"{stack.base_url}/api/openapi.json",
-               "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-               "--max-examples", str(EXAMPLES_PER_OPERATION), "--workers", "1", "--no-color",
-               "--seed", os.environ.get("TASKMESH_FUZZ_SEED", "20261126")]
-    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=900,
-                            cwd=tmp_path)
+    command = [
+        Path(sys.executable).with_name("schemathesis"),
+        "run",
+        f"{stack.base_url}/api/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--max-examples",
+        str(EXAMPLES_PER_OPERATION),
+        "--workers",
+        "1",
+        "--no-color",
+        "--seed",
+        os.environ.get("TASKMESH_FUZZ_SEED", "20261126"),
+    ]
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     for key, service in stack.services.items():
         assert "Traceback" not in service.log(), f"{key} logged a traceback:\n{service.log()[-4000:]}"

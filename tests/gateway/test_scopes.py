@@ -14,8 +14,13 @@ from services.gateway.scopes import SUBMIT
 from services.gateway.settings import GatewaySettings
 from tests.support import Stack
 
-TOKENS = {"reader-7f3a": {"read"}, "api-submitter-7f3a": {"submit:api"}, "code-submitter-7f3a": {"submit:code"},
-          "operator-7f3a": {"admin"}, "everything-7f3a": {"read", "submit:api", "submit:code", "admin"}}
+TOKENS = {
+    "reader-7f3a": {"read"},
+    "api-submitter-7f3a": {"submit:api"},
+    "code-submitter-7f3a": {"submit:code"},
+    "operator-7f3a": {"admin"},
+    "everything-7f3a": {"read", "submit:api", "submit:code", "admin"},
+}
 """Each test token and the scopes it is configured with below."""
 UNKNOWN_ID = "0000000000000000-not-a-task"
 DELAYED = {"task_type": "delayed", "delay_seconds": 3600}
@@ -26,8 +31,10 @@ DELAYED = {"task_type": "delayed", "delay_seconds": 3600}
 def stack_env(tmp_path) -> dict[str, str]:
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("# operators\noperator-7f3a admin\n\ncode-submitter-7f3a submit:code\n")
-    return {"TASKMESH_API_TOKENS": "reader-7f3a:read,api-submitter-7f3a:submit:api,everything-7f3a",
-            "TASKMESH_API_TOKENS_FILE": str(tokens_file)}
+    return {
+        "TASKMESH_API_TOKENS": "reader-7f3a:read,api-submitter-7f3a:submit:api,everything-7f3a",
+        "TASKMESH_API_TOKENS_FILE": str(tokens_file),
+    }
 
 
 def as_path(endpoint: Endpoint) -> str:
@@ -103,8 +110,9 @@ def test_tokens_are_checked_before_scopes_and_health_stays_public(stack: Stack) 
                 response = client.request(endpoint.method, as_path(endpoint), headers=headers)
                 assert response.status_code == 401, (endpoint.path, response.text)
         # a body that is not a task is the store's 400, for any token that may submit something
-        broken = client.post("/api/tasks", content=b"[1, 2", headers={**bearer("api-submitter-7f3a"),
-                                                                       "Content-Type": "application/json"})
+        broken = client.post(
+            "/api/tasks", content=b"[1, 2", headers={**bearer("api-submitter-7f3a"), "Content-Type": "application/json"}
+        )
         assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
         refused = client.post("/api/tasks", content=b"[1, 2", headers=bearer("reader-7f3a"))
         assert refused.status_code == 403
@@ -125,12 +133,15 @@ def test_the_openapi_document_shows_the_scope_of_every_operation(stack: Stack) -
             assert operation["security"] == [{"bearer": [endpoint.scope]}]
 
 
-@pytest.mark.parametrize(("value", "problem"), [
-    ("tok:raed", "unknown scope 'raed'"),
-    ("tok:", "no scope after ':'"),
-    (":read", "empty token"),
-    ("same,same:read", "configured twice"),
-])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("tok:raed", "unknown scope 'raed'"),
+        ("tok:", "no scope after ':'"),
+        (":read", "empty token"),
+        ("same,same:read", "configured twice"),
+    ],
+)
 def test_a_malformed_token_setting_stops_the_gateway_without_showing_the_token(value: str, problem: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(problem)) as raised:
         load_settings(GatewaySettings, {"TASKMESH_API_TOKENS": value})
@@ -140,8 +151,10 @@ def test_a_malformed_token_setting_stops_the_gateway_without_showing_the_token(v
 def test_a_plain_token_keeps_every_scope_and_a_scoped_one_only_its_own(tmp_path) -> None:
     tokens_file = tmp_path / "tokens"
     tokens_file.write_text("filed read, admin\n")
-    settings = load_settings(GatewaySettings, {"TASKMESH_API_TOKENS": "old,new:read+submit:api",
-                                               "TASKMESH_API_TOKENS_FILE": str(tokens_file)})
+    settings = load_settings(
+        GatewaySettings,
+        {"TASKMESH_API_TOKENS": "old,new:read+submit:api", "TASKMESH_API_TOKENS_FILE": str(tokens_file)},
+    )
     tokens = settings.tokens()
     assert tokens.scopes_of("old") == {"read", "submit:api", "submit:code", "admin"}
     assert tokens.scopes_of("new") == {"read", "submit:api"}

@@ -29,10 +29,15 @@ HOSTILE_IDS = ["a b", "a.b", "..", "a.>", ">", "*", "a*", "x" * 300, "tab\there"
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = Stack(tmp_path, env_extra={"TASKMESH_MAX_CONCURRENT_REQUESTS": str(SLOTS),
-                                         "TASKMESH_MAX_WAITERS": str(WAITERS),
-                                         "TASKMESH_MAX_FOLLOWERS": str(FOLLOWERS),
-                                         "TASKMESH_STORE_MAX_WAITERS": str(STORE_WAITERS)})
+    running = Stack(
+        tmp_path,
+        env_extra={
+            "TASKMESH_MAX_CONCURRENT_REQUESTS": str(SLOTS),
+            "TASKMESH_MAX_WAITERS": str(WAITERS),
+            "TASKMESH_MAX_FOLLOWERS": str(FOLLOWERS),
+            "TASKMESH_STORE_MAX_WAITERS": str(STORE_WAITERS),
+        },
+    )
     try:
         running.start(names=("store", "scheduler", "gateway"), wait=False)
         wait_http(f"{running.base_url}/api/health", ok_statuses=(200,), timeout=30)
@@ -49,8 +54,10 @@ async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 async def pending_task(client: httpx.AsyncClient) -> str:
     """A task that stays pending for ten minutes (and no runner exists anyway)."""
-    response = await client.post("/api/tasks", json={"name": "later", "task_type": "delayed", "delay_seconds": 600,
-                                                     "api_url": "http://127.0.0.1:9/never"})
+    response = await client.post(
+        "/api/tasks",
+        json={"name": "later", "task_type": "delayed", "delay_seconds": 600, "api_url": "http://127.0.0.1:9/never"},
+    )
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -68,11 +75,13 @@ async def until_refused(client: httpx.AsyncClient, path: str, timeout: float = 1
 
 
 async def test_waits_beyond_the_store_slots_leave_other_calls_answered_and_past_the_cap_get_429(
-        stack: Stack, client: httpx.AsyncClient) -> None:
+    stack: Stack, client: httpx.AsyncClient
+) -> None:
     # Given as many waits open as the cap allows, twice the store's request slots
     task_id = await pending_task(client)
-    waits = [asyncio.create_task(client.get(f"/api/tasks/{task_id}/wait", params={"wait": "60"}))
-             for _ in range(WAITERS)]
+    waits = [
+        asyncio.create_task(client.get(f"/api/tasks/{task_id}/wait", params={"wait": "60"})) for _ in range(WAITERS)
+    ]
     try:
         # When one more wait is asked for, it is refused with a JSON 429
         refused = await until_refused(client, f"/api/tasks/{task_id}/wait", wait="0")
@@ -86,8 +95,9 @@ async def test_waits_beyond_the_store_slots_leave_other_calls_answered_and_past_
             assert time.monotonic() - started < 2.0
         assert (await client.get(f"/api/tasks/{task_id}", timeout=3)).status_code == 200
         # And the store refuses a wait past its own cap too (another gateway, a NATS client)
-        assert await direct_waits(stack, task_id, STORE_WAITERS - WAITERS + 1) == \
-            ["done=False"] * (STORE_WAITERS - WAITERS) + ["too_many_waiters"]
+        assert await direct_waits(stack, task_id, STORE_WAITERS - WAITERS + 1) == ["done=False"] * (
+            STORE_WAITERS - WAITERS
+        ) + ["too_many_waiters"]
         assert not any(wait.done() for wait in waits)
     finally:
         for wait in waits:
@@ -105,8 +115,12 @@ async def direct_waits(stack: Stack, task_id: str, count: int) -> list[str]:
         replies = await asyncio.gather(*(nc.request(subjects.WAIT_TASK, payload, timeout=5) for _ in range(count)))
     finally:
         await nc.close()
-    return sorted(reply.headers[subjects.HEADER_ERROR] if reply.headers and subjects.HEADER_ERROR in reply.headers
-                  else f"done={codec.decode(api.WaitReply, reply.data).done}" for reply in replies)
+    return sorted(
+        reply.headers[subjects.HEADER_ERROR]
+        if reply.headers and subjects.HEADER_ERROR in reply.headers
+        else f"done={codec.decode(api.WaitReply, reply.data).done}"
+        for reply in replies
+    )
 
 
 async def until_metric(client: httpx.AsyncClient, line: str, timeout: float = 15.0) -> None:
@@ -133,7 +147,8 @@ async def open_follows(client: httpx.AsyncClient, path: str, count: int) -> Asyn
     async with contextlib.AsyncExitStack() as streams:
         for _ in range(count):
             response = await asyncio.wait_for(
-                streams.enter_async_context(client.stream("GET", path, params={"follow": "true"})), 10)
+                streams.enter_async_context(client.stream("GET", path, params={"follow": "true"})), 10
+            )
             assert response.status_code == 200, await response.aread()
         yield
 

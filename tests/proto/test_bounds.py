@@ -7,12 +7,13 @@ runner or a decoder; now it is refused at the edge, naming its field.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proto import bounds, codec, events, tasks
 from proto.errors import FieldError
@@ -42,12 +43,19 @@ def deep_value(depth: int) -> Any:
 
 
 HOSTILE = [
-    pytest.param(body(API_TASK, start_deadline_seconds=1e12), "start_deadline_seconds",
-                 id="start-deadline-beyond-any-datetime"),
-    pytest.param(body(API_TASK, max_retries=1, retry_delay_seconds=1e12, retry_delay_max_seconds=1e12),
-                 "retry_delay_seconds", id="retry-delay-beyond-any-datetime"),
-    pytest.param(body(API_TASK, max_retries=1, retry_delay_max_seconds=1e12), "retry_delay_max_seconds",
-                 id="retry-delay-cap-beyond-any-datetime"),
+    pytest.param(
+        body(API_TASK, start_deadline_seconds=1e12), "start_deadline_seconds", id="start-deadline-beyond-any-datetime"
+    ),
+    pytest.param(
+        body(API_TASK, max_retries=1, retry_delay_seconds=1e12, retry_delay_max_seconds=1e12),
+        "retry_delay_seconds",
+        id="retry-delay-beyond-any-datetime",
+    ),
+    pytest.param(
+        body(API_TASK, max_retries=1, retry_delay_max_seconds=1e12),
+        "retry_delay_max_seconds",
+        id="retry-delay-cap-beyond-any-datetime",
+    ),
     pytest.param(body(API_TASK, timeout=1e12), "timeout", id="timeout-beyond-a-year"),
     pytest.param(body(CODE_TASK, cpus=1e-10), "cpus", id="cpus-that-round-to-no-limit"),
     pytest.param(body(CODE_TASK, cpus=0.009), "cpus", id="cpus-below-a-hundredth"),
@@ -58,8 +66,11 @@ HOSTILE = [
     pytest.param(with_raw(CODE_TASK, "args", nested(980)), "args", id="args-980-deep"),
     pytest.param(with_raw(CODE_TASK, "kwargs", b'{"x": ' + nested(2000) + b"}"), "kwargs", id="kwargs-2000-deep"),
     pytest.param(with_raw(API_TASK, "headers", b'{"X": ' + nested(2000) + b"}"), "headers", id="headers-2000-deep"),
-    pytest.param(body(API_TASK, task_type="scheduled", cron_expression="0 * * * *", max_runs=10**12), "max_runs",
-                 id="max-runs-beyond-a-billion"),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="0 * * * *", max_runs=10**12),
+        "max_runs",
+        id="max-runs-beyond-a-billion",
+    ),
     pytest.param(body(SCHEDULED, start_at="9999-12-31T23:00:00Z"), "start_at", id="start-at-near-datetime-max"),
     pytest.param(body(SCHEDULED, end_at="9999-12-31T23:00:00Z"), "end_at", id="end-at-near-datetime-max"),
     pytest.param(body(CODE_TASK, function_name="f" * 201), "function_name", id="function-name-too-long"),
@@ -74,8 +85,11 @@ HOSTILE = [
     pytest.param(body(CODE_TASK, kwargs={f"k{i}": i for i in range(257)}), "kwargs", id="too-many-kwargs"),
     pytest.param(body(CODE_TASK, kwargs={"k" * 201: 1}), "kwargs", id="kwargs-key-too-long"),
     pytest.param(body(API_TASK, expected_status=[200] * 65), "expected_status", id="too-many-expected-statuses"),
-    pytest.param(body(CODE_TASK, args=["x" * 600_000], kwargs={"y": "y" * 600_000}), "kwargs",
-                 id="args-and-kwargs-over-a-mebibyte"),
+    pytest.param(
+        body(CODE_TASK, args=["x" * 600_000], kwargs={"y": "y" * 600_000}),
+        "kwargs",
+        id="args-and-kwargs-over-a-mebibyte",
+    ),
     pytest.param(body(API_TASK, data="x" * (bounds.MAX_VALUE_BYTES + 1)), "data", id="data-over-a-mebibyte"),
 ]
 
@@ -113,11 +127,22 @@ def test_unbalanced_brackets_are_refused_as_invalid_json() -> None:
 GOOD = [
     pytest.param(with_raw(API_TASK, "data", nested(bounds.MAX_NESTING_DEPTH)), id="data-at-max-depth"),
     pytest.param(with_raw(CODE_TASK, "args", nested(bounds.MAX_NESTING_DEPTH)), id="args-at-max-depth"),
-    pytest.param(with_raw(CODE_TASK, "kwargs", b'{"x": ' + nested(bounds.MAX_NESTING_DEPTH - 1, kind="object") + b"}"),
-                 id="kwargs-at-max-depth"),
+    pytest.param(
+        with_raw(CODE_TASK, "kwargs", b'{"x": ' + nested(bounds.MAX_NESTING_DEPTH - 1, kind="object") + b"}"),
+        id="kwargs-at-max-depth",
+    ),
     pytest.param(body(CODE_TASK, cpus=0.01, memory_mb=32), id="smallest-sandbox"),
-    pytest.param(body(API_TASK, max_retries=20, retry_delay_seconds=86400, retry_backoff=10,
-                      retry_delay_max_seconds=86400, start_deadline_seconds=366 * 86400.0), id="longest-waits"),
+    pytest.param(
+        body(
+            API_TASK,
+            max_retries=20,
+            retry_delay_seconds=86400,
+            retry_backoff=10,
+            retry_delay_max_seconds=86400,
+            start_deadline_seconds=366 * 86400.0,
+        ),
+        id="longest-waits",
+    ),
     pytest.param(body(CODE_TASK, args=list(range(256)), kwargs={f"k{i}": i for i in range(256)}), id="most-arguments"),
 ]
 
@@ -137,26 +162,42 @@ durations = st.floats(min_value=0, max_value=1e300, allow_nan=False)
 
 
 @settings(max_examples=300, deadline=None)
-@given(delay=durations, cap=durations, factor=st.floats(min_value=1, max_value=1e6), retries=st.integers(0, 25),
-       deadline=st.floats(min_value=1e-9, max_value=1e300))
-def test_every_accepted_timing_yields_a_representable_time(delay: float, cap: float, factor: float, retries: int,
-                                                           deadline: float) -> None:
+@given(
+    delay=durations,
+    cap=durations,
+    factor=st.floats(min_value=1, max_value=1e6),
+    retries=st.integers(0, 25),
+    deadline=st.floats(min_value=1e-9, max_value=1e300),
+)
+def test_every_accepted_timing_yields_a_representable_time(
+    delay: float, cap: float, factor: float, retries: int, deadline: float
+) -> None:
     try:
-        spec = submit(body(SCHEDULED, max_retries=retries, retry_delay_seconds=delay, retry_backoff=factor,
-                           retry_delay_max_seconds=cap, start_deadline_seconds=deadline, end_at="2999-12-31T00:00:00Z"))
+        spec = submit(
+            body(
+                SCHEDULED,
+                max_retries=retries,
+                retry_delay_seconds=delay,
+                retry_backoff=factor,
+                retry_delay_max_seconds=cap,
+                start_deadline_seconds=deadline,
+                end_at="2999-12-31T00:00:00Z",
+            )
+        )
     except FieldError:
         return
     latest = bounds.LATEST_INSTANT
     for retry in range(1, spec.max_retries + 2):
         assert latest + backoff(spec, retry) > latest - timedelta(days=1)
-    assert latest + timedelta(seconds=spec.start_deadline_seconds or 0) < datetime.max.replace(tzinfo=timezone.utc)
+    assert latest + timedelta(seconds=spec.start_deadline_seconds or 0) < datetime.max.replace(tzinfo=UTC)
 
 
 def test_an_event_that_would_not_read_back_is_refused_before_publishing() -> None:
     # built in-process, so msgspec's bounds never ran: the read-back check is the last guard
-    spec = tasks.TaskSpec(name="x", task_type="immediate", function_code="def f():\n    return 1\n",
-                          function_name="f", memory_mb=1)
-    event = events.TaskSubmitted(event_id="e", occurred_at=datetime.now(timezone.utc), task_id="t", spec=spec)
+    spec = tasks.TaskSpec(
+        name="x", task_type="immediate", function_code="def f():\n    return 1\n", function_name="f", memory_mb=1
+    )
+    event = events.TaskSubmitted(event_id="e", occurred_at=datetime.now(UTC), task_id="t", spec=spec)
 
     with pytest.raises(FieldError) as raised:
         codec.accepted_event(event)
@@ -166,7 +207,7 @@ def test_an_event_that_would_not_read_back_is_refused_before_publishing() -> Non
 
 def test_an_event_too_deep_to_encode_is_refused_not_raised() -> None:
     spec = tasks.TaskSpec(name="x", task_type="immediate", api_url="http://a/", data=deep_value(50_000))
-    event = events.TaskSubmitted(event_id="e", occurred_at=datetime.now(timezone.utc), task_id="t", spec=spec)
+    event = events.TaskSubmitted(event_id="e", occurred_at=datetime.now(UTC), task_id="t", spec=spec)
 
     with pytest.raises(FieldError):
         codec.accepted_event(event)
@@ -174,7 +215,7 @@ def test_an_event_too_deep_to_encode_is_refused_not_raised() -> None:
 
 def test_an_accepted_event_reads_back_equal() -> None:
     spec = submit(with_raw(API_TASK, "data", nested(bounds.MAX_NESTING_DEPTH, kind="object")))
-    event = events.TaskSubmitted(event_id="e", occurred_at=datetime.now(timezone.utc), task_id="t", spec=spec)
+    event = events.TaskSubmitted(event_id="e", occurred_at=datetime.now(UTC), task_id="t", spec=spec)
 
     data, decoded = codec.accepted_event(event)
 

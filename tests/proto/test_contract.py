@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,48 +17,130 @@ ROOT = Path(__file__).resolve().parents[2]
 TASK_ID = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"
 RUN_ID = runs.run_id_for(TASK_ID, runs.ONCE_SLOT)
 INSTANCE_ID = "1a2b3c4d5e6f"
-AT = datetime(2026, 3, 8, 6, 59, 59, 125000, tzinfo=timezone.utc)
+AT = datetime(2026, 3, 8, 6, 59, 59, 125000, tzinfo=UTC)
 
 CODE_SPEC = tasks.TaskSpec(
-    name="数据分析任务", task_type="scheduled", function_code="def analyze(x):\n    return x * 2\n",
-    function_name="analyze", args=[21], kwargs={"scale": 1.5}, requirements=["pandas==1.5.0"],
-    cron_expression="0 30 2 * * *", timezone="America/New_York", start_at=AT, end_at=AT + timedelta(days=30),
-    max_runs=10, overlap_policy="forbid", misfire_policy="run_all", start_deadline_seconds=60.0,
-    timeout=120.0, isolated=True, network=True, memory_mb=256, cpus=1.0, max_retries=3,
-    retry_delay_seconds=2.0, retry_backoff=3.0, retry_delay_max_seconds=60.0,
+    name="数据分析任务",
+    task_type="scheduled",
+    function_code="def analyze(x):\n    return x * 2\n",
+    function_name="analyze",
+    args=[21],
+    kwargs={"scale": 1.5},
+    requirements=["pandas==1.5.0"],
+    cron_expression="0 30 2 * * *",
+    timezone="America/New_York",
+    start_at=AT,
+    end_at=AT + timedelta(days=30),
+    max_runs=10,
+    overlap_policy="forbid",
+    misfire_policy="run_all",
+    start_deadline_seconds=60.0,
+    timeout=120.0,
+    isolated=True,
+    network=True,
+    memory_mb=256,
+    cpus=1.0,
+    max_retries=3,
+    retry_delay_seconds=2.0,
+    retry_backoff=3.0,
+    retry_delay_max_seconds=60.0,
 )
 API_SPEC = tasks.TaskSpec(
-    name="延时API请求", task_type="delayed", delay_seconds=300.0, api_url="https://httpbin.org/post",
-    method="POST", headers={"Authorization": "Bearer x"}, data={"message": "延时请求", "n": [1, None]},
-    expected_status=[200, 201], timeout=30.0,
+    name="延时API请求",
+    task_type="delayed",
+    delay_seconds=300.0,
+    api_url="https://httpbin.org/post",
+    method="POST",
+    headers={"Authorization": "Bearer x"},
+    data={"message": "延时请求", "n": [1, None]},
+    expected_status=[200, 201],
+    timeout=30.0,
 )
-ERROR = runs.RunError(type="exception", message="ZeroDivisionError: division by zero",
-                      exc_type="ZeroDivisionError", traceback="Traceback (most recent call last): ...")
+ERROR = runs.RunError(
+    type="exception",
+    message="ZeroDivisionError: division by zero",
+    exc_type="ZeroDivisionError",
+    traceback="Traceback (most recent call last): ...",
+)
 TIMINGS = runs.RunTimings(deps_install_ms=1200.5, start_ms=80.0, run_ms=12.25, total_ms=1300.0)
-RUN_DUE = runs.RunDue(task_id=TASK_ID, run_id=RUN_ID, slot=runs.slot_for_fire(AT), spec=CODE_SPEC,
-                      scheduled_for=AT, queued_at=AT + timedelta(milliseconds=3), attempt=2, retry=1,
-                      deadline_at=AT + timedelta(minutes=1))
+RUN_DUE = runs.RunDue(
+    task_id=TASK_ID,
+    run_id=RUN_ID,
+    slot=runs.slot_for_fire(AT),
+    spec=CODE_SPEC,
+    scheduled_for=AT,
+    queued_at=AT + timedelta(milliseconds=3),
+    attempt=2,
+    retry=1,
+    deadline_at=AT + timedelta(minutes=1),
+)
 LOG_CHUNK = runs.LogChunk(task_id=TASK_ID, run_id=RUN_ID, attempt=1, seq=0, stream="stdout", data="hello\n", at=AT)
 HEARTBEAT = control.Heartbeat(
-    service="runner", instance_id=INSTANCE_ID, host="node-1", version="0.1.0", started_at=AT, sent_at=AT,
-    leader=False, slots={"code": control.SlotUsage(total=4, busy=1), "api": control.SlotUsage(total=64, busy=0)},
-    sandbox=control.SandboxStatus(usable=True, image="taskmesh-sandbox:py3.11", pool_ready=2), runs_finished=7,
+    service="runner",
+    instance_id=INSTANCE_ID,
+    host="node-1",
+    version="0.1.0",
+    started_at=AT,
+    sent_at=AT,
+    leader=False,
+    slots={"code": control.SlotUsage(total=4, busy=1), "api": control.SlotUsage(total=64, busy=0)},
+    sandbox=control.SandboxStatus(usable=True, image="taskmesh-sandbox:py3.11", pool_ready=2),
+    runs_finished=7,
 )
 TASK_RECORD = records.TaskRecord(
-    id=TASK_ID, name=API_SPEC.name, kind="api", task_type="delayed", status="failed", spec=API_SPEC,
-    created_at=AT, updated_at=AT, queued_at=AT, started_at=AT, finished_at=AT + timedelta(seconds=1),
-    duration_ms=1000.0, result={"status": 500}, error=ERROR,
-    last_run=records.RunSummary(run_id=RUN_ID, attempt=1, status="failed", scheduled_for=AT, started_at=AT,
-                                finished_at=AT, duration_ms=1000.0),
-    next_run_at=None, run_count=1, idempotency_key="order-42", event_seq=17,
+    id=TASK_ID,
+    name=API_SPEC.name,
+    kind="api",
+    task_type="delayed",
+    status="failed",
+    spec=API_SPEC,
+    created_at=AT,
+    updated_at=AT,
+    queued_at=AT,
+    started_at=AT,
+    finished_at=AT + timedelta(seconds=1),
+    duration_ms=1000.0,
+    result={"status": 500},
+    error=ERROR,
+    last_run=records.RunSummary(
+        run_id=RUN_ID, attempt=1, status="failed", scheduled_for=AT, started_at=AT, finished_at=AT, duration_ms=1000.0
+    ),
+    next_run_at=None,
+    run_count=1,
+    idempotency_key="order-42",
+    event_seq=17,
 )
 RUN_RECORD = records.RunRecord(
-    task_id=TASK_ID, run_id=RUN_ID, slot=runs.ONCE_SLOT, status="succeeded", attempt=2, retry=1, scheduled_for=AT,
-    queued_at=AT, started_at=AT, finished_at=AT, lag_ms=4.5, duration_ms=20.0, runner_id=INSTANCE_ID,
-    result=[1, "two", {"three": 3.0}], exit_code=0, deps_cache_hit=True, timings=TIMINGS, log_bytes=6,
-    attempts=[records.AttemptRecord(attempt=1, runner_id="r1", status="failed", started_at=AT, finished_at=AT,
-                                    error_type="oom_killed", log_bytes=3),
-              records.AttemptRecord(attempt=2, runner_id="r2", status="succeeded", started_at=AT, finished_at=AT)],
+    task_id=TASK_ID,
+    run_id=RUN_ID,
+    slot=runs.ONCE_SLOT,
+    status="succeeded",
+    attempt=2,
+    retry=1,
+    scheduled_for=AT,
+    queued_at=AT,
+    started_at=AT,
+    finished_at=AT,
+    lag_ms=4.5,
+    duration_ms=20.0,
+    runner_id=INSTANCE_ID,
+    result=[1, "two", {"three": 3.0}],
+    exit_code=0,
+    deps_cache_hit=True,
+    timings=TIMINGS,
+    log_bytes=6,
+    attempts=[
+        records.AttemptRecord(
+            attempt=1,
+            runner_id="r1",
+            status="failed",
+            started_at=AT,
+            finished_at=AT,
+            error_type="oom_killed",
+            log_bytes=3,
+        ),
+        records.AttemptRecord(attempt=2, runner_id="r2", status="succeeded", started_at=AT, finished_at=AT),
+    ],
 )
 HISTOGRAM = api.Histogram(bounds=[5.0, 10.0], counts=[1, 2, 3], sum=21.5, count=3)
 
@@ -77,28 +159,94 @@ EXAMPLES: list[Any] = [
     events.ScheduleResumed(event_id="e5", occurred_at=AT, task_id=TASK_ID),
     events.ScheduleTriggered(event_id="e6", occurred_at=AT, task_id=TASK_ID),
     # schedule bookkeeping events
-    events.ScheduleUpdated(event_id="e7", occurred_at=AT, task_id=TASK_ID, state="active", next_run_at=AT,
-                           fired_count=3, missed_count=2, skipped_count=1, last_fire_at=AT),
+    events.ScheduleUpdated(
+        event_id="e7",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        state="active",
+        next_run_at=AT,
+        fired_count=3,
+        missed_count=2,
+        skipped_count=1,
+        last_fire_at=AT,
+    ),
     events.SlotSkipped(event_id="e8", occurred_at=AT, task_id=TASK_ID, scheduled_for=AT, reason="overlap forbid"),
-    events.SlotsMissed(event_id="e9", occurred_at=AT, task_id=TASK_ID, count=5, first=AT,
-                       last=AT + timedelta(hours=4), policy="run_once", caught_up=1),
+    events.SlotsMissed(
+        event_id="e9",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        count=5,
+        first=AT,
+        last=AT + timedelta(hours=4),
+        policy="run_once",
+        caught_up=1,
+    ),
     # runs
     RUN_DUE,
-    runs.RunQueued(event_id="e10", occurred_at=AT, task_id=TASK_ID, run_id=RUN_ID, slot=runs.ONCE_SLOT,
-                   scheduled_for=AT, attempt=1, retry=0, deadline_at=AT + timedelta(minutes=1)),
-    runs.RunQueued(event_id="e10b", occurred_at=AT, task_id=TASK_ID, run_id=RUN_ID, slot="cron:1",
-                   scheduled_for=AT, schedule=runs.ScheduleView(next_run_at=AT + timedelta(seconds=1), fired_count=4,
-                                                                missed_count=1, skipped_count=2)),
+    runs.RunQueued(
+        event_id="e10",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        slot=runs.ONCE_SLOT,
+        scheduled_for=AT,
+        attempt=1,
+        retry=0,
+        deadline_at=AT + timedelta(minutes=1),
+    ),
+    runs.RunQueued(
+        event_id="e10b",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        slot="cron:1",
+        scheduled_for=AT,
+        schedule=runs.ScheduleView(
+            next_run_at=AT + timedelta(seconds=1), fired_count=4, missed_count=1, skipped_count=2
+        ),
+    ),
     runs.ScheduleView(next_run_at=AT, fired_count=1),
-    runs.RunStarted(event_id="e11", occurred_at=AT, task_id=TASK_ID, run_id=RUN_ID, attempt=1,
-                    runner_id=INSTANCE_ID, scheduled_for=AT),
-    runs.RunFinished(event_id="e12", occurred_at=AT, task_id=TASK_ID, run_id=RUN_ID, attempt=1,
-                     runner_id=INSTANCE_ID, status="failed", slot=runs.ONCE_SLOT, scheduled_for=AT, started_at=AT,
-                     result=None, error=ERROR, exit_code=1, deps_cache_hit=False, timings=TIMINGS,
-                     output_truncated=True, log_bytes=1 << 20, will_retry=True, retry=1,
-                     retry_at=AT + timedelta(seconds=2)),
-    runs.RunFinished(event_id="e13", occurred_at=AT, task_id=TASK_ID, run_id=RUN_ID, attempt=2,
-                     runner_id=INSTANCE_ID, status="succeeded", result={"answer": 42, "items": [1.5, "x", None]}),
+    runs.RunStarted(
+        event_id="e11",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        attempt=1,
+        runner_id=INSTANCE_ID,
+        scheduled_for=AT,
+    ),
+    runs.RunFinished(
+        event_id="e12",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        attempt=1,
+        runner_id=INSTANCE_ID,
+        status="failed",
+        slot=runs.ONCE_SLOT,
+        scheduled_for=AT,
+        started_at=AT,
+        result=None,
+        error=ERROR,
+        exit_code=1,
+        deps_cache_hit=False,
+        timings=TIMINGS,
+        output_truncated=True,
+        log_bytes=1 << 20,
+        will_retry=True,
+        retry=1,
+        retry_at=AT + timedelta(seconds=2),
+    ),
+    runs.RunFinished(
+        event_id="e13",
+        occurred_at=AT,
+        task_id=TASK_ID,
+        run_id=RUN_ID,
+        attempt=2,
+        runner_id=INSTANCE_ID,
+        status="succeeded",
+        result={"answer": 42, "items": [1.5, "x", None]},
+    ),
     runs.RunCancelRequested(event_id="e14", occurred_at=AT, task_id=TASK_ID, run_id=RUN_ID, reason="replace"),
     ERROR,
     runs.RunError(type="http_status", message="HTTP 503", status_code=503),
@@ -118,15 +266,40 @@ EXAMPLES: list[Any] = [
     records.AttemptRecord(attempt=1),
     # timers
     schedules.OnceTimer(task_id=TASK_ID, spec=API_SPEC, due_at=AT),
-    schedules.RetryTimer(task_id=TASK_ID, spec=API_SPEC, due_at=AT, run_id=RUN_ID, slot=runs.ONCE_SLOT,
-                         attempt=2, retry=1, scheduled_for=AT),
-    schedules.CronTimer(task_id=TASK_ID, spec=CODE_SPEC, due_at=AT, state="paused", fired_count=4, missed_count=1,
-                        skipped_count=2, last_fire_at=AT, active_runs=[RUN_ID]),
+    schedules.RetryTimer(
+        task_id=TASK_ID,
+        spec=API_SPEC,
+        due_at=AT,
+        run_id=RUN_ID,
+        slot=runs.ONCE_SLOT,
+        attempt=2,
+        retry=1,
+        scheduled_for=AT,
+    ),
+    schedules.CronTimer(
+        task_id=TASK_ID,
+        spec=CODE_SPEC,
+        due_at=AT,
+        state="paused",
+        fired_count=4,
+        missed_count=1,
+        skipped_count=2,
+        last_fire_at=AT,
+        active_runs=[RUN_ID],
+    ),
     # requests and replies
     api.TaskRef(id=TASK_ID),
     api.SubmitAccepted(id=TASK_ID, status="pending", task=TASK_RECORD, replayed=True),
-    api.ListTasksRequest(status="running", kind="code", task_type="scheduled", name="数据", created_after=AT,
-                         created_before=AT + timedelta(days=1), limit=500, cursor=TASK_ID),
+    api.ListTasksRequest(
+        status="running",
+        kind="code",
+        task_type="scheduled",
+        name="数据",
+        created_after=AT,
+        created_before=AT + timedelta(days=1),
+        limit=500,
+        cursor=TASK_ID,
+    ),
     api.TaskPage(tasks=[TASK_RECORD], next_cursor=TASK_ID),
     api.WaitTaskRequest(id=TASK_ID, timeout_seconds=10.0),
     api.WaitReply(done=False, task=TASK_RECORD),
@@ -138,24 +311,53 @@ EXAMPLES: list[Any] = [
     api.RunRef(id=TASK_ID, run_id=RUN_ID),
     api.GetLogsRequest(id=TASK_ID, run_id=RUN_ID, attempt=2, after=10),
     api.LogsReply(task_id=TASK_ID, run_id=RUN_ID, attempt=1, chunks=[LOG_CHUNK], finished=True, truncated=True),
-    api.ScheduleSummary(id=TASK_ID, name="定时计算任务", kind="code", status="active", cron_expression="0 0 * * *",
-                        timezone="UTC", next_run_at=AT, last_run={"run_id": RUN_ID}, fired_count=1, missed_count=0,
-                        skipped_count=0, created_at=AT),
+    api.ScheduleSummary(
+        id=TASK_ID,
+        name="定时计算任务",
+        kind="code",
+        status="active",
+        cron_expression="0 0 * * *",
+        timezone="UTC",
+        next_run_at=AT,
+        last_run={"run_id": RUN_ID},
+        fired_count=1,
+        missed_count=0,
+        skipped_count=0,
+        created_at=AT,
+    ),
     api.ScheduleList(schedules=[]),
     api.LedgerRequest(id=TASK_ID, limit=20),
     api.LedgerEntry(scheduled_for=AT, state="missed", reason="no scheduler ran", count=3),
     api.LedgerEntry(scheduled_for=AT, state="succeeded", run_id=RUN_ID, lag_ms=3.5),
-    api.Ledger(id=TASK_ID, entries=[api.LedgerEntry(scheduled_for=AT, state="skipped")], fired_count=1,
-               missed_count=2, skipped_count=3),
+    api.Ledger(
+        id=TASK_ID,
+        entries=[api.LedgerEntry(scheduled_for=AT, state="skipped")],
+        fired_count=1,
+        missed_count=2,
+        skipped_count=3,
+    ),
     api.StatsRequest(),
     api.Percentiles(p50=12.5, p95=99.0, count=20),
     HISTOGRAM,
     api.QueueDepth(code_pending=1, api_pending=2, code_in_flight=3, api_in_flight=4),
-    api.Stats(tasks_total=3, tasks_by_status={"running": 1, "succeeded": 2}, tasks_by_kind={"code": 3},
-              tasks_by_trigger={"immediate": 3}, runs_total=4, runs_by_status={"succeeded": 4},
-              runs_per_minute=[0] * 59 + [4], success_rate=1.0, duration_ms=api.Percentiles(),
-              duration_histogram=HISTOGRAM, schedule_lag_histogram=HISTOGRAM, queue=api.QueueDepth(),
-              runners=[HEARTBEAT], services=[HEARTBEAT], stale_outcomes_rejected=1, dead_letters=2),
+    api.Stats(
+        tasks_total=3,
+        tasks_by_status={"running": 1, "succeeded": 2},
+        tasks_by_kind={"code": 3},
+        tasks_by_trigger={"immediate": 3},
+        runs_total=4,
+        runs_by_status={"succeeded": 4},
+        runs_per_minute=[0] * 59 + [4],
+        success_rate=1.0,
+        duration_ms=api.Percentiles(),
+        duration_histogram=HISTOGRAM,
+        schedule_lag_histogram=HISTOGRAM,
+        queue=api.QueueDepth(),
+        runners=[HEARTBEAT],
+        services=[HEARTBEAT],
+        stale_outcomes_rejected=1,
+        dead_letters=2,
+    ),
     api.DeadLetterList(dead_letters=[]),
     api.StoreHealth(ready=True, tasks=3, services=[HEARTBEAT]),
     api.TriggerReply(task=TASK_RECORD, run_id=RUN_ID),
@@ -172,8 +374,12 @@ def proto_structs() -> set[type]:
     found = set()
     for module in (api, control, errors, events, records, runs, schedules, tasks):
         for name, value in vars(module).items():
-            if (inspect.isclass(value) and issubclass(value, msgspec.Struct) and value.__module__ == module.__name__
-                    and not name.startswith("_")):
+            if (
+                inspect.isclass(value)
+                and issubclass(value, msgspec.Struct)
+                and value.__module__ == module.__name__
+                and not name.startswith("_")
+            ):
                 found.add(value)
     return found - ABSTRACT_BASES
 
@@ -218,12 +424,16 @@ def test_a_tagged_message_decodes_through_its_union_as_its_own_type(message: Any
     assert decoded == message
 
 
-@pytest.mark.parametrize(("message", "decoder"), [
-    (RUN_DUE, codec.run_due_decoder),
-    (LOG_CHUNK, codec.log_chunk_decoder),
-    (HEARTBEAT, codec.heartbeat_decoder),
-    (control.CancelRun(task_id=TASK_ID, run_id=RUN_ID), codec.cancel_decoder),
-], ids=example_id)
+@pytest.mark.parametrize(
+    ("message", "decoder"),
+    [
+        (RUN_DUE, codec.run_due_decoder),
+        (LOG_CHUNK, codec.log_chunk_decoder),
+        (HEARTBEAT, codec.heartbeat_decoder),
+        (control.CancelRun(task_id=TASK_ID, run_id=RUN_ID), codec.cancel_decoder),
+    ],
+    ids=example_id,
+)
 def test_the_prebuilt_decoders_read_what_the_encoder_writes(message: Any, decoder: msgspec.json.Decoder) -> None:
     assert decoder.decode(codec.encode(message)) == message
 
@@ -260,6 +470,7 @@ def test_an_error_reply_decodes_to_its_error_body() -> None:
 
 
 # --- subjects -----------------------------------------------------------------------------------
+
 
 def is_valid_subject(subject: str) -> bool:
     """A NATS subject or filter: non-empty tokens without whitespace; ``*`` and ``>`` only as whole
@@ -307,32 +518,39 @@ def overlap(first: str, second: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("subject", "valid"), [
-    ("taskmesh.task.abc.submitted", True),
-    ("taskmesh.run.*.*.finished", True),
-    ("taskmesh.>", True),
-    ("taskmesh..x", False),
-    ("taskmesh.x.", False),
-    ("taskmesh.a b", False),
-    ("taskmesh.>.x", False),
-    ("taskmesh.ab*", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    ("subject", "valid"),
+    [
+        ("taskmesh.task.abc.submitted", True),
+        ("taskmesh.run.*.*.finished", True),
+        ("taskmesh.>", True),
+        ("taskmesh..x", False),
+        ("taskmesh.x.", False),
+        ("taskmesh.a b", False),
+        ("taskmesh.>.x", False),
+        ("taskmesh.ab*", False),
+        ("", False),
+    ],
+)
 def test_the_subject_checker_itself_knows_valid_from_invalid(subject: str, valid: bool) -> None:
     assert is_valid_subject(subject) is valid
 
 
-@pytest.mark.parametrize(("pattern", "subject", "covered", "overlapping"), [
-    ("taskmesh.run.>", "taskmesh.run.*.*.finished", True, True),
-    ("taskmesh.run.*.*.finished", "taskmesh.run.t.r.finished", True, True),
-    ("taskmesh.run.*.*.finished", "taskmesh.run.t.r.started", False, False),
-    ("taskmesh.run.*.*.finished", "taskmesh.run.>", False, True),
-    ("taskmesh.work.code", "taskmesh.work.>", False, True),
-    ("taskmesh.api.>", "taskmesh.task.>", False, False),
-    ("taskmesh.log.>", "taskmesh.log", False, False),
-])
+@pytest.mark.parametrize(
+    ("pattern", "subject", "covered", "overlapping"),
+    [
+        ("taskmesh.run.>", "taskmesh.run.*.*.finished", True, True),
+        ("taskmesh.run.*.*.finished", "taskmesh.run.t.r.finished", True, True),
+        ("taskmesh.run.*.*.finished", "taskmesh.run.t.r.started", False, False),
+        ("taskmesh.run.*.*.finished", "taskmesh.run.>", False, True),
+        ("taskmesh.work.code", "taskmesh.work.>", False, True),
+        ("taskmesh.api.>", "taskmesh.task.>", False, False),
+        ("taskmesh.log.>", "taskmesh.log", False, False),
+    ],
+)
 def test_the_subject_set_checkers_themselves_follow_nats_wildcards(
-        pattern: str, subject: str, covered: bool, overlapping: bool) -> None:
+    pattern: str, subject: str, covered: bool, overlapping: bool
+) -> None:
     assert covers(pattern, subject) is covered
     assert overlap(pattern, subject) is overlapping
     assert overlap(subject, pattern) is overlapping
@@ -344,8 +562,9 @@ def test_every_subject_constant_is_a_valid_nats_subject(subject: str) -> None:
 
 
 def test_every_subject_constant_is_listed_for_the_contract_tests() -> None:
-    defined = {value for name, value in vars(subjects).items()
-               if isinstance(value, str) and value.startswith("taskmesh.")}
+    defined = {
+        value for name, value in vars(subjects).items() if isinstance(value, str) and value.startswith("taskmesh.")
+    }
 
     assert defined == set(subjects.ALL_SUBJECT_CONSTANTS)
 
@@ -358,10 +577,15 @@ BUILT_SUBJECTS = (
     [subjects.task_event(TASK_ID, kind) for kind in TASK_KINDS]
     + [subjects.run_event(TASK_ID, RUN_ID, kind) for kind in RUN_KINDS]
     + [subjects.schedule_event(TASK_ID, kind) for kind in SCHEDULE_KINDS]
-    + [subjects.run_events_of_task(TASK_ID), subjects.log_chunks(TASK_ID, RUN_ID),
-       subjects.log_chunks_of_task(TASK_ID), subjects.dead_letter(TASK_ID),
-       subjects.heartbeat("runner", INSTANCE_ID), subjects.runner_ping(INSTANCE_ID),
-       subjects.run_event(TASK_ID, "*", "finished")]
+    + [
+        subjects.run_events_of_task(TASK_ID),
+        subjects.log_chunks(TASK_ID, RUN_ID),
+        subjects.log_chunks_of_task(TASK_ID),
+        subjects.dead_letter(TASK_ID),
+        subjects.heartbeat("runner", INSTANCE_ID),
+        subjects.runner_ping(INSTANCE_ID),
+        subjects.run_event(TASK_ID, "*", "finished"),
+    ]
 )
 
 
@@ -370,16 +594,20 @@ def test_every_built_subject_is_a_valid_nats_subject(subject: str) -> None:
     assert is_valid_subject(subject), subject
 
 
-@pytest.mark.parametrize("key", [
-    subjects.run_key(TASK_ID, RUN_ID),
-    subjects.log_key(TASK_ID, RUN_ID, 2, 7),
-    schedules.OnceTimer(task_id=TASK_ID, spec=API_SPEC, due_at=AT).key,
-    schedules.CronTimer(task_id=TASK_ID, spec=CODE_SPEC, due_at=AT).key,
-    schedules.RetryTimer(task_id=TASK_ID, spec=API_SPEC, due_at=AT, run_id=RUN_ID, slot="once", attempt=1, retry=1,
-                         scheduled_for=AT).key,
-    TASK_ID,
-    subjects.LEASE_SCHEDULER,
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        subjects.run_key(TASK_ID, RUN_ID),
+        subjects.log_key(TASK_ID, RUN_ID, 2, 7),
+        schedules.OnceTimer(task_id=TASK_ID, spec=API_SPEC, due_at=AT).key,
+        schedules.CronTimer(task_id=TASK_ID, spec=CODE_SPEC, due_at=AT).key,
+        schedules.RetryTimer(
+            task_id=TASK_ID, spec=API_SPEC, due_at=AT, run_id=RUN_ID, slot="once", attempt=1, retry=1, scheduled_for=AT
+        ).key,
+        TASK_ID,
+        subjects.LEASE_SCHEDULER,
+    ],
+)
 def test_every_bucket_key_is_a_valid_kv_key(key: str) -> None:
     assert re.fullmatch(r"[-/_=.a-zA-Z0-9]+", key) and not key.startswith(".") and not key.endswith("."), key
     assert ".." not in key
@@ -406,8 +634,14 @@ def test_every_stream_has_a_valid_name_and_valid_subjects(name: str) -> None:
 
 
 def test_no_two_streams_capture_the_same_subject() -> None:
-    pairs = [(a, sa, b, sb) for a in STREAMS for b in STREAMS if a < b
-             for sa in STREAMS[a].config.subjects for sb in STREAMS[b].config.subjects]
+    pairs = [
+        (a, sa, b, sb)
+        for a in STREAMS
+        for b in STREAMS
+        if a < b
+        for sa in STREAMS[a].config.subjects
+        for sb in STREAMS[b].config.subjects
+    ]
 
     assert [p for p in pairs if overlap(p[1], p[3])] == []
 
@@ -421,7 +655,8 @@ def test_every_consumer_reads_an_existing_stream_and_its_filter_is_covered(name:
     if spec.config.filter_subject is not None:
         assert is_valid_subject(spec.config.filter_subject)
         assert any(covers(s, spec.config.filter_subject) for s in stream_subjects), (
-            f"{name} filters {spec.config.filter_subject!r}, not within {spec.stream} {stream_subjects}")
+            f"{name} filters {spec.config.filter_subject!r}, not within {spec.stream} {stream_subjects}"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(streams.buckets()))
@@ -431,8 +666,11 @@ def test_every_bucket_has_a_valid_name(name: str) -> None:
 
 STORED = [
     (subjects.STREAM_TASKS, [subjects.task_event(TASK_ID, kind) for kind in TASK_KINDS]),
-    (subjects.STREAM_EVENTS, [subjects.run_event(TASK_ID, RUN_ID, kind) for kind in RUN_KINDS]
-     + [subjects.schedule_event(TASK_ID, kind) for kind in SCHEDULE_KINDS]),
+    (
+        subjects.STREAM_EVENTS,
+        [subjects.run_event(TASK_ID, RUN_ID, kind) for kind in RUN_KINDS]
+        + [subjects.schedule_event(TASK_ID, kind) for kind in SCHEDULE_KINDS],
+    ),
     (subjects.STREAM_WORK, [subjects.WORK_CODE, subjects.WORK_API]),
     (subjects.STREAM_LOGS, [subjects.log_chunks(TASK_ID, RUN_ID)]),
     (subjects.STREAM_DEAD_LETTERS, [subjects.dead_letter(TASK_ID)]),
@@ -445,10 +683,18 @@ def test_every_published_event_lands_in_its_stream(stream: str, published: list[
         assert any(covers(s, subject) for s in STREAMS[stream].config.subjects), (stream, subject)
 
 
-@pytest.mark.parametrize("subject", [
-    subjects.SUBMIT_TASK, subjects.API_ALL, subjects.CANCEL_RUNS, subjects.PRESENCE_PROBE, subjects.HEARTBEATS_ALL,
-    subjects.heartbeat("store", INSTANCE_ID), subjects.runner_ping(INSTANCE_ID),
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        subjects.SUBMIT_TASK,
+        subjects.API_ALL,
+        subjects.CANCEL_RUNS,
+        subjects.PRESENCE_PROBE,
+        subjects.HEARTBEATS_ALL,
+        subjects.heartbeat("store", INSTANCE_ID),
+        subjects.runner_ping(INSTANCE_ID),
+    ],
+)
 def test_no_stream_captures_a_request_or_control_subject(subject: str) -> None:
     # A captured request subject would be answered by a PubAck instead of the store.
     captured = [(name, s) for name, spec in STREAMS.items() for s in spec.config.subjects if overlap(s, subject)]
@@ -466,6 +712,7 @@ def test_the_scheduler_runs_consumer_sees_only_finished_runs() -> None:
 
 # --- JSON Schema export -----------------------------------------------------------------------------
 
+
 def test_the_committed_json_schemas_are_what_proto_generates_now() -> None:
     committed = {path.name: path.read_bytes() for path in (ROOT / "proto" / "schema").glob("*.json")}
     generated = schema.schemas()
@@ -474,4 +721,5 @@ def test_the_committed_json_schemas_are_what_proto_generates_now() -> None:
     extra = sorted(set(committed) - set(generated))
     assert not stale and not extra, (
         f"proto/schema is out of date (changed or missing: {stale}; no longer generated: {extra}); "
-        "run `make schema` and commit the result")
+        "run `make schema` and commit the result"
+    )

@@ -75,9 +75,15 @@ def python_312(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_an_event_accepted_on_python_312_decodes_back_on_312_and_311(python_312: Path) -> None:
-    done = subprocess.run([str(python_312), "-c", ACCEPT_AND_ROUND_TRIP, json.dumps(DEPTHS)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=120, check=True)
+    done = subprocess.run(
+        [str(python_312), "-c", ACCEPT_AND_ROUND_TRIP, json.dumps(DEPTHS)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     outcomes = [json.loads(line) for line in done.stdout.splitlines()]
     assert [o["depth"] for o in outcomes] == list(DEPTHS), done.stderr
 

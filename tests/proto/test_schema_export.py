@@ -12,7 +12,7 @@ from proto import schema
 class _Indented(msgspec.Struct):
     """First line.
 
-        An indented second paragraph, as some msgspec versions keep it and others clean it.
+    An indented second paragraph, as some msgspec versions keep it and others clean it.
     """
 
     value: int = 0
@@ -22,7 +22,10 @@ def test_descriptions_are_exported_as_cleandoc_leaves_them_whatever_msgspec_keep
     raw = msgspec.json.schema(_Indented)
     cleaned = schema._clean_descriptions(raw)
     description = cleaned["$defs"]["_Indented"]["description"]
-    assert description == "First line.\n\nAn indented second paragraph, as some msgspec versions keep it and others clean it."
+    assert (
+        description
+        == "First line.\n\nAn indented second paragraph, as some msgspec versions keep it and others clean it."
+    )
 
 
 def test_every_exported_description_is_already_clean() -> None:

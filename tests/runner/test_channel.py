@@ -18,7 +18,7 @@ from services.runner.sandbox.docker_sandbox import BOOTSTRAP
 NONCE = "5f0c2a9e4b7d41c3a8e6f1d2b9c07a34"
 FRAME = b'{"ok":true,"result":{"answer":42}}'
 LIMIT = 1 << 20
-USER = "line one\nprogress 50%\nlast line\n".encode()
+USER = b"line one\nprogress 50%\nlast line\n"
 
 
 def scan(chunks: list[bytes]) -> tuple[bytes, bytes | None, bytes]:

@@ -78,7 +78,7 @@ async def test_runs_of_many_distinct_shapes_never_keep_more_idle_containers_than
     watcher = asyncio.create_task(watch())
     counts = []
     try:
-        for use in range(2):  # the second use of each shape makes it hot
+        for _ in range(2):  # the second use of each shape makes it hot
             for shape in range(SHAPES):
                 outcome = await sandboxes.run(job(200 + 8 * shape), NullOutput(), asyncio.Event())  # type: ignore[arg-type]
                 assert outcome.status == "succeeded", outcome

@@ -30,7 +30,8 @@ async def _connected(nc: Client) -> None:
 
 
 async def test_a_renewal_failing_while_nats_restarts_keeps_the_leadership(
-        nc: Client, js: JetStreamContext, nats_server: NatsServer) -> None:
+    nc: Client, js: JetStreamContext, nats_server: NatsServer
+) -> None:
     kv = await _bucket(js)
     leader, standby = LeaderLease(kv, "scheduler", "leader"), LeaderLease(kv, "scheduler", "standby")
     assert await leader.try_acquire()
@@ -47,7 +48,8 @@ async def test_a_renewal_failing_while_nats_restarts_keeps_the_leadership(
 
 
 async def test_a_leader_that_cannot_renew_gives_up_before_its_key_can_expire(
-        nc: Client, js: JetStreamContext, nats_server: NatsServer) -> None:
+    nc: Client, js: JetStreamContext, nats_server: NatsServer
+) -> None:
     kv = await _bucket(js, ttl=timedelta(seconds=4))
     leader = LeaderLease(kv, "scheduler", "leader")
     assert await leader.try_acquire()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -17,7 +17,7 @@ TASK_ID = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"
 
 
 def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def hourly(**overrides: Any) -> TaskSpec:
@@ -32,8 +32,12 @@ def timer(spec: TaskSpec, due_at: str, fired_count: int = 0) -> CronTimer:
 
 # --- on time ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("now", ["2026-01-01T10:00", "2026-01-01T10:00:05", "2026-01-01T10:01"],
-                         ids=["exactly-due", "five-seconds-late", "late-by-exactly-the-grace"])
+
+@pytest.mark.parametrize(
+    "now",
+    ["2026-01-01T10:00", "2026-01-01T10:00:05", "2026-01-01T10:01"],
+    ids=["exactly-due", "five-seconds-late", "late-by-exactly-the-grace"],
+)
 def test_a_fire_within_the_misfire_grace_fires_once(now: str) -> None:
     result = plan(timer(hourly(), "2026-01-01T10:00"), utc(now), GRACE, run_all_limit=10)
 
@@ -60,16 +64,20 @@ LATE_DUE, LATE_NOW = "2026-01-01T10:00", "2026-01-01T13:30"
 ALL_FOUR = ["2026-01-01T10:00", "2026-01-01T11:00", "2026-01-01T12:00", "2026-01-01T13:00"]
 
 
-@pytest.mark.parametrize(("policy", "run_all_limit", "fired", "missed"), [
-    pytest.param("run_once", 10, ["2026-01-01T13:00"], 3, id="run-once-fires-the-latest-slot"),
-    pytest.param("skip", 10, [], 4, id="skip-fires-nothing"),
-    pytest.param("run_all", 10, ALL_FOUR, 0, id="run-all-fires-every-slot"),
-    pytest.param("run_all", 4, ALL_FOUR, 0, id="run-all-at-exactly-its-limit"),
-    pytest.param("run_all", 2, ["2026-01-01T12:00", "2026-01-01T13:00"], 2, id="run-all-capped-keeps-the-latest"),
-    pytest.param("run_all", 1, ["2026-01-01T13:00"], 3, id="run-all-with-limit-one"),
-])
-def test_fires_later_than_the_grace_follow_the_misfire_policy(policy: str, run_all_limit: int, fired: list[str],
-                                                              missed: int) -> None:
+@pytest.mark.parametrize(
+    ("policy", "run_all_limit", "fired", "missed"),
+    [
+        pytest.param("run_once", 10, ["2026-01-01T13:00"], 3, id="run-once-fires-the-latest-slot"),
+        pytest.param("skip", 10, [], 4, id="skip-fires-nothing"),
+        pytest.param("run_all", 10, ALL_FOUR, 0, id="run-all-fires-every-slot"),
+        pytest.param("run_all", 4, ALL_FOUR, 0, id="run-all-at-exactly-its-limit"),
+        pytest.param("run_all", 2, ["2026-01-01T12:00", "2026-01-01T13:00"], 2, id="run-all-capped-keeps-the-latest"),
+        pytest.param("run_all", 1, ["2026-01-01T13:00"], 3, id="run-all-with-limit-one"),
+    ],
+)
+def test_fires_later_than_the_grace_follow_the_misfire_policy(
+    policy: str, run_all_limit: int, fired: list[str], missed: int
+) -> None:
     result = plan(timer(hourly(misfire_policy=policy), LATE_DUE), utc(LATE_NOW), GRACE, run_all_limit)
 
     assert result.fire == [utc(t) for t in fired]
@@ -100,6 +108,7 @@ def test_a_fire_missed_by_days_counts_every_slot() -> None:
 
 
 # --- completion: max_runs and end_at ---------------------------------------------------------------
+
 
 def test_the_last_of_max_runs_fires_and_completes_the_schedule() -> None:
     result = plan(timer(hourly(max_runs=3), "2026-01-01T10:00", fired_count=2), utc("2026-01-01T10:00"), GRACE, 10)
@@ -158,6 +167,7 @@ def test_a_slot_exactly_at_end_at_still_fires() -> None:
 
 
 # --- start_at and next_due ---------------------------------------------------------------------------
+
 
 def test_start_at_delays_the_first_fire() -> None:
     spec = hourly(start_at=utc("2026-01-05T00:30"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,15 +13,30 @@ from proto.tasks import TaskSpec
 from services.common.ids import new_task_id
 from services.store.catalog import Catalog, CatalogUnusable, ListFilter
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = TaskSpec(name="x", task_type="immediate", api_url="http://127.0.0.1:1/")
 
 
-def record(name: str = "job", status: str = "pending", kind: str = "api", task_type: str = "immediate",
-           finished: datetime | None = None, key: str | None = None) -> TaskRecord:
-    return TaskRecord(id=new_task_id(), name=name, kind=kind, task_type=task_type, status=status,  # type: ignore[arg-type]
-                      spec=SPEC, created_at=datetime.now(timezone.utc), updated_at=T0, finished_at=finished,
-                      idempotency_key=key)
+def record(
+    name: str = "job",
+    status: str = "pending",
+    kind: str = "api",
+    task_type: str = "immediate",
+    finished: datetime | None = None,
+    key: str | None = None,
+) -> TaskRecord:
+    return TaskRecord(
+        id=new_task_id(),
+        name=name,
+        kind=kind,
+        task_type=task_type,
+        status=status,  # type: ignore[arg-type]
+        spec=SPEC,
+        created_at=datetime.now(UTC),
+        updated_at=T0,
+        finished_at=finished,
+        idempotency_key=key,
+    )
 
 
 def all_pages(catalog: Catalog, where: ListFilter, limit: int) -> list[str]:
@@ -56,8 +71,14 @@ def test_a_page_cursor_is_stable_while_newer_tasks_are_added() -> None:
 def test_filters_by_status_kind_trigger_and_name_prefix_combine() -> None:
     catalog = Catalog(":memory:")
     wanted = record(name="report-daily", status="failed", kind="code")
-    catalog.commit([wanted, record(name="report-daily", status="succeeded", kind="code"),
-                    record(name="reports", status="failed", kind="api"), record(name="other", status="failed", kind="code")])
+    catalog.commit(
+        [
+            wanted,
+            record(name="report-daily", status="succeeded", kind="code"),
+            record(name="reports", status="failed", kind="api"),
+            record(name="other", status="failed", kind="code"),
+        ]
+    )
 
     where = ListFilter(status="failed", kind="code", task_type="immediate", name_prefix="report-")
     assert all_pages(catalog, where, 10) == [wanted.id]
@@ -65,8 +86,9 @@ def test_filters_by_status_kind_trigger_and_name_prefix_combine() -> None:
 
 
 @pytest.mark.parametrize("common", [True, False], ids=["a common prefix", "a rare prefix"])
-def test_a_name_prefix_lists_the_same_tasks_whether_it_is_common_or_rare(common: bool,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_name_prefix_lists_the_same_tasks_whether_it_is_common_or_rare(
+    common: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import services.store.catalog as module
 
     monkeypatch.setattr(module, "DENSE_MATCHES", 0 if common else 10_000)
@@ -74,8 +96,9 @@ def test_a_name_prefix_lists_the_same_tasks_whether_it_is_common_or_rare(common:
     tasks = [record(name=f"batch-{i % 3}") for i in range(30)]
     catalog.commit(tasks)
 
-    assert all_pages(catalog, ListFilter(name_prefix="batch-1"), 4) == [t.id for t in reversed(tasks)
-                                                                         if t.name == "batch-1"]
+    assert all_pages(catalog, ListFilter(name_prefix="batch-1"), 4) == [
+        t.id for t in reversed(tasks) if t.name == "batch-1"
+    ]
 
 
 def test_a_prefix_ending_in_the_last_character_before_surrogates_still_bounds_the_range() -> None:
@@ -130,8 +153,7 @@ def test_work_in_progress_and_idempotency_keys_are_found_without_a_scan() -> Non
 
     assert catalog.active_ids() == [running.id]
     assert catalog.task_for_key("k-1") == running.id and catalog.task_for_key("k-2") is None
-    plan = " ".join(str(row) for row in catalog.db.execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE final = 0"))
+    plan = " ".join(str(row) for row in catalog.db.execute("EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE final = 0"))
     assert "USING INDEX tasks_active" in plan, plan  # a partial index of work in progress, not the table
 
 

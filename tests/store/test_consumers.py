@@ -23,8 +23,9 @@ from services.store.state import Effects, StoreState
 SPEC = TaskSpec(name="ping", task_type="immediate", api_url="http://127.0.0.1:9/")
 
 
-async def _store_parts(js: JetStreamContext, after_apply: Callable[[Effects], None] = lambda _: None,
-                       state: StoreState | None = None) -> tuple[StoreState, EventConsumers]:
+async def _store_parts(
+    js: JetStreamContext, after_apply: Callable[[Effects], None] = lambda _: None, state: StoreState | None = None
+) -> tuple[StoreState, EventConsumers]:
     buckets = await natsio.setup_owned(js, "store", 1)
     for name in (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS):
         await natsio.ensure_consumer(js, name)
@@ -34,7 +35,8 @@ async def _store_parts(js: JetStreamContext, after_apply: Callable[[Effects], No
 
 
 async def test_submissions_delivered_to_a_killed_store_are_not_acknowledged_by_its_successor(
-        js: JetStreamContext) -> None:
+    js: JetStreamContext,
+) -> None:
     state, consumers = await _store_parts(js)
     ids = [f"task-{n}" for n in range(5)]
     for task_id in ids:
@@ -79,7 +81,8 @@ async def _stored_tasks(js: JetStreamContext) -> set[str]:
 
 
 async def test_an_event_whose_applying_raises_is_given_up_while_the_rest_of_its_batch_is_written(
-        js: JetStreamContext) -> None:
+    js: JetStreamContext,
+) -> None:
     # Given a store whose applying raises for one task's events (a bug met by one message)
     def after_apply(effects: Effects) -> None:
         if state.tasks.get("task-bad") is not None:
@@ -101,9 +104,15 @@ async def test_an_event_whose_applying_raises_is_given_up_while_the_rest_of_its_
         letters = await _wait_for_letters(js, 1, 30)
         assert letters[0].task_id == "task-bad" and letters[0].deliveries == streams.HANDLING_DELIVERIES
         assert "RuntimeError: boom" in letters[0].reason
-        finished = codec.decode(runs.RunFinished, (await js.get_last_msg(
-            subjects.STREAM_EVENTS, subjects.run_event("task-bad", runs.run_id_for("task-bad", "once"),
-                                                       "finished"))).data)
+        finished = codec.decode(
+            runs.RunFinished,
+            (
+                await js.get_last_msg(
+                    subjects.STREAM_EVENTS,
+                    subjects.run_event("task-bad", runs.run_id_for("task-bad", "once"), "finished"),
+                )
+            ).data,
+        )
         assert finished.status == "failed" and finished.error is not None and finished.error.type == "internal"
         info = await js.consumer_info(subjects.STREAM_TASKS, subjects.CONSUMER_STORE_TASKS)
         assert info.num_ack_pending == 0 and info.num_pending == 0
@@ -114,7 +123,8 @@ async def test_an_event_whose_applying_raises_is_given_up_while_the_rest_of_its_
 
 
 async def test_a_kv_write_answered_by_an_api_error_is_retried_and_the_consumer_keeps_going(
-        js: JetStreamContext) -> None:
+    js: JetStreamContext,
+) -> None:
     # Given the tasks bucket rejecting every write (its stream's max_msg_size is tiny)
     state, consumers = await _store_parts(js)
     stream = f"KV_{subjects.BUCKET_TASKS}"
@@ -158,8 +168,10 @@ async def _wait_for_letters(js: JetStreamContext, count: int, timeout: float) ->
         try:
             info = await js.stream_info(subjects.STREAM_DEAD_LETTERS)
             if info.state.messages >= count:
-                return [codec.decode(runs.DeadLetter, (await js.get_msg(subjects.STREAM_DEAD_LETTERS, seq)).data)
-                        for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+                return [
+                    codec.decode(runs.DeadLetter, (await js.get_msg(subjects.STREAM_DEAD_LETTERS, seq)).data)
+                    for seq in range(info.state.first_seq, info.state.last_seq + 1)
+                ]
         except Exception:  # not created yet
             pass
         assert time.monotonic() < deadline, f"no {count} dead letters within {timeout} s"
@@ -167,7 +179,8 @@ async def _wait_for_letters(js: JetStreamContext, count: int, timeout: float) ->
 
 
 async def test_a_consumer_loop_that_dies_is_restarted_and_counted(
-        js: JetStreamContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a store whose log loop meets an error outside any one message (a bug in the loop itself)
     state, consumers = await _store_parts(js)
     await _submit(js, "task-1")
@@ -197,8 +210,9 @@ async def test_a_consumer_loop_that_dies_is_restarted_and_counted(
 
 
 async def _publish_chunk(js: JetStreamContext, task_id: str, seq: int) -> None:
-    chunk = runs.LogChunk(task_id=task_id, run_id="run-1", attempt=1, seq=seq, stream="stdout", data=f"line {seq}",
-                          at=utcnow())
+    chunk = runs.LogChunk(
+        task_id=task_id, run_id="run-1", attempt=1, seq=seq, stream="stdout", data=f"line {seq}", at=utcnow()
+    )
     await js.publish(subjects.log_chunks(task_id, "run-1"), codec.encode(chunk))
 
 

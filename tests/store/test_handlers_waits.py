@@ -50,7 +50,8 @@ async def until(condition: Any, timeout: float = 5.0) -> None:
 
 
 async def test_waits_beyond_the_request_slots_leave_other_requests_answered(
-        nc: Client, queries: BlockingQueries) -> None:
+    nc: Client, queries: BlockingQueries
+) -> None:
     # Given more waits in progress than the store has request slots
     payload = codec.encode(api.WaitTaskRequest(id="t1", timeout_seconds=60))
     waits = [asyncio.create_task(nc.request(subjects.WAIT_TASK, payload, timeout=30)) for _ in range(WAITERS)]

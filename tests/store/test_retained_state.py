@@ -24,8 +24,9 @@ async def submit_many(api: Api, target: TargetServer, count: int, name: str = "k
 
     async def one(i: int) -> str:
         async with gate:
-            created = await api.submit({"name": f"{name}-{i}", "task_type": "immediate",
-                                        "api_url": f"{target.url}/hello"})
+            created = await api.submit(
+                {"name": f"{name}-{i}", "task_type": "immediate", "api_url": f"{target.url}/hello"}
+            )
             return created["id"]
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
@@ -87,8 +88,9 @@ def loaded_line(stack: Stack) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", lines[-1]))
 
 
-async def test_a_restarted_store_serves_history_it_has_not_read_back(stack: Stack, api: Api,
-                                                                     target: TargetServer) -> None:
+async def test_a_restarted_store_serves_history_it_has_not_read_back(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     ids = await submit_many(api, target, 120)
     await wait_all_final(api, ids)
 
@@ -103,8 +105,9 @@ async def test_a_restarted_store_serves_history_it_has_not_read_back(stack: Stac
     assert (await api.get("/api/stats"))["tasks_by_status"] == {"succeeded": 120}
 
 
-async def test_a_deleted_catalog_is_rebuilt_and_lists_what_kv_holds(stack: Stack, api: Api,
-                                                                    target: TargetServer) -> None:
+async def test_a_deleted_catalog_is_rebuilt_and_lists_what_kv_holds(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     ids = await submit_many(api, target, 60)
     await wait_all_final(api, ids)
     await api.client.delete(f"/api/tasks/{ids[0]}")
@@ -123,8 +126,9 @@ async def test_a_deleted_catalog_is_rebuilt_and_lists_what_kv_holds(stack: Stack
     assert len(listed) == 59
 
 
-async def test_a_cursor_from_before_a_restart_continues_the_same_listing(stack: Stack, api: Api,
-                                                                         target: TargetServer) -> None:
+async def test_a_cursor_from_before_a_restart_continues_the_same_listing(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     ids = await submit_many(api, target, 40)
     await wait_all_final(api, ids)
     first = await api.get("/api/tasks", limit=15)
@@ -157,7 +161,8 @@ async def test_retention_removes_tasks_from_the_catalog_and_from_kv(tmp_path: Pa
 
 
 async def test_a_store_killed_mid_burst_has_a_catalog_that_agrees_with_kv_after_restart(
-        stack: Stack, api: Api, target: TargetServer) -> None:
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
     async def submit_or_not(i: int) -> None:
         body = {"name": f"burst-{i}", "task_type": "immediate", "api_url": f"{target.url}/hello"}
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -16,11 +16,12 @@ from proto.tasks import TaskSpec
 from services.store.state import StoreState
 from services.store.writes import ledger_key
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"
 RUN = runs.run_id_for(TASK, runs.ONCE_SLOT)
-CODE = TaskSpec(name="calc", task_type="immediate", function_code="def f():\n    return 7\n", function_name="f",
-                max_retries=2)
+CODE = TaskSpec(
+    name="calc", task_type="immediate", function_code="def f():\n    return 7\n", function_name="f", max_retries=2
+)
 HOURLY = TaskSpec(name="hourly", task_type="scheduled", api_url="https://example.com/", cron_expression="0 * * * *")
 _ids = itertools.count()
 
@@ -35,27 +36,54 @@ def eid() -> str:
 
 # --- event builders ----------------------------------------------------------------------------------
 
+
 def submitted(task_id: str = TASK, spec: TaskSpec = CODE, when: float = 0, key: str | None = None):
     return events.TaskSubmitted(event_id=eid(), occurred_at=at(when), task_id=task_id, spec=spec, idempotency_key=key)
 
 
-def queued(run_id: str = RUN, attempt: int = 1, retry: int = 0, when: float = 1, task_id: str = TASK,
-           slot: str = runs.ONCE_SLOT, scheduled_for: float = 0):
-    return runs.RunQueued(event_id=eid(), occurred_at=at(when), task_id=task_id, run_id=run_id, slot=slot,
-                          scheduled_for=at(scheduled_for), attempt=attempt, retry=retry)
+def queued(
+    run_id: str = RUN,
+    attempt: int = 1,
+    retry: int = 0,
+    when: float = 1,
+    task_id: str = TASK,
+    slot: str = runs.ONCE_SLOT,
+    scheduled_for: float = 0,
+):
+    return runs.RunQueued(
+        event_id=eid(),
+        occurred_at=at(when),
+        task_id=task_id,
+        run_id=run_id,
+        slot=slot,
+        scheduled_for=at(scheduled_for),
+        attempt=attempt,
+        retry=retry,
+    )
 
 
 def started(run_id: str = RUN, attempt: int = 1, when: float = 2, task_id: str = TASK, runner: str = "runner-a"):
-    return runs.RunStarted(event_id=eid(), occurred_at=at(when), task_id=task_id, run_id=run_id, attempt=attempt,
-                           runner_id=runner)
+    return runs.RunStarted(
+        event_id=eid(), occurred_at=at(when), task_id=task_id, run_id=run_id, attempt=attempt, runner_id=runner
+    )
 
 
-def finished(run_id: str = RUN, attempt: int = 1, status: str = "succeeded", when: float = 3, task_id: str = TASK,
-             **fields: Any):
+def finished(
+    run_id: str = RUN, attempt: int = 1, status: str = "succeeded", when: float = 3, task_id: str = TASK, **fields: Any
+):
     if status != "succeeded" and "error" not in fields:
         fields["error"] = RunError(type="exception" if status == "failed" else status, message=status)
-    return runs.RunFinished(event_id=eid(), occurred_at=at(when), task_id=task_id, run_id=run_id, attempt=attempt,
-                            runner_id="runner-a", status=status, started_at=at(when - 1), **fields)
+    return runs.RunFinished(
+        event_id=eid(),
+        occurred_at=at(when),
+        task_id=task_id,
+        run_id=run_id,
+        attempt=attempt,
+        runner_id="runner-a",
+        status=status,
+        started_at=at(when - 1),
+        **fields,
+    )
 
 
 def cancelled(when: float = 5, task_id: str = TASK):
@@ -92,28 +120,46 @@ def snapshot(state: StoreState) -> tuple:
     """Everything an apply may change, comparable."""
     return (
         {task_id: codec.encode(task) for task_id, task in state.tasks.items()},
-        {task_id: {run_id: codec.encode(run) for run_id, run in task_runs.items()}
-         for task_id, task_runs in state.runs.items()},
+        {
+            task_id: {run_id: codec.encode(run) for run_id, run in task_runs.items()}
+            for task_id, task_runs in state.runs.items()
+        },
         {task_id: codec.encode(entries) for task_id, entries in state.ledgers.items()},
         counts(state),
-        dict(state.metrics.outcomes), state.metrics.durations.count, state.metrics.lag.count,
-        state.metrics.stale_outcomes_rejected, catalogued(state),
+        dict(state.metrics.outcomes),
+        state.metrics.durations.count,
+        state.metrics.lag.count,
+        state.metrics.stale_outcomes_rejected,
+        catalogued(state),
     )
 
 
 # --- submission -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("spec", "status", "next_run_at"), [
-    pytest.param(CODE, "pending", at(0), id="immediate"),
-    pytest.param(TaskSpec(name="later", task_type="delayed", delay_seconds=60, api_url="https://example.com/"),
-                 "pending", at(60), id="delayed"),
-    pytest.param(HOURLY, "active", at(3600), id="scheduled"),
-])
+
+@pytest.mark.parametrize(
+    ("spec", "status", "next_run_at"),
+    [
+        pytest.param(CODE, "pending", at(0), id="immediate"),
+        pytest.param(
+            TaskSpec(name="later", task_type="delayed", delay_seconds=60, api_url="https://example.com/"),
+            "pending",
+            at(60),
+            id="delayed",
+        ),
+        pytest.param(HOURLY, "active", at(3600), id="scheduled"),
+    ],
+)
 def test_a_submitted_task_is_recorded_with_its_first_status(spec: TaskSpec, status: str, next_run_at: Any) -> None:
     state = fresh(spec)
 
     task = state.tasks[TASK]
-    assert (task.status, task.kind, task.task_type, task.next_run_at) == (status, spec.kind, spec.task_type, next_run_at)
+    assert (task.status, task.kind, task.task_type, task.next_run_at) == (
+        status,
+        spec.kind,
+        spec.task_type,
+        next_run_at,
+    )
     assert task.created_at == task.updated_at == at(0)
     assert catalogued(state) == {status: 1}
 
@@ -131,6 +177,7 @@ def test_a_submission_applied_twice_is_recorded_once() -> None:
 
 
 # --- one run, start to finish -----------------------------------------------------------------------
+
 
 def test_a_run_moves_the_task_through_queued_running_and_succeeded() -> None:
     state = fresh()
@@ -184,8 +231,9 @@ def test_the_same_run_events_applied_twice_change_nothing_and_count_once() -> No
     assert state.get(TASK).run_count == 1
 
 
-@pytest.mark.parametrize("order", list(itertools.permutations(["queued", "started", "finished"])),
-                         ids=lambda order: "-then-".join(order))
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations(["queued", "started", "finished"])), ids=lambda order: "-then-".join(order)
+)
 def test_run_events_in_any_order_end_in_the_same_state(order: tuple[str, ...]) -> None:
     state = fresh()
     by_name = {"queued": queued(), "started": started(), "finished": finished(result=7)}
@@ -211,6 +259,7 @@ def test_a_start_before_its_queued_event_still_runs_and_gets_its_slot() -> None:
 
 # --- fencing attempts ---------------------------------------------------------------------------------
 
+
 def test_an_outcome_of_a_superseded_attempt_is_rejected() -> None:
     # Given attempt 1 started, then its message was redelivered and attempt 2 started
     state = fresh()
@@ -234,8 +283,13 @@ def test_an_outcome_of_a_superseded_attempt_is_rejected() -> None:
 
 def test_an_outcome_of_a_superseded_attempt_after_the_final_one_is_rejected() -> None:
     state = fresh()
-    apply_runs(state, queued(), started(attempt=1), started(attempt=2, when=12),
-               finished(attempt=2, status="succeeded", when=14, result="ok"))
+    apply_runs(
+        state,
+        queued(),
+        started(attempt=1),
+        started(attempt=2, when=12),
+        finished(attempt=2, status="succeeded", when=14, result="ok"),
+    )
 
     state.apply_run_event(finished(attempt=1, status="failed", when=15))
 
@@ -246,11 +300,16 @@ def test_an_outcome_of_a_superseded_attempt_after_the_final_one_is_rejected() ->
 
 # --- retries --------------------------------------------------------------------------------------------
 
+
 def test_a_failed_attempt_that_will_retry_leaves_the_task_retrying_until_the_retry_succeeds() -> None:
     state = fresh()
     error = RunError(type="exception", message="ZeroDivisionError")
-    apply_runs(state, queued(), started(),
-               finished(status="failed", when=3, error=error, will_retry=True, retry=1, retry_at=at(5)))
+    apply_runs(
+        state,
+        queued(),
+        started(),
+        finished(status="failed", when=3, error=error, will_retry=True, retry=1, retry_at=at(5)),
+    )
 
     task, run = state.tasks[TASK], state.runs[TASK][RUN]
     assert (task.status, task.next_retry_at, task.error) == ("retrying", at(5), error)
@@ -287,6 +346,7 @@ def test_a_repeated_will_retry_outcome_changes_nothing() -> None:
 
 
 # --- cancel ----------------------------------------------------------------------------------------------
+
 
 def test_cancelling_a_task_with_a_queued_run_cancels_both() -> None:
     state = fresh()
@@ -355,6 +415,7 @@ def test_a_cancelled_task_is_not_cancelled_again_after_it_succeeded() -> None:
 
 # --- delete ---------------------------------------------------------------------------------------------
 
+
 def test_deleting_a_task_removes_everything_and_ignores_its_later_events() -> None:
     state = fresh()
     apply_runs(state, queued(), started())
@@ -373,8 +434,9 @@ def test_deleting_a_task_removes_everything_and_ignores_its_later_events() -> No
     # Later events of the deleted task are ignored, and known as belonging to a deleted task
     late = state.apply_run_event(finished(when=9))
     again = state.apply_task_event(submitted(), seq=3)
-    schedule = state.apply_schedule_event(events.ScheduleUpdated(event_id=eid(), occurred_at=at(9), task_id=TASK,
-                                                                 state="active"))
+    schedule = state.apply_schedule_event(
+        events.ScheduleUpdated(event_id=eid(), occurred_at=at(9), task_id=TASK, state="active")
+    )
     assert not late.unknown_task and not schedule.unknown_task and again.cancels == []
     assert TASK not in state.tasks and TASK not in state.runs
     assert not state.take_writes()
@@ -390,6 +452,7 @@ def test_an_event_for_a_task_never_seen_is_reported_as_unknown() -> None:
 
 
 # --- task events are ordered by their stream sequence -----------------------------------------------
+
 
 def test_pause_and_resume_move_a_schedule_and_a_replayed_pause_is_ignored() -> None:
     state = fresh(HOURLY)
@@ -408,13 +471,30 @@ def test_pause_and_resume_move_a_schedule_and_a_replayed_pause_is_ignored() -> N
 
 # --- schedules ----------------------------------------------------------------------------------------
 
+
 def test_schedule_updates_set_the_counters_and_never_move_them_back() -> None:
     state = fresh(HOURLY)
-    newer = events.ScheduleUpdated(event_id=eid(), occurred_at=at(3600), task_id=TASK, state="active",
-                                   next_run_at=at(7200), fired_count=5, missed_count=2, skipped_count=1,
-                                   last_fire_at=at(3600))
-    older = events.ScheduleUpdated(event_id=eid(), occurred_at=at(1800), task_id=TASK, state="active",
-                                   next_run_at=at(3600), fired_count=3, missed_count=1, skipped_count=0)
+    newer = events.ScheduleUpdated(
+        event_id=eid(),
+        occurred_at=at(3600),
+        task_id=TASK,
+        state="active",
+        next_run_at=at(7200),
+        fired_count=5,
+        missed_count=2,
+        skipped_count=1,
+        last_fire_at=at(3600),
+    )
+    older = events.ScheduleUpdated(
+        event_id=eid(),
+        occurred_at=at(1800),
+        task_id=TASK,
+        state="active",
+        next_run_at=at(3600),
+        fired_count=3,
+        missed_count=1,
+        skipped_count=0,
+    )
 
     state.apply_schedule_event(newer)
     state.apply_schedule_event(older)
@@ -427,8 +507,9 @@ def test_schedule_updates_set_the_counters_and_never_move_them_back() -> None:
 def test_a_schedule_update_to_completed_completes_the_task() -> None:
     state = fresh(HOURLY)
 
-    effects = state.apply_schedule_event(events.ScheduleUpdated(
-        event_id=eid(), occurred_at=at(10), task_id=TASK, state="completed", fired_count=3))
+    effects = state.apply_schedule_event(
+        events.ScheduleUpdated(event_id=eid(), occurred_at=at(10), task_id=TASK, state="completed", fired_count=3)
+    )
 
     task = state.tasks[TASK]
     assert (task.status, task.finished_at, task.next_run_at, task.fired_count) == ("completed", at(10), None, 3)
@@ -437,10 +518,23 @@ def test_a_schedule_update_to_completed_completes_the_task() -> None:
 
 def test_skipped_and_missed_slots_go_to_the_ledger_once() -> None:
     state = fresh(HOURLY)
-    skipped = events.SlotSkipped(event_id=eid(), occurred_at=at(3600), task_id=TASK, scheduled_for=at(3600),
-                                 reason="previous run still running (overlap forbid)")
-    missed = events.SlotsMissed(event_id=eid(), occurred_at=at(4 * 3600), task_id=TASK, count=3,
-                                first=at(7200), last=at(3 * 3600), policy="run_once", caught_up=1)
+    skipped = events.SlotSkipped(
+        event_id=eid(),
+        occurred_at=at(3600),
+        task_id=TASK,
+        scheduled_for=at(3600),
+        reason="previous run still running (overlap forbid)",
+    )
+    missed = events.SlotsMissed(
+        event_id=eid(),
+        occurred_at=at(4 * 3600),
+        task_id=TASK,
+        count=3,
+        first=at(7200),
+        last=at(3 * 3600),
+        policy="run_once",
+        caught_up=1,
+    )
     state.take_writes()
 
     for event in (skipped, missed, skipped, missed):
@@ -455,8 +549,15 @@ def test_the_ledger_keeps_only_its_latest_entries() -> None:
     state = fresh(HOURLY, ledger_limit=3)
 
     for hour in range(1, 6):
-        state.apply_schedule_event(events.SlotSkipped(event_id=eid(), occurred_at=at(hour * 3600), task_id=TASK,
-                                                      scheduled_for=at(hour * 3600), reason="overlap"))
+        state.apply_schedule_event(
+            events.SlotSkipped(
+                event_id=eid(),
+                occurred_at=at(hour * 3600),
+                task_id=TASK,
+                scheduled_for=at(hour * 3600),
+                reason="overlap",
+            )
+        )
 
     assert [e.scheduled_for for e in state.ledgers[TASK]] == [at(3 * 3600), at(4 * 3600), at(5 * 3600)]
 
@@ -466,8 +567,12 @@ def test_a_scheduled_task_stays_active_while_its_runs_come_and_go() -> None:
     slot = runs.slot_for_fire(at(3600))
     run_id = runs.run_id_for(TASK, slot)
 
-    apply_runs(state, queued(run_id, slot=slot, scheduled_for=3600, when=3600),
-               started(run_id, when=3601), finished(run_id, when=3602, result="tick"))
+    apply_runs(
+        state,
+        queued(run_id, slot=slot, scheduled_for=3600, when=3600),
+        started(run_id, when=3601),
+        finished(run_id, when=3602, result="tick"),
+    )
 
     task = state.tasks[TASK]
     assert (task.status, task.result, task.run_count) == ("active", "tick", 1)
@@ -476,6 +581,7 @@ def test_a_scheduled_task_stays_active_while_its_runs_come_and_go() -> None:
 
 # --- bounded history, writes -------------------------------------------------------------------------
 
+
 def test_run_history_keeps_only_the_latest_finished_runs() -> None:
     state = fresh(HOURLY, run_history_limit=3)
     run_ids = []
@@ -483,8 +589,12 @@ def test_run_history_keeps_only_the_latest_finished_runs() -> None:
         slot = runs.slot_for_fire(at(hour * 3600))
         run_id = runs.run_id_for(TASK, slot)
         run_ids.append(run_id)
-        apply_runs(state, queued(run_id, slot=slot, scheduled_for=hour * 3600, when=hour * 3600),
-                   started(run_id, when=hour * 3600 + 1), finished(run_id, when=hour * 3600 + 2))
+        apply_runs(
+            state,
+            queued(run_id, slot=slot, scheduled_for=hour * 3600, when=hour * 3600),
+            started(run_id, when=hour * 3600 + 1),
+            finished(run_id, when=hour * 3600 + 2),
+        )
 
     assert list(state.runs[TASK]) == run_ids[-3:]
     assert state.tasks[TASK].run_count == 5
@@ -499,8 +609,11 @@ def test_run_history_never_drops_an_active_run() -> None:
     run_ids = [runs.run_id_for(TASK, runs.slot_for_fire(at(hour * 3600))) for hour in range(1, 4)]
 
     for hour, run_id in enumerate(run_ids, start=1):
-        apply_runs(state, queued(run_id, slot=runs.slot_for_fire(at(hour * 3600)), when=hour * 3600),
-                   started(run_id, when=hour * 3600 + 1))
+        apply_runs(
+            state,
+            queued(run_id, slot=runs.slot_for_fire(at(hour * 3600)), when=hour * 3600),
+            started(run_id, when=hour * 3600 + 1),
+        )
 
     assert list(state.runs[TASK]) == run_ids
     assert counts(state) == {"running": 3}
@@ -532,8 +645,9 @@ def test_take_writes_is_a_snapshot_of_the_moment_it_was_taken() -> None:
 
 def test_a_failed_write_is_requeued_and_written_again() -> None:
     state = fresh(HOURLY)
-    state.apply_schedule_event(events.SlotSkipped(event_id=eid(), occurred_at=at(1), task_id=TASK,
-                                                  scheduled_for=at(1), reason="overlap"))
+    state.apply_schedule_event(
+        events.SlotSkipped(event_id=eid(), occurred_at=at(1), task_id=TASK, scheduled_for=at(1), reason="overlap")
+    )
     apply_runs(state, queued())
     writes = state.take_writes()
 
@@ -545,6 +659,7 @@ def test_a_failed_write_is_requeued_and_written_again() -> None:
 
 
 # --- races between a cancel and a run that is already on its way ------------------------------------
+
 
 def test_a_run_that_starts_after_its_task_was_cancelled_is_killed() -> None:
     # Given the runner took the run (and found the task still wanted) just before the cancel was applied
@@ -576,14 +691,21 @@ def test_a_retry_queued_after_the_cancel_is_killed() -> None:
 
 def test_a_cron_fire_carries_the_schedules_next_fire_and_counters() -> None:
     state = fresh(spec=HOURLY)
-    fire = runs.RunQueued(event_id=eid(), occurred_at=at(1), task_id=TASK, run_id="r1", slot="cron:1000",
-                          scheduled_for=at(1), schedule=runs.ScheduleView(next_run_at=at(3601), fired_count=3,
-                                                                          missed_count=1, skipped_count=2))
+    fire = runs.RunQueued(
+        event_id=eid(),
+        occurred_at=at(1),
+        task_id=TASK,
+        run_id="r1",
+        slot="cron:1000",
+        scheduled_for=at(1),
+        schedule=runs.ScheduleView(next_run_at=at(3601), fired_count=3, missed_count=1, skipped_count=2),
+    )
     state.apply_run_event(fire)
     task = state.tasks[TASK]
     assert (task.next_run_at, task.fired_count, task.missed_count, task.skipped_count) == (at(3601), 3, 1, 2)
     # an older view arriving late never lowers the counters
-    late = msgspec.structs.replace(fire, event_id=eid(), run_id="r0",
-                                   schedule=runs.ScheduleView(next_run_at=at(1), fired_count=2))
+    late = msgspec.structs.replace(
+        fire, event_id=eid(), run_id="r0", schedule=runs.ScheduleView(next_run_at=at(1), fired_count=2)
+    )
     state.apply_run_event(late)
     assert task.fired_count == 3 and task.skipped_count == 2

@@ -9,9 +9,9 @@ from nats.js import JetStreamContext
 
 from proto import bounds, codec, events, subjects
 from proto.errors import FieldError
+from proto.records import TaskRecord
 from proto.tasks import Limits
 from services.common import natsio
-from proto.records import TaskRecord
 from services.store.commands import Commands
 from services.store.errors import TaskNotFound
 from services.store.state import StoreState
@@ -36,7 +36,9 @@ async def _published(js: JetStreamContext) -> int:
 
 async def test_a_hostile_body_is_refused_and_nothing_is_published(js: JetStreamContext) -> None:
     commands = await _commands(js)
-    body = b'{"name": "deep", "task_type": "immediate", "api_url": "http://a/", "data": ' + b"[" * 980 + b"]" * 980 + b"}"
+    body = (
+        b'{"name": "deep", "task_type": "immediate", "api_url": "http://a/", "data": ' + b"[" * 980 + b"]" * 980 + b"}"
+    )
 
     with pytest.raises(FieldError) as raised:
         await commands.submit(body, None)
@@ -45,13 +47,19 @@ async def test_a_hostile_body_is_refused_and_nothing_is_published(js: JetStreamC
     assert await _published(js) == 0
 
 
-async def test_a_task_whose_event_would_be_too_large_to_keep_is_refused_before_publishing(
-        js: JetStreamContext) -> None:
+async def test_a_task_whose_event_would_be_too_large_to_keep_is_refused_before_publishing(js: JetStreamContext) -> None:
     # Each control character in the code takes 6 bytes as JSON (\u0001): the code and args pass
     # their own bounds, the event would not fit beside a result in the task record.
     code = "def f(x):\n    return 1\n# " + "\x01" * (bounds.MAX_CODE_CHARS - 40)
-    body = json.dumps({"name": "big", "task_type": "immediate", "function_code": code, "function_name": "f",
-                       "args": ["x" * (bounds.MAX_VALUE_BYTES - 100)]}).encode()
+    body = json.dumps(
+        {
+            "name": "big",
+            "task_type": "immediate",
+            "function_code": code,
+            "function_name": "f",
+            "args": ["x" * (bounds.MAX_VALUE_BYTES - 100)],
+        }
+    ).encode()
     commands = await _commands(js)
 
     with pytest.raises(FieldError) as raised:

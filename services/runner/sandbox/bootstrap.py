@@ -30,9 +30,9 @@ import select
 import signal
 import struct
 import sys
-from typing import Any
 import time
 import traceback
+from typing import Any
 
 TASK_FILE = "task.py"
 MESSAGE_CAP = 65536

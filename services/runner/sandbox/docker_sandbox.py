@@ -27,7 +27,7 @@ from services.runner.outcome import Outcome, failed
 from services.runner.output import RunOutput
 from services.runner.sandbox.channel import FRAME_MARGIN_BYTES, STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
-from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
+from services.runner.sandbox.engine import Engine, EngineUnavailable
 from services.runner.sandbox.images import resolve_image, still_resolves
 from services.runner.sandbox.pool import Sandbox, Shape, WarmPool
 from services.runner.sandbox.reaper import LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUN, LABEL_RUNNER, reap_orphans

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker
-from docker.utils import kwargs_from_env
 import docker.errors
 import requests.exceptions
+from docker.utils import kwargs_from_env
 
 log = logging.getLogger(__name__)
 
