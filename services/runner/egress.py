@@ -59,6 +59,11 @@ class EgressPolicy:
         self.deny_hosts = [h.lower().rstrip(".") for h in deny_hosts if h]
         self.allow_hosts = [h.lower().rstrip(".") for h in allow_hosts if h]
 
+    def explicitly_allowed(self, address: str) -> bool:
+        """Whether ``address`` is in an allow range (the operator's exception, or loopback in local mode)."""
+        ip = _ip(address)
+        return any(ip in n for n in self.allow)
+
     def permits(self, address: str) -> bool:
         """Whether a connection to ``address`` (an IP) is allowed, by address alone."""
         ip = _ip(address)

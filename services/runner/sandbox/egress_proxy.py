@@ -131,12 +131,25 @@ class EgressProxy:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
                     connection = await asyncio.open_connection(address, port)
-                self.allowed += 1
-                return connection
             except (OSError, TimeoutError) as exc:
                 failures.append(f"{address}: {exc or type(exc).__name__}")
+                continue
+            if _is_this_host(connection[1]) and not self.policy.explicitly_allowed(address):
+                # one of this host's own (public) addresses: its services, not the internet
+                connection[1].close()
+                self.denied += 1
+                raise ProxyRefusal(403, "Forbidden", f"taskmesh egress proxy: {address} is this runner's host, "
+                                                     "which the egress policy blocks")
+            self.allowed += 1
+            return connection
         raise ProxyRefusal(502, "Bad Gateway", f"taskmesh egress proxy: cannot connect to {host}:{port} "
                                                f"({'; '.join(failures) or 'no address'})")
+
+
+def _is_this_host(writer: asyncio.StreamWriter) -> bool:
+    """A connection to one of this host's addresses: the kernel's local route uses it as the source too."""
+    local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+    return bool(local and peer) and local[0] == peer[0]
 
 
 def _parse(head: bytes) -> tuple[str, str, bytes]:
