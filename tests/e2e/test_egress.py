@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -93,11 +94,26 @@ def host_address() -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer, docker_engine: None) -> Iterator[Stack]:
+def deps_volume(docker_engine: None) -> Iterator[tuple[str, str]]:
+    """A named volume for requirement sets, as compose has: (its name, its directory on this host)."""
+    name = f"taskmesh-test-deps-{secrets.token_hex(3)}"
+    subprocess.run(["docker", "volume", "create", name], check=True, capture_output=True, timeout=30)
+    try:
+        mountpoint = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", name], check=True,
+                                    capture_output=True, text=True, timeout=30).stdout.strip()
+        yield name, mountpoint
+    finally:
+        subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer, deps_volume: tuple[str, str],
+          docker_engine: None) -> Iterator[Stack]:
     running = Stack(tmp_path_factory.mktemp("egress"), env_extra={
         "TASKMESH_FIND_LINKS": wheel_server.url, "TASKMESH_POOL_SIZE": "1",
         "TASKMESH_EGRESS_ALLOW_LOOPBACK": "false",   # a shared deployment: loopback denied
-        "TASKMESH_EGRESS_ALLOW": "127.0.0.2/32"})    # the operator's exception: the allowed target
+        "TASKMESH_EGRESS_ALLOW": "127.0.0.2/32",     # the operator's exception: the allowed target
+        "TASKMESH_DEPS_VOLUME": deps_volume[0], "TASKMESH_DEPS_DIR": deps_volume[1]})  # sets in a volume
     try:
         running.start()
         yield running
@@ -267,3 +283,37 @@ async def test_an_isolated_api_task_reaches_the_allowed_target(api: Api, allowed
     assert task["status"] == "succeeded", task
     assert task["result"]["body"] == "hello from 127.0.0.2"
     await asyncio.sleep(0)  # keep the listener's loop turning before teardown
+
+
+# --- requirement sets ----------------------------------------------------------------------------
+
+LOOK_AROUND = '''
+import os
+
+def look():
+    found = {"deps": os.environ.get("TASKMESH_DEPS"), "mounted": sorted(os.listdir("/deps")),
+             "deps_root": os.path.exists("/deps-root")}
+    for top in ("/deps", "/deps-root", "/"):
+        for directory, subdirectories, files in os.walk(top):
+            if directory.startswith(("/proc", "/sys")):
+                subdirectories[:] = []
+            if "six.py" in files or ".uv-cache" in subdirectories:
+                found.setdefault("others", []).append(directory)
+    return found
+'''
+
+
+async def test_a_sandbox_sees_only_its_own_requirement_set_never_another_tasks_nor_uvs_cache(
+        api: Api, deps_volume: tuple[str, str]) -> None:
+    other = await api.submit({"name": "six", "task_type": "immediate", "requirements": ["six"],
+                              "function_code": "import six\ndef f():\n    return six.__file__", "function_name": "f"})
+    assert (await api.wait_final(other["id"], timeout=180))["status"] == "succeeded"
+    created = await api.submit({"name": "look", "task_type": "immediate", "requirements": ["idna"],
+                                "function_code": LOOK_AROUND, "function_name": "look", "timeout": 60})
+    task = await api.wait_final(created["id"], timeout=180)
+    assert task["status"] == "succeeded", task
+    result = task["result"]
+    assert result["deps"] == "/deps" and "idna" in result["mounted"] and "six.py" not in result["mounted"]
+    assert result["deps_root"] is False
+    assert "others" not in result, result  # neither six (another task's set) nor uv's cache anywhere
+    assert any(name.endswith(".uv-cache") for name in os.listdir(deps_volume[1]))  # it exists, out of sight

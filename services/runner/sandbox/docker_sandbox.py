@@ -158,7 +158,8 @@ class DockerSandboxes:
                     uv_path=self.settings.uv_path, index_url=self.settings.index_url, find_links=self.settings.find_links,
                     ca_bundle=self.settings.ca_bundle,
                     network=self.settings.builder_network, timeout_seconds=self.settings.install_timeout_seconds,
-                    max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels))
+                    max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels,
+                    set_max_bytes=self.settings.deps_set_max_bytes))
             if self.network is None:
                 try:
                     await self._set_up_egress()
@@ -216,11 +217,8 @@ class DockerSandboxes:
         binds: dict[str, dict[str, str]] = {}
         environment = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                        "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp"}
-        if shape.deps_key is not None:
-            if self.settings.deps_volume:
-                binds[self.settings.deps_volume] = {"bind": "/deps-root", "mode": "ro"}
-            else:
-                binds[shape.deps_host_path or ""] = {"bind": "/deps", "mode": "ro"}
+        if shape.deps_key is not None:  # its own set only: never the cache's root (other sets, uv's cache)
+            binds[shape.deps_host_path or ""] = {"bind": "/deps", "mode": "ro"}
             environment["TASKMESH_DEPS"] = shape.deps_in_sandbox or "/deps"
         if shape.network != "none":
             environment.update(self._proxy_environment())
