@@ -79,7 +79,7 @@ are `true`/`false`; an empty value unsets an optional setting. A service ignores
 not read.
 
 compose.yaml sets the NATS user and password of each service, `TASKMESH_HTTP_HOST`,
-`TASKMESH_API_TOKENS`, `TASKMESH_DEPS_DIR`, `TASKMESH_DEPS_VOLUME`, `TASKMESH_INSTANCE` and
+`TASKMESH_API_TOKENS`, `TASKMESH_DEPS_DIR`, `TASKMESH_DEPS_VOLUME`, `TASKMESH_SANDBOX_NETWORK`, `TASKMESH_INSTANCE` and
 `TASKMESH_BUILDER_NETWORK` itself; the variables compose.yaml reads (passwords, image names, the
 published port) are listed at its top and in deploy/README.md.
 
