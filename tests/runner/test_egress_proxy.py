@@ -62,10 +62,9 @@ async def started(proxy: EgressProxy) -> str:
 
 
 async def get(proxy_url: str, url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url, proxy=proxy_url, allow_redirects=False,
-                               timeout=aiohttp.ClientTimeout(total=10)) as response:
-            return response.status, await response.text()
+    async with aiohttp.ClientSession() as session, session.get(
+            url, proxy=proxy_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=10)) as response:
+        return response.status, await response.text()
 
 
 async def test_a_request_to_an_allowed_address_goes_through(targets: tuple[Target, Target]) -> None:
