@@ -136,3 +136,33 @@ def test_host_names_are_denied_or_allowed_whatever_they_resolve_to() -> None:
     assert policy.refusal("bad.example", "93.184.216.34") is None  # the wildcard is for subdomains
     assert policy.refusal("index.internal.example", "10.0.0.5") is None
     assert policy.refusal("rebind.example", "10.0.0.5") == "rebind.example resolves to 10.0.0.5, which the egress policy blocks"
+
+
+async def test_an_api_task_reaches_a_host_the_operator_allowed_by_name_and_not_one_denied_by_name() -> None:
+    from aiohttp import web
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"hello": "local"})
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    outcomes = {}
+    for name, policy in (("allowed", EgressPolicy(DEFAULT_BLOCKED_RANGES, allow_hosts=["localhost"])),
+                         ("default", DEFAULT),
+                         ("denied", EgressPolicy([], deny_hosts=["localhost"]))):
+        tasks = HttpTasks(policy, max_connections=4, default_timeout=5, max_timeout=5, body_cap_bytes=1000)
+        try:
+            outcomes[name] = await tasks.execute(_spec(f"http://localhost:{port}/hello"), NullOutput())
+        finally:
+            await tasks.close()
+    await runner.cleanup()
+    assert outcomes["allowed"].status == "succeeded" and outcomes["allowed"].result["body"] == {"hello": "local"}
+    for name in ("default", "denied"):
+        assert outcomes[name].status == "failed" and outcomes[name].error is not None
+        assert outcomes[name].error.type == "egress_denied", outcomes[name].error
+    assert outcomes["denied"].error.message == "localhost is a host name the egress policy blocks"  # type: ignore[union-attr]

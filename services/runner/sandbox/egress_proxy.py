@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 HEAD_MAX_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
+MAX_CONNECTIONS = 256
+"""Open client connections at once (each holds two of the runner's file descriptors); more are closed."""
 HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -78,6 +80,10 @@ class EgressProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            self.denied += 1
+            writer.close()
+            return
         self._connections.add(task)
         try:
             await self._handle(reader, writer)

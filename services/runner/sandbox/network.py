@@ -49,6 +49,8 @@ async def ensure_network(engine: Engine, name: str, labels: dict[str, str], list
     gateway = next((c["Gateway"].split("/")[0] for c in configs if c.get("Gateway") and ":" not in c["Gateway"]), "")
     interface = (info.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
     own = await _own_address(engine, info)
+    if not (listen or own or gateway):  # never listen on every address of the host instead
+        raise RuntimeError(f"network {name} has no IPv4 gateway for the egress proxy: set TASKMESH_EGRESS_PROXY_HOST")
     return SandboxNetwork(name=name, interface=interface, gateway=gateway, listen=listen or own or gateway,
                           internal=bool(info.get("Internal")))
 
