@@ -193,7 +193,9 @@ def local_service_env(nats_url: str, http_port: int, data_dir: Path, instance: s
     """
     env = {"TASKMESH_NATS_URL": nats_url, "TASKMESH_HTTP_PORT": str(http_port),
            "TASKMESH_DEPS_DIR": str(data_dir / "deps"), "TASKMESH_STORE_DIR": str(data_dir / "store"),
-           "TASKMESH_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"}
+           "TASKMESH_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
+           # one user on one machine: tasks may reach this machine's own services (README's examples)
+           "TASKMESH_EGRESS_ALLOW_LOOPBACK": "true"}
     if instance is not None:
         env["TASKMESH_INSTANCE"] = instance
     return env

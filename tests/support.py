@@ -41,7 +41,6 @@ class Stack:
         return {
             **local_service_env(self.nats.url if self.nats else "", self.http_port, self.root, self.instance),
             "TASKMESH_SHUTDOWN_GRACE": "10",
-            "TASKMESH_SANDBOX_NETWORK": "host",
             "TASKMESH_BUILDER_NETWORK": os.environ.get("TASKMESH_BUILDER_NETWORK", "host"),
             "TASKMESH_POOL_SIZE": "1",
             **self.env_extra,

@@ -65,15 +65,12 @@ MEANINGS: dict[str, str] = {
     "log_cap_bytes": "Output kept per run attempt; the rest is cut (runner) and never stored (store).",
     "result_cap_bytes": "Largest return value of a code task, as JSON.",
     "response_body_cap_bytes": "Response body kept as an API task's result.",
-    "egress_deny": "Networks API tasks may not reach (checked on the resolved address), comma-separated CIDRs.",
-    "egress_allow": "Exceptions to `TASKMESH_EGRESS_DENY`, comma-separated CIDRs.",
     "docker_host": "Docker engine to start sandboxes on (default: `DOCKER_HOST`, else the local socket).",
     "sandbox_image": "Image of code sandboxes; when it is the default and cannot be pulled, a local image labelled `org.taskmesh.sandbox` is used.",
     "sandbox_pids_limit": "Processes a sandbox may run.",
     "sandbox_tmpfs_mb": "Size of a sandbox's writable /tmp (the rest of its filesystem is read-only).",
     "sandbox_user": "User (uid:gid) sandboxes run as.",
     "pool_max_idle": "A warm container unused this long is replaced.",
-    "deps_cache_max_bytes": "Size budget of installed requirement sets; least recently used sets are evicted beyond it.",
     "builder_network": "Docker network of the containers that install requirements (they need the index).",
     "install_timeout_seconds": "Longest a requirement install may take.",
 }
@@ -85,7 +82,7 @@ are `true`/`false`; an empty value unsets an optional setting. A service ignores
 not read.
 
 compose.yaml sets the NATS user and password of each service, `TASKMESH_HTTP_HOST`,
-`TASKMESH_API_TOKENS`, `TASKMESH_DEPS_DIR`, `TASKMESH_DEPS_VOLUME`, `TASKMESH_INSTANCE` and
+`TASKMESH_API_TOKENS`, `TASKMESH_DEPS_DIR`, `TASKMESH_DEPS_VOLUME`, `TASKMESH_SANDBOX_NETWORK`, `TASKMESH_INSTANCE` and
 `TASKMESH_BUILDER_NETWORK` itself; the variables compose.yaml reads (passwords, image names, the
 published port) are listed at its top and in deploy/README.md.
 

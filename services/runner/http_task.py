@@ -14,7 +14,7 @@ import msgspec
 from proto.runs import RunError
 from proto.tasks import TaskSpec
 from services.common.masking import MASK
-from services.runner.egress import EgressDenied, EgressPolicy
+from services.runner.egress import EgressDenied, EgressPolicy, allow_for_this_request, reset_request_allowance
 from services.runner.outcome import Outcome, failed
 from services.runner.output import RunOutput
 
@@ -60,16 +60,21 @@ class HttpTasks:
 
     async def egress_blocked(self, url: str) -> str | None:
         """Why the egress policy forbids ``url``'s host, or None (for requests made elsewhere)."""
+        return (await self._resolve_checked(url))[0]
+
+    async def _resolve_checked(self, url: str) -> tuple[str | None, list[str]]:
+        """The refusal for ``url``'s host (or None) and the addresses it resolved to."""
         host, port = urlsplit(url).hostname or "", urlsplit(url).port or 443
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port)
         except OSError:
-            return None  # unresolvable here; the request itself will say so
-        for info in infos:
-            address = str(info[4][0])
-            if not self.policy.permits(address):
-                return f"{host} resolves to {address}, which the egress policy blocks"
-        return None
+            return None, []  # unresolvable here; the request itself will say so
+        addresses = [str(info[4][0]) for info in infos]
+        for address in addresses:
+            refusal = self.policy.refusal(host, address)
+            if refusal:
+                return refusal, addresses
+        return None, addresses
 
     async def execute(self, spec: TaskSpec, output: RunOutput) -> Outcome:
         """Make the request; non-expected status codes fail the run but keep the response."""
@@ -77,6 +82,14 @@ class HttpTasks:
         url = spec.api_url or ""
         output.system(f"{spec.method} {redacted(url)} (timeout {timeout:g} s)")
         started = time.perf_counter()
+        allowance = None
+        if self.policy.deny_hosts or self.policy.allow_hosts:  # names: decided here, addresses by the socket hook
+            refusal, addresses = await self._resolve_checked(url)
+            if refusal:
+                output.system(f"blocked: {refusal}")
+                return failed("egress_denied", refusal)
+            if self.policy.allowed_by_name(urlsplit(url).hostname or ""):
+                allowance = allow_for_this_request(addresses)
         try:
             async with asyncio.timeout(timeout):
                 async with self.session().request(spec.method, url, allow_redirects=False,
@@ -95,6 +108,9 @@ class HttpTasks:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             output.system(f"request failed: {message}")
             return failed("http_error", f"request to {redacted(url)} failed: {message}")
+        finally:
+            if allowance is not None:
+                reset_request_allowance(allowance)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         result: dict[str, Any] = {
             "status_code": response.status,

@@ -20,7 +20,6 @@ from services.common.ids import new_instance_id
 from services.common.lifecycle import supervise
 from services.common.poison import handling_failed
 from services.common.presence import announce_forever, hostname
-from services.runner.egress import EgressPolicy
 from services.runner.executor import RunExecutor
 from services.runner.http_task import HttpTasks
 from services.runner.sandbox.docker_sandbox import DockerSandboxes
@@ -57,7 +56,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         await sandboxes.start(stop)
         stack.push_async_callback(sandboxes.close)
         limits = settings.limits()
-        http = HttpTasks(EgressPolicy(settings.egress_deny, settings.egress_allow),
+        http = HttpTasks(settings.egress_policy(),
                          max_connections=settings.api_slots * 2, default_timeout=limits.api_timeout_seconds,
                          max_timeout=limits.max_timeout_seconds, body_cap_bytes=settings.response_body_cap_bytes)
         stack.push_async_callback(http.close)

@@ -133,10 +133,16 @@ def _request(payload):
         else:
             import urllib.error
             import urllib.request
+            class _NoRedirects(urllib.request.HTTPRedirectHandler):
+                def redirect_request(self, *args, **kwargs):
+                    return None  # like requests' allow_redirects=False: the 3xx is the result
+
+            # the proxy from the environment (the runner's egress proxy) and no redirects followed
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler(), _NoRedirects())
             req = urllib.request.Request(request["url"], data=data, method=request["method"],
                                          headers=request["headers"])
             try:
-                with urllib.request.urlopen(req, timeout=request["timeout"]) as response:
+                with opener.open(req, timeout=request["timeout"]) as response:
                     status, reason, headers, content = (response.status, response.reason,
                                                         dict(response.headers), response.read())
             except urllib.error.HTTPError as exc:

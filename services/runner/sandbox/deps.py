@@ -3,7 +3,10 @@ directory by a throw-away builder container with network, then mounted read-only
 
 The run itself stays offline. Sets are built once even when several runs (or runners on the same
 Docker host) need a new set at the same moment: an asyncio lock per set, and a file lock for
-other processes. Least recently used sets are evicted past a size budget.
+other processes. A sandbox mounts its own set's directory and nothing else of the cache: never
+another task's set, uv's cache or a partial build. One size budget covers sets, uv's cache and
+abandoned partial builds (uv's cache goes first, then the least recently used sets); a set larger
+than its own limit is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from services.runner.sandbox.engine import Engine
 log = logging.getLogger(__name__)
 
 MARKER = ".taskmesh-complete"
+UV_CACHE = ".uv-cache"
 BUILDER_UV = "/opt/taskmesh/uv"
 BUILDER_CA = "/opt/taskmesh/ca-certificates.crt"
 IN_USE_GRACE_SECONDS = 600
@@ -62,6 +66,7 @@ class DepsConfig:
     timeout_seconds: float
     max_bytes: int
     labels: dict[str, str]
+    set_max_bytes: int = 2 * 1024**3
 
 
 def find_uv(configured: str | None) -> str | None:
@@ -82,6 +87,7 @@ class DependencyCache:
         self.config = config
         self.root = Path(config.root).absolute()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._host_root: str | None = None
         self.installs = 0
         self.hits = 0
 
@@ -91,8 +97,18 @@ class DependencyCache:
                           *normalise_requirements(requirements)])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def _mounted(self, key: str) -> str:
-        return f"/deps-root/{key}" if self.config.volume else "/deps"
+    async def host_path(self, key: str) -> str:
+        """Where the engine finds set ``key``: under the volume's mountpoint when sets live in a
+        volume (Docker API 1.41 has no volume-subpath mount, so a sandbox binds that directory)."""
+        if not self.config.volume:
+            return str(self.root / key)
+        if self._host_root is None:
+            volume = await self.engine.call("inspect_volume", self.config.volume)
+            self._host_root = str(volume["Mountpoint"])
+        return f"{self._host_root}/{key}"
+
+    async def _found(self, key: str, cache_hit: bool, install_ms: float) -> DepsSet:
+        return DepsSet(key, await self.host_path(key), "/deps", cache_hit, install_ms)
 
     async def ensure(self, requirements: list[str], image_id: str) -> DepsSet:
         """The installed set for ``requirements``, building it first if needed."""
@@ -101,12 +117,12 @@ class DependencyCache:
         if (directory / MARKER).exists():
             self.hits += 1
             _touch(directory / MARKER)
-            return DepsSet(key, str(directory), self._mounted(key), True, 0.0)
+            return await self._found(key, True, 0.0)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             if (directory / MARKER).exists():
                 self.hits += 1
-                return DepsSet(key, str(directory), self._mounted(key), True, 0.0)
+                return await self._found(key, True, 0.0)
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(None, self.root.mkdir, 0o755, True, True)
             with open(self.root / f"{key}.lock", "w") as lock_file:
@@ -121,7 +137,7 @@ class DependencyCache:
         elapsed = round((time.perf_counter() - started) * 1000, 1)
         log.info("requirements installed", extra={"set": key, "requirements": len(requirements), "ms": elapsed})
         asyncio.get_running_loop().run_in_executor(None, self._evict_if_needed, key)
-        return DepsSet(key, str(directory), self._mounted(key), False, elapsed)
+        return await self._found(key, False, elapsed)
 
     async def _build(self, key: str, requirements: list[str]) -> None:
         uv = find_uv(self.config.uv_path)
@@ -129,7 +145,7 @@ class DependencyCache:
             raise DependencyInstallFailed("no uv binary to install requirements with (set TASKMESH_UV_PATH)")
         partial = f"{key}.partial-{os.getpid()}-{int(time.time() * 1000)}"
         target_in_builder = f"/deps-root/{partial}"
-        environment = {"HOME": "/tmp", "UV_CACHE_DIR": "/deps-root/.uv-cache", "UV_NO_PROGRESS": "1",
+        environment = {"HOME": "/tmp", "UV_CACHE_DIR": f"/deps-root/{UV_CACHE}", "UV_NO_PROGRESS": "1",
                        "UV_PYTHON_DOWNLOADS": "never"}
         if self.config.index_url:
             environment["UV_INDEX_URL"] = self.config.index_url
@@ -171,6 +187,11 @@ class DependencyCache:
             if status.get("StatusCode", 1) != 0:
                 logs = await self.engine.call("logs", container, stdout=True, stderr=True)
                 raise DependencyInstallFailed(_installer_message(logs.decode("utf-8", "replace")))
+            size = await asyncio.get_running_loop().run_in_executor(None, _size, self.root / partial)
+            if size > self.config.set_max_bytes:
+                raise DependencyInstallFailed(
+                    f"the installed requirements take {size / 1024**2:.0f} MB, more than the "
+                    f"{self.config.set_max_bytes / 1024**2:.0f} MB a requirement set may (TASKMESH_DEPS_SET_MAX_BYTES)")
             await asyncio.get_running_loop().run_in_executor(None, self._complete, partial, key)
         finally:
             await self.engine.remove(container)
@@ -185,14 +206,26 @@ class DependencyCache:
         source.rename(target)
 
     def _evict_if_needed(self, keep: str) -> None:
-        """Remove least recently used sets until the cache fits its budget."""
+        """Remove abandoned partial builds, then uv's cache, then least recently used sets, until
+        everything fits the budget."""
+        now = time.time()
         try:
-            sets = [(p, (p / MARKER).stat().st_mtime, _size(p)) for p in self.root.iterdir()
-                    if p.is_dir() and (p / MARKER).exists()]
+            entries = [p for p in self.root.iterdir() if p.is_dir()]
         except OSError:
             return
-        total = sum(size for _, _, size in sets)
-        now = time.time()
+        for path in entries:  # a partial older than any install may be is a crashed build's
+            if ".partial-" in path.name and now - path.stat().st_mtime > self.config.timeout_seconds + 60:
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("partial build removed", extra={"path": path.name})
+        sets = [(p, (p / MARKER).stat().st_mtime, _size(p)) for p in entries if (p / MARKER).exists()]
+        others = sum(_size(p) for p in entries if p.exists() and not (p / MARKER).exists())
+        total = sum(size for _, _, size in sets) + others
+        cache = self.root / UV_CACHE
+        if total > self.config.max_bytes and cache.exists() and not self._locks:  # not under a build of ours
+            cache_size = _size(cache)
+            shutil.rmtree(cache, ignore_errors=True)
+            total -= cache_size
+            log.info("uv cache cleared", extra={"bytes": cache_size})
         for path, used_at, size in sorted(sets, key=lambda s: s[1]):
             if total <= self.config.max_bytes:
                 break

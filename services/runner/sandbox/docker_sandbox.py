@@ -27,8 +27,10 @@ from services.runner.outcome import Outcome, failed
 from services.runner.output import RunOutput
 from services.runner.sandbox.channel import FRAME_MARGIN_BYTES, STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
-from services.runner.sandbox.engine import Engine, EngineUnavailable
+from services.runner.sandbox.egress_proxy import EgressProxy
+from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
 from services.runner.sandbox.images import resolve_image, still_resolves
+from services.runner.sandbox.network import HostFirewall, SandboxNetwork, ensure_network
 from services.runner.sandbox.pool import Sandbox, Shape, WarmPool
 from services.runner.sandbox.reaper import LABEL_INSTANCE, LABEL_MANAGED, LABEL_RUN, LABEL_RUNNER, reap_orphans
 from services.runner.settings import RunnerSettings
@@ -78,6 +80,10 @@ class DockerSandboxes:
         self.detail = "not checked yet"
         self.deps: DependencyCache | None = None
         self.pool: WarmPool | None = None
+        self.network: SandboxNetwork | None = None
+        self.proxy = EgressProxy(settings.egress_policy())
+        self.firewall: HostFirewall | None = None
+        self.egress_detail = "not set up yet"
         self.active: dict[str, str] = {}  # run id -> container id
         self.started_total = 0
         self.reaped_total = 0
@@ -104,6 +110,9 @@ class DockerSandboxes:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.proxy.close()
+        if self.firewall is not None:
+            await self.firewall.remove()
         if self.pool is not None:
             await self.pool.close()
         for container_id in list(self.active.values()):
@@ -149,14 +158,47 @@ class DockerSandboxes:
                     uv_path=self.settings.uv_path, index_url=self.settings.index_url, find_links=self.settings.find_links,
                     ca_bundle=self.settings.ca_bundle,
                     network=self.settings.builder_network, timeout_seconds=self.settings.install_timeout_seconds,
-                    max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels))
+                    max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels,
+                    set_max_bytes=self.settings.deps_set_max_bytes))
+            if self.network is None:
+                try:
+                    await self._set_up_egress()
+                except Exception as exc:  # networked runs fail clearly until it works; the rest run
+                    self.egress_detail = f"egress setup failed: {type(exc).__name__}: {exc}"
+                    log.warning("%s", self.egress_detail)
             if not self.usable:
-                log.info("sandboxes usable", extra={"image": self.image})
+                log.info("sandboxes usable", extra={"image": self.image, "egress": self.egress_detail})
             self.usable, self.detail = True, "ok"
         except EngineUnavailable as exc:
             self._unusable(str(exc))
         except Exception as exc:  # anything else the engine says
             self._unusable(f"sandbox backend error: {type(exc).__name__}: {exc}")
+
+    async def _set_up_egress(self) -> None:
+        """The internal network, the egress proxy on it and, when possible, the host firewall."""
+        network = await ensure_network(self.engine, self.settings.sandbox_network, self.labels,
+                                       self.settings.egress_proxy_host)
+        if self.proxy.server is None:
+            await self.proxy.start(network.listen)
+        self.egress_detail = f"proxy {network.listen}:{self.proxy.address[1]} on {network.name}"
+        if not network.internal:
+            log.warning("sandbox network %s is not internal: sandboxes can bypass the egress proxy", network.name)
+            self.egress_detail += " (not internal)"
+        if self.settings.egress_host_firewall:
+            firewall = HostFirewall(network, self.proxy.address[1])
+            problem = await firewall.install()
+            if problem:
+                log.warning("host firewall not installed (%s): sandboxes reach this host's open ports", problem)
+                self.egress_detail += f"; host firewall off: {problem}"
+            else:
+                self.firewall = firewall
+        self.network = network
+
+    def _proxy_environment(self) -> dict[str, str]:
+        host, port = self.proxy.address
+        url = f"http://{host}:{port}"
+        return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
+                "NO_PROXY": "", "no_proxy": ""}
 
     def _unusable(self, detail: str) -> None:
         if self.usable or detail != self.detail:
@@ -175,12 +217,11 @@ class DockerSandboxes:
         binds: dict[str, dict[str, str]] = {}
         environment = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                        "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp"}
-        if shape.deps_key is not None:
-            if self.settings.deps_volume:
-                binds[self.settings.deps_volume] = {"bind": "/deps-root", "mode": "ro"}
-            else:
-                binds[shape.deps_host_path or ""] = {"bind": "/deps", "mode": "ro"}
+        if shape.deps_key is not None:  # its own set only: never the cache's root (other sets, uv's cache)
+            binds[shape.deps_host_path or ""] = {"bind": "/deps", "mode": "ro"}
             environment["TASKMESH_DEPS"] = shape.deps_in_sandbox or "/deps"
+        if shape.network != "none":
+            environment.update(self._proxy_environment())
         host_config = await self.engine.call(
             "create_host_config",
             network_mode=shape.network, mem_limit=f"{shape.memory_mb}m", memswap_limit=f"{shape.memory_mb}m",
@@ -227,6 +268,9 @@ class DockerSandboxes:
         if not self.usable or self.deps is None or self.pool is None:
             output.system(f"sandbox unavailable: {self.detail}")
             return failed("sandbox_unavailable", f"sandbox unavailable: {self.detail}")
+        if job.network and self.network is None:
+            output.system(f"sandbox network unavailable: {self.egress_detail}")
+            return failed("sandbox_unavailable", f"sandbox network unavailable: {self.egress_detail}")
         started = time.perf_counter()
         shape = Shape(image=self.image, network="none" if not job.network else self.settings.sandbox_network,
                       memory_mb=job.memory_mb, cpus=job.cpus)
