@@ -12,15 +12,22 @@ import time
 import traceback
 from pathlib import Path
 
-WORKLOADS = {"W1": "bench.w1_throughput", "W2": "bench.w2_latency", "W3": "bench.w3_delayed",
-             "W4": "bench.w4_schedules", "W5": "bench.w5_sandbox", "W6": "bench.w6_footprint",
-             "SCALE": "bench.scaleout"}
+WORKLOADS = {
+    "W1": "bench.w1_throughput",
+    "W2": "bench.w2_latency",
+    "W3": "bench.w3_delayed",
+    "W4": "bench.w4_schedules",
+    "W5": "bench.w5_sandbox",
+    "W6": "bench.w6_footprint",
+    "SCALE": "bench.scaleout",
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                        help=f"any of {', '.join(WORKLOADS)} (default: all, in that order)")
+    parser.add_argument(
+        "workloads", nargs="*", metavar="WORKLOAD", help=f"any of {', '.join(WORKLOADS)} (default: all, in that order)"
+    )
     parser.add_argument("--quick", action="store_true", help="about 1/20 of every size: a few minutes in all")
     parser.add_argument("--no-celery", action="store_true", help="Taskmesh only (no baseline, no ratios)")
     parser.add_argument("--profile", action="store_true", help="py-spy every service during load phases")
@@ -67,14 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     wheelhouse = set_up(args)
     git = git_info()
-    header = {"date": started.date().isoformat(), "started_at": started.isoformat(), "git": git,
-              "machine": machine_info(), "versions": versions(None if args.no_celery else str(venv_python())),
-              "quick": args.quick, "workloads_selected": args.workloads, "params": params.as_dict(),
-              "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])])}
+    header = {
+        "date": started.date().isoformat(),
+        "started_at": started.isoformat(),
+        "git": git,
+        "machine": machine_info(),
+        "versions": versions(None if args.no_celery else str(venv_python())),
+        "quick": args.quick,
+        "workloads_selected": args.workloads,
+        "params": params.as_dict(),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+    }
     work_dir = ROOT / ".taskmesh" / "bench-runs" / started.strftime("%Y%m%dT%H%M%S")
     work_dir.mkdir(parents=True, exist_ok=True)
-    print(f"bench: {', '.join(args.workloads)}{' (quick)' if args.quick else ''} on {os.cpu_count()} cores, "
-          f"commit {git['commit']}{' (dirty)' if git['dirty'] else ''}; logs in {work_dir}", file=sys.stderr)
+    print(
+        f"bench: {', '.join(args.workloads)}{' (quick)' if args.quick else ''} on {os.cpu_count()} cores, "
+        f"commit {git['commit']}{' (dirty)' if git['dirty'] else ''}; logs in {work_dir}",
+        file=sys.stderr,
+    )
     target = TargetProcess(work_dir).start()
     ctx = Context(params, work_dir, target, celery=not args.no_celery, profile=args.profile, wheelhouse=wheelhouse)
     results: list[report.WorkloadResult] = []
@@ -101,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         for note in result.notes:
             print(f"  {result.name}: {note}")
-    print(f"\nwritten {path.relative_to(ROOT)} ({os.cpu_count()} cores, load average "
-          f"{header['machine']['load_average_start']} → {header['machine']['load_average_end']})")  # type: ignore[index]
+    print(
+        f"\nwritten {path.relative_to(ROOT)} ({os.cpu_count()} cores, load average "
+        f"{header['machine']['load_average_start']} → {header['machine']['load_average_end']})"
+    )  # type: ignore[index]
     failed = any(result.error for result in results)
     if args.keep or failed:
         print(f"run directory kept: {work_dir}")

@@ -35,8 +35,9 @@ def ensure_venv() -> Path:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     if os.path.exists(CA_BUNDLE):
         env.setdefault("SSL_CERT_FILE", CA_BUNDLE)
-    done = subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", *REQUIREMENTS], env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(venv_python()), "-m", "pip", "install", "-q", *REQUIREMENTS], env=env, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(f"pip install into {VENV} failed: {done.stderr[-3000:]}")
     stamp.write_text("ok\n")
@@ -51,8 +52,12 @@ def ensure_redis_server() -> str:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise RuntimeError("redis-server is missing: install it (apt-get install -y redis-server)")
     print("bench: apt-get install -y redis-server", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "redis-server"],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        stdout=subprocess.DEVNULL,
+    )
     found = shutil.which("redis-server")
     if not found:
         raise RuntimeError("apt-get installed redis-server but it is not on PATH")
@@ -74,9 +79,14 @@ class CeleryStack:
     beat: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
-        return {"BENCH_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}", "BENCH_TARGET_URL": self.target_url,
-                "BENCH_BEAT_SCHEDULES": str(self.beat_schedules or 0), "PYTHONPATH": str(ROOT),
-                "PYTHONUNBUFFERED": "1", **self.extra_env}
+        return {
+            "BENCH_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
+            "BENCH_TARGET_URL": self.target_url,
+            "BENCH_BEAT_SCHEDULES": str(self.beat_schedules or 0),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
 
     def _celery(self, *args: str) -> list[str]:
         return [str(venv_python()), "-m", "celery", "-A", "bench.celery_app.app", *args]
@@ -85,13 +95,38 @@ class CeleryStack:
         logs = self.root / "logs"
         self.redis_port = procs.free_port()
         self.redis = procs.start_child(
-            [ensure_redis_server(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.root)], logs / "redis.log")
+            [
+                ensure_redis_server(),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            logs / "redis.log",
+        )
         procs.wait_port(self.redis_port, self.redis)
         self.worker = procs.start_child(
-            self._celery("worker", "--pool", "prefork", "--concurrency", str(self.concurrency), "--loglevel",
-                         "WARNING", "--hostname", f"bench@{self.redis_port}"),
-            logs / "celery-worker.log", self.env(), cwd=str(ROOT))
+            self._celery(
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(self.concurrency),
+                "--loglevel",
+                "WARNING",
+                "--hostname",
+                f"bench@{self.redis_port}",
+            ),
+            logs / "celery-worker.log",
+            self.env(),
+            cwd=str(ROOT),
+        )
         self.driver("ping", timeout=60, wait_s=90)
         if self.beat_schedules is not None:
             self.start_beat()
@@ -99,9 +134,19 @@ class CeleryStack:
 
     def start_beat(self) -> None:
         self.beat = procs.start_child(
-            self._celery("beat", "--scheduler", "bench.celery_app.beat:DueScheduler", "--schedule",
-                         str(self.root / "beat-schedule"), "--loglevel", "WARNING"),
-            self.root / "logs" / "celery-beat.log", self.env(), cwd=str(ROOT))
+            self._celery(
+                "beat",
+                "--scheduler",
+                "bench.celery_app.beat:DueScheduler",
+                "--schedule",
+                str(self.root / "beat-schedule"),
+                "--loglevel",
+                "WARNING",
+            ),
+            self.root / "logs" / "celery-beat.log",
+            self.env(),
+            cwd=str(ROOT),
+        )
         time.sleep(0.5)
         if self.beat.poll() is not None:
             raise RuntimeError(f"celery beat exited: {(self.root / 'logs' / 'celery-beat.log').read_text()[-2000:]}")
@@ -112,8 +157,9 @@ class CeleryStack:
         for name, value in options.items():
             command += [f"--{name}", str(value)]
         started = time.monotonic()
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **self.env()},
-                              cwd=str(ROOT), timeout=wait_s)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, **self.env()}, cwd=str(ROOT), timeout=wait_s
+        )
         if done.returncode != 0:
             raise RuntimeError(f"celery driver {workload} failed ({done.returncode}): {done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])

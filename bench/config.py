@@ -37,9 +37,22 @@ class Params:
     def quick(self) -> Params:
         """About 1/20 of everything, so a full run fits in a few minutes."""
         return replace(
-            self, w1_tasks=500, w2_tasks=40, w3_sizes=(500, 5_000), w3_delay_min_s=2.0, w3_delay_max_s=8.0,
-            w4_schedules=50, w4_window_s=10.0, w4_warmup_s=2.0, w5_latency_runs=10, w5_burst=20,
-            w5_import_runs=2, w6_tasks=500, scale_w1_tasks=500, scale_w5_burst=20)
+            self,
+            w1_tasks=500,
+            w2_tasks=40,
+            w3_sizes=(500, 5_000),
+            w3_delay_min_s=2.0,
+            w3_delay_max_s=8.0,
+            w4_schedules=50,
+            w4_window_s=10.0,
+            w4_warmup_s=2.0,
+            w5_latency_runs=10,
+            w5_burst=20,
+            w5_import_runs=2,
+            w6_tasks=500,
+            scale_w1_tasks=500,
+            scale_w5_burst=20,
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)

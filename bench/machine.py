@@ -31,16 +31,28 @@ def load_average() -> list[float]:
 
 def git_info() -> dict[str, object]:
     """Commit, and whether tracked files differ from it (the figures are then of a dirty tree)."""
-    return {"commit": _run(["git", "rev-parse", "--short=10", "HEAD"]) or "unknown",
-            "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"]),
-            "dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"]))}
+    return {
+        "commit": _run(["git", "rev-parse", "--short=10", "HEAD"]) or "unknown",
+        "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"]),
+        "dirty": bool(_run(["git", "status", "--porcelain", "--untracked-files=no"])),
+    }
 
 
 def machine_info() -> dict[str, object]:
-    return {"cores": os.cpu_count(), "memory_bytes": memory_bytes(), "kernel": platform.release(),
-            "cpu_model": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                               if line.startswith("model name")), ""),
-            "load_average_start": load_average()}
+    return {
+        "cores": os.cpu_count(),
+        "memory_bytes": memory_bytes(),
+        "kernel": platform.release(),
+        "cpu_model": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        ),
+        "load_average_start": load_average(),
+    }
 
 
 def versions(celery_python: str | None) -> dict[str, str]:
@@ -49,17 +61,22 @@ def versions(celery_python: str | None) -> dict[str, str]:
 
     from taskmesh.processes import nats_server_binary
 
-    found = {"python": platform.python_version(), "nats-server": _run([nats_server_binary(), "--version"]),
-             "redis-server": _run(["redis-server", "--version"]).split(" v=")[-1].split(" ")[0],
-             "docker-engine": _run(["docker", "version", "--format", "{{.Server.Version}}"])}
+    found = {
+        "python": platform.python_version(),
+        "nats-server": _run([nats_server_binary(), "--version"]),
+        "redis-server": _run(["redis-server", "--version"]).split(" v=")[-1].split(" ")[0],
+        "docker-engine": _run(["docker", "version", "--format", "{{.Server.Version}}"]),
+    }
     for package in ("nats-py", "uvloop", "aiohttp", "msgspec", "taskmesh"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = ""
     if celery_python:
-        script = ("import sys, celery, kombu, redis, requests; "
-                  "print(sys.version.split()[0], celery.__version__, kombu.__version__, redis.__version__, requests.__version__)")
+        script = (
+            "import sys, celery, kombu, redis, requests; "
+            "print(sys.version.split()[0], celery.__version__, kombu.__version__, redis.__version__, requests.__version__)"
+        )
         parts = _run([celery_python, "-c", script]).split()
         if len(parts) == 5:
             found.update(zip(["celery-python", "celery", "kombu", "redis-py", "requests"], parts, strict=False))

@@ -33,13 +33,21 @@ def _own_session() -> None:
         pass
 
 
-def start_child(command: list[str], log_path: Path, env: Mapping[str, str] | None = None,
-                cwd: str | None = None) -> subprocess.Popen:
+def start_child(
+    command: list[str], log_path: Path, env: Mapping[str, str] | None = None, cwd: str | None = None
+) -> subprocess.Popen:
     """Start ``command`` with output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})}, cwd=cwd, preexec_fn=_own_session)
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            preexec_fn=_own_session,
+        )
 
 
 def _stat_fields(pid: int) -> list[str] | None:

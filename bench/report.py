@@ -48,9 +48,19 @@ class WorkloadResult:
     seconds: float = 0.0
     error: str | None = None
 
-    def add(self, metric: str, unit: str, taskmesh: float | None, celery: float | None = None, *,
-            higher_is_better: bool = False, goal: str = "", met: bool | None = None, note: str = "",
-            compare: bool = True) -> Row:
+    def add(
+        self,
+        metric: str,
+        unit: str,
+        taskmesh: float | None,
+        celery: float | None = None,
+        *,
+        higher_is_better: bool = False,
+        goal: str = "",
+        met: bool | None = None,
+        note: str = "",
+        compare: bool = True,
+    ) -> Row:
         row = Row(self.name, metric, unit, _round(taskmesh), _round(celery), higher_is_better, goal, met, note, compare)
         self.rows.append(row)
         return row
@@ -80,7 +90,9 @@ def render_table(results: list[WorkloadResult]) -> str:
         for row in result.rows:
             ratio = "—" if row.ratio is None else f"{row.ratio:.2f}×"
             met = "" if row.met is None else ("met" if row.met else "MISSED")
-            lines.append([row.workload, row.metric, row.unit, _show(row.taskmesh), _show(row.celery), ratio, row.goal, met])
+            lines.append(
+                [row.workload, row.metric, row.unit, _show(row.taskmesh), _show(row.celery), ratio, row.goal, met]
+            )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     numeric = {3, 4, 5}
     out = []
@@ -89,8 +101,10 @@ def render_table(results: list[WorkloadResult]) -> str:
         out.append("  ".join(cells).rstrip())
         if number == 0:
             out.append("  ".join("-" * width for width in widths))
-    out.append("ratio: how many times better Taskmesh is (> 1: Taskmesh better) — Taskmesh/Celery for rates, "
-               "Celery/Taskmesh for times and sizes.")
+    out.append(
+        "ratio: how many times better Taskmesh is (> 1: Taskmesh better) — Taskmesh/Celery for rates, "
+        "Celery/Taskmesh for times and sizes."
+    )
     return "\n".join(out)
 
 
@@ -101,8 +115,10 @@ def render_markdown(results: list[WorkloadResult]) -> str:
         for row in result.rows:
             ratio = "—" if row.ratio is None else f"{row.ratio:.2f}×"
             met = "" if row.met is None else ("met" if row.met else "**missed**")
-            out.append(f"| {row.workload} | {row.metric} | {row.unit} | {_show(row.taskmesh)} | {_show(row.celery)} "
-                       f"| {ratio} | {row.goal} | {met} |")
+            out.append(
+                f"| {row.workload} | {row.metric} | {row.unit} | {_show(row.taskmesh)} | {_show(row.celery)} "
+                f"| {ratio} | {row.goal} | {met} |"
+            )
     return "\n".join(out)
 
 
@@ -126,9 +142,19 @@ def results_path(commit: str, today: dt.date | None = None) -> Path:
 
 
 def write_json(path: Path, header: dict, results: list[WorkloadResult]) -> None:
-    document = {**header, "workloads": {
-        r.name: {"rows": [row.as_dict() for row in r.rows], "details": r.details, "notes": r.notes,
-                 "seconds": round(r.seconds, 1), "error": r.error} for r in results}}
+    document = {
+        **header,
+        "workloads": {
+            r.name: {
+                "rows": [row.as_dict() for row in r.rows],
+                "details": r.details,
+                "notes": r.notes,
+                "seconds": round(r.seconds, 1),
+                "error": r.error,
+            }
+            for r in results
+        },
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
 
@@ -139,10 +165,12 @@ def main() -> None:
 
     header, results = load_json(Path(sys.argv[1]))
     machine = header["machine"]
-    print(f"`{header['command']}` — {header['date']}, commit {header['git']['commit']}"
-          f"{' (dirty tree)' if header['git']['dirty'] else ''}, {machine['cores']} cores, "
-          f"{machine['memory_bytes'] / 2**30:.0f} GiB, load average {machine['load_average_start']} → "
-          f"{machine.get('load_average_end')}\n")
+    print(
+        f"`{header['command']}` — {header['date']}, commit {header['git']['commit']}"
+        f"{' (dirty tree)' if header['git']['dirty'] else ''}, {machine['cores']} cores, "
+        f"{machine['memory_bytes'] / 2**30:.0f} GiB, load average {machine['load_average_start']} → "
+        f"{machine.get('load_average_end')}\n"
+    )
     print(render_markdown(results))
 
 

@@ -62,8 +62,13 @@ def taskmesh(ctx: Context, name: str, runners: int = 1, **env: str) -> Iterator[
 @contextlib.contextmanager
 def celery(ctx: Context, name: str, beat_schedules: int | None = None, **env: str) -> Iterator[CeleryStack]:
     """A fresh redis-server + Celery worker (+ Beat), stopped however the block ends."""
-    stack = CeleryStack(ctx.directory(f"celery-{name}"), ctx.target.url, beat_schedules=beat_schedules,
-                        concurrency=ctx.params.cores, extra_env=env)
+    stack = CeleryStack(
+        ctx.directory(f"celery-{name}"),
+        ctx.target.url,
+        beat_schedules=beat_schedules,
+        concurrency=ctx.params.cores,
+        extra_env=env,
+    )
     try:
         yield stack.start()
     finally:
@@ -99,12 +104,17 @@ class ServiceCpu:
         return sum(self.cpu_seconds.values())
 
     def as_dict(self) -> dict:
-        return {"cpu_share": self.shares, "cpu_wait_share": self.waiting, "cpu_seconds": self.cpu_seconds,
-                "wall_s": round(self.wall_s, 3)}
+        return {
+            "cpu_share": self.shares,
+            "cpu_wait_share": self.waiting,
+            "cpu_seconds": self.cpu_seconds,
+            "wall_s": round(self.wall_s, 3),
+        }
 
 
 def describe_cpu(shares: dict[str, float], waiting: dict[str, float] | None = None) -> str:
     """``store 0.97 (waited 0.20), runner 0.61, …`` (cores), busiest first."""
+
     def one(name: str, share: float) -> str:
         wait = (waiting or {}).get(name)
         return f"{name} {share:.2f}" + (f" (waited {wait:.2f})" if wait is not None else "")
@@ -131,9 +141,24 @@ class Profiler:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for name, pid in self.pids.items():
                 path = self.out_dir / f"{self.label}-{name}.collapsed"
-                recorder = subprocess.Popen([self.py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-                                             "--output", str(path), "--nonblocking", "--subprocesses"],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                recorder = subprocess.Popen(
+                    [
+                        self.py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(path),
+                        "--nonblocking",
+                        "--subprocesses",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 self.recorders[name] = (recorder, path)
         return self
 

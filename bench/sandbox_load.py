@@ -13,8 +13,13 @@ CODE = "def main():\n    return 1 + 1\n"
 
 
 def code_task(name: str, code: str = CODE, requirements: list[str] | None = None) -> dict:
-    return {"name": name, "task_type": "immediate", "function_code": code, "function_name": "main",
-            **({"requirements": requirements} if requirements else {})}
+    return {
+        "name": name,
+        "task_type": "immediate",
+        "function_code": code,
+        "function_name": "main",
+        **({"requirements": requirements} if requirements else {}),
+    }
 
 
 async def sequential(client: TaskmeshClient, spec: dict, n: int, pace_s: float) -> tuple[list[float], list[dict]]:
@@ -50,8 +55,19 @@ async def raw_docker(image: str, n: int, concurrency: int) -> dict:
         async with semaphore:
             started = time.perf_counter()
             process = await asyncio.create_subprocess_exec(
-                "docker", "run", "--rm", "--label", CONTAINER_LABEL, *SANDBOX_FLAGS, image, "python3", "-c", "print(1 + 1)",
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+                "docker",
+                "run",
+                "--rm",
+                "--label",
+                CONTAINER_LABEL,
+                *SANDBOX_FLAGS,
+                image,
+                "python3",
+                "-c",
+                "print(1 + 1)",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
             _, stderr = await process.communicate()
             if process.returncode != 0:
                 raise RuntimeError(f"docker run failed: {stderr.decode()[-500:]}")

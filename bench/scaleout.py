@@ -23,13 +23,23 @@ def run(ctx: Context) -> WorkloadResult:
                 code = run_async(burst(stack, p.scale_w5_burst))
             code["services"] = meter.as_dict()
         details[str(runners)] = {"w1": api, "w5": code}
-        result.notes.append(f"{runners} runner(s), W1 CPU (cores): "
-                            f"{describe_cpu(api['services']['cpu_share'], api['services']['cpu_wait_share'])}")
+        result.notes.append(
+            f"{runners} runner(s), W1 CPU (cores): "
+            f"{describe_cpu(api['services']['cpu_share'], api['services']['cpu_wait_share'])}"
+        )
     for runners in p.scale_runners:
-        result.add(f"W1 {p.scale_w1_tasks:,} API tasks (nats), {runners} runner(s)", "tasks/s",
-                   details[str(runners)]["w1"]["rate_per_s"], higher_is_better=True)
+        result.add(
+            f"W1 {p.scale_w1_tasks:,} API tasks (nats), {runners} runner(s)",
+            "tasks/s",
+            details[str(runners)]["w1"]["rate_per_s"],
+            higher_is_better=True,
+        )
     for runners in p.scale_runners:
-        result.add(f"W5 {p.scale_w5_burst} code tasks, {runners} runner(s)", "tasks/s",
-                   details[str(runners)]["w5"]["rate_per_s"], higher_is_better=True)
+        result.add(
+            f"W5 {p.scale_w5_burst} code tasks, {runners} runner(s)",
+            "tasks/s",
+            details[str(runners)]["w5"]["rate_per_s"],
+            higher_is_better=True,
+        )
     result.details = details
     return result

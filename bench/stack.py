@@ -34,10 +34,13 @@ class TaskmeshStack:
         return f"http://127.0.0.1:{self.http_port}"
 
     def env(self) -> dict[str, str]:
-        return {**local_service_env(self.nats.url if self.nats else "", self.http_port, self.root, self.instance),
-                "TASKMESH_SHUTDOWN_GRACE": "5",
-                # dependency builders fetch from the wheelhouse served on 127.0.0.1
-                "TASKMESH_BUILDER_NETWORK": "host", **self.env_extra}
+        return {
+            **local_service_env(self.nats.url if self.nats else "", self.http_port, self.root, self.instance),
+            "TASKMESH_SHUTDOWN_GRACE": "5",
+            # dependency builders fetch from the wheelhouse served on 127.0.0.1
+            "TASKMESH_BUILDER_NETWORK": "host",
+            **self.env_extra,
+        }
 
     def start(self, timeout_s: float = 60.0) -> TaskmeshStack:
         self.instance = self.instance or f"bench-{secrets.token_hex(4)}"
@@ -64,9 +67,12 @@ class TaskmeshStack:
             try:
                 last = self.health()
                 checks = last.get("checks", {})
-                if (checks.get("store", {}).get("status") == "ok" and checks.get("scheduler", {}).get("status") == "ok"
-                        and checks.get("runners", {}).get("count", 0) >= self.runners
-                        and (not sandbox or checks.get("sandbox", {}).get("status") == "ok")):
+                if (
+                    checks.get("store", {}).get("status") == "ok"
+                    and checks.get("scheduler", {}).get("status") == "ok"
+                    and checks.get("runners", {}).get("count", 0) >= self.runners
+                    and (not sandbox or checks.get("sandbox", {}).get("status") == "ok")
+                ):
                     return last
             except (OSError, ValueError):
                 pass
@@ -95,8 +101,9 @@ class TaskmeshStack:
 def remove_containers(label: str) -> int:
     """Remove the containers carrying ``label`` (only ever a label of our own run)."""
     try:
-        found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True,
-                               timeout=30).stdout.split()
+        found = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
         if found:
             subprocess.run(["docker", "rm", "-f", *found], capture_output=True, timeout=120)
         return len(found)
@@ -117,8 +124,19 @@ class WheelServer:
 
     def start(self) -> WheelServer:
         self.port = procs.free_port()
-        self.process = procs.start_child([sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
-                                          "--directory", str(self.directory)], self.log_dir / "wheel-server.log")
+        self.process = procs.start_child(
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(self.directory),
+            ],
+            self.log_dir / "wheel-server.log",
+        )
         procs.wait_port(self.port, self.process)
         return self
 
@@ -131,6 +149,10 @@ def sandbox_image() -> str:
     image = os.environ.get("TASKMESH_SANDBOX_IMAGE")
     if image:
         return image
-    found = subprocess.run(["docker", "images", "--filter", "label=org.taskmesh.sandbox", "--format",
-                            "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=30).stdout.split()
+    found = subprocess.run(
+        ["docker", "images", "--filter", "label=org.taskmesh.sandbox", "--format", "{{.Repository}}:{{.Tag}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     return found[0] if found else "python:3.12-slim"

@@ -19,9 +19,15 @@ def summarize(values: Iterable[float]) -> dict[str, float | int | None]:
     ordered = sorted(values)
     if not ordered:
         return {"count": 0, "min": None, "p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    return {"count": len(ordered), "min": ordered[0], "p50": percentile(ordered, 0.50),
-            "p90": percentile(ordered, 0.90), "p99": percentile(ordered, 0.99), "max": ordered[-1],
-            "mean": sum(ordered) / len(ordered)}
+    return {
+        "count": len(ordered),
+        "min": ordered[0],
+        "p50": percentile(ordered, 0.50),
+        "p90": percentile(ordered, 0.90),
+        "p99": percentile(ordered, 0.99),
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+    }
 
 
 def lateness_summary(lateness_ms: list[float]) -> dict[str, float | int | None]:

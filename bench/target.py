@@ -45,10 +45,10 @@ class HttpProtocol(asyncio.Protocol):
             at = head.find(b"content-length:")
             if at >= 0:
                 line_end = head.find(b"\r\n", at)
-                length = int(head[at + 15:line_end if line_end >= 0 else len(head)])
+                length = int(head[at + 15 : line_end if line_end >= 0 else len(head)])
             if len(self.buffer) < end + 4 + length:
                 return
-            del self.buffer[:end + 4 + length]
+            del self.buffer[: end + 4 + length]
             self._answer(head)
 
     def _answer(self, head: bytes) -> None:
@@ -89,8 +89,11 @@ class TargetProcess:
         from bench import procs
 
         self.port = procs.free_port()
-        self.process = procs.start_child([sys.executable, "-m", "bench.target", "--port", str(self.port)],
-                                         self.log_dir / "target.log", cwd=str(Path(__file__).parent.parent))
+        self.process = procs.start_child(
+            [sys.executable, "-m", "bench.target", "--port", str(self.port)],
+            self.log_dir / "target.log",
+            cwd=str(Path(__file__).parent.parent),
+        )
         procs.wait_port(self.port, self.process)
         return self
 

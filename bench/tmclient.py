@@ -87,8 +87,7 @@ class TaskmeshClient:
     async def __aenter__(self) -> TaskmeshClient:
         self.nc = await nats.connect(self.nats_url, max_reconnect_attempts=3, pending_size=64 * 1024 * 1024)
         connector = aiohttp.TCPConnector(limit=self.http_connections, keepalive_timeout=60)
-        self.http = aiohttp.ClientSession(self.base_url, connector=connector,
-                                          timeout=aiohttp.ClientTimeout(total=120))
+        self.http = aiohttp.ClientSession(self.base_url, connector=connector, timeout=aiohttp.ClientTimeout(total=120))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -101,8 +100,9 @@ class TaskmeshClient:
         """Collect every event on ``subject``; ``track`` also notes when each task's first event arrived."""
         # A core subscription sees JetStream publishes too, without a consumer on the stream.
         log = EventLog(track)
-        await self.nc.subscribe(subject, cb=log.on_message, pending_msgs_limit=2_000_000,
-                                pending_bytes_limit=1024 * 1024 * 1024)
+        await self.nc.subscribe(
+            subject, cb=log.on_message, pending_msgs_limit=2_000_000, pending_bytes_limit=1024 * 1024 * 1024
+        )
         await self.nc.flush()
         return log
 
@@ -116,8 +116,9 @@ class TaskmeshClient:
     async def submit_http(self, spec: dict[str, Any], wait_s: float | None = None) -> dict[str, Any]:
         assert self.http is not None
         params = {"wait": str(wait_s)} if wait_s is not None else None
-        async with self.http.post("/api/tasks", data=ENCODER.encode(spec), params=params,
-                                  headers={"Content-Type": "application/json"}) as response:
+        async with self.http.post(
+            "/api/tasks", data=ENCODER.encode(spec), params=params, headers={"Content-Type": "application/json"}
+        ) as response:
             body = await response.read()
             if response.status not in (200, 201, 202):
                 raise RuntimeError(f"POST /api/tasks: {response.status} {body[:300]!r}")
@@ -148,8 +149,9 @@ class TaskmeshClient:
             await asyncio.sleep(interval_s)
 
 
-async def submit_all(submit: Callable[[dict[str, Any]], Awaitable[Any]], specs: Iterable[dict[str, Any]],
-                     concurrency: int) -> list[Any]:
+async def submit_all(
+    submit: Callable[[dict[str, Any]], Awaitable[Any]], specs: Iterable[dict[str, Any]], concurrency: int
+) -> list[Any]:
     """Submit every spec with at most ``concurrency`` requests in flight; results in order."""
     specs = list(specs)
     results: list[Any] = [None] * len(specs)
@@ -205,14 +207,20 @@ def split_lateness(queued: EventLog, started: list[RunEvent]) -> dict[str, float
         scheduler.append((fire.occurred_at - fire.scheduled_for).total_seconds() * 1000)
         runner.append((event.occurred_at - fire.occurred_at).total_seconds() * 1000)
     first, second = summarize(scheduler), summarize(runner)
-    return {"due_to_queued_p50": first["p50"], "due_to_queued_p99": first["p99"],
-            "queued_to_started_p50": second["p50"], "queued_to_started_p99": second["p99"]}
+    return {
+        "due_to_queued_p50": first["p50"],
+        "due_to_queued_p99": first["p99"],
+        "queued_to_started_p50": second["p50"],
+        "queued_to_started_p99": second["p99"],
+    }
 
 
 def describe_split(split: dict[str, float | None]) -> str:
     def ms(value: float | None) -> str:
         return "—" if value is None else f"{value:.1f}"
 
-    return (f"due → queued (scheduler) p50 {ms(split['due_to_queued_p50'])} / p99 {ms(split['due_to_queued_p99'])} ms, "
-            f"queued → started (work queue + runner) p50 {ms(split['queued_to_started_p50'])} / "
-            f"p99 {ms(split['queued_to_started_p99'])} ms")
+    return (
+        f"due → queued (scheduler) p50 {ms(split['due_to_queued_p50'])} / p99 {ms(split['due_to_queued_p99'])} ms, "
+        f"queued → started (work queue + runner) p50 {ms(split['queued_to_started_p50'])} / "
+        f"p99 {ms(split['queued_to_started_p99'])} ms"
+    )

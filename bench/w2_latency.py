@@ -21,8 +21,12 @@ async def taskmesh_latencies(stack: TaskmeshStack, url: str, n: int) -> tuple[di
     sent: dict[str, tuple[float, float]] = {}
     async with TaskmeshClient(stack.nats.url, stack.base_url, 1) as client:  # type: ignore[union-attr]
         finished = await client.watch(FINISHED, track=True)
-        stages = {"submitted": await client.watch(SUBMITTED), "queued": await client.watch(QUEUED),
-                  "started": await client.watch(STARTED), "finished": finished}
+        stages = {
+            "submitted": await client.watch(SUBMITTED),
+            "queued": await client.watch(QUEUED),
+            "started": await client.watch(STARTED),
+            "finished": finished,
+        }
         for number in range(WARMUP + n):
             started = time.perf_counter()
             task = await client.submit_http(api_task(url, name="w2-http"), wait_s=10)
@@ -50,8 +54,14 @@ def stage_medians(stages: dict[str, EventLog], sent: dict[str, tuple[float, floa
     steps: dict[str, list[float]] = {"accepted": [], "queued": [], "started": [], "finished": [], "client": []}
     for task_id, (sent_at, arrived_at) in sent.items():
         times = at.get(task_id, {})
-        chain = [sent_at, times.get("submitted"), times.get("queued"), times.get("started"), times.get("finished"),
-                 arrived_at]
+        chain = [
+            sent_at,
+            times.get("submitted"),
+            times.get("queued"),
+            times.get("started"),
+            times.get("finished"),
+            arrived_at,
+        ]
         if None in chain:
             continue
         for step, before, after in zip(steps, chain, chain[1:], strict=False):
@@ -73,14 +83,24 @@ def run(ctx: Context) -> WorkloadResult:
         for quantile in ("p50", "p90", "p99"):
             goal_ms = GOALS_MS[mode] if quantile == "p50" else None
             value = summaries[mode][quantile]
-            result.add(f"{n} sequential, {label}, {quantile}", "ms", value,
-                       celery_summary[quantile] if celery_summary else None,
-                       goal=f"≤ {goal_ms:g} ms" if goal_ms else "", met=None if goal_ms is None else value <= goal_ms)
+            result.add(
+                f"{n} sequential, {label}, {quantile}",
+                "ms",
+                value,
+                celery_summary[quantile] if celery_summary else None,
+                goal=f"≤ {goal_ms:g} ms" if goal_ms else "",
+                met=None if goal_ms is None else value <= goal_ms,
+            )
     if ctx.celery:
         result.notes.append("Celery: delay().get() with a keep-alive requests.Session in the worker (one mode only)")
-    result.notes.append("Taskmesh NATS path, median ms per stage: " + ", ".join(
-        f"→ {step} {value:.1f}" for step, value in stage_ms.items() if value is not None))
-    result.details = {"taskmesh": summaries, "taskmesh_stage_p50_ms": stage_ms, "celery": celery_summary,
-                      "warmup": WARMUP}
+    result.notes.append(
+        "Taskmesh NATS path, median ms per stage: "
+        + ", ".join(f"→ {step} {value:.1f}" for step, value in stage_ms.items() if value is not None)
+    )
+    result.details = {
+        "taskmesh": summaries,
+        "taskmesh_stage_p50_ms": stage_ms,
+        "celery": celery_summary,
+        "warmup": WARMUP,
+    }
     return result
-

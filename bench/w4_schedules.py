@@ -24,15 +24,17 @@ def grace_s(window_s: float) -> float:
     return max(10.0, window_s / 4)
 
 
-async def taskmesh_fires(stack: TaskmeshStack, url: str, count: int, window_s: float, warmup_s: float,
-                         concurrency: int, profiler: Profiler) -> dict:
+async def taskmesh_fires(
+    stack: TaskmeshStack, url: str, count: int, window_s: float, warmup_s: float, concurrency: int, profiler: Profiler
+) -> dict:
     """``count`` schedules; RunStarted events whose slot (scheduled_for) falls in the window."""
     async with TaskmeshClient(stack.nats.url, stack.base_url) as client:  # type: ignore[union-attr]
         started = await client.watch(STARTED)
         missed_events = await client.watch(MISSED)
         queued = await client.watch(QUEUED)
-        specs = [api_task(url, name=f"w4-{number}", task_type="scheduled", cron_expression=CRON)
-                 for number in range(count)]
+        specs = [
+            api_task(url, name=f"w4-{number}", task_type="scheduled", cron_expression=CRON) for number in range(count)
+        ]
         ids = set(await submit_all(client.submit_nats, specs, concurrency))
         window_start = math.ceil(time.time() + warmup_s)
         with ServiceCpu(stack.pids()) as services, profiler:
@@ -49,11 +51,19 @@ async def taskmesh_fires(stack: TaskmeshStack, url: str, count: int, window_s: f
                 in_window.append(event)
             fires[(event.task_id, slot)] += 1
     expected = count * int(window_s)
-    return {"schedules": count, "window_s": window_s, "expected_fires": expected, "fired": len(fires),
-            "missed": expected - len(fires), "doubled": sum(n - 1 for n in fires.values() if n > 1),
-            "slots_missed_events": len(missed_events), "lateness_ms": lateness_summary(lateness),
-            "lateness_split_ms": split_lateness(queued, in_window),
-            "services": services.as_dict(), "profile": profiler.top}
+    return {
+        "schedules": count,
+        "window_s": window_s,
+        "expected_fires": expected,
+        "fired": len(fires),
+        "missed": expected - len(fires),
+        "doubled": sum(n - 1 for n in fires.values() if n > 1),
+        "slots_missed_events": len(missed_events),
+        "lateness_ms": lateness_summary(lateness),
+        "lateness_split_ms": split_lateness(queued, in_window),
+        "services": services.as_dict(),
+        "profile": profiler.top,
+    }
 
 
 def celery_fires(raw: dict, count: int, window_s: float) -> dict:
@@ -63,11 +73,20 @@ def celery_fires(raw: dict, count: int, window_s: float) -> dict:
     for name, due, started in raw["fires"]:
         by_schedule[name].append(due)
         lateness.append((started - due) * 1000)
-    doubled = sum(1 for dues in by_schedule.values() for a, b in zip(sorted(dues), sorted(dues)[1:], strict=False) if b - a < 0.5)
+    doubled = sum(
+        1 for dues in by_schedule.values() for a, b in zip(sorted(dues), sorted(dues)[1:], strict=False) if b - a < 0.5
+    )
     expected = count * int(window_s)
     fired = len(raw["fires"])
-    return {"schedules": count, "window_s": window_s, "expected_fires": expected, "fired": fired,
-            "missed": max(0, expected - fired), "doubled": doubled, "lateness_ms": lateness_summary(lateness)}
+    return {
+        "schedules": count,
+        "window_s": window_s,
+        "expected_fires": expected,
+        "fired": fired,
+        "missed": max(0, expected - fired),
+        "doubled": doubled,
+        "lateness_ms": lateness_summary(lateness),
+    }
 
 
 def run(ctx: Context) -> WorkloadResult:
@@ -75,30 +94,56 @@ def run(ctx: Context) -> WorkloadResult:
     p = ctx.params
     with taskmesh(ctx, "w4") as stack:
         profiler = Profiler(ctx.profile, stack.pids(), ctx.work_dir / "profiles", "w4")
-        tm = run_async(taskmesh_fires(stack, ctx.target.url, p.w4_schedules, p.w4_window_s, p.w4_warmup_s,
-                                      p.nats_concurrency, profiler))
-    result.notes.append(f"Taskmesh: CPU in the window (cores): "
-                        f"{describe_cpu(tm['services']['cpu_share'], tm['services']['cpu_wait_share'])}; "
-                        f"{tm['slots_missed_events']} SlotsMissed events; {describe_split(tm['lateness_split_ms'])}")
+        tm = run_async(
+            taskmesh_fires(
+                stack, ctx.target.url, p.w4_schedules, p.w4_window_s, p.w4_warmup_s, p.nats_concurrency, profiler
+            )
+        )
+    result.notes.append(
+        f"Taskmesh: CPU in the window (cores): "
+        f"{describe_cpu(tm['services']['cpu_share'], tm['services']['cpu_wait_share'])}; "
+        f"{tm['slots_missed_events']} SlotsMissed events; {describe_split(tm['lateness_split_ms'])}"
+    )
     cel = None
     if ctx.celery:
         with celery(ctx, "w4", beat_schedules=p.w4_schedules) as stack, ServiceCpu(stack.pids()) as meter:
             raw = stack.driver("w4", warmup=p.w4_warmup_s, window=p.w4_window_s, grace=grace_s(p.w4_window_s))
         cel = {**celery_fires(raw, p.w4_schedules, p.w4_window_s), "services": meter.as_dict()}
-        result.notes.append(f"Celery Beat: interval schedules of 1 s (crontab has no seconds); lateness against "
-                            f"Beat's own due time; CPU (cores): {describe_cpu(meter.shares, meter.waiting)}")
+        result.notes.append(
+            f"Celery Beat: interval schedules of 1 s (crontab has no seconds); lateness against "
+            f"Beat's own due time; CPU (cores): {describe_cpu(meter.shares, meter.waiting)}"
+        )
     late, clate = tm["lateness_ms"], cel["lateness_ms"] if cel else {}
     label = f"{p.w4_schedules:,} × every 1 s, {p.w4_window_s:g} s"
-    result.add(f"{label}: fires", "runs", tm["fired"], cel["fired"] if cel else None, higher_is_better=True,
-               goal=f"= {tm['expected_fires']:,}")
+    result.add(
+        f"{label}: fires",
+        "runs",
+        tm["fired"],
+        cel["fired"] if cel else None,
+        higher_is_better=True,
+        goal=f"= {tm['expected_fires']:,}",
+    )
     result.add(f"{label}: lateness p50", "ms", late["p50"], clate.get("p50"))
-    result.add(f"{label}: lateness p99", "ms", late["p99"], clate.get("p99"), goal=f"≤ {GOAL_P99_MS:g} ms",
-               met=late["p99"] is not None and late["p99"] <= GOAL_P99_MS)
+    result.add(
+        f"{label}: lateness p99",
+        "ms",
+        late["p99"],
+        clate.get("p99"),
+        goal=f"≤ {GOAL_P99_MS:g} ms",
+        met=late["p99"] is not None and late["p99"] <= GOAL_P99_MS,
+    )
     result.add(f"{label}: lateness max", "ms", late["max"], clate.get("max"))
-    result.add(f"{label}: missed fires", "fires", tm["missed"], cel["missed"] if cel else None, goal="0",
-               met=tm["missed"] == 0)
-    result.add(f"{label}: doubled fires", "fires", tm["doubled"], cel["doubled"] if cel else None, goal="0",
-               met=tm["doubled"] == 0)
+    result.add(
+        f"{label}: missed fires", "fires", tm["missed"], cel["missed"] if cel else None, goal="0", met=tm["missed"] == 0
+    )
+    result.add(
+        f"{label}: doubled fires",
+        "fires",
+        tm["doubled"],
+        cel["doubled"] if cel else None,
+        goal="0",
+        met=tm["doubled"] == 0,
+    )
     result.rows[0].met = tm["fired"] == tm["expected_fires"]
     result.details = {"taskmesh": tm, "celery": cel}
     return result

@@ -42,11 +42,26 @@ def run(ctx: Context) -> WorkloadResult:
     for name in cel_idle:
         result.add(f"Celery {name}: after {n:,} tasks (idle {cel_idle[name]:.0f})", "MiB", None, cel_after.get(name))
     total_idle, total_after = sum(tm_idle.values()), sum(tm_after.values())
-    result.add("total RSS, idle", "MiB", total_idle, sum(cel_idle.values()) if cel_idle else None,
-               goal=f"≤ {GOAL_TOTAL_MIB:g} MiB", met=total_idle <= GOAL_TOTAL_MIB)
-    result.add(f"total RSS, after {n:,} tasks", "MiB", total_after, sum(cel_after.values()) if cel_after else None,
-               goal=f"≤ {GOAL_TOTAL_MIB:g} MiB", met=total_after <= GOAL_TOTAL_MIB)
-    result.details = {"taskmesh": {"idle": tm_idle, "after": tm_after},
-                      "celery": {"idle": cel_idle, "after": cel_after}, "tasks": n,
-                      "how": "VmRSS from /proc/<pid>/status, summed over each process and its descendants"}
+    result.add(
+        "total RSS, idle",
+        "MiB",
+        total_idle,
+        sum(cel_idle.values()) if cel_idle else None,
+        goal=f"≤ {GOAL_TOTAL_MIB:g} MiB",
+        met=total_idle <= GOAL_TOTAL_MIB,
+    )
+    result.add(
+        f"total RSS, after {n:,} tasks",
+        "MiB",
+        total_after,
+        sum(cel_after.values()) if cel_after else None,
+        goal=f"≤ {GOAL_TOTAL_MIB:g} MiB",
+        met=total_after <= GOAL_TOTAL_MIB,
+    )
+    result.details = {
+        "taskmesh": {"idle": tm_idle, "after": tm_after},
+        "celery": {"idle": cel_idle, "after": cel_after},
+        "tasks": n,
+        "how": "VmRSS from /proc/<pid>/status, summed over each process and its descendants",
+    }
     return result

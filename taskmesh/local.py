@@ -35,8 +35,9 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
     """Run until interrupted; returns the process exit code."""
     colour = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
     if port_in_use(http_port):
-        print(f"taskmesh up: port {http_port} is in use (another 'taskmesh up'?); stop it or pass --port",
-              file=sys.stderr)
+        print(
+            f"taskmesh up: port {http_port} is in use (another 'taskmesh up'?); stop it or pass --port", file=sys.stderr
+        )
         return 1
     if port_in_use(nats_port):
         print(f"taskmesh up: NATS port {nats_port} is in use; stop that server or pass --nats-port", file=sys.stderr)
@@ -49,8 +50,11 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
     except ProcessError as exc:
         print(f"taskmesh up: {exc}", file=sys.stderr)
         return 1
-    env = {**local_service_env(nats.url, http_port, data_dir), "TASKMESH_HTTP_HOST": "127.0.0.1",
-           "TASKMESH_LOG_FORMAT": os.environ.get("TASKMESH_LOG_FORMAT", "text")}
+    env = {
+        **local_service_env(nats.url, http_port, data_dir),
+        "TASKMESH_HTTP_HOST": "127.0.0.1",
+        "TASKMESH_LOG_FORMAT": os.environ.get("TASKMESH_LOG_FORMAT", "text"),
+    }
     services = [ServiceProcess(name, env).start(pipe_output=True) for name in SERVICES]
     stopping = False
 
@@ -76,15 +80,20 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
                     print(f"{_prefix(service.name, colour)}{text}", flush=True)
             dead = [s for s in services if not s.alive()]
             if dead:
-                print(f"taskmesh up: {dead[0].name} exited with {dead[0].process.returncode}; stopping",  # type: ignore[union-attr]
-                      file=sys.stderr)
+                print(
+                    f"taskmesh up: {dead[0].name} exited with {dead[0].process.returncode}; stopping",  # type: ignore[union-attr]
+                    file=sys.stderr,
+                )
                 return_code = 1
                 break
             if not announced and time.monotonic() - started > 0.5:
                 try:
                     wait_http(f"http://127.0.0.1:{http_port}/api/health", timeout=0.5, ok_statuses=(200,))
-                    print(f"\nTaskmesh is up: API http://127.0.0.1:{http_port}/api  docs "
-                          f"http://127.0.0.1:{http_port}/api/docs  (Ctrl-C stops)\n", flush=True)
+                    print(
+                        f"\nTaskmesh is up: API http://127.0.0.1:{http_port}/api  docs "
+                        f"http://127.0.0.1:{http_port}/api/docs  (Ctrl-C stops)\n",
+                        flush=True,
+                    )
                     announced = True
                 except ProcessError:
                     pass
@@ -101,4 +110,3 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
         nats.stop()
         print(f"{_prefix('nats', colour)}stopped", flush=True)
     return return_code
-

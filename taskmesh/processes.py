@@ -22,8 +22,10 @@ from typing import IO
 from proto import streams
 
 SERVICES = ("store", "scheduler", "runner", "gateway")
-NATS_CONFIG = ("# written by taskmesh: task records with big specs and results need more than 1 MB\n"
-               f"max_payload: {streams.SERVER_MAX_PAYLOAD_BYTES}\n")
+NATS_CONFIG = (
+    "# written by taskmesh: task records with big specs and results need more than 1 MB\n"
+    f"max_payload: {streams.SERVER_MAX_PAYLOAD_BYTES}\n"
+)
 """Start order: the store creates most streams, the gateway comes last."""
 
 
@@ -108,9 +110,26 @@ class NatsServer:
         if os.environ.get("TASKMESH_NATS_MEMORY_LIMIT"):
             env["GOMEMLIMIT"] = os.environ["TASKMESH_NATS_MEMORY_LIMIT"]
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1",
-             "-p", str(self.port), "-m", str(self.monitor_port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_detach, env=env)
+            [
+                nats_server_binary(),
+                "-c",
+                str(config),
+                "-js",
+                "-sd",
+                str(self.data_dir),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-m",
+                str(self.monitor_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_detach,
+            env=env,
+        )
         log.close()
         self.wait_ready(timeout)
         return self
@@ -157,9 +176,15 @@ class ServiceProcess:
             assert self.log_path is not None
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log_file = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed after Popen
-        self.process = subprocess.Popen([sys.executable, "-m", f"services.{self.name}", *self.extra_args],
-                                        env=env, stdout=log_file or subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=project_root(), preexec_fn=_detach)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}", *self.extra_args],
+            env=env,
+            stdout=log_file or subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=project_root(),
+            preexec_fn=_detach,
+        )
         if log_file is not None:
             log_file.close()
         return self
@@ -191,11 +216,16 @@ def local_service_env(nats_url: str, http_port: int, data_dir: Path, instance: s
     Where NATS is, the gateway's port, the requirement-set cache and the store's catalog under ``data_dir``, the label of
     this installation's containers (when given), readable unbuffered logs.
     """
-    env = {"TASKMESH_NATS_URL": nats_url, "TASKMESH_HTTP_PORT": str(http_port),
-           "TASKMESH_DEPS_DIR": str(data_dir / "deps"), "TASKMESH_STORE_DIR": str(data_dir / "store"),
-           "TASKMESH_LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
-           # one user on one machine: tasks may reach this machine's own services (README's examples)
-           "TASKMESH_EGRESS_ALLOW_LOOPBACK": "true"}
+    env = {
+        "TASKMESH_NATS_URL": nats_url,
+        "TASKMESH_HTTP_PORT": str(http_port),
+        "TASKMESH_DEPS_DIR": str(data_dir / "deps"),
+        "TASKMESH_STORE_DIR": str(data_dir / "store"),
+        "TASKMESH_LOG_FORMAT": "text",
+        "PYTHONUNBUFFERED": "1",
+        # one user on one machine: tasks may reach this machine's own services (README's examples)
+        "TASKMESH_EGRESS_ALLOW_LOOPBACK": "true",
+    }
     if instance is not None:
         env["TASKMESH_INSTANCE"] = instance
     return env

@@ -73,9 +73,11 @@ class Stack:
             try:
                 last = httpx.get(f"{self.base_url}/api/health", timeout=2).json()
                 checks = last.get("checks", {})
-                ready = (checks.get("store", {}).get("status") == "ok"
-                         and (not scheduler or checks.get("scheduler", {}).get("status") == "ok")
-                         and checks.get("runners", {}).get("count", 0) >= runners)
+                ready = (
+                    checks.get("store", {}).get("status") == "ok"
+                    and (not scheduler or checks.get("scheduler", {}).get("status") == "ok")
+                    and checks.get("runners", {}).get("count", 0) >= runners
+                )
                 if ready:
                     return last
             except (httpx.HTTPError, ValueError):
@@ -101,8 +103,12 @@ class Stack:
         if not self.instance:
             return []
         try:
-            found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={self.instance}"],
-                                   capture_output=True, text=True, timeout=30).stdout.split()
+            found = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={self.instance}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split()
         except (OSError, subprocess.TimeoutExpired):
             return []
         if remove and found:
@@ -120,8 +126,9 @@ class Api:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def submit(self, body: dict[str, Any], path: str = "/api/tasks", expect: int = 201,
-                     **params: Any) -> dict[str, Any]:
+    async def submit(
+        self, body: dict[str, Any], path: str = "/api/tasks", expect: int = 201, **params: Any
+    ) -> dict[str, Any]:
         response = await self.client.post(path, json=body, params=params)
         assert response.status_code == expect, response.text
         return response.json()
@@ -145,7 +152,9 @@ class Api:
                 return body
             assert time.monotonic() < deadline, f"task {task_id} not final after {timeout} s: {body}"
 
-    async def wait_for(self, task_id: str, predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> dict[str, Any]:
+    async def wait_for(
+        self, task_id: str, predicate: Any, timeout: float = 30.0, interval: float = 0.1
+    ) -> dict[str, Any]:
         """Poll the task until ``predicate(task)`` holds."""
         deadline = time.monotonic() + timeout
         while True:
@@ -209,8 +218,9 @@ class TargetServer:
         except ValueError:
             body = raw.decode(errors="replace")
         self.bodies.append(body)
-        return web.json_response({"method": request.method, "body": body,
-                                  "content_type": request.headers.get("Content-Type")})
+        return web.json_response(
+            {"method": request.method, "body": body, "content_type": request.headers.get("Content-Type")}
+        )
 
     async def _status(self, request: web.Request) -> web.Response:
         self.hits["/status"] += 1
@@ -223,7 +233,6 @@ class TargetServer:
 
     async def _big(self, request: web.Request) -> web.Response:
         return web.Response(body=b"x" * int(request.query.get("bytes", "1000000")), content_type="text/plain")
-
 
 
 class WheelServer:
@@ -245,8 +254,19 @@ class WheelServer:
 
         self.port = free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1", "--directory",
-             str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_http(self.url)
         return self
 

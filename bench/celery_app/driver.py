@@ -43,7 +43,7 @@ def wait_results(task_ids: list[str], timeout_s: float, stored_before: int) -> l
     keys = [f"celery-task-meta-{task_id}" for task_id in task_ids]
     metas = []
     for start in range(0, len(keys), 5000):
-        metas += [json.loads(value) for value in backend.mget(keys[start:start + 5000]) if value is not None]
+        metas += [json.loads(value) for value in backend.mget(keys[start : start + 5000]) if value is not None]
     return [meta for meta in metas if meta.get("status") in ("SUCCESS", "FAILURE")]
 
 
@@ -62,10 +62,15 @@ def burst(args: argparse.Namespace, send) -> dict:
     submitted = time.time()
     metas = wait_results(ids, args.timeout, stored_before)
     last = max((done_at(meta) for meta in metas), default=time.time())
-    return {"n": args.n, "stored": len(metas), "failed": sum(1 for m in metas if m["status"] != "SUCCESS"),
-            "submit_s": submitted - first, "completion_s": last - first,
-            "rate_per_s": len(metas) / (last - first) if last > first else None,
-            "client_cpu_s": time.process_time() - cpu0}
+    return {
+        "n": args.n,
+        "stored": len(metas),
+        "failed": sum(1 for m in metas if m["status"] != "SUCCESS"),
+        "submit_s": submitted - first,
+        "completion_s": last - first,
+        "rate_per_s": len(metas) / (last - first) if last > first else None,
+        "client_cpu_s": time.process_time() - cpu0,
+    }
 
 
 def w1(args: argparse.Namespace) -> dict:
@@ -114,10 +119,16 @@ def w3(args: argparse.Namespace) -> dict:
     deadline = max(last_due, time.time()) + args.grace
     while records.llen(key) < args.n and time.time() < deadline:
         time.sleep(0.2)
-    lateness = [(float(started) - float(due)) * 1000
-                for due, started in (item.split() for item in records.lrange(key, 0, -1))]
-    return {"n": args.n, "started": len(lateness), "submit_s": submitted - first, "lateness_ms": lateness,
-            "client_cpu_s": time.process_time() - cpu0}
+    lateness = [
+        (float(started) - float(due)) * 1000 for due, started in (item.split() for item in records.lrange(key, 0, -1))
+    ]
+    return {
+        "n": args.n,
+        "started": len(lateness),
+        "submit_s": submitted - first,
+        "lateness_ms": lateness,
+        "client_cpu_s": time.process_time() - cpu0,
+    }
 
 
 def w4(args: argparse.Namespace) -> dict:

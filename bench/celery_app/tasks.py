@@ -56,8 +56,18 @@ def beat_fetch(url: str, name: str, due: float | None = None) -> int:
 @app.task(name="bench.run_code")
 def run_code(code: str) -> str:
     """What the original did for a code task: ``docker run --rm`` per call, the result on stdout."""
-    command = ["docker", "run", "--rm", "--label", CONTAINER_LABEL, *SANDBOX_FLAGS, os.environ["BENCH_SANDBOX_IMAGE"],
-               "python3", "-c", code]
+    command = [
+        "docker",
+        "run",
+        "--rm",
+        "--label",
+        CONTAINER_LABEL,
+        *SANDBOX_FLAGS,
+        os.environ["BENCH_SANDBOX_IMAGE"],
+        "python3",
+        "-c",
+        code,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"docker run exited {done.returncode}: {done.stderr[-500:]}")

@@ -15,12 +15,20 @@ from collections.abc import Iterable
 from typing import Any
 
 DEFAULT_DENIED_RANGES = [
-    "0.0.0.0/8", "127.0.0.0/8", "::1/128", "::/128",          # "this host" and loopback
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",          # RFC 1918 private networks
-    "100.64.0.0/10",                                          # carrier-grade NAT (and Alibaba's metadata)
-    "169.254.0.0/16", "fe80::/10",                            # link-local (AWS, GCP, Azure metadata)
-    "fc00::/7",                                               # unique local (AWS's fd00:ec2::254 metadata)
-    "224.0.0.0/4", "240.0.0.0/4", "ff00::/8",                 # multicast, reserved, broadcast
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "::1/128",
+    "::/128",  # "this host" and loopback
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",  # RFC 1918 private networks
+    "100.64.0.0/10",  # carrier-grade NAT (and Alibaba's metadata)
+    "169.254.0.0/16",
+    "fe80::/10",  # link-local (AWS, GCP, Azure metadata)
+    "fc00::/7",  # unique local (AWS's fd00:ec2::254 metadata)
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "ff00::/8",  # multicast, reserved, broadcast
 ]
 """What no task reaches unless the operator allows it: this host, private networks, metadata."""
 
@@ -28,7 +36,8 @@ LOOPBACK_RANGES = ["127.0.0.0/8", "::1/128"]
 """Allowed on top of the operator's list when ``TASKMESH_EGRESS_ALLOW_LOOPBACK`` is on (local mode)."""
 
 _allowed_for_request: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
-    "allowed_for_request", default=frozenset())
+    "allowed_for_request", default=frozenset()
+)
 
 
 class EgressDenied(OSError):
@@ -52,8 +61,14 @@ class EgressPolicy:
     """Deny ranges and host names, with allow ranges and host names that take precedence (an
     operator's exceptions); a denied host name is denied whatever its address."""
 
-    def __init__(self, deny: Iterable[str], allow: Iterable[str] = (), *, deny_hosts: Iterable[str] = (),
-                 allow_hosts: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        deny: Iterable[str],
+        allow: Iterable[str] = (),
+        *,
+        deny_hosts: Iterable[str] = (),
+        allow_hosts: Iterable[str] = (),
+    ) -> None:
         self.deny = [ipaddress.ip_network(n, strict=False) for n in deny]
         self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
         self.deny_hosts = [h.lower().rstrip(".") for h in deny_hosts if h]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 from nats.aio.msg import Msg
@@ -57,8 +58,16 @@ class ActiveRun:
 class RunExecutor:
     """Executes due runs for one runner."""
 
-    def __init__(self, js: JetStreamContext, tasks_kv: KeyValue, runs_kv: KeyValue, runner_id: str,
-                 settings: RunnerSettings, http: HttpTasks, sandboxes: DockerSandboxes) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        tasks_kv: KeyValue,
+        runs_kv: KeyValue,
+        runner_id: str,
+        settings: RunnerSettings,
+        http: HttpTasks,
+        sandboxes: DockerSandboxes,
+    ) -> None:
         self.js = js
         self.tasks_kv = tasks_kv
         self.runs_kv = runs_kv
@@ -126,28 +135,59 @@ class RunExecutor:
             await within_deadline(message.ack())
             return
         if verdict == "cancelled" or active.cancelled.is_set():
-            await self._report(due, attempt, Outcome(status="cancelled", error=RunError(
-                type="cancelled", message=active.cancel_reason or "cancelled before it started")), None, 0)
+            await self._report(
+                due,
+                attempt,
+                Outcome(
+                    status="cancelled",
+                    error=RunError(type="cancelled", message=active.cancel_reason or "cancelled before it started"),
+                ),
+                None,
+                0,
+            )
             await within_deadline(message.ack())
             return
         now = utcnow()
         if due.deadline_at is not None and now > due.deadline_at:
-            await self._report(due, attempt, Outcome(status="expired", error=RunError(
-                type="expired", message=f"waited in the queue past its start deadline {due.deadline_at.isoformat()}")),
-                None, 0)
+            await self._report(
+                due,
+                attempt,
+                Outcome(
+                    status="expired",
+                    error=RunError(
+                        type="expired",
+                        message=f"waited in the queue past its start deadline {due.deadline_at.isoformat()}",
+                    ),
+                ),
+                None,
+                0,
+            )
             await within_deadline(message.ack())
             return
-        started = RunStarted(event_id=f"s:{due.task_id}:{due.slot}:{attempt}", occurred_at=now, task_id=due.task_id,
-                             run_id=due.run_id, attempt=attempt, runner_id=self.runner_id,
-                             scheduled_for=due.scheduled_for)
+        started = RunStarted(
+            event_id=f"s:{due.task_id}:{due.slot}:{attempt}",
+            occurred_at=now,
+            task_id=due.task_id,
+            run_id=due.run_id,
+            attempt=attempt,
+            runner_id=self.runner_id,
+            scheduled_for=due.scheduled_for,
+        )
         try:
             # Recorded before the run, never after: an outcome that cannot be recorded either
             # would have the finished run executed again.
-            await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "started"), codec.encode(started),
-                                        started.event_id, START_PUBLISH_PATIENCE_SECONDS)
+            await self._publish_durably(
+                subjects.run_event(due.task_id, due.run_id, "started"),
+                codec.encode(started),
+                started.event_id,
+                START_PUBLISH_PATIENCE_SECONDS,
+            )
         except Exception as exc:
-            log.warning("run not started: its start could not be recorded (%s); handed back", exc,
-                        extra={"run": due.run_id, "attempt": attempt})
+            log.warning(
+                "run not started: its start could not be recorded (%s); handed back",
+                exc,
+                extra={"run": due.run_id, "attempt": attempt},
+            )
             await within_deadline(message.nak(delay=UNSTARTED_REDELIVERY_DELAY_SECONDS))
             return
         output = RunOutput(self.js, due.task_id, due.run_id, attempt, self.settings.log_cap_bytes)
@@ -157,7 +197,9 @@ class RunExecutor:
             outcome = await self._execute(due, active, output)
         except Exception as exc:  # a runner bug must not lose the run: report it as such
             log.exception("run %s failed inside the runner", due.run_id)
-            outcome = Outcome(status="failed", error=RunError(type="runner_error", message=f"{type(exc).__name__}: {exc}"))
+            outcome = Outcome(
+                status="failed", error=RunError(type="runner_error", message=f"{type(exc).__name__}: {exc}")
+            )
         # The outcome does not wait for the last log chunks to be acknowledged: the store tells a
         # complete log by the chunk count the outcome carries.
         output.end()
@@ -170,8 +212,9 @@ class RunExecutor:
         await output.settled()
         await within_deadline(message.ack())
 
-    async def _report_once(self, due: RunDue, attempt: int, outcome: Outcome, started_at: object,
-                           output: RunOutput) -> None:
+    async def _report_once(
+        self, due: RunDue, attempt: int, outcome: Outcome, started_at: datetime | None, output: RunOutput
+    ) -> None:
         """Report the outcome of a run that has executed; whatever goes wrong, exactly one outcome
         is recorded (the user code must not run again because reporting it failed)."""
         try:
@@ -182,13 +225,23 @@ class RunExecutor:
             log.exception("outcome of run %s could not be reported", due.run_id)
             reason = f"the runner could not report the outcome ({type(exc).__name__}: {exc})"
             finished = RunFinished(
-                event_id=f"f:{due.task_id}:{due.slot}:{attempt}", occurred_at=utcnow(), task_id=due.task_id,
-                run_id=due.run_id, attempt=attempt, runner_id=self.runner_id, status="failed", slot=due.slot,
-                scheduled_for=due.scheduled_for, started_at=started_at,  # type: ignore[arg-type]
-                error=RunError(type="internal", message=reason), log_bytes=output.bytes_seen,
-                log_chunks=output.chunks)
-            await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "finished"),
-                                        codec.encode(finished), finished.event_id)
+                event_id=f"f:{due.task_id}:{due.slot}:{attempt}",
+                occurred_at=utcnow(),
+                task_id=due.task_id,
+                run_id=due.run_id,
+                attempt=attempt,
+                runner_id=self.runner_id,
+                status="failed",
+                slot=due.slot,
+                scheduled_for=due.scheduled_for,
+                started_at=started_at,
+                error=RunError(type="internal", message=reason),
+                log_bytes=output.bytes_seen,
+                log_chunks=output.chunks,
+            )
+            await self._publish_durably(
+                subjects.run_event(due.task_id, due.run_id, "finished"), codec.encode(finished), finished.event_id
+            )
             self.finished += 1
 
     async def _keep_alive(self, message: Msg) -> None:
@@ -202,8 +255,9 @@ class RunExecutor:
     async def _already_finished(self, due: RunDue) -> bool:
         """Whether this message's work is already done (the last runner died before acking)."""
         try:
-            last = await self.js.get_last_msg(subjects.STREAM_EVENTS,
-                                              subjects.run_event(due.task_id, due.run_id, "finished"))
+            last = await self.js.get_last_msg(
+                subjects.STREAM_EVENTS, subjects.run_event(due.task_id, due.run_id, "finished")
+            )
         except NotFoundError:
             return False
         try:
@@ -215,7 +269,8 @@ class RunExecutor:
     async def _still_wanted(self, due: RunDue) -> str:
         """``run``, or ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted)."""
         task_entry, run_entry = await asyncio.gather(
-            self._get(self.tasks_kv, due.task_id), self._get(self.runs_kv, subjects.run_key(due.task_id, due.run_id)))
+            self._get(self.tasks_kv, due.task_id), self._get(self.runs_kv, subjects.run_key(due.task_id, due.run_id))
+        )
         if task_entry == "deleted":
             return "deleted"
         if isinstance(task_entry, bytes):
@@ -247,11 +302,15 @@ class RunExecutor:
         if spec.sandboxed:
             default = self.limits.code_timeout_seconds if spec.kind == "code" else self.limits.api_timeout_seconds
             job = SandboxJob(
-                task_id=due.task_id, run_id=due.run_id, attempt=active.attempt, spec=spec,
+                task_id=due.task_id,
+                run_id=due.run_id,
+                attempt=active.attempt,
+                spec=spec,
                 timeout_seconds=min(spec.timeout or default, self.limits.max_timeout_seconds),
                 memory_mb=min(spec.memory_mb or self.limits.memory_mb, self.limits.max_memory_mb),
                 cpus=min(spec.cpus or self.limits.cpus, self.limits.max_cpus),
-                network=(spec.network or spec.kind == "api") and self.limits.allow_network)
+                network=(spec.network or spec.kind == "api") and self.limits.allow_network,
+            )
             if spec.kind == "api":
                 blocked = await self.http.egress_blocked(spec.api_url or "")
                 if blocked:
@@ -269,34 +328,65 @@ class RunExecutor:
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
         output.system("cancelled: request aborted")
-        return Outcome(status="cancelled", error=RunError(type="cancelled", message=active.cancel_reason or "cancelled"))
+        return Outcome(
+            status="cancelled", error=RunError(type="cancelled", message=active.cancel_reason or "cancelled")
+        )
 
-    async def _report(self, due: RunDue, attempt: int, outcome: Outcome, started_at: object, log_bytes: int,
-                      log_chunks: int = 0) -> None:
+    async def _report(
+        self,
+        due: RunDue,
+        attempt: int,
+        outcome: Outcome,
+        started_at: datetime | None,
+        log_bytes: int,
+        log_chunks: int = 0,
+    ) -> None:
         """Publish the attempt's ``RunFinished`` and wait until JetStream has it."""
         poison = outcome.error is not None and outcome.error.type == "poison"
         will_retry = should_retry(due.spec, outcome.status, due.retry) and not poison
         now = utcnow()
         finished = RunFinished(
-            event_id=f"f:{due.task_id}:{due.slot}:{attempt}", occurred_at=now, task_id=due.task_id,
-            run_id=due.run_id, attempt=attempt, runner_id=self.runner_id, status=outcome.status, slot=due.slot,
-            scheduled_for=due.scheduled_for, started_at=started_at, result=outcome.result,  # type: ignore[arg-type]
-            error=outcome.error, exit_code=outcome.exit_code, deps_cache_hit=outcome.deps_cache_hit,
-            timings=outcome.timings, output_truncated=outcome.output_truncated or log_bytes > self.settings.log_cap_bytes,
-            log_bytes=log_bytes, log_chunks=log_chunks, will_retry=will_retry, retry=due.retry,
-            retry_at=retry_at(due.spec, due.retry + 1, now) if will_retry else None)
+            event_id=f"f:{due.task_id}:{due.slot}:{attempt}",
+            occurred_at=now,
+            task_id=due.task_id,
+            run_id=due.run_id,
+            attempt=attempt,
+            runner_id=self.runner_id,
+            status=outcome.status,
+            slot=due.slot,
+            scheduled_for=due.scheduled_for,
+            started_at=started_at,
+            result=outcome.result,
+            error=outcome.error,
+            exit_code=outcome.exit_code,
+            deps_cache_hit=outcome.deps_cache_hit,
+            timings=outcome.timings,
+            output_truncated=outcome.output_truncated or log_bytes > self.settings.log_cap_bytes,
+            log_bytes=log_bytes,
+            log_chunks=log_chunks,
+            will_retry=will_retry,
+            retry=due.retry,
+            retry_at=retry_at(due.spec, due.retry + 1, now) if will_retry else None,
+        )
         payload = codec.encode(finished)
         if len(payload) > streams.MAX_PAYLOAD_BYTES - 4096:
-            finished = msgspec.structs.replace(finished, result=None, error=RunError(
-                type="result_too_large", message=f"the outcome is {len(payload)} bytes; too large to record"),
-                status="failed", will_retry=False, retry_at=None)
+            finished = msgspec.structs.replace(
+                finished,
+                result=None,
+                error=RunError(
+                    type="result_too_large", message=f"the outcome is {len(payload)} bytes; too large to record"
+                ),
+                status="failed",
+                will_retry=False,
+                retry_at=None,
+            )
             payload = codec.encode(finished)
-        await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "finished"), payload,
-                                    finished.event_id)
+        await self._publish_durably(subjects.run_event(due.task_id, due.run_id, "finished"), payload, finished.event_id)
         self.finished += 1
 
-    async def _publish_durably(self, subject: str, payload: bytes, msg_id: str,
-                               patience_seconds: float = OUTCOME_PUBLISH_PATIENCE_SECONDS) -> None:
+    async def _publish_durably(
+        self, subject: str, payload: bytes, msg_id: str, patience_seconds: float = OUTCOME_PUBLISH_PATIENCE_SECONDS
+    ) -> None:
         """Publish until JetStream acknowledges it: an outcome is worth waiting out a NATS restart for
         (giving up would re-run the attempt). The message id makes a repeated publish land once."""
         delay = 0.2
@@ -314,12 +404,26 @@ class RunExecutor:
                 delay = min(delay * 2, 5.0)
 
     async def _dead_letter(self, due: RunDue, attempt: int, delivered: int) -> None:
-        reason = (f"delivered {delivered} times without an outcome (the runners holding it stopped); "
-                  f"given up after {self.settings.poison_deliveries}")
-        letter = DeadLetter(task_id=due.task_id, run_id=due.run_id, attempt=attempt, deliveries=delivered,
-                            reason=reason, at=utcnow(), due=due)
-        await self.js.publish(subjects.dead_letter(due.task_id), codec.encode(letter), timeout=10,
-                              headers={subjects.HEADER_MSG_ID: f"dl:{due.task_id}:{due.slot}:{due.attempt}"})
-        await self._report(due, attempt, Outcome(status="failed", error=RunError(type="poison", message=reason)),
-                           None, 0)
+        reason = (
+            f"delivered {delivered} times without an outcome (the runners holding it stopped); "
+            f"given up after {self.settings.poison_deliveries}"
+        )
+        letter = DeadLetter(
+            task_id=due.task_id,
+            run_id=due.run_id,
+            attempt=attempt,
+            deliveries=delivered,
+            reason=reason,
+            at=utcnow(),
+            due=due,
+        )
+        await self.js.publish(
+            subjects.dead_letter(due.task_id),
+            codec.encode(letter),
+            timeout=10,
+            headers={subjects.HEADER_MSG_ID: f"dl:{due.task_id}:{due.slot}:{due.attempt}"},
+        )
+        await self._report(
+            due, attempt, Outcome(status="failed", error=RunError(type="poison", message=reason)), None, 0
+        )
         log.warning("run dead-lettered", extra={"run": due.run_id, "deliveries": delivered})

@@ -37,8 +37,15 @@ class HttpTasks:
     aiohttp's pool does not, and its egress hook (``socket_factory``) sees every address.
     """
 
-    def __init__(self, policy: EgressPolicy, *, max_connections: int, default_timeout: float,
-                 max_timeout: float, body_cap_bytes: int) -> None:
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        *,
+        max_connections: int,
+        default_timeout: float,
+        max_timeout: float,
+        body_cap_bytes: int,
+    ) -> None:
         self.policy = policy
         self.max_connections = max_connections
         self.default_timeout = default_timeout
@@ -48,8 +55,12 @@ class HttpTasks:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.max_connections, ssl=ssl.create_default_context(),
-                                             socket_factory=self.policy.socket_factory, ttl_dns_cache=10)
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                ssl=ssl.create_default_context(),
+                socket_factory=self.policy.socket_factory,
+                ttl_dns_cache=10,
+            )
             # trust_env stays off: a proxy from the environment would bypass the egress policy
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
         return self._session
@@ -92,14 +103,19 @@ class HttpTasks:
                 allowance = allow_for_this_request(addresses)
         try:
             async with asyncio.timeout(timeout):
-                async with self.session().request(spec.method, url, allow_redirects=False,
-                                                  **_request_parts(spec)) as response:
+                async with self.session().request(
+                    spec.method, url, allow_redirects=False, **_request_parts(spec)
+                ) as response:
                     body, truncated = await self._read(response)
         except TimeoutError:
             elapsed = (time.perf_counter() - started) * 1000
             output.system(f"no response within {timeout:g} s")
-            return Outcome(status="timed_out", error=RunError(
-                type="timed_out", message=f"no complete response within {timeout:g} s ({elapsed:.0f} ms)"))
+            return Outcome(
+                status="timed_out",
+                error=RunError(
+                    type="timed_out", message=f"no complete response within {timeout:g} s ({elapsed:.0f} ms)"
+                ),
+            )
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             if _caused_by(exc, EgressDenied):
                 message = f"{urlsplit(url).hostname}: {_cause(exc, EgressDenied)}"
@@ -114,8 +130,10 @@ class HttpTasks:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         result: dict[str, Any] = {
             "status_code": response.status,
-            "headers": {name.lower(): MASK if name.lower() == "set-cookie" else ", ".join(response.headers.getall(name))
-                        for name in response.headers.keys()},
+            "headers": {
+                name.lower(): MASK if name.lower() == "set-cookie" else ", ".join(response.headers.getall(name))
+                for name in response.headers
+            },
             "body": _decoded(body, truncated, response.headers.get("content-type", "")),
             "elapsed_ms": elapsed_ms,
         }
@@ -182,5 +200,8 @@ def judge_response(result: dict[str, Any], reason: str, expected: list[int]) -> 
     if (status in expected) if expected else 200 <= status < 300:
         return Outcome(status="succeeded", result=result)
     wanted = ", ".join(map(str, expected)) if expected else "2xx"
-    return Outcome(status="failed", result=result, error=RunError(
-        type="http_status", status_code=status, message=f"HTTP {status} {reason} (expected {wanted})"))
+    return Outcome(
+        status="failed",
+        result=result,
+        error=RunError(type="http_status", status_code=status, message=f"HTTP {status} {reason} (expected {wanted})"),
+    )

@@ -110,8 +110,15 @@ class RunOutput:
         self._partial_since = 0.0
         buffered, self._buffer, self._buffered = self._buffer, [], 0
         for stream, text in buffered:
-            chunk = LogChunk(task_id=self.task_id, run_id=self.run_id, attempt=self.attempt, seq=self._seq,
-                             stream=stream, data=text, at=utcnow())
+            chunk = LogChunk(
+                task_id=self.task_id,
+                run_id=self.run_id,
+                attempt=self.attempt,
+                seq=self._seq,
+                stream=stream,
+                data=text,
+                at=utcnow(),
+            )
             self._seq += 1
             self._outbox.put_nowait(codec.encode(chunk))
         if self._worker is None and buffered:

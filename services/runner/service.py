@@ -37,7 +37,12 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         nc = await natsio.connect(settings, f"taskmesh-runner-{runner_id}", stop)
         stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
-        for stream in (subjects.STREAM_WORK, subjects.STREAM_EVENTS, subjects.STREAM_LOGS, subjects.STREAM_DEAD_LETTERS):
+        for stream in (
+            subjects.STREAM_WORK,
+            subjects.STREAM_EVENTS,
+            subjects.STREAM_LOGS,
+            subjects.STREAM_DEAD_LETTERS,
+        ):
             await natsio.wait_for_stream(js, stream, stop)
         tasks_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_TASKS, stop)
         runs_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_RUNS, stop)
@@ -56,9 +61,13 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         await sandboxes.start(stop)
         stack.push_async_callback(sandboxes.close)
         limits = settings.limits()
-        http = HttpTasks(settings.egress_policy(),
-                         max_connections=settings.api_slots * 2, default_timeout=limits.api_timeout_seconds,
-                         max_timeout=limits.max_timeout_seconds, body_cap_bytes=settings.response_body_cap_bytes)
+        http = HttpTasks(
+            settings.egress_policy(),
+            max_connections=settings.api_slots * 2,
+            default_timeout=limits.api_timeout_seconds,
+            max_timeout=limits.max_timeout_seconds,
+            body_cap_bytes=settings.response_body_cap_bytes,
+        )
         stack.push_async_callback(http.close)
         executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes)
 
@@ -74,22 +83,37 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         pools = {"code": Slots("code", settings.effective_code_slots()), "api": Slots("api", settings.api_slots)}
 
         def heartbeat() -> Heartbeat:
-            return Heartbeat(service="runner", instance_id=runner_id, host=hostname(), version=VERSION,
-                             started_at=started_at, sent_at=utcnow(),
-                             slots={name: slots.usage() for name, slots in pools.items()},
-                             sandbox=sandboxes.status(), runs_finished=executor.finished,
-                             consumer_restarts=dict(restarts))
+            return Heartbeat(
+                service="runner",
+                instance_id=runner_id,
+                host=hostname(),
+                version=VERSION,
+                started_at=started_at,
+                sent_at=utcnow(),
+                slots={name: slots.usage() for name, slots in pools.items()},
+                sandbox=sandboxes.status(),
+                runs_finished=executor.finished,
+                consumer_restarts=dict(restarts),
+            )
 
         restarts: Counter[str] = Counter()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop))
         in_flight: set[asyncio.Task[None]] = set()
         pullers = [
-            asyncio.create_task(supervise(durable, partial(_pull, js, durable, pools[pool], executor, in_flight, stop),
-                                          stop, restarts))
+            asyncio.create_task(
+                supervise(durable, partial(_pull, js, durable, pools[pool], executor, in_flight, stop), stop, restarts)
+            )
             for durable, pool in ((subjects.CONSUMER_RUNNER_CODE, "code"), (subjects.CONSUMER_RUNNER_API, "api"))
         ]
-        log.info("runner ready", extra={"runner": runner_id, "code_slots": pools["code"].total,
-                                        "api_slots": pools["api"].total, "sandbox": sandboxes.detail})
+        log.info(
+            "runner ready",
+            extra={
+                "runner": runner_id,
+                "code_slots": pools["code"].total,
+                "api_slots": pools["api"].total,
+                "sandbox": sandboxes.detail,
+            },
+        )
         await stop.wait()
         await asyncio.gather(*pullers, return_exceptions=True)
         grace = settings.shutdown_grace.total_seconds()
@@ -103,8 +127,14 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         log.info("runner stopped", extra={"finished": executor.finished, "handed_back": handed_back})
 
 
-async def _pull(js: JetStreamContext, durable: str, slots: Slots, executor: RunExecutor, in_flight: set[asyncio.Task[None]],
-                stop: asyncio.Event) -> None:
+async def _pull(
+    js: JetStreamContext,
+    durable: str,
+    slots: Slots,
+    executor: RunExecutor,
+    in_flight: set[asyncio.Task[None]],
+    stop: asyncio.Event,
+) -> None:
     subscription = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)
     try:
         while not stop.is_set():

@@ -93,8 +93,9 @@ class RunnerSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     def egress_policy(self) -> EgressPolicy:
         """The policy API tasks and the sandboxes' egress proxy apply."""
         allow = [*self.egress_allow, *(LOOPBACK_RANGES if self.egress_allow_loopback else [])]
-        return EgressPolicy(self.egress_deny, allow, deny_hosts=self.egress_deny_hosts,
-                            allow_hosts=self.egress_allow_hosts)
+        return EgressPolicy(
+            self.egress_deny, allow, deny_hosts=self.egress_deny_hosts, allow_hosts=self.egress_allow_hosts
+        )
 
     def effective_code_slots(self) -> int:
         return self.code_slots or default_code_slots()

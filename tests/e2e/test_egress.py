@@ -25,7 +25,7 @@ from tests.support import Api, Stack, WheelServer
 
 SANDBOX_IMAGE = "taskmesh-sandbox:py311-r1"
 
-PROBE = '''
+PROBE = """
 import os, socket, urllib.error, urllib.request
 
 def probe(url, direct_host=None, direct_port=None):
@@ -44,7 +44,7 @@ def probe(url, direct_host=None, direct_port=None):
         except OSError as exc:
             out["direct"] = f"{type(exc).__name__}: {exc}"
     return out
-'''
+"""
 
 
 class Listener:
@@ -82,7 +82,9 @@ class Listener:
 
 
 def docker0_address() -> str:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "docker0"], capture_output=True, text=True, timeout=10
+    ).stdout
     return out.split("inet ")[1].split("/")[0]
 
 
@@ -99,21 +101,36 @@ def deps_volume(docker_engine: None) -> Iterator[tuple[str, str]]:
     name = f"taskmesh-test-deps-{secrets.token_hex(3)}"
     subprocess.run(["docker", "volume", "create", name], check=True, capture_output=True, timeout=30)
     try:
-        mountpoint = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", name], check=True,
-                                    capture_output=True, text=True, timeout=30).stdout.strip()
+        mountpoint = subprocess.run(
+            ["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", name],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         yield name, mountpoint
     finally:
         subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer, deps_volume: tuple[str, str],
-          docker_engine: None) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("egress"), env_extra={
-        "TASKMESH_FIND_LINKS": wheel_server.url, "TASKMESH_POOL_SIZE": "1",
-        "TASKMESH_EGRESS_ALLOW_LOOPBACK": "false",   # a shared deployment: loopback denied
-        "TASKMESH_EGRESS_ALLOW": "127.0.0.2/32",     # the operator's exception: the allowed target
-        "TASKMESH_DEPS_VOLUME": deps_volume[0], "TASKMESH_DEPS_DIR": deps_volume[1]})  # sets in a volume
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    wheel_server: WheelServer,
+    deps_volume: tuple[str, str],
+    docker_engine: None,
+) -> Iterator[Stack]:
+    running = Stack(
+        tmp_path_factory.mktemp("egress"),
+        env_extra={
+            "TASKMESH_FIND_LINKS": wheel_server.url,
+            "TASKMESH_POOL_SIZE": "1",
+            "TASKMESH_EGRESS_ALLOW_LOOPBACK": "false",  # a shared deployment: loopback denied
+            "TASKMESH_EGRESS_ALLOW": "127.0.0.2/32",  # the operator's exception: the allowed target
+            "TASKMESH_DEPS_VOLUME": deps_volume[0],
+            "TASKMESH_DEPS_DIR": deps_volume[1],
+        },
+    )  # sets in a volume
     try:
         running.start()
         yield running
@@ -146,12 +163,36 @@ async def bridge_gateway() -> AsyncIterator[Listener]:
 def metadata(docker_engine: None) -> Iterator[str]:
     """A container answering at 169.254.169.254:80 on a network the test creates."""
     name = f"taskmesh-test-metadata-{secrets.token_hex(3)}"
-    subprocess.run(["docker", "network", "create", "--subnet", "169.254.169.0/24", name], check=True,
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["docker", "network", "create", "--subnet", "169.254.169.0/24", name],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     try:
-        subprocess.run(["docker", "run", "-d", "--name", name, "--network", name, "--ip", "169.254.169.254",
-                        SANDBOX_IMAGE, "python3", "-m", "http.server", "80", "--bind", "169.254.169.254"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "docker",
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                name,
+                "--ip",
+                "169.254.169.254",
+                SANDBOX_IMAGE,
+                "python3",
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "169.254.169.254",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         deadline = time.monotonic() + 20
         while True:  # the stand-in answers this host: a refusal later is the policy's doing
             try:
@@ -174,8 +215,17 @@ def metadata_requests(name: str) -> int:
 
 async def probe(api: Api, url: str, direct: tuple[str, int] | None = None) -> dict[str, object]:
     args: list[object] = [url, *(direct or ())]
-    created = await api.submit({"name": "probe", "task_type": "immediate", "function_code": PROBE,
-                                "function_name": "probe", "args": args, "network": True, "timeout": 60})
+    created = await api.submit(
+        {
+            "name": "probe",
+            "task_type": "immediate",
+            "function_code": PROBE,
+            "function_name": "probe",
+            "args": args,
+            "network": True,
+            "timeout": 60,
+        }
+    )
     task = await api.wait_final(created["id"], timeout=120)
     assert task["status"] == "succeeded", task
     return task["result"]
@@ -191,7 +241,8 @@ def refused(result: dict[str, object], why: str) -> None:
 
 
 async def test_a_code_task_with_network_reaches_an_allowed_local_target_through_the_proxy(
-        api: Api, allowed: Listener) -> None:
+    api: Api, allowed: Listener
+) -> None:
     result = await probe(api, f"{allowed.url}/hello")
     assert result["status"] == 200 and result["body"] == "hello from 127.0.0.2"
     assert str(result["proxy"]).startswith("http://")
@@ -199,7 +250,8 @@ async def test_a_code_task_with_network_reaches_an_allowed_local_target_through_
 
 
 async def test_the_docker_bridge_gateway_is_refused_through_the_proxy_and_unreachable_directly(
-        api: Api, bridge_gateway: Listener) -> None:
+    api: Api, bridge_gateway: Listener
+) -> None:
     result = await probe(api, f"{bridge_gateway.url}/hello", direct=(bridge_gateway.host, bridge_gateway.port))
     refused(result, f"{bridge_gateway.host} is blocked by the egress policy")
     assert result["direct"] != "connected"
@@ -207,7 +259,8 @@ async def test_the_docker_bridge_gateway_is_refused_through_the_proxy_and_unreac
 
 
 async def test_the_metadata_address_is_refused_through_the_proxy_and_unreachable_directly(
-        api: Api, metadata: str) -> None:
+    api: Api, metadata: str
+) -> None:
     before = metadata_requests(metadata)
     result = await probe(api, "http://169.254.169.254/latest/meta-data/", direct=("169.254.169.254", 80))
     refused(result, "169.254.169.254 is blocked by the egress policy")
@@ -241,7 +294,8 @@ async def test_a_name_that_resolves_to_a_blocked_address_is_refused(api: Api, lo
 
 
 async def test_a_redirect_from_an_allowed_target_to_a_blocked_one_is_refused(
-        api: Api, allowed: Listener, loopback: Listener) -> None:
+    api: Api, allowed: Listener, loopback: Listener
+) -> None:
     allowed.location = f"{loopback.url}/hello"
     result = await probe(api, f"{allowed.url}/redirect")  # urllib follows: its next hop meets the proxy
     refused(result, "127.0.0.1 is blocked by the egress policy")
@@ -252,10 +306,20 @@ async def test_a_redirect_from_an_allowed_target_to_a_blocked_one_is_refused(
 
 
 async def test_an_isolated_api_task_without_requests_reports_a_redirect_instead_of_following_it(
-        api: Api, allowed: Listener, loopback: Listener) -> None:
+    api: Api, allowed: Listener, loopback: Listener
+) -> None:
     allowed.location = f"{loopback.url}/hello"
-    created = await api.submit({"name": "redirect", "task_type": "immediate", "api_url": f"{allowed.url}/redirect",
-                                "isolated": True, "requirements": ["idna"], "expected_status": [302], "timeout": 30})
+    created = await api.submit(
+        {
+            "name": "redirect",
+            "task_type": "immediate",
+            "api_url": f"{allowed.url}/redirect",
+            "isolated": True,
+            "requirements": ["idna"],
+            "expected_status": [302],
+            "timeout": 30,
+        }
+    )
     task = await api.wait_final(created["id"], timeout=120)
     assert task["spec"]["requirements"] == ["idna"]  # no requests: the bootstrap's urllib path
     assert task["status"] == "succeeded", task
@@ -267,8 +331,9 @@ async def test_an_isolated_api_task_without_requests_reports_a_redirect_instead_
 async def test_an_api_task_cannot_read_the_nats_monitor(api: Api, stack: Stack, isolated: bool) -> None:
     assert stack.nats is not None
     url = f"http://127.0.0.1:{stack.nats.monitor_port}/connz?auth=true&subs=true"
-    created = await api.submit({"name": "connz", "task_type": "immediate", "api_url": url, "isolated": isolated,
-                                "timeout": 30})
+    created = await api.submit(
+        {"name": "connz", "task_type": "immediate", "api_url": url, "isolated": isolated, "timeout": 30}
+    )
     task = await api.wait_final(created["id"], timeout=120)
     assert task["status"] == "failed", task
     assert task["error"]["type"] == "egress_denied"
@@ -277,8 +342,15 @@ async def test_an_api_task_cannot_read_the_nats_monitor(api: Api, stack: Stack, 
 
 
 async def test_an_isolated_api_task_reaches_the_allowed_target(api: Api, allowed: Listener) -> None:
-    created = await api.submit({"name": "allowed", "task_type": "immediate", "api_url": f"{allowed.url}/hello",
-                                "isolated": True, "timeout": 30})
+    created = await api.submit(
+        {
+            "name": "allowed",
+            "task_type": "immediate",
+            "api_url": f"{allowed.url}/hello",
+            "isolated": True,
+            "timeout": 30,
+        }
+    )
     task = await api.wait_final(created["id"], timeout=120)
     assert task["status"] == "succeeded", task
     assert task["result"]["body"] == "hello from 127.0.0.2"
@@ -287,7 +359,7 @@ async def test_an_isolated_api_task_reaches_the_allowed_target(api: Api, allowed
 
 # --- requirement sets ----------------------------------------------------------------------------
 
-LOOK_AROUND = '''
+LOOK_AROUND = """
 import os
 
 def look():
@@ -300,16 +372,32 @@ def look():
             if "six.py" in files or ".uv-cache" in subdirectories:
                 found.setdefault("others", []).append(directory)
     return found
-'''
+"""
 
 
 async def test_a_sandbox_sees_only_its_own_requirement_set_never_another_tasks_nor_uvs_cache(
-        api: Api, deps_volume: tuple[str, str]) -> None:
-    other = await api.submit({"name": "six", "task_type": "immediate", "requirements": ["six"],
-                              "function_code": "import six\ndef f():\n    return six.__file__", "function_name": "f"})
+    api: Api, deps_volume: tuple[str, str]
+) -> None:
+    other = await api.submit(
+        {
+            "name": "six",
+            "task_type": "immediate",
+            "requirements": ["six"],
+            "function_code": "import six\ndef f():\n    return six.__file__",
+            "function_name": "f",
+        }
+    )
     assert (await api.wait_final(other["id"], timeout=180))["status"] == "succeeded"
-    created = await api.submit({"name": "look", "task_type": "immediate", "requirements": ["idna"],
-                                "function_code": LOOK_AROUND, "function_name": "look", "timeout": 60})
+    created = await api.submit(
+        {
+            "name": "look",
+            "task_type": "immediate",
+            "requirements": ["idna"],
+            "function_code": LOOK_AROUND,
+            "function_name": "look",
+            "timeout": 60,
+        }
+    )
     task = await api.wait_final(created["id"], timeout=180)
     assert task["status"] == "succeeded", task
     result = task["result"]

@@ -42,8 +42,12 @@ async def attack(api: Api, stack: Stack, body: dict[str, object]) -> dict[str, o
     # and the attacker's container is gone: only the warm pool's one waiting container remains
     deadline = time.monotonic() + 20
     while True:
-        containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={stack.instance}"],
-                                    capture_output=True, text=True, timeout=30).stdout.split()
+        containers = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=org.taskmesh.instance={stack.instance}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
         if len(containers) <= POOL_SIZE:
             return task
         assert time.monotonic() < deadline, f"containers left behind: {containers}"
@@ -72,16 +76,20 @@ async def test_a_cpu_spin_is_stopped_at_its_timeout(api: Api, stack: Stack) -> N
 
 
 async def test_filling_tmp_stops_at_its_size(api: Api, stack: Stack) -> None:
-    source = ("def attack():\n    with open('/tmp/fill', 'wb') as f:\n"
-              "        for _ in range(1024):\n            f.write(b'x' * 1024 * 1024)\n    return 'wrote 1 GB'")
+    source = (
+        "def attack():\n    with open('/tmp/fill', 'wb') as f:\n"
+        "        for _ in range(1024):\n            f.write(b'x' * 1024 * 1024)\n    return 'wrote 1 GB'"
+    )
     task = await attack(api, stack, code("fill tmp", source))
     assert task["status"] == "failed"
     assert "No space left on device" in task["error"]["message"]
 
 
 async def test_printing_100_mb_is_capped_in_the_log(api: Api, stack: Stack) -> None:
-    source = ("import sys\ndef attack():\n    line = 'x' * 1_000_000 + '\\n'\n"
-              "    for _ in range(100):\n        sys.stdout.write(line)\n    return 'printed'")
+    source = (
+        "import sys\ndef attack():\n    line = 'x' * 1_000_000 + '\\n'\n"
+        "    for _ in range(100):\n        sys.stdout.write(line)\n    return 'printed'"
+    )
     task = await attack(api, stack, code("print 100 MB", source, timeout=120))
     assert task["status"] == "succeeded"
     run = (await api.runs(task["id"]))[0]
@@ -103,7 +111,8 @@ async def test_the_network_is_off(api: Api, stack: Stack) -> None:
         "            results[host] = 'connected'\n"
         "        except OSError as exc:\n"
         "            results[host] = type(exc).__name__\n"
-        "    return results\n")
+        "    return results\n"
+    )
     task = await attack(api, stack, code("network", source, args=[stack.http_port]))
     assert task["status"] == "succeeded"
     assert "connected" not in task["result"].values(), task["result"]
@@ -129,16 +138,19 @@ async def test_the_root_filesystem_is_read_only(api: Api, stack: Stack) -> None:
 
 
 async def test_the_sandbox_runs_as_nobody_without_capabilities(api: Api, stack: Stack) -> None:
-    source = ("import os\ndef attack():\n    status = open('/proc/self/status').read().splitlines()\n"
-              "    fields = dict(line.split(':', 1) for line in status if ':' in line)\n"
-              "    return {'uid': os.getuid(), 'cap_eff': fields['CapEff'].strip(), 'no_new_privs': fields['NoNewPrivs'].strip(),"
-              " 'seccomp': fields['Seccomp'].strip()}")
+    source = (
+        "import os\ndef attack():\n    status = open('/proc/self/status').read().splitlines()\n"
+        "    fields = dict(line.split(':', 1) for line in status if ':' in line)\n"
+        "    return {'uid': os.getuid(), 'cap_eff': fields['CapEff'].strip(), 'no_new_privs': fields['NoNewPrivs'].strip(),"
+        " 'seccomp': fields['Seccomp'].strip()}"
+    )
     task = await attack(api, stack, code("who am i", source))
     assert task["result"] == {"uid": 65534, "cap_eff": "0000000000000000", "no_new_privs": "1", "seccomp": "2"}
 
 
 async def test_an_exception_with_a_60_mb_message_fails_clearly_while_a_task_submitted_with_it_completes(
-        api: Api, stack: Stack) -> None:
+    api: Api, stack: Stack
+) -> None:
     hostile = await api.submit(code("huge message", "def attack():\n    raise Exception('A' * 60_000_000)"))
     submitted = time.monotonic()
     short = await api.submit(code("short", "def f():\n    return 'quick'", "f"))
@@ -156,7 +168,8 @@ async def test_an_exception_with_a_60_mb_message_fails_clearly_while_a_task_subm
 
 
 async def test_code_that_searches_its_frames_and_memory_for_the_nonce_cannot_forge_a_success(
-        api: Api, stack: Stack) -> None:
+    api: Api, stack: Stack
+) -> None:
     source = FORGER + "\n\ndef attack_then_fail():\n    attack()\n    raise RuntimeError('the honest outcome')\n"
     task = await attack(api, stack, code("forger", source, "attack_then_fail", timeout=120))
 

@@ -65,5 +65,8 @@ def attack():
             os.write(fd, (candidate + FORGED + "\n").encode())
     print(candidates[0] if candidates else "x", end="")
     sys.stdout.write(FORGED)
-    return {"candidates": len(candidates), "parent_mem": denied.get("%d mem" % os.getppid(), "readable"),
-            "parent_fd0": denied.get("%d fd/0" % os.getppid(), "readable")}
+    return {
+        "candidates": len(candidates),
+        "parent_mem": denied.get("%d mem" % os.getppid(), "readable"),
+        "parent_fd0": denied.get("%d fd/0" % os.getppid(), "readable"),
+    }

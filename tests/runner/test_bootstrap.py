@@ -17,29 +17,58 @@ from services.runner.sandbox.docker_sandbox import BOOTSTRAP
 RESULT_CAP = 1 << 20
 IMAGE = os.environ.get("TASKMESH_SANDBOX_IMAGE", "taskmesh-sandbox:py311-r1")
 FORGER = (Path(__file__).with_name("forger_task.py")).read_text()
-LOCKDOWN = ["--network", "none", "--user", "65534:65534", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--init", "--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777", "--pids-limit", "128", "--memory", "512m"]
+LOCKDOWN = [
+    "--network",
+    "none",
+    "--user",
+    "65534:65534",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+    "--init",
+    "--read-only",
+    "--tmpfs",
+    "/tmp:rw,size=64m,mode=1777",
+    "--pids-limit",
+    "128",
+    "--memory",
+    "512m",
+]
 
 
 def stdin_for(nonce: str, function_code: str, function: str) -> bytes:
     header = {"nonce": nonce, "mode": "code", "result_cap": RESULT_CAP, "frame_cap": RESULT_CAP + FRAME_MARGIN_BYTES}
-    payload = {"mode": "code", "code": function_code, "function": function, "args": [], "kwargs": {},
-               "result_cap": RESULT_CAP}
+    payload = {
+        "mode": "code",
+        "code": function_code,
+        "function": function,
+        "args": [],
+        "kwargs": {},
+        "result_cap": RESULT_CAP,
+    }
     return json.dumps(header).encode() + b"\n" + json.dumps(payload).encode() + b"\n"
 
 
 def run_locally(nonce: str, function_code: str, function: str = "main") -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-I", "-u", "-c", BOOTSTRAP], input=stdin_for(nonce, function_code, function),
-                          capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-I", "-u", "-c", BOOTSTRAP],
+        input=stdin_for(nonce, function_code, function),
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def run_in_sandbox(nonce: str, function_code: str, function: str) -> subprocess.CompletedProcess[bytes]:
     """The bootstrap in a container locked down like the runner's (as nobody, no capabilities)."""
     name = f"taskmesh-test-bootstrap-{secrets.token_hex(4)}"
     try:
-        return subprocess.run(["docker", "run", "--rm", "-i", "--name", name, *LOCKDOWN, IMAGE,
-                               "python3", "-I", "-u", "-c", BOOTSTRAP],
-                              input=stdin_for(nonce, function_code, function), capture_output=True, timeout=180)
+        return subprocess.run(
+            ["docker", "run", "--rm", "-i", "--name", name, *LOCKDOWN, IMAGE, "python3", "-I", "-u", "-c", BOOTSTRAP],
+            input=stdin_for(nonce, function_code, function),
+            capture_output=True,
+            timeout=180,
+        )
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
@@ -69,8 +98,11 @@ def test_user_code_that_searches_everywhere_for_the_nonce_cannot_forge_the_resul
 
 
 FORGED_OUTCOMES = [
-    pytest.param({"ok": False, "error": {"type": "oom_killed", "message": "fake"}}, "invalid_result",
-                 id="an-error-type-the-child-never-reports"),
+    pytest.param(
+        {"ok": False, "error": {"type": "oom_killed", "message": "fake"}},
+        "invalid_result",
+        id="an-error-type-the-child-never-reports",
+    ),
     pytest.param({"ok": True, "result": "x" * (RESULT_CAP + 10)}, "result_too_large", id="a-result-over-the-cap"),
     pytest.param({"ok": "yes"}, "invalid_result", id="an-outcome-without-a-boolean-ok"),
 ]
@@ -78,17 +110,20 @@ FORGED_OUTCOMES = [
 
 @pytest.mark.parametrize(("outcome", "error_type"), FORGED_OUTCOMES)
 def test_an_outcome_written_straight_into_the_parents_pipe_claims_no_more_than_the_function_could(
-        outcome: dict[str, object], error_type: str) -> None:
+    outcome: dict[str, object], error_type: str
+) -> None:
     data = json.dumps(outcome).encode()
-    source = ("import os, struct\n"
-              "def main():\n"
-              f"    data = {data!r}\n"
-              "    for fd in map(int, os.listdir('/proc/self/fd')):\n"
-              "        try:\n"
-              "            os.write(fd, struct.pack('>Q', len(data)) + data)\n"
-              "        except OSError:\n"
-              "            pass\n"
-              "    os._exit(0)\n")
+    source = (
+        "import os, struct\n"
+        "def main():\n"
+        f"    data = {data!r}\n"
+        "    for fd in map(int, os.listdir('/proc/self/fd')):\n"
+        "        try:\n"
+        "            os.write(fd, struct.pack('>Q', len(data)) + data)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    os._exit(0)\n"
+    )
     nonce = secrets.token_hex(16)
 
     done = run_locally(nonce, source)
@@ -113,12 +148,18 @@ def test_an_exception_with_a_60_mb_message_fails_with_message_and_traceback_cut_
     assert len(done.stdout) < 300_000
 
 
-@pytest.mark.parametrize(("source", "exit_code"), [
-    pytest.param("import os\ndef main():\n    os._exit(3)\n", 3, id="an-exit-code"),
-    pytest.param("import os, signal\ndef main():\n    os.kill(os.getpid(), signal.SIGKILL)\n", 128 + 9, id="a-signal"),
-])
+@pytest.mark.parametrize(
+    ("source", "exit_code"),
+    [
+        pytest.param("import os\ndef main():\n    os._exit(3)\n", 3, id="an-exit-code"),
+        pytest.param(
+            "import os, signal\ndef main():\n    os.kill(os.getpid(), signal.SIGKILL)\n", 128 + 9, id="a-signal"
+        ),
+    ],
+)
 def test_a_function_that_ends_its_process_ends_the_bootstrap_the_same_way_without_a_frame(
-        source: str, exit_code: int) -> None:
+    source: str, exit_code: int
+) -> None:
     nonce = secrets.token_hex(16)
 
     done = run_locally(nonce, source)

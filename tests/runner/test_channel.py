@@ -44,7 +44,7 @@ def test_user_output_and_the_result_frame_are_split_in_one_chunk() -> None:
 
 
 def test_the_split_is_the_same_fed_byte_by_byte() -> None:
-    shown, result, held = scan([STREAM[i:i + 1] for i in range(len(STREAM))])
+    shown, result, held = scan([STREAM[i : i + 1] for i in range(len(STREAM))])
 
     assert (shown, frame_of(result), held) == (USER, FRAME, b"")
 
@@ -121,19 +121,33 @@ def test_the_stderr_end_marker_is_a_frame_with_nothing_after_the_nonce() -> None
 def run_bootstrap(function_code: str) -> bytes:
     """Run the sandbox bootstrap as a local process (no container) and return its stdout."""
     header = {"nonce": NONCE, "mode": "code", "result_cap": 1 << 20, "frame_cap": 3 << 20}
-    payload = {"mode": "code", "code": function_code, "function": "main", "args": [], "kwargs": {}, "result_cap": 1 << 20}
-    done = subprocess.run([sys.executable, "-I", "-u", "-c", BOOTSTRAP],
-                          input=json.dumps(header).encode() + b"\n" + json.dumps(payload).encode() + b"\n",
-                          capture_output=True, timeout=60, check=True)
+    payload = {
+        "mode": "code",
+        "code": function_code,
+        "function": "main",
+        "args": [],
+        "kwargs": {},
+        "result_cap": 1 << 20,
+    }
+    done = subprocess.run(
+        [sys.executable, "-I", "-u", "-c", BOOTSTRAP],
+        input=json.dumps(header).encode() + b"\n" + json.dumps(payload).encode() + b"\n",
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     return done.stdout
 
 
 BOOTSTRAP_CODE = [
     pytest.param("def main():\n    print('working')\n    return 42\n", id="output-ending-in-a-newline"),
-    pytest.param("def main():\n    print('progress: 100%', end='')\n    return 42\n",
-                 id="print-without-a-final-newline"),
-    pytest.param("import sys\ndef main():\n    sys.stdout.write('no newline')\n    return 42\n",
-                 id="raw-write-without-a-final-newline"),
+    pytest.param(
+        "def main():\n    print('progress: 100%', end='')\n    return 42\n", id="print-without-a-final-newline"
+    ),
+    pytest.param(
+        "import sys\ndef main():\n    sys.stdout.write('no newline')\n    return 42\n",
+        id="raw-write-without-a-final-newline",
+    ),
 ]
 
 
@@ -142,7 +156,7 @@ BOOTSTRAP_CODE = [
 def test_the_bootstrap_result_is_found_whatever_the_user_printed_last(function_code: str, chunk_size: int) -> None:
     stdout = run_bootstrap(function_code)
 
-    shown, result, held = scan([stdout[i:i + chunk_size] for i in range(0, len(stdout), chunk_size)])
+    shown, result, held = scan([stdout[i : i + chunk_size] for i in range(0, len(stdout), chunk_size)])
 
     assert result is not None, f"no result frame found; shown as user output: {shown!r}"
     assert json.loads(result) == {"ok": True, "result": 42}
@@ -153,13 +167,13 @@ def test_a_frame_right_after_output_without_a_newline_is_found_at_every_chunk_bo
     # The bootstrap writes the frame right after the user's last byte, newline or not.
     stream = b"no newline" + NONCE.encode() + FRAME + b"\n"
 
-    lost = [cut for cut in range(len(stream) + 1)
-            if frame_of(scan([stream[:cut], stream[cut:]])[1]) != FRAME]
+    lost = [cut for cut in range(len(stream) + 1) if frame_of(scan([stream[:cut], stream[cut:]])[1]) != FRAME]
 
     assert lost == [], f"result frame not found when the stream is cut at {lost}"
 
 
 # --- Channel ------------------------------------------------------------------------------------------
+
 
 def docker_frame(stream: int, payload: bytes) -> bytes:
     return struct.pack(">BxxxL", stream, len(payload)) + payload
@@ -202,14 +216,15 @@ async def test_frames_sent_byte_by_byte_are_reassembled(sockets: tuple[socket.so
 
     reader = asyncio.create_task(collect(channel.frames()))
     for i in range(len(data)):
-        await loop.sock_sendall(theirs, data[i:i + 1])
+        await loop.sock_sendall(theirs, data[i : i + 1])
     theirs.shutdown(socket.SHUT_WR)
 
     assert await asyncio.wait_for(reader, 10) == [(STDOUT, b"abc"), (STDERR, "数据\n".encode())]
 
 
 async def test_an_incomplete_frame_is_not_yielded_until_its_last_byte(
-        sockets: tuple[socket.socket, socket.socket]) -> None:
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
     ours, theirs = sockets
     frames = Channel(ours).frames()
     loop = asyncio.get_running_loop()
@@ -225,7 +240,8 @@ async def test_an_incomplete_frame_is_not_yielded_until_its_last_byte(
 
 
 async def test_a_frame_cut_off_by_the_container_closing_is_dropped(
-        sockets: tuple[socket.socket, socket.socket]) -> None:
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
     ours, theirs = sockets
     channel = Channel(ours)
     loop = asyncio.get_running_loop()

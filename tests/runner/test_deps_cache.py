@@ -10,8 +10,19 @@ from services.runner.sandbox.deps import MARKER, UV_CACHE, DependencyCache, Deps
 
 
 def cache(root: Path, max_bytes: int) -> DependencyCache:
-    config = DepsConfig(root=str(root), volume=None, image="img", uv_path=None, index_url=None, find_links=None,
-                        ca_bundle=None, network="none", timeout_seconds=1, max_bytes=max_bytes, labels={})
+    config = DepsConfig(
+        root=str(root),
+        volume=None,
+        image="img",
+        uv_path=None,
+        index_url=None,
+        find_links=None,
+        ca_bundle=None,
+        network="none",
+        timeout_seconds=1,
+        max_bytes=max_bytes,
+        labels={},
+    )
     return DependencyCache(engine=None, config=config)  # type: ignore[arg-type]
 
 
@@ -86,7 +97,18 @@ async def test_a_set_in_a_volume_is_mounted_from_the_volumes_own_directory_on_th
             assert (method, args) == ("inspect_volume", ("taskmesh-deps",))
             return {"Mountpoint": "/var/lib/docker/volumes/taskmesh-deps/_data"}
 
-    config = DepsConfig(root=str(tmp_path), volume="taskmesh-deps", image="img", uv_path=None, index_url=None,
-                        find_links=None, ca_bundle=None, network="none", timeout_seconds=1, max_bytes=10**9, labels={})
+    config = DepsConfig(
+        root=str(tmp_path),
+        volume="taskmesh-deps",
+        image="img",
+        uv_path=None,
+        index_url=None,
+        find_links=None,
+        ca_bundle=None,
+        network="none",
+        timeout_seconds=1,
+        max_bytes=10**9,
+        labels={},
+    )
     deps = DependencyCache(engine=Engine(), config=config)  # type: ignore[arg-type]
     assert await deps.host_path("k" * 32) == f"/var/lib/docker/volumes/taskmesh-deps/_data/{'k' * 32}"

@@ -15,45 +15,51 @@ from tests.runner.output_collector import NullOutput
 DEFAULT = EgressPolicy(DEFAULT_BLOCKED_RANGES)
 
 
-@pytest.mark.parametrize("address", [
-    pytest.param("169.254.169.254", id="aws-gcp-azure-metadata"),
-    pytest.param("169.254.170.2", id="ecs-task-metadata"),
-    pytest.param("169.254.0.1", id="ipv4-link-local-low"),
-    pytest.param("169.254.255.255", id="ipv4-link-local-high"),
-    pytest.param("100.100.100.200", id="alibaba-metadata"),
-    pytest.param("fd00:ec2::254", id="aws-ipv6-metadata"),
-    pytest.param("fe80::1", id="ipv6-link-local"),
-    pytest.param("fe80::1%eth0", id="ipv6-link-local-with-zone"),
-    pytest.param("febf:ffff::1", id="ipv6-link-local-high"),
-    pytest.param("::ffff:169.254.169.254", id="ipv4-mapped-metadata"),
-    pytest.param("::ffff:a9fe:a9fe", id="ipv4-mapped-metadata-in-hex"),
-    pytest.param("::ffff:100.100.100.200", id="ipv4-mapped-alibaba-metadata"),
-    pytest.param("127.0.0.1", id="loopback"),
-    pytest.param("127.9.9.9", id="loopback-high"),
-    pytest.param("::1", id="ipv6-loopback"),
-    pytest.param("::ffff:127.0.0.1", id="ipv4-mapped-loopback"),
-    pytest.param("0.0.0.0", id="this-host"),
-    pytest.param("10.1.2.3", id="private-10"),
-    pytest.param("172.17.0.1", id="docker-bridge-gateway"),
-    pytest.param("192.168.1.1", id="private-192-168"),
-    pytest.param("100.64.0.1", id="cgnat"),
-    pytest.param("fd12:3456::1", id="unique-local"),
-    pytest.param("224.0.0.1", id="multicast"),
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("169.254.169.254", id="aws-gcp-azure-metadata"),
+        pytest.param("169.254.170.2", id="ecs-task-metadata"),
+        pytest.param("169.254.0.1", id="ipv4-link-local-low"),
+        pytest.param("169.254.255.255", id="ipv4-link-local-high"),
+        pytest.param("100.100.100.200", id="alibaba-metadata"),
+        pytest.param("fd00:ec2::254", id="aws-ipv6-metadata"),
+        pytest.param("fe80::1", id="ipv6-link-local"),
+        pytest.param("fe80::1%eth0", id="ipv6-link-local-with-zone"),
+        pytest.param("febf:ffff::1", id="ipv6-link-local-high"),
+        pytest.param("::ffff:169.254.169.254", id="ipv4-mapped-metadata"),
+        pytest.param("::ffff:a9fe:a9fe", id="ipv4-mapped-metadata-in-hex"),
+        pytest.param("::ffff:100.100.100.200", id="ipv4-mapped-alibaba-metadata"),
+        pytest.param("127.0.0.1", id="loopback"),
+        pytest.param("127.9.9.9", id="loopback-high"),
+        pytest.param("::1", id="ipv6-loopback"),
+        pytest.param("::ffff:127.0.0.1", id="ipv4-mapped-loopback"),
+        pytest.param("0.0.0.0", id="this-host"),
+        pytest.param("10.1.2.3", id="private-10"),
+        pytest.param("172.17.0.1", id="docker-bridge-gateway"),
+        pytest.param("192.168.1.1", id="private-192-168"),
+        pytest.param("100.64.0.1", id="cgnat"),
+        pytest.param("fd12:3456::1", id="unique-local"),
+        pytest.param("224.0.0.1", id="multicast"),
+    ],
+)
 def test_the_default_policy_denies_loopback_private_metadata_cgnat_and_link_local_addresses(address: str) -> None:
     assert DEFAULT.permits(address) is False
 
 
-@pytest.mark.parametrize("address", [
-    pytest.param("93.184.216.34", id="public-ipv4"),
-    pytest.param("2606:4700:4700::1111", id="public-ipv6"),
-    pytest.param("169.253.255.255", id="just-below-link-local"),
-    pytest.param("172.32.0.1", id="just-above-172-16-12"),
-    pytest.param("100.128.0.1", id="just-above-cgnat"),
-    pytest.param("169.255.0.0", id="just-above-link-local"),
-    pytest.param("fec0::1", id="just-above-ipv6-link-local"),
-    pytest.param("::ffff:93.184.216.34", id="ipv4-mapped-public"),
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        pytest.param("93.184.216.34", id="public-ipv4"),
+        pytest.param("2606:4700:4700::1111", id="public-ipv6"),
+        pytest.param("169.253.255.255", id="just-below-link-local"),
+        pytest.param("172.32.0.1", id="just-above-172-16-12"),
+        pytest.param("100.128.0.1", id="just-above-cgnat"),
+        pytest.param("169.255.0.0", id="just-above-link-local"),
+        pytest.param("fec0::1", id="just-above-ipv6-link-local"),
+        pytest.param("::ffff:93.184.216.34", id="ipv4-mapped-public"),
+    ],
+)
 def test_the_default_policy_permits_other_addresses(address: str) -> None:
     assert DEFAULT.permits(address) is True
 
@@ -87,6 +93,7 @@ def test_an_empty_policy_permits_everything() -> None:
 
 
 # --- the socket factory the HTTP client connects through (nothing leaves the machine) -----------
+
 
 @pytest.mark.parametrize("host", ["169.254.169.254", "::ffff:169.254.169.254", "fe80::1"])
 def test_a_socket_to_a_blocked_address_is_refused_before_it_exists(host: str) -> None:
@@ -128,14 +135,18 @@ def test_loopback_is_allowed_only_when_the_setting_says_so() -> None:
 
 
 def test_host_names_are_denied_or_allowed_whatever_they_resolve_to() -> None:
-    policy = EgressPolicy(DEFAULT_BLOCKED_RANGES, deny_hosts=["evil.example", "*.bad.example"],
-                          allow_hosts=["*.internal.example"])
+    policy = EgressPolicy(
+        DEFAULT_BLOCKED_RANGES, deny_hosts=["evil.example", "*.bad.example"], allow_hosts=["*.internal.example"]
+    )
 
     assert policy.refusal("evil.example", "93.184.216.34") == "evil.example is a host name the egress policy blocks"
     assert policy.refusal("a.bad.example", "93.184.216.34") is not None
     assert policy.refusal("bad.example", "93.184.216.34") is None  # the wildcard is for subdomains
     assert policy.refusal("index.internal.example", "10.0.0.5") is None
-    assert policy.refusal("rebind.example", "10.0.0.5") == "rebind.example resolves to 10.0.0.5, which the egress policy blocks"
+    assert (
+        policy.refusal("rebind.example", "10.0.0.5")
+        == "rebind.example resolves to 10.0.0.5, which the egress policy blocks"
+    )
 
 
 async def test_an_api_task_reaches_a_host_the_operator_allowed_by_name_and_not_one_denied_by_name() -> None:
@@ -152,9 +163,11 @@ async def test_an_api_task_reaches_a_host_the_operator_allowed_by_name_and_not_o
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     outcomes = {}
-    for name, policy in (("allowed", EgressPolicy(DEFAULT_BLOCKED_RANGES, allow_hosts=["localhost"])),
-                         ("default", DEFAULT),
-                         ("denied", EgressPolicy([], deny_hosts=["localhost"]))):
+    for name, policy in (
+        ("allowed", EgressPolicy(DEFAULT_BLOCKED_RANGES, allow_hosts=["localhost"])),
+        ("default", DEFAULT),
+        ("denied", EgressPolicy([], deny_hosts=["localhost"])),
+    ):
         tasks = HttpTasks(policy, max_connections=4, default_timeout=5, max_timeout=5, body_cap_bytes=1000)
         try:
             outcomes[name] = await tasks.execute(_spec(f"http://localhost:{port}/hello"), NullOutput())

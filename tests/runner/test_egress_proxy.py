@@ -62,8 +62,10 @@ async def started(proxy: EgressProxy) -> str:
 
 
 async def get(proxy_url: str, url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session, session.get(
-            url, proxy=proxy_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=10)) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, proxy=proxy_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=10)) as response,
+    ):
         return response.status, await response.text()
 
 
@@ -79,7 +81,8 @@ async def test_a_request_to_an_allowed_address_goes_through(targets: tuple[Targe
 
 
 async def test_a_request_to_a_blocked_address_is_refused_with_a_403_that_says_why(
-        targets: tuple[Target, Target]) -> None:
+    targets: tuple[Target, Target],
+) -> None:
     _, blocked = targets
     proxy = EgressProxy(POLICY)
     try:
@@ -103,7 +106,8 @@ async def test_a_name_that_resolves_to_a_blocked_address_is_refused(targets: tup
 
 
 async def test_a_redirect_is_handed_to_the_client_and_its_next_hop_is_checked_again(
-        targets: tuple[Target, Target]) -> None:
+    targets: tuple[Target, Target],
+) -> None:
     allowed, blocked = targets
     allowed.location = f"http://127.0.0.1:{blocked.port}/hello"
     proxy = EgressProxy(POLICY)
@@ -135,7 +139,8 @@ async def test_dns_rebinding_cannot_change_the_address_after_the_check(targets: 
 
 
 async def test_a_name_with_any_blocked_address_is_refused_even_beside_an_allowed_one(
-        targets: tuple[Target, Target]) -> None:
+    targets: tuple[Target, Target],
+) -> None:
     allowed, _ = targets
 
     async def mixed(host: str, port: int) -> list[str]:

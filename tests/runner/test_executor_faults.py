@@ -23,8 +23,15 @@ from services.runner.outcome import MAX_RETRY_WAIT, Outcome, failed, retry_at
 from services.runner.output import RunOutput
 from services.runner.settings import RunnerSettings
 
-HOSTILE = TaskSpec(name="hostile", task_type="immediate", api_url="http://127.0.0.1:9/", max_retries=1,
-                   retry_delay_seconds=1e12, retry_delay_max_seconds=1e12, retry_backoff=1e6)
+HOSTILE = TaskSpec(
+    name="hostile",
+    task_type="immediate",
+    api_url="http://127.0.0.1:9/",
+    max_retries=1,
+    retry_delay_seconds=1e12,
+    retry_delay_max_seconds=1e12,
+    retry_backoff=1e6,
+)
 """Numbers the edge may refuse: built here, they reach the runner's arithmetic without any decoding."""
 
 
@@ -58,8 +65,14 @@ async def _executor(js: JetStreamContext, http: CountingHttp) -> RunExecutor:
 
 
 async def _publish_due(js: JetStreamContext, spec: TaskSpec, task_id: str = "task-1") -> RunDue:
-    due = RunDue(task_id=task_id, run_id=runs.run_id_for(task_id, "once"), slot="once", spec=spec,
-                 scheduled_for=utcnow(), queued_at=utcnow())
+    due = RunDue(
+        task_id=task_id,
+        run_id=runs.run_id_for(task_id, "once"),
+        slot="once",
+        spec=spec,
+        scheduled_for=utcnow(),
+        queued_at=utcnow(),
+    )
     await js.publish(subjects.WORK_API, codec.encode(due))
     return due
 
@@ -99,11 +112,18 @@ def test_a_retry_delay_too_large_for_any_date_is_clamped_not_raised() -> None:
 
 
 async def test_the_outcome_of_a_run_with_hostile_retry_numbers_is_reported_with_its_retry_clamped(
-        js: JetStreamContext) -> None:
+    js: JetStreamContext,
+) -> None:
     # Given a failed attempt of a run whose retry delay overflows any date
     executor = await _executor(js, CountingHttp(failed("http_status", "HTTP 500")))
-    due = RunDue(task_id="task-1", run_id=runs.run_id_for("task-1", "once"), slot="once", spec=HOSTILE,
-                 scheduled_for=utcnow(), queued_at=utcnow())
+    due = RunDue(
+        task_id="task-1",
+        run_id=runs.run_id_for("task-1", "once"),
+        slot="once",
+        spec=HOSTILE,
+        scheduled_for=utcnow(),
+        queued_at=utcnow(),
+    )
     # When the runner reports it
     await executor._report(due, 1, failed("http_status", "HTTP 500"), None, 0)
     # Then its outcome is recorded, its retry at the longest wait allowed
@@ -113,7 +133,8 @@ async def test_the_outcome_of_a_run_with_hostile_retry_numbers_is_reported_with_
 
 
 async def test_a_run_whose_outcome_cannot_be_reported_runs_once_and_fails_as_internal(
-        js: JetStreamContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given a runner that raises while building the outcome of a run that has executed
     http = CountingHttp(Outcome(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)
@@ -130,13 +151,15 @@ async def test_a_run_whose_outcome_cannot_be_reported_runs_once_and_fails_as_int
     finished = await _finished(js, due)
     assert finished.status == "failed" and finished.error is not None and finished.error.type == "internal"
     assert "outcome cannot be built" in finished.error.message
-    events = await js.stream_info(subjects.STREAM_EVENTS, subjects_filter=subjects.run_event(
-        due.task_id, due.run_id, "finished"))
+    events = await js.stream_info(
+        subjects.STREAM_EVENTS, subjects_filter=subjects.run_event(due.task_id, due.run_id, "finished")
+    )
     assert events.state.subjects is None or sum(events.state.subjects.values()) == 1
 
 
 async def test_a_run_whose_start_cannot_be_recorded_is_not_run_until_it_can_be_and_then_runs_once(
-        js: JetStreamContext) -> None:
+    js: JetStreamContext,
+) -> None:
     # Given EVENTS rejecting every message (its max_msg_size is tiny)
     http = CountingHttp(Outcome(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)

@@ -32,12 +32,16 @@ for _ in range(512):  # 32 MiB, no newline: a frame that never ends
 
 
 @pytest.fixture
-async def sandboxes(nc: Client, tmp_path: Path, docker_engine: None,
-                    monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DockerSandboxes]:
+async def sandboxes(
+    nc: Client, tmp_path: Path, docker_engine: None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[DockerSandboxes]:
     monkeypatch.setattr(docker_sandbox, "BOOTSTRAP", ENDLESS_FRAME)
     instance = f"frame-test-{secrets.token_hex(4)}"
-    running = DockerSandboxes(RunnerSettings(instance=instance, pool_size=0, deps_dir=str(tmp_path / "deps")),
-                              f"runner-{secrets.token_hex(4)}", nc)
+    running = DockerSandboxes(
+        RunnerSettings(instance=instance, pool_size=0, deps_dir=str(tmp_path / "deps")),
+        f"runner-{secrets.token_hex(4)}",
+        nc,
+    )
     stop = asyncio.Event()
     await running.start(stop)
     try:
@@ -45,17 +49,30 @@ async def sandboxes(nc: Client, tmp_path: Path, docker_engine: None,
     finally:
         stop.set()
         await running.close()
-        leftover = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance}"],
-                                  capture_output=True, text=True, timeout=60).stdout.split()
+        leftover = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
         if leftover:
             subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True, timeout=120)
 
 
 async def test_a_result_frame_past_its_cap_kills_the_sandbox_with_a_clear_error_and_never_stalls_the_loop(
-        sandboxes: DockerSandboxes) -> None:
+    sandboxes: DockerSandboxes,
+) -> None:
     spec = TaskSpec(name="endless", task_type="immediate", function_code="def f():\n    pass", function_name="f")
-    job = SandboxJob(task_id="t", run_id=f"r-{secrets.token_hex(4)}", attempt=1, spec=spec, timeout_seconds=60,
-                     memory_mb=256, cpus=0.5, network=False)
+    job = SandboxJob(
+        task_id="t",
+        run_id=f"r-{secrets.token_hex(4)}",
+        attempt=1,
+        spec=spec,
+        timeout_seconds=60,
+        memory_mb=256,
+        cpus=0.5,
+        network=False,
+    )
     longest_tick = 0.0
     output = NullOutput()
 

@@ -40,22 +40,37 @@ async def sandboxes(nc: Client, tmp_path: Path, docker_engine: None) -> AsyncIte
 
 
 def docker_ids(*filters: str) -> list[str]:
-    return subprocess.run(["docker", "ps", "-aq", *filters], capture_output=True, text=True, timeout=60,
-                          check=True).stdout.split()
+    return subprocess.run(
+        ["docker", "ps", "-aq", *filters], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
 
 
 def idle_containers(sandboxes: DockerSandboxes) -> set[str]:
     """Started pool containers of this runner that no run is using."""
-    waiting = docker_ids("--filter", f"label={LABEL_INSTANCE}={sandboxes.settings.instance}",
-                         "--filter", f"label={LABEL_RUN}=pool", "--filter", "status=running", "--no-trunc")
+    waiting = docker_ids(
+        "--filter",
+        f"label={LABEL_INSTANCE}={sandboxes.settings.instance}",
+        "--filter",
+        f"label={LABEL_RUN}=pool",
+        "--filter",
+        "status=running",
+        "--no-trunc",
+    )
     return set(waiting) - set(sandboxes.active.values())
 
 
 def job(memory_mb: int) -> SandboxJob:
-    spec = TaskSpec(name="shape", task_type="immediate", function_code="def f():\n    return 'ok'",
-                    function_name="f")
-    return SandboxJob(task_id="t", run_id=f"r-{secrets.token_hex(4)}", attempt=1, spec=spec, timeout_seconds=60,
-                      memory_mb=memory_mb, cpus=0.5, network=False)
+    spec = TaskSpec(name="shape", task_type="immediate", function_code="def f():\n    return 'ok'", function_name="f")
+    return SandboxJob(
+        task_id="t",
+        run_id=f"r-{secrets.token_hex(4)}",
+        attempt=1,
+        spec=spec,
+        timeout_seconds=60,
+        memory_mb=memory_mb,
+        cpus=0.5,
+        network=False,
+    )
 
 
 async def settled(sandboxes: DockerSandboxes) -> None:
@@ -66,7 +81,8 @@ async def settled(sandboxes: DockerSandboxes) -> None:
 
 
 async def test_runs_of_many_distinct_shapes_never_keep_more_idle_containers_than_the_cap(
-        sandboxes: DockerSandboxes) -> None:
+    sandboxes: DockerSandboxes,
+) -> None:
     most_ready = 0
 
     async def watch() -> None:
@@ -93,7 +109,8 @@ async def test_runs_of_many_distinct_shapes_never_keep_more_idle_containers_than
 
 
 async def test_a_shape_used_once_gets_no_warm_containers_and_its_second_use_warms_it(
-        sandboxes: DockerSandboxes) -> None:
+    sandboxes: DockerSandboxes,
+) -> None:
     assert sandboxes.pool is not None
     first = await sandboxes.run(job(232), NullOutput(), asyncio.Event())  # type: ignore[arg-type]
     await settled(sandboxes)

@@ -57,7 +57,7 @@ def _capped(text, limit):
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _user_traceback(exc):
@@ -80,12 +80,15 @@ def _exception(exc, error_type="exception"):
     except Exception:
         trace = ""
     name = type(exc).__name__
-    return {"ok": False, "error": {
-        "type": error_type,
-        "exc_type": name,
-        "message": _capped("%s: %s" % (name, text) if text else name, MESSAGE_CAP),
-        "traceback": _capped(trace, TRACEBACK_CAP),
-    }}
+    return {
+        "ok": False,
+        "error": {
+            "type": error_type,
+            "exc_type": name,
+            "message": _capped("%s: %s" % (name, text) if text else name, MESSAGE_CAP),
+            "traceback": _capped(trace, TRACEBACK_CAP),
+        },
+    }
 
 
 def _call(payload):
@@ -102,13 +105,20 @@ def _call(payload):
         return _exception(exc)
     function = namespace.get(payload["function"])
     if not callable(function):
-        return {"ok": False, "error": {"type": "function_not_found", "message": (
-            "function_code defines no callable %r" % payload["function"])}}
+        return {
+            "ok": False,
+            "error": {
+                "type": "function_not_found",
+                "message": ("function_code defines no callable %r" % payload["function"]),
+            },
+        }
     try:
         value = function(*payload.get("args", []), **payload.get("kwargs", {}))
         if inspect.isawaitable(value):
+
             async def wait_for(awaitable):
                 return await awaitable
+
             value = asyncio.run(wait_for(value))
     except BaseException as exc:
         return _exception(exc)
@@ -126,25 +136,41 @@ def _request(payload):
         requests = None  # type: ignore[assignment]  # optional inside a sandbox: urllib is the fallback
     try:
         if requests is not None:
-            response = requests.request(request["method"], request["url"], headers=request["headers"], data=data,
-                                        timeout=request["timeout"], allow_redirects=False)
-            status, reason, headers, content = (response.status_code, response.reason,
-                                                dict(response.headers), response.content)
+            response = requests.request(
+                request["method"],
+                request["url"],
+                headers=request["headers"],
+                data=data,
+                timeout=request["timeout"],
+                allow_redirects=False,
+            )
+            status, reason, headers, content = (
+                response.status_code,
+                response.reason,
+                dict(response.headers),
+                response.content,
+            )
         else:
             import urllib.error
             import urllib.request
+
             class _NoRedirects(urllib.request.HTTPRedirectHandler):
                 def redirect_request(self, *args, **kwargs):
                     return None  # like requests' allow_redirects=False: the 3xx is the result
 
             # the proxy from the environment (the runner's egress proxy) and no redirects followed
             opener = urllib.request.build_opener(urllib.request.ProxyHandler(), _NoRedirects())
-            req = urllib.request.Request(request["url"], data=data, method=request["method"],
-                                         headers=request["headers"])
+            req = urllib.request.Request(
+                request["url"], data=data, method=request["method"], headers=request["headers"]
+            )
             try:
                 with opener.open(req, timeout=request["timeout"]) as response:
-                    status, reason, headers, content = (response.status, response.reason,
-                                                        dict(response.headers), response.read())
+                    status, reason, headers, content = (
+                        response.status,
+                        response.reason,
+                        dict(response.headers),
+                        response.read(),
+                    )
             except urllib.error.HTTPError as exc:
                 status, reason, headers, content = exc.code, exc.reason, dict(exc.headers), exc.read()
     except BaseException as exc:
@@ -164,8 +190,9 @@ def _request(payload):
     result = {"status_code": status, "headers": headers, "body": decoded, "elapsed_ms": elapsed_ms}
     if truncated:
         result["body_truncated"] = True
-    sys.stderr.write("%s %s -> %s %s in %.1f ms\n" % (request["method"], request["log_url"], status, reason,
-                                                      elapsed_ms))
+    sys.stderr.write(
+        "%s %s -> %s %s in %.1f ms\n" % (request["method"], request["log_url"], status, reason, elapsed_ms)
+    )
     return {"ok": True, "result": result, "reason": reason}
 
 
@@ -186,15 +213,15 @@ def _jsonable(value, depth=0):
     if hasattr(value, "isoformat") and callable(value.isoformat):
         return value.isoformat()
     kind = type(value).__module__.split(".")[0]
-    if kind == "numpy":
-        if hasattr(value, "tolist"):
-            return _jsonable(value.tolist(), depth + 1)
+    if kind == "numpy" and hasattr(value, "tolist"):
+        return _jsonable(value.tolist(), depth + 1)
     if kind == "pandas" and hasattr(value, "to_dict"):
         return _jsonable(value.to_dict(), depth + 1)
     if type(value).__name__ == "Decimal":
         return _jsonable(float(value), depth + 1)
-    raise TypeError("a value of type %s.%s cannot be returned as JSON"
-                    % (type(value).__module__, type(value).__qualname__))
+    raise TypeError(
+        "a value of type %s.%s cannot be returned as JSON" % (type(value).__module__, type(value).__qualname__)
+    )
 
 
 def _key(key):
@@ -216,12 +243,24 @@ def _finished(frame, payload):
         frame["result"] = _jsonable(frame["result"])
         encoded = json.dumps(frame["result"], allow_nan=False)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        return {"ok": False, "error": {"type": "invalid_result", "message": _capped(
-            "the return value is not JSON-serialisable: %s: %s" % (type(exc).__name__, exc), MESSAGE_CAP)}}
+        return {
+            "ok": False,
+            "error": {
+                "type": "invalid_result",
+                "message": _capped(
+                    "the return value is not JSON-serialisable: %s: %s" % (type(exc).__name__, exc), MESSAGE_CAP
+                ),
+            },
+        }
     cap = payload.get("result_cap", 524288)
     if len(encoded) > cap:
-        return {"ok": False, "error": {"type": "result_too_large", "message": (
-            "the return value is %d bytes of JSON; the limit is %d" % (len(encoded), cap))}}
+        return {
+            "ok": False,
+            "error": {
+                "type": "result_too_large",
+                "message": ("the return value is %d bytes of JSON; the limit is %d" % (len(encoded), cap)),
+            },
+        }
     return frame
 
 
@@ -230,7 +269,7 @@ def _child(payload_fd, result_fd):
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # user code (and its children) must not read the runner's channel
     os.close(devnull)
-    sys.stdin = open(os.devnull)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - the process's stdin from now on
     os.setpgid(0, 0)  # the parent ends leftover background processes before it writes the frame
     with os.fdopen(payload_fd, "rb") as stream:
         line = stream.readline()
@@ -256,6 +295,7 @@ def _child(payload_fd, result_fd):
 def _not_dumpable():
     """PR_SET_DUMPABLE 0: no process of our user may read our memory or open our fds via /proc."""
     import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(4, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
@@ -272,7 +312,7 @@ def _receive(fd, pid, limit):
             if size > limit:
                 return b"", status
             if len(data) >= LENGTH.size + size:
-                return bytes(data[LENGTH.size:LENGTH.size + size]), status
+                return bytes(data[LENGTH.size : LENGTH.size + size]), status
         if status is not None:
             return None, status
         readable, _, _ = select.select([fd], [], [], 0.1)
@@ -304,8 +344,13 @@ def _invalid(message):
 def _checked(data, mode, result_cap):
     """The frame the parent writes: only what the child's outcome may say, within bounds."""
     if not data:
-        return {"ok": False, "error": {"type": "result_too_large", "message": (
-            "the outcome of the run is larger than the result limit of %d bytes" % result_cap)}}
+        return {
+            "ok": False,
+            "error": {
+                "type": "result_too_large",
+                "message": ("the outcome of the run is larger than the result limit of %d bytes" % result_cap),
+            },
+        }
     try:
         frame = json.loads(data)
     except (ValueError, RecursionError):
@@ -318,8 +363,13 @@ def _checked(data, mode, result_cap):
         except (ValueError, RecursionError):
             return _invalid("the sandbox sent a result that is not JSON")
         if size > result_cap:
-            return {"ok": False, "error": {"type": "result_too_large", "message": (
-                "the return value is %d bytes of JSON; the limit is %d" % (size, result_cap))}}
+            return {
+                "ok": False,
+                "error": {
+                    "type": "result_too_large",
+                    "message": ("the return value is %d bytes of JSON; the limit is %d" % (size, result_cap)),
+                },
+            }
         checked = {"ok": True, "result": frame.get("result")}
         if isinstance(frame.get("reason"), str):
             checked["reason"] = frame["reason"][:1024]

@@ -29,8 +29,8 @@ class Channel:
                 stream, size = _HEADER.unpack_from(self._buffer)
                 if len(self._buffer) < _HEADER.size + size:
                     break
-                payload = bytes(self._buffer[_HEADER.size:_HEADER.size + size])
-                del self._buffer[:_HEADER.size + size]
+                payload = bytes(self._buffer[_HEADER.size : _HEADER.size + size])
+                del self._buffer[: _HEADER.size + size]
                 yield stream, payload
             data = await loop.sock_recv(self.sock, 256 * 1024)
             if not data:
@@ -92,11 +92,11 @@ class ResultScanner:
         start = buffer.find(self.nonce)
         if start >= 0:
             self.partial, self.frame = b"", bytearray()
-            self._collect(buffer[start + len(self.nonce):])
+            self._collect(buffer[start + len(self.nonce) :])
             return buffer[:start]
         keep = _prefix_overlap(buffer, self.nonce)
-        self.partial = buffer[len(buffer) - keep:] if keep else b""
-        return buffer[:len(buffer) - keep]
+        self.partial = buffer[len(buffer) - keep :] if keep else b""
+        return buffer[: len(buffer) - keep]
 
     def _collect(self, data: bytes) -> None:
         assert self.frame is not None

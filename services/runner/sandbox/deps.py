@@ -93,8 +93,9 @@ class DependencyCache:
 
     def key_for(self, requirements: list[str], image_id: str) -> str:
         """Content address of a set: the normalised requirements, the image, the index."""
-        text = "\n".join([image_id, self.config.index_url or "", self.config.find_links or "",
-                          *normalise_requirements(requirements)])
+        text = "\n".join(
+            [image_id, self.config.index_url or "", self.config.find_links or "", *normalise_requirements(requirements)]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     async def host_path(self, key: str) -> str:
@@ -125,7 +126,7 @@ class DependencyCache:
                 return await self._found(key, True, 0.0)
             started = time.perf_counter()
             await asyncio.get_running_loop().run_in_executor(None, self.root.mkdir, 0o755, True, True)
-            with open(self.root / f"{key}.lock", "w") as lock_file:
+            with open(self.root / f"{key}.lock", "w") as lock_file:  # noqa: ASYNC230 - a local lock file; the wait is below
                 await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock_file, fcntl.LOCK_EX)
                 try:
                     if not (directory / MARKER).exists():  # another runner may have built it meanwhile
@@ -145,8 +146,12 @@ class DependencyCache:
             raise DependencyInstallFailed("no uv binary to install requirements with (set TASKMESH_UV_PATH)")
         partial = f"{key}.partial-{os.getpid()}-{int(time.time() * 1000)}"
         target_in_builder = f"/deps-root/{partial}"
-        environment = {"HOME": "/tmp", "UV_CACHE_DIR": f"/deps-root/{UV_CACHE}", "UV_NO_PROGRESS": "1",
-                       "UV_PYTHON_DOWNLOADS": "never"}
+        environment = {
+            "HOME": "/tmp",
+            "UV_CACHE_DIR": f"/deps-root/{UV_CACHE}",
+            "UV_NO_PROGRESS": "1",
+            "UV_PYTHON_DOWNLOADS": "never",
+        }
         if self.config.index_url:
             environment["UV_INDEX_URL"] = self.config.index_url
         if self.config.find_links:
@@ -158,20 +163,46 @@ class DependencyCache:
             binds[self.config.volume] = {"bind": "/deps-root", "mode": "rw"}
         else:
             binds[str(self.root)] = {"bind": "/deps-root", "mode": "rw"}
-        ca_bundle = self.config.ca_bundle if self.config.ca_bundle and os.path.exists(self.config.ca_bundle) else None
+        ca_bundle = self.config.ca_bundle if self.config.ca_bundle and os.path.exists(self.config.ca_bundle) else None  # noqa: ASYNC240 - one local stat
         if ca_bundle:
             environment["SSL_CERT_FILE"] = BUILDER_CA
         # Requirements were validated (names and version clauses only, never options) and are
         # passed as separate argv items after "--": no shell, no interpolation.
-        command = [BUILDER_UV, "pip", "install", "--target", target_in_builder, "--python", "python3",
-                   "--only-binary", ":all:", "--compile-bytecode", "--quiet", "--", *requirements]
+        command = [
+            BUILDER_UV,
+            "pip",
+            "install",
+            "--target",
+            target_in_builder,
+            "--python",
+            "python3",
+            "--only-binary",
+            ":all:",
+            "--compile-bytecode",
+            "--quiet",
+            "--",
+            *requirements,
+        ]
         host_config = await self.engine.call(
-            "create_host_config", binds=binds, network_mode=self.config.network, init=True,
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], mem_limit="1g", pids_limit=256)
+            "create_host_config",
+            binds=binds,
+            network_mode=self.config.network,
+            init=True,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit="1g",
+            pids_limit=256,
+        )
         created = await self.engine.call(
-            "create_container", self.config.image, command=command, environment=environment,
-            user=f"{os.getuid()}:{os.getgid()}", working_dir="/tmp", host_config=host_config,
-            labels={**self.config.labels, "org.taskmesh.role": "builder"})
+            "create_container",
+            self.config.image,
+            command=command,
+            environment=environment,
+            user=f"{os.getuid()}:{os.getgid()}",
+            working_dir="/tmp",
+            host_config=host_config,
+            labels={**self.config.labels, "org.taskmesh.role": "builder"},
+        )
         container = created["Id"]
         try:
             # Copied in, not bind-mounted: bind sources are resolved on the engine's host, which is
@@ -183,7 +214,8 @@ class DependencyCache:
                 status = await asyncio.wait_for(self.engine.call("wait", container), self.config.timeout_seconds)
             except TimeoutError:
                 raise DependencyInstallFailed(
-                    f"installing {', '.join(requirements)} took longer than {self.config.timeout_seconds:g} s") from None
+                    f"installing {', '.join(requirements)} took longer than {self.config.timeout_seconds:g} s"
+                ) from None
             if status.get("StatusCode", 1) != 0:
                 logs = await self.engine.call("logs", container, stdout=True, stderr=True)
                 raise DependencyInstallFailed(_installer_message(logs.decode("utf-8", "replace")))
@@ -191,12 +223,12 @@ class DependencyCache:
             if size > self.config.set_max_bytes:
                 raise DependencyInstallFailed(
                     f"the installed requirements take {size / 1024**2:.0f} MB, more than the "
-                    f"{self.config.set_max_bytes / 1024**2:.0f} MB a requirement set may (TASKMESH_DEPS_SET_MAX_BYTES)")
+                    f"{self.config.set_max_bytes / 1024**2:.0f} MB a requirement set may (TASKMESH_DEPS_SET_MAX_BYTES)"
+                )
             await asyncio.get_running_loop().run_in_executor(None, self._complete, partial, key)
         finally:
             await self.engine.remove(container)
-            await asyncio.get_running_loop().run_in_executor(
-                None, shutil.rmtree, str(self.root / partial), True)
+            await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, str(self.root / partial), True)
 
     def _complete(self, partial: str, key: str) -> None:
         source, target = self.root / partial, self.root / key

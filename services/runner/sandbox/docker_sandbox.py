@@ -20,7 +20,7 @@ from docker.types import LogConfig, Ulimit
 from nats.aio.client import Client
 
 from proto.control import SandboxStatus
-from proto.runs import RunError, RunTimings
+from proto.runs import OutcomeStatus, RunError, RunTimings
 from proto.tasks import TaskSpec
 from services.runner.http_task import judge_response, redacted
 from services.runner.outcome import Outcome, failed
@@ -28,7 +28,7 @@ from services.runner.output import RunOutput
 from services.runner.sandbox.channel import FRAME_MARGIN_BYTES, STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
 from services.runner.sandbox.egress_proxy import EgressProxy
-from services.runner.sandbox.engine import Engine, EngineUnavailable, is_missing_image
+from services.runner.sandbox.engine import Engine, EngineUnavailable
 from services.runner.sandbox.images import resolve_image, still_resolves
 from services.runner.sandbox.network import HostFirewall, SandboxNetwork, ensure_network
 from services.runner.sandbox.pool import Sandbox, Shape, WarmPool
@@ -99,11 +99,18 @@ class DockerSandboxes:
         if self.usable:
             await self.reap_orphans()
         default = Shape(image=self.image, memory_mb=self.settings.sandbox_memory_mb, cpus=self.settings.sandbox_cpus)
-        self.pool = WarmPool(self._create, self.engine.remove, self.settings.pool_size,
-                             self.settings.pool_max_idle.total_seconds(),
-                             default if self.settings.pool_size > 0 else None, self.settings.pool_max_ready)
-        self._tasks = [asyncio.create_task(self.pool.run(stop, lambda: self.usable), name="warm-pool"),
-                       asyncio.create_task(self._watch(stop), name="sandbox-watch")]
+        self.pool = WarmPool(
+            self._create,
+            self.engine.remove,
+            self.settings.pool_size,
+            self.settings.pool_max_idle.total_seconds(),
+            default if self.settings.pool_size > 0 else None,
+            self.settings.pool_max_ready,
+        )
+        self._tasks = [
+            asyncio.create_task(self.pool.run(stop, lambda: self.usable), name="warm-pool"),
+            asyncio.create_task(self._watch(stop), name="sandbox-watch"),
+        ]
 
     async def close(self) -> None:
         """Remove pooled and running containers; nothing of ours is left behind."""
@@ -153,13 +160,23 @@ class DockerSandboxes:
             if not await still_resolves(self.engine, self.image, self.image_id):
                 self.image, self.image_id = await resolve_image(self.engine, self.settings.sandbox_image)
             if self.deps is None:
-                self.deps = DependencyCache(self.engine, DepsConfig(
-                    root=self.settings.deps_dir, volume=self.settings.deps_volume, image=self.image,
-                    uv_path=self.settings.uv_path, index_url=self.settings.index_url, find_links=self.settings.find_links,
-                    ca_bundle=self.settings.ca_bundle,
-                    network=self.settings.builder_network, timeout_seconds=self.settings.install_timeout_seconds,
-                    max_bytes=self.settings.deps_cache_max_bytes, labels=self.labels,
-                    set_max_bytes=self.settings.deps_set_max_bytes))
+                self.deps = DependencyCache(
+                    self.engine,
+                    DepsConfig(
+                        root=self.settings.deps_dir,
+                        volume=self.settings.deps_volume,
+                        image=self.image,
+                        uv_path=self.settings.uv_path,
+                        index_url=self.settings.index_url,
+                        find_links=self.settings.find_links,
+                        ca_bundle=self.settings.ca_bundle,
+                        network=self.settings.builder_network,
+                        timeout_seconds=self.settings.install_timeout_seconds,
+                        max_bytes=self.settings.deps_cache_max_bytes,
+                        labels=self.labels,
+                        set_max_bytes=self.settings.deps_set_max_bytes,
+                    ),
+                )
             if self.network is None:
                 try:
                     await self._set_up_egress()
@@ -176,8 +193,9 @@ class DockerSandboxes:
 
     async def _set_up_egress(self) -> None:
         """The internal network, the egress proxy on it and, when possible, the host firewall."""
-        network = await ensure_network(self.engine, self.settings.sandbox_network, self.labels,
-                                       self.settings.egress_proxy_host)
+        network = await ensure_network(
+            self.engine, self.settings.sandbox_network, self.labels, self.settings.egress_proxy_host
+        )
         if self.proxy.server is None:
             await self.proxy.start(network.listen)
         self.egress_detail = f"proxy {network.listen}:{self.proxy.address[1]} on {network.name}"
@@ -197,8 +215,14 @@ class DockerSandboxes:
     def _proxy_environment(self) -> dict[str, str]:
         host, port = self.proxy.address
         url = f"http://{host}:{port}"
-        return {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url,
-                "NO_PROXY": "", "no_proxy": ""}
+        return {
+            "HTTP_PROXY": url,
+            "HTTPS_PROXY": url,
+            "http_proxy": url,
+            "https_proxy": url,
+            "NO_PROXY": "",
+            "no_proxy": "",
+        }
 
     def _unusable(self, detail: str) -> None:
         if self.usable or detail != self.detail:
@@ -206,8 +230,9 @@ class DockerSandboxes:
         self.usable, self.detail = False, detail
 
     def status(self) -> SandboxStatus:
-        return SandboxStatus(usable=self.usable, detail=self.detail, image=self.image,
-                             pool_ready=self.pool.count() if self.pool else 0)
+        return SandboxStatus(
+            usable=self.usable, detail=self.detail, image=self.image, pool_ready=self.pool.count() if self.pool else 0
+        )
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -215,8 +240,13 @@ class DockerSandboxes:
         """Create, attach and start a container of ``shape``; it then waits for its payload."""
         started = time.perf_counter()
         binds: dict[str, dict[str, str]] = {}
-        environment = {"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-                       "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp"}
+        environment = {
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "TMPDIR": "/tmp",
+        }
         if shape.deps_key is not None:  # its own set only: never the cache's root (other sets, uv's cache)
             binds[shape.deps_host_path or ""] = {"bind": "/deps", "mode": "ro"}
             environment["TASKMESH_DEPS"] = shape.deps_in_sandbox or "/deps"
@@ -224,16 +254,32 @@ class DockerSandboxes:
             environment.update(self._proxy_environment())
         host_config = await self.engine.call(
             "create_host_config",
-            network_mode=shape.network, mem_limit=f"{shape.memory_mb}m", memswap_limit=f"{shape.memory_mb}m",
-            nano_cpus=int(shape.cpus * 1e9), pids_limit=self.settings.sandbox_pids_limit, read_only=True,
+            network_mode=shape.network,
+            mem_limit=f"{shape.memory_mb}m",
+            memswap_limit=f"{shape.memory_mb}m",
+            nano_cpus=int(shape.cpus * 1e9),
+            pids_limit=self.settings.sandbox_pids_limit,
+            read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={self.settings.sandbox_tmpfs_mb}m,mode=1777"},
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True, binds=binds or None,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            binds=binds or None,
             log_config=LogConfig(type="none"),
-            ulimits=[Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)])
+            ulimits=[Ulimit(name="core", soft=0, hard=0), Ulimit(name="nofile", soft=1024, hard=1024)],
+        )
         created = await self.engine.call(
-            "create_container", shape.image, command=["python3", "-I", "-u", "-c", BOOTSTRAP],
-            stdin_open=True, tty=False, user=self.settings.sandbox_user, working_dir="/tmp",
-            environment=environment, labels={**self.labels, LABEL_RUN: run_id}, host_config=host_config)
+            "create_container",
+            shape.image,
+            command=["python3", "-I", "-u", "-c", BOOTSTRAP],
+            stdin_open=True,
+            tty=False,
+            user=self.settings.sandbox_user,
+            working_dir="/tmp",
+            environment=environment,
+            labels={**self.labels, LABEL_RUN: run_id},
+            host_config=host_config,
+        )
         container_id = created["Id"]
         try:
             channel = Channel(await self.engine.attach(container_id))
@@ -272,8 +318,12 @@ class DockerSandboxes:
             output.system(f"sandbox network unavailable: {self.egress_detail}")
             return failed("sandbox_unavailable", f"sandbox network unavailable: {self.egress_detail}")
         started = time.perf_counter()
-        shape = Shape(image=self.image, network="none" if not job.network else self.settings.sandbox_network,
-                      memory_mb=job.memory_mb, cpus=job.cpus)
+        shape = Shape(
+            image=self.image,
+            network="none" if not job.network else self.settings.sandbox_network,
+            memory_mb=job.memory_mb,
+            cpus=job.cpus,
+        )
         deps_hit, install_ms = None, None
         if job.spec.requirements:
             output.system(f"requirements: {', '.join(job.spec.requirements)}")
@@ -285,9 +335,18 @@ class DockerSandboxes:
             except EngineUnavailable as exc:
                 return failed("sandbox_unavailable", f"sandbox unavailable: {exc}")
             deps_hit, install_ms = deps.cache_hit, deps.install_ms
-            output.system("requirements: cached" if deps.cache_hit else f"requirements installed in {install_ms:.0f} ms")
-            shape = Shape(image=shape.image, network=shape.network, memory_mb=shape.memory_mb, cpus=shape.cpus,
-                          deps_key=deps.key, deps_host_path=deps.host_path, deps_in_sandbox=deps.path_in_sandbox)
+            output.system(
+                "requirements: cached" if deps.cache_hit else f"requirements installed in {install_ms:.0f} ms"
+            )
+            shape = Shape(
+                image=shape.image,
+                network=shape.network,
+                memory_mb=shape.memory_mb,
+                cpus=shape.cpus,
+                deps_key=deps.key,
+                deps_host_path=deps.host_path,
+                deps_in_sandbox=deps.path_in_sandbox,
+            )
         sandbox = self.pool.take(shape)
         try:
             if sandbox is None:
@@ -307,36 +366,57 @@ class DockerSandboxes:
             self._remove_later(sandbox.container_id)
         outcome.deps_cache_hit = deps_hit
         total_ms = round((time.perf_counter() - started) * 1000, 3)
-        run_ms = (outcome.timings.run_ms if outcome.timings else None)
-        outcome.timings = RunTimings(deps_install_ms=install_ms, start_ms=sandbox.start_ms, run_ms=run_ms,
-                                     total_ms=total_ms)
+        run_ms = outcome.timings.run_ms if outcome.timings else None
+        outcome.timings = RunTimings(
+            deps_install_ms=install_ms, start_ms=sandbox.start_ms, run_ms=run_ms, total_ms=total_ms
+        )
         return outcome
 
     def _payload(self, job: SandboxJob, nonce: str) -> bytes:
         """Two lines: the header (the bootstrap's parent process keeps it) and the payload."""
-        header = {"nonce": nonce, "mode": job.spec.kind, "result_cap": self.settings.result_cap_bytes,
-                  "frame_cap": self._frame_cap()}
+        header = {
+            "nonce": nonce,
+            "mode": job.spec.kind,
+            "result_cap": self.settings.result_cap_bytes,
+            "frame_cap": self._frame_cap(),
+        }
         spec = job.spec
         payload: dict[str, Any] = {"result_cap": self.settings.result_cap_bytes}
         if spec.kind == "code":
-            payload.update(mode="code", code=spec.function_code, function=spec.function_name,
-                           args=spec.args, kwargs=spec.kwargs)
+            payload.update(
+                mode="code", code=spec.function_code, function=spec.function_name, args=spec.args, kwargs=spec.kwargs
+            )
         else:
-            body = spec.data if isinstance(spec.data, str) or spec.data is None else msgspec.json.encode(spec.data).decode()
+            body = (
+                spec.data
+                if isinstance(spec.data, str) or spec.data is None
+                else msgspec.json.encode(spec.data).decode()
+            )
             headers = dict(spec.headers)
-            if spec.data is not None and not isinstance(spec.data, str) and \
-                    not any(k.lower() == "content-type" for k in headers):
+            if (
+                spec.data is not None
+                and not isinstance(spec.data, str)
+                and not any(k.lower() == "content-type" for k in headers)
+            ):
                 headers["Content-Type"] = "application/json"
-            payload.update(mode="api", body_cap=self.settings.response_body_cap_bytes, request={
-                "method": spec.method, "url": spec.api_url, "headers": headers, "body": body,
-                "timeout": job.timeout_seconds, "log_url": redacted(spec.api_url or "")})
+            payload.update(
+                mode="api",
+                body_cap=self.settings.response_body_cap_bytes,
+                request={
+                    "method": spec.method,
+                    "url": spec.api_url,
+                    "headers": headers,
+                    "body": body,
+                    "timeout": job.timeout_seconds,
+                    "log_url": redacted(spec.api_url or ""),
+                },
+            )
         return msgspec.json.encode(header) + b"\n" + msgspec.json.encode(payload) + b"\n"
 
     def _frame_cap(self) -> int:
         return self.settings.result_cap_bytes + FRAME_MARGIN_BYTES
 
-    async def _execute(self, sandbox: Sandbox, job: SandboxJob, output: RunOutput,
-                       cancelled: asyncio.Event) -> Outcome:
+    async def _execute(self, sandbox: Sandbox, job: SandboxJob, output: RunOutput, cancelled: asyncio.Event) -> Outcome:
         nonce = secrets.token_hex(16)
         scanner, stderr_end = ResultScanner(nonce, self._frame_cap()), ResultScanner(nonce, self._frame_cap())
         started = time.perf_counter()
@@ -358,8 +438,9 @@ class DockerSandboxes:
         stopper = asyncio.create_task(cancelled.wait())
         try:
             await sandbox.channel.send(self._payload(job, nonce))
-            done, _ = await asyncio.wait({reader, stopper}, timeout=job.timeout_seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {reader, stopper}, timeout=job.timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         except OSError as exc:
             done = set()
             reader.cancel()
@@ -381,18 +462,30 @@ class DockerSandboxes:
         await self.engine.remove(sandbox.container_id)
         if cancelled.is_set():
             output.system("cancelled: container killed")
-            return Outcome(status="cancelled", error=RunError(type="cancelled", message="cancelled while running"),
-                           timings=RunTimings(run_ms=run_ms))
+            return Outcome(
+                status="cancelled",
+                error=RunError(type="cancelled", message="cancelled while running"),
+                timings=RunTimings(run_ms=run_ms),
+            )
         output.system(f"timed out after {job.timeout_seconds:g} s: container killed")
-        return Outcome(status="timed_out", timings=RunTimings(run_ms=run_ms), error=RunError(
-            type="timed_out", message=f"still running after the {job.timeout_seconds:g} s timeout; killed"))
+        return Outcome(
+            status="timed_out",
+            timings=RunTimings(run_ms=run_ms),
+            error=RunError(
+                type="timed_out", message=f"still running after the {job.timeout_seconds:g} s timeout; killed"
+            ),
+        )
 
     def _from_frame(self, raw: bytes, job: SandboxJob, run_ms: float, output: RunOutput) -> Outcome:
         try:
             frame = _frame_decoder.decode(raw)
         except msgspec.MsgspecError as exc:
-            return Outcome(status="failed", exit_code=0, timings=RunTimings(run_ms=run_ms),
-                           error=RunError(type="runner_error", message=f"unreadable result frame: {exc}"))
+            return Outcome(
+                status="failed",
+                exit_code=0,
+                timings=RunTimings(run_ms=run_ms),
+                error=RunError(type="runner_error", message=f"unreadable result frame: {exc}"),
+            )
         timings = RunTimings(run_ms=run_ms)
         if frame.ok and job.spec.kind == "api":
             outcome = judge_response(frame.result, frame.reason, job.spec.expected_status)
@@ -402,12 +495,20 @@ class DockerSandboxes:
             return Outcome(status="succeeded", result=frame.result, exit_code=0, timings=timings)
         error = frame.error or {}
         error_type = error.get("type", "exception")
-        status = "timed_out" if error_type == "timed_out" else "failed"
+        status: OutcomeStatus = "timed_out" if error_type == "timed_out" else "failed"
         if error.get("traceback"):
             output.write("stderr", error["traceback"].encode())
-        return Outcome(status=status, exit_code=0, timings=timings, error=RunError(  # type: ignore[arg-type]
-            type=error_type, message=str(error.get("message", "failed"))[:4000],
-            exc_type=error.get("exc_type"), traceback=(error.get("traceback") or None)))
+        return Outcome(
+            status=status,
+            exit_code=0,
+            timings=timings,
+            error=RunError(
+                type=error_type,
+                message=str(error.get("message", "failed"))[:4000],
+                exc_type=error.get("exc_type"),
+                traceback=(error.get("traceback") or None),
+            ),
+        )
 
     async def _frame_too_large(self, sandbox: Sandbox, output: RunOutput, run_ms: float) -> Outcome:
         """The result frame outgrew its cap: stop reading it, kill the container, say so."""
@@ -415,9 +516,17 @@ class DockerSandboxes:
         await self.engine.remove(sandbox.container_id)
         cap = self._frame_cap()
         output.system(f"result frame larger than {cap} bytes: container killed")
-        return Outcome(status="failed", timings=RunTimings(run_ms=run_ms), error=RunError(
-            type="result_too_large", message=(f"the sandbox sent a result frame larger than {cap} bytes "
-                                              f"(the result limit is {self.settings.result_cap_bytes} bytes); killed")))
+        return Outcome(
+            status="failed",
+            timings=RunTimings(run_ms=run_ms),
+            error=RunError(
+                type="result_too_large",
+                message=(
+                    f"the sandbox sent a result frame larger than {cap} bytes "
+                    f"(the result limit is {self.settings.result_cap_bytes} bytes); killed"
+                ),
+            ),
+        )
 
     async def _died(self, sandbox: Sandbox, output: RunOutput, started: float) -> Outcome:
         """The process ended without a result: find out how (OOM, signal, exit code)."""
@@ -426,21 +535,45 @@ class DockerSandboxes:
             status = await asyncio.wait_for(self.engine.call("wait", sandbox.container_id), EXIT_WAIT_SECONDS)
             state = (await self.engine.call("inspect_container", sandbox.container_id))["State"]
         except Exception as exc:
-            return Outcome(status="failed", timings=RunTimings(run_ms=run_ms), error=RunError(
-                type="runner_error", message=f"sandbox ended and its state is unknown: {type(exc).__name__}"))
+            return Outcome(
+                status="failed",
+                timings=RunTimings(run_ms=run_ms),
+                error=RunError(
+                    type="runner_error", message=f"sandbox ended and its state is unknown: {type(exc).__name__}"
+                ),
+            )
         code = int(status.get("StatusCode", state.get("ExitCode", -1)))
         timings = RunTimings(run_ms=run_ms)
         if state.get("OOMKilled"):
             output.system(f"killed: out of memory (limit {sandbox.shape.memory_mb} MB)")
-            return Outcome(status="failed", exit_code=code, timings=timings, error=RunError(
-                type="oom_killed", message=f"out of memory: the sandbox exceeded its {sandbox.shape.memory_mb} MB limit"))
+            return Outcome(
+                status="failed",
+                exit_code=code,
+                timings=timings,
+                error=RunError(
+                    type="oom_killed",
+                    message=f"out of memory: the sandbox exceeded its {sandbox.shape.memory_mb} MB limit",
+                ),
+            )
         if code > 128:
             output.system(f"killed by signal {code - 128}")
-            return Outcome(status="failed", exit_code=code, timings=timings, error=RunError(
-                type="signal", signal=code - 128, message=f"the sandbox process was killed by signal {code - 128}"))
+            return Outcome(
+                status="failed",
+                exit_code=code,
+                timings=timings,
+                error=RunError(
+                    type="signal", signal=code - 128, message=f"the sandbox process was killed by signal {code - 128}"
+                ),
+            )
         output.system(f"exited with code {code} without a result")
-        return Outcome(status="failed", exit_code=code, timings=timings, error=RunError(
-            type="exit_code", message=f"the sandbox process exited with code {code} before returning a result"))
+        return Outcome(
+            status="failed",
+            exit_code=code,
+            timings=timings,
+            error=RunError(
+                type="exit_code", message=f"the sandbox process exited with code {code} before returning a result"
+            ),
+        )
 
     async def kill(self, run_id: str) -> bool:
         """Kill the container of ``run_id`` if this runner has it."""

@@ -144,12 +144,18 @@ class EgressProxy:
                 # one of this host's own (public) addresses: its services, not the internet
                 connection[1].close()
                 self.denied += 1
-                raise ProxyRefusal(403, "Forbidden", f"taskmesh egress proxy: {address} is this runner's host, "
-                                                     "which the egress policy blocks")
+                raise ProxyRefusal(
+                    403,
+                    "Forbidden",
+                    f"taskmesh egress proxy: {address} is this runner's host, which the egress policy blocks",
+                )
             self.allowed += 1
             return connection
-        raise ProxyRefusal(502, "Bad Gateway", f"taskmesh egress proxy: cannot connect to {host}:{port} "
-                                               f"({'; '.join(failures) or 'no address'})")
+        raise ProxyRefusal(
+            502,
+            "Bad Gateway",
+            f"taskmesh egress proxy: cannot connect to {host}:{port} ({'; '.join(failures) or 'no address'})",
+        )
 
 
 def _is_this_host(writer: asyncio.StreamWriter) -> bool:
@@ -187,14 +193,20 @@ def _authority(target: str, default_port: int) -> tuple[str, int]:
 
 async def _answer(writer: asyncio.StreamWriter, refusal: ProxyRefusal) -> None:
     body = (refusal.message + "\n").encode()
-    writer.write(f"HTTP/1.1 {refusal.status} {refusal.reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                 f"Content-Length: {len(body)}\r\nX-Taskmesh-Egress: denied\r\nConnection: close\r\n\r\n".encode()
-                 + body)
+    writer.write(
+        f"HTTP/1.1 {refusal.status} {refusal.reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nX-Taskmesh-Egress: denied\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
     await writer.drain()
 
 
-async def _pipe_both(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     upstream_reader: asyncio.StreamReader, upstream_writer: asyncio.StreamWriter) -> None:
+async def _pipe_both(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream_reader: asyncio.StreamReader,
+    upstream_writer: asyncio.StreamWriter,
+) -> None:
     """Copy both ways until one side is done, then end both."""
     tasks = [asyncio.create_task(_pipe(reader, upstream_writer)), asyncio.create_task(_pipe(upstream_reader, writer))]
     try:

@@ -31,12 +31,21 @@ def explain(exc: BaseException, where: str) -> str:
     text = f"{type(exc).__name__}: {exc}"
     lowered = text.lower()
     if isinstance(exc, PermissionError) or "permission denied" in lowered:
-        return (f"permission denied on the Docker socket at {where}: run the runner as a user in the "
-                "'docker' group (sudo usermod -aG docker $USER) or as root")
-    if isinstance(exc, FileNotFoundError) or "no such file" in lowered or "connection refused" in lowered \
-            or "connection aborted" in lowered or "filenotfounderror" in lowered:
-        return (f"Docker not running: cannot connect to the Docker engine at {where} "
-                "(start it, e.g. 'sudo systemctl start docker', then check 'docker ps')")
+        return (
+            f"permission denied on the Docker socket at {where}: run the runner as a user in the "
+            "'docker' group (sudo usermod -aG docker $USER) or as root"
+        )
+    if (
+        isinstance(exc, FileNotFoundError)
+        or "no such file" in lowered
+        or "connection refused" in lowered
+        or "connection aborted" in lowered
+        or "filenotfounderror" in lowered
+    ):
+        return (
+            f"Docker not running: cannot connect to the Docker engine at {where} "
+            "(start it, e.g. 'sudo systemctl start docker', then check 'docker ps')"
+        )
     return f"Docker engine at {where} not usable: {text}"
 
 
@@ -58,11 +67,13 @@ class Engine:
 
     async def client(self) -> docker.APIClient:
         if self._client is None:
+
             def make() -> docker.APIClient:
                 options = kwargs_from_env()
                 if self.base_url:
                     options["base_url"] = self.base_url
                 return docker.APIClient(version="auto", timeout=60, max_pool_size=self._threads, **options)
+
             try:
                 self._client = await asyncio.get_running_loop().run_in_executor(self._executor, make)
             except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
@@ -81,8 +92,9 @@ class Engine:
 
     async def attach(self, container_id: str) -> socket.socket:
         """The raw, non-blocking attach socket (stdin + stdout + stderr, multiplexed)."""
-        wrapped = await self.call("attach_socket", container_id,
-                                  params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        wrapped = await self.call(
+            "attach_socket", container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        )
         raw: socket.socket = getattr(wrapped, "_sock", wrapped)
         raw.setblocking(False)
         return raw
@@ -115,5 +127,5 @@ def _root(exc: BaseException) -> BaseException:
 
 def is_missing_image(exc: BaseException) -> bool:
     return isinstance(exc, docker.errors.ImageNotFound) or (
-        isinstance(exc, docker.errors.APIError) and exc.status_code == 404 and "image" in str(exc).lower())
-
+        isinstance(exc, docker.errors.APIError) and exc.status_code == 404 and "image" in str(exc).lower()
+    )

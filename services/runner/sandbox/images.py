@@ -34,12 +34,12 @@ async def resolve_image(engine: Engine, configured: str) -> tuple[str, str]:
                 tagged = [i for i in images if i.get("RepoTags")]
                 if tagged:
                     newest = max(tagged, key=lambda i: i.get("Created", 0))
-                    log.info("no %s (no registry?); using local sandbox image %s", DEFAULT_IMAGE,
-                             newest["RepoTags"][0])
+                    log.info("no %s (no registry?); using local sandbox image %s", DEFAULT_IMAGE, newest["RepoTags"][0])
                     return newest["RepoTags"][0], newest["Id"]
         raise EngineUnavailable(
             f"sandbox image {configured} not found and could not be pulled ({type(exc).__name__}); "
-            "build one (deploy/sandbox/build.sh) or set TASKMESH_SANDBOX_IMAGE") from exc
+            "build one (deploy/sandbox/build.sh) or set TASKMESH_SANDBOX_IMAGE"
+        ) from exc
 
 
 async def still_resolves(engine: Engine, name: str, image_id: str) -> bool:

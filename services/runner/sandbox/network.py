@@ -39,8 +39,14 @@ async def ensure_network(engine: Engine, name: str, labels: dict[str, str], list
         if "not found" not in str(exc).lower() and "404" not in str(exc):
             raise
         try:
-            await engine.call("create_network", name, driver="bridge", internal=True,
-                              labels={**labels, LABEL_EGRESS_NETWORK: "1"}, check_duplicate=True)
+            await engine.call(
+                "create_network",
+                name,
+                driver="bridge",
+                internal=True,
+                labels={**labels, LABEL_EGRESS_NETWORK: "1"},
+                check_duplicate=True,
+            )
         except Exception as create_exc:  # another runner created it meanwhile
             if "already exists" not in str(create_exc):
                 raise
@@ -51,8 +57,13 @@ async def ensure_network(engine: Engine, name: str, labels: dict[str, str], list
     own = await _own_address(engine, info)
     if not (listen or own or gateway):  # never listen on every address of the host instead
         raise RuntimeError(f"network {name} has no IPv4 gateway for the egress proxy: set TASKMESH_EGRESS_PROXY_HOST")
-    return SandboxNetwork(name=name, interface=interface, gateway=gateway, listen=listen or own or gateway,
-                          internal=bool(info.get("Internal")))
+    return SandboxNetwork(
+        name=name,
+        interface=interface,
+        gateway=gateway,
+        listen=listen or own or gateway,
+        internal=bool(info.get("Internal")),
+    )
 
 
 async def _own_address(engine: Engine, network: dict[str, object]) -> str | None:
@@ -74,8 +85,19 @@ class HostFirewall:
     """INPUT rules: from the sandbox bridge, only the proxy's port on this host answers."""
 
     def __init__(self, network: SandboxNetwork, port: int) -> None:
-        self.accept = ["INPUT", "-i", network.interface, "-d", network.listen, "-p", "tcp", "--dport", str(port),
-                       "-j", "ACCEPT"]
+        self.accept = [
+            "INPUT",
+            "-i",
+            network.interface,
+            "-d",
+            network.listen,
+            "-p",
+            "tcp",
+            "--dport",
+            str(port),
+            "-j",
+            "ACCEPT",
+        ]
         self.drop = ["INPUT", "-i", network.interface, "-j", "DROP"]
         self.installed = False
 
@@ -106,8 +128,9 @@ async def _iptables(*args: str) -> bool:
 
 async def _iptables_error(*args: str) -> str | None:
     try:
-        process = await asyncio.create_subprocess_exec("iptables", "-w", "5", *args, stdout=asyncio.subprocess.DEVNULL,
-                                                       stderr=asyncio.subprocess.PIPE)
+        process = await asyncio.create_subprocess_exec(
+            "iptables", "-w", "5", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
         async with asyncio.timeout(15):
             _, stderr = await process.communicate()
     except (OSError, TimeoutError) as exc:

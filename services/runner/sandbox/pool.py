@@ -50,8 +50,15 @@ class Sandbox:
 class WarmPool:
     """Started containers by shape, refilled in the background one at a time."""
 
-    def __init__(self, create: Callable[[Shape], Awaitable[Sandbox]], remove: Callable[[str], Awaitable[None]],
-                 size: int, max_idle_seconds: float, default_shape: Shape | None, max_ready: int) -> None:
+    def __init__(
+        self,
+        create: Callable[[Shape], Awaitable[Sandbox]],
+        remove: Callable[[str], Awaitable[None]],
+        size: int,
+        max_idle_seconds: float,
+        default_shape: Shape | None,
+        max_ready: int,
+    ) -> None:
         self.create = create
         self.remove = remove
         self.size = size
@@ -69,8 +76,10 @@ class WarmPool:
         self.misses = 0
 
     def __repr__(self) -> str:
-        return (f"WarmPool(ready={self.count()}/{self.max_ready}, hot={len(self.hot)}, hits={self.hits}, "
-                f"misses={self.misses})")
+        return (
+            f"WarmPool(ready={self.count()}/{self.max_ready}, hot={len(self.hot)}, hits={self.hits}, "
+            f"misses={self.misses})"
+        )
 
     def take(self, shape: Shape) -> Sandbox | None:
         """A warm container of this shape, or None (the caller starts one cold)."""
@@ -135,9 +144,11 @@ class WarmPool:
                 except Exception as exc:  # engine hiccup: back off, the runs start cold meanwhile
                     failures += 1
                     log.warning("warm pool refill failed: %s", exc)
-                    await _sleep_or(self._wake, stop, min(30.0, 0.5 * 2 ** failures))
+                    await _sleep_or(self._wake, stop, min(30.0, 0.5 * 2**failures))
                     continue
-                if self.count() < self.max_ready and len(self.ready.get(wanted[0], ())) < self._plan().get(wanted[0], 0):
+                if self.count() < self.max_ready and len(self.ready.get(wanted[0], ())) < self._plan().get(
+                    wanted[0], 0
+                ):
                     self.ready.setdefault(wanted[0], deque()).append(sandbox)
                 else:  # the cap was reached, or the shape cooled, while it started
                     self._discard(sandbox)

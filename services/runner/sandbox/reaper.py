@@ -22,7 +22,8 @@ async def reap_orphans(engine: Engine, nc: Client, instance: str, runner_id: str
     """Remove this installation's containers whose runner is gone; returns how many."""
     try:
         containers = await engine.call(
-            "containers", all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]})
+            "containers", all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_INSTANCE}={instance}"]}
+        )
     except Exception as exc:
         log.warning("orphan scan failed: %s", exc)
         return 0
