@@ -1,4 +1,4 @@
-"""``python -m bench [W1 … W6 SCALE] [--quick]``: run workloads on Taskmesh and Celery, print one table, write JSON."""
+"""``python -m bench [W1 … W7 SCALE] [--quick]``: run workloads on Taskmesh and Celery, print one table, write JSON."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 WORKLOADS = {"W1": "bench.w1_throughput", "W2": "bench.w2_latency", "W3": "bench.w3_delayed",
              "W4": "bench.w4_schedules", "W5": "bench.w5_sandbox", "W6": "bench.w6_footprint",
-             "SCALE": "bench.scaleout"}
+             "W7": "bench.w7_retention", "SCALE": "bench.scaleout"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -25,6 +26,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-celery", action="store_true", help="Taskmesh only (no baseline, no ratios)")
     parser.add_argument("--profile", action="store_true", help="py-spy every service during load phases")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, nats data) afterwards")
+    parser.add_argument("--w7-retained", metavar="N,N,…", help="W7's checkpoints (default 10000,100000,1000000)")
+    parser.add_argument("--soak-minutes", type=float, help="W7's soak (default 10, --quick 1; 0: none)")
     args = parser.parse_args(argv)
     args.workloads = [name.upper() for name in args.workloads] or list(WORKLOADS)
     unknown = [name for name in args.workloads if name not in WORKLOADS]
@@ -64,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.target import TargetProcess
 
     params = Params().quick() if args.quick else Params()
+    if args.w7_retained:
+        params = replace(params, w7_retained=tuple(sorted(int(n) for n in args.w7_retained.split(","))))
+    if args.soak_minutes is not None:
+        params = replace(params, w7_soak_s=args.soak_minutes * 60)
     started = dt.datetime.now(dt.timezone.utc)
     wheelhouse = set_up(args)
     git = git_info()
