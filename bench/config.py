@@ -38,8 +38,9 @@ class Params:
     w7_requests: int = 200
     """Sequential requests per query for W7's percentiles."""
     w7_soak_s: float = 600.0
-    w7_soak_rate: float = 200.0
-    """Tasks a second in the soak: well under W1's rate on 2 cores, so it can be kept up."""
+    w7_soak_rate: float = 0.0
+    """Tasks a second in the soak; 0: half the rate W7 reached filling up to its last checkpoint
+    (what this machine sustains right now, shared as it may be)."""
     w7_soak_retention_s: float = 120.0
     """The soak's task retention: short, so retained tasks (and sweeps) reach a steady state in minutes."""
     w7_sample_s: float = 10.0

@@ -77,35 +77,49 @@ def streams(nats: NatsServer) -> dict[str, dict]:
     return found
 
 
+CATEGORIES = (("block caches", ("getMsgBlockBuf",)), ("per-subject state", ("/stree.",)),
+              ("dedup ids", ("storeMsgIdLocked", "getMsgId", "(*stream).ddload")))
+"""Heap attributed by a frame anywhere in the allocating stack, first match wins; the rest by its innermost
+server function."""
+
+
 def heap(nats: ProfiledNatsServer, top: int = 15) -> dict:
-    """Go heap in use by allocating nats-server function (scaled from samples), and runtime.MemStats."""
+    """Go heap in use by category and by allocating nats-server function (scaled from samples), and MemStats."""
     text = _get(f"http://127.0.0.1:{nats.profile_port}/debug/pprof/heap?debug=1").decode(errors="replace")
     by_function: dict[str, float] = {}
+    by_category: dict[str, float] = {}
     memstats: dict[str, int] = {}
-    inuse_bytes = inuse_objects = 0
-    in_record = False
+    size, stack = 0.0, []
+
+    def close_record() -> None:
+        if size <= 0 or not stack:
+            return
+        category = next((name for name, marks in CATEGORIES if any(m in f for m in marks for f in stack)), "other")
+        by_category[category] = by_category.get(category, 0.0) + size
+        innermost = next((f for f in stack if "nats-server" in f and ".init." not in f and "stree" not in f),
+                         stack[0])
+        by_function[_short(innermost)] = by_function.get(_short(innermost), 0.0) + size
+
     for line in text.splitlines():
         record = _RECORD.match(line)
         if record:
-            inuse_objects, inuse_bytes = int(record.group(1)), int(record.group(2))
-            in_record = inuse_bytes > 0
+            close_record()
+            size, stack = _scaled(int(record.group(1)), int(record.group(2))), []
             continue
         frame = _FRAME.match(line)
-        if frame and in_record:
-            function = frame.group(1)
-            if "nats-server" in function or function.startswith("main."):
-                by_function[_short(function)] = by_function.get(_short(function), 0.0) + _scaled(
-                    inuse_objects, inuse_bytes)
-                in_record = False  # the innermost server function allocated it
+        if frame:
+            stack.append(frame.group(1))
             continue
         stat = _MEMSTAT.match(line)
         if stat:
             memstats[stat.group(1)] = int(stat.group(2))
+    close_record()
     ranked = sorted(by_function.items(), key=lambda item: -item[1])[:top]
-    keep = ("HeapAlloc", "HeapInuse", "HeapIdle", "HeapReleased", "HeapSys", "StackInuse", "Sys", "NumGC",
-            "HeapObjects", "NextGC")
+    keep = ("HeapAlloc", "HeapInuse", "HeapIdle", "HeapReleased", "HeapSys", "Sys", "NumGC", "HeapObjects", "NextGC")
     return {"memstats": {key: memstats.get(key) for key in keep},
-            "top_inuse_mib": [(name, round(size / 2**20, 1)) for name, size in ranked]}
+            "categories_mib": {name: round(value / 2**20, 1) for name, value in
+                               sorted(by_category.items(), key=lambda item: -item[1])},
+            "top_inuse_mib": [(name, round(value / 2**20, 1)) for name, value in ranked]}
 
 
 def _scaled(objects: int, size: int) -> float:

@@ -224,8 +224,9 @@ def run(ctx: Context) -> WorkloadResult:
     soaked = None
     if p.w7_soak_s > 0:
         retention = {"TASKMESH_TASK_RETENTION": str(p.w7_soak_retention_s), "TASKMESH_RETENTION_SWEEP_INTERVAL": "10"}
+        rate = p.w7_soak_rate or max(20.0, round(curve["points"][-1]["load"]["rate_per_s"] / 2, -1))
         with w7_stack(ctx, "w7-soak", **retention) as stack:
-            soaked = run_async(soak(stack, ctx.target.url, p.w7_soak_rate, p.w7_soak_s, p.w7_sample_s))
+            soaked = run_async(soak(stack, ctx.target.url, rate, p.w7_soak_s, p.w7_sample_s))
         add_soak(result, soaked, p.w7_soak_retention_s)
     result.details = {"curve": curve, "soak": soaked, "name_prefix": NAME_PREFIX,
                       "how": "RSS: VmRSS of each process tree; disk: du -sk of nats' jetstream directory; "
@@ -244,6 +245,8 @@ def add_curve(result: WorkloadResult, curve: dict) -> None:
         result.add(f"{n:,} retained: store RSS (idle {idle.get('store', 0):.0f})", "MiB", store,
                    goal=f"≤ {GOAL_STORE_MIB:g} MiB, ≤ {GOAL_STORE_GROWTH:g}× first" if last else "",
                    met=(store <= GOAL_STORE_MIB and store <= GOAL_STORE_GROWTH * first_store) if last else None)
+        result.add(f"{n:,} retained: store RSS, restarted, {IDLE_S:g} s after the load", "MiB",
+                   point["idle"]["rss_mib"].get("store"))
         result.add(f"{n:,} retained: nats-server RSS (idle {idle.get('nats-server', 0):.0f})", "MiB", nats)
         per_task = (nats - idle.get("nats-server", 0.0)) * 1024 / n
         result.add(f"{n:,} retained: nats-server per retained task", "KiB", per_task)

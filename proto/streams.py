@@ -22,8 +22,29 @@ STORE_ACK_WAIT: Final = timedelta(seconds=10)
 SCHEDULER_ACK_WAIT: Final = timedelta(seconds=10)
 LEASE_TTL: Final = timedelta(seconds=4)
 """A scheduler leader that stops renewing its lease is replaced after at most this long."""
-WORK_DEDUP_WINDOW: Final = timedelta(hours=1)
-"""Fires published twice (failover, restart) within this window land once."""
+WORK_DEDUP_WINDOW: Final = timedelta(minutes=10)
+"""Fires published twice (failover, restart) within this window land once. nats-server keeps every
+message id of the window in memory (about 150 B each): at 1,000 fires/s an hour held 3.6 M ids.
+A failover repeats a fire within the lease TTL plus an ack wait (seconds); a fire repeated later
+(a scheduler down for longer) is caught by the runner only on redelivery, so it may run twice."""
+EVENTS_DEDUP_WINDOW: Final = timedelta(minutes=2)
+"""Run events carry a fresh ``event_id``; only a publisher's own retry (seconds) repeats one."""
+CATCH_UP_WINDOW: Final = timedelta(days=1)
+"""How long TASKS and EVENTS keep an event after it was published. The store turns them into KV
+records at once; the stream only has to cover a consumer that is stopped or lagging. Every unique
+subject of a stream costs nats-server memory (about 200 B) as long as its message is kept: with
+30 days of TASKS and 7 of EVENTS, history of ~1.6 KB per task stayed in memory for a week."""
+MAX_BYTES: Final = {
+    subjects.STREAM_TASKS: 4 * 2**30, subjects.STREAM_EVENTS: 8 * 2**30, subjects.STREAM_LOGS: 4 * 2**30,
+    subjects.STREAM_DEAD_LETTERS: 1 * 2**30, subjects.STREAM_WORK: 1 * 2**30,
+    subjects.BUCKET_TASKS: 16 * 2**30, subjects.BUCKET_RUNS: 16 * 2**30, subjects.BUCKET_LOGS: 32 * 2**30,
+    subjects.BUCKET_SCHEDULES: 1 * 2**30, subjects.BUCKET_LEASES: 16 * 2**20}
+"""Disk bound of every stream and bucket (bytes). What holds the truth refuses when full (discard
+``new``: KV buckets, WORK's pending runs): the writer sees an error, and the store should answer
+507 to a submission. TASKS, EVENTS, LOGS and DEADLETTER drop their oldest (discard ``old``), as
+max_age does: a byte bound on the catch-up window (TASKS 4 GiB ≈ 9 M submissions of 0.46 KB, a
+day at 100/s). The buckets hold ~15 M finished API tasks (task 1.1 KB, run 1 KB, log 0.4 KB,
+plus dead space of rewritten records)."""
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 """Largest stream message or KV value (a task record with a big spec and result fits).
 nats-server's ``max_payload`` must be at least this (deployments here set 8 MB)."""
@@ -59,29 +80,36 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
     """Every stream, by name."""
     file = js_api.StorageType.FILE
     limits = js_api.RetentionPolicy.LIMITS
+    # Changing max_age, max_bytes, discard or the dedup window of an existing stream is a plain
+    # update (natsio.ensure_stream); the retention policy can never change, so none does here.
+    old, new = js_api.DiscardPolicy.OLD, js_api.DiscardPolicy.NEW
     return {
         subjects.STREAM_TASKS: StreamSpec("store", js_api.StreamConfig(
             name=subjects.STREAM_TASKS, subjects=[subjects.TASK_EVENTS_ALL], retention=limits,
-            storage=file, num_replicas=replicas, max_age=30 * DAY, duplicate_window=120.0,
-            max_msg_size=MAX_PAYLOAD_BYTES, description="Task lifecycle events")),
+            storage=file, num_replicas=replicas, max_age=CATCH_UP_WINDOW.total_seconds(),
+            duplicate_window=120.0, max_msg_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.STREAM_TASKS],
+            discard=old, description="Task lifecycle events")),
         subjects.STREAM_EVENTS: StreamSpec("store", js_api.StreamConfig(
             name=subjects.STREAM_EVENTS, subjects=[subjects.RUN_EVENTS_ALL, subjects.SCHEDULE_EVENTS_ALL],
-            retention=limits, storage=file, num_replicas=replicas, max_age=7 * DAY,
-            duplicate_window=600.0, max_msg_size=MAX_PAYLOAD_BYTES, allow_direct=True,
+            retention=limits, storage=file, num_replicas=replicas, max_age=CATCH_UP_WINDOW.total_seconds(),
+            duplicate_window=EVENTS_DEDUP_WINDOW.total_seconds(), max_msg_size=MAX_PAYLOAD_BYTES,
+            allow_direct=True, max_bytes=MAX_BYTES[subjects.STREAM_EVENTS], discard=old,
             description="Run and schedule events")),
         subjects.STREAM_LOGS: StreamSpec("store", js_api.StreamConfig(
             name=subjects.STREAM_LOGS, subjects=[subjects.LOGS_ALL], retention=limits, storage=file,
             num_replicas=replicas, max_age=1 * DAY, max_msg_size=MAX_PAYLOAD_BYTES,
+            max_bytes=MAX_BYTES[subjects.STREAM_LOGS], discard=old,
             description="Run output on its way to the logs bucket")),
         subjects.STREAM_DEAD_LETTERS: StreamSpec("store", js_api.StreamConfig(
             name=subjects.STREAM_DEAD_LETTERS, subjects=[subjects.DEAD_LETTERS_ALL], retention=limits,
             storage=file, num_replicas=replicas, max_age=30 * DAY, max_msg_size=MAX_PAYLOAD_BYTES,
+            max_bytes=MAX_BYTES[subjects.STREAM_DEAD_LETTERS], discard=old,
             description="Runs given up after too many deliveries")),
         subjects.STREAM_WORK: StreamSpec("scheduler", js_api.StreamConfig(
             name=subjects.STREAM_WORK, subjects=[subjects.WORK_ALL],
             retention=js_api.RetentionPolicy.WORK_QUEUE, storage=file, num_replicas=replicas,
             duplicate_window=WORK_DEDUP_WINDOW.total_seconds(), max_msg_size=MAX_PAYLOAD_BYTES,
-            description="Due runs, pulled by runners")),
+            max_bytes=MAX_BYTES[subjects.STREAM_WORK], discard=new, description="Due runs, pulled by runners")),
     }
 
 
@@ -123,17 +151,22 @@ def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
     return {
         subjects.BUCKET_TASKS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_TASKS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Task records")),
+            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_TASKS], direct=True,
+            description="Task records")),
         subjects.BUCKET_RUNS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_RUNS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run records")),
+            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_RUNS], direct=True,
+            description="Run records")),
         subjects.BUCKET_LOGS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_LOGS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run output, chunked")),
+            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_LOGS], direct=True,
+            description="Run output, chunked")),
         subjects.BUCKET_SCHEDULES: BucketSpec("scheduler", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_SCHEDULES, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Durable timers")),
+            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_SCHEDULES], direct=True,
+            description="Durable timers")),
         subjects.BUCKET_LEASES: BucketSpec("scheduler", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_LEASES, history=1, storage=file, replicas=replicas,
-            ttl=LEASE_TTL.total_seconds(), direct=True, description="Leader leases")),
+            ttl=LEASE_TTL.total_seconds(), max_bytes=MAX_BYTES[subjects.BUCKET_LEASES], direct=True,
+            description="Leader leases")),
     }
