@@ -35,16 +35,15 @@ records at once; the stream only has to cover a consumer that is stopped or lagg
 subject of a stream costs nats-server memory (about 200 B) as long as its message is kept: with
 30 days of TASKS and 7 of EVENTS, history of ~1.6 KB per task stayed in memory for a week."""
 MAX_BYTES: Final = {
-    subjects.STREAM_TASKS: 4 * 2**30, subjects.STREAM_EVENTS: 8 * 2**30, subjects.STREAM_LOGS: 4 * 2**30,
-    subjects.STREAM_DEAD_LETTERS: 1 * 2**30, subjects.STREAM_WORK: 1 * 2**30,
-    subjects.BUCKET_TASKS: 16 * 2**30, subjects.BUCKET_RUNS: 16 * 2**30, subjects.BUCKET_LOGS: 32 * 2**30,
-    subjects.BUCKET_SCHEDULES: 1 * 2**30, subjects.BUCKET_LEASES: 16 * 2**20}
-"""Disk bound of every stream and bucket (bytes). What holds the truth refuses when full (discard
-``new``: KV buckets, WORK's pending runs): the writer sees an error, and the store should answer
-507 to a submission. TASKS, EVENTS, LOGS and DEADLETTER drop their oldest (discard ``old``), as
-max_age does: a byte bound on the catch-up window (TASKS 4 GiB ≈ 9 M submissions of 0.46 KB, a
-day at 100/s). The buckets hold ~15 M finished API tasks (task 1.1 KB, run 1 KB, log 0.4 KB,
-plus dead space of rewritten records)."""
+    subjects.STREAM_TASKS: 1 * 2**30, subjects.STREAM_EVENTS: 2 * 2**30, subjects.STREAM_LOGS: 1 * 2**30,
+    subjects.STREAM_DEAD_LETTERS: 256 * 2**20, subjects.STREAM_WORK: 512 * 2**20}
+"""Disk bound of each stream (bytes). TASKS, EVENTS, LOGS and DEADLETTER drop their oldest when
+full (discard ``old``), as max_age does: a byte bound on the catch-up window (TASKS: ~2 M
+submissions of 0.46 KB). WORK holds runs not yet done and refuses instead (discard ``new``): the
+scheduler sees the error and retries. max_bytes is a reservation: nats-server refuses to create
+a stream whose bound does not fit its storage limit (75 % of the free disk unless configured),
+so these stay small; the buckets (the truth, ~2.6 KB per finished API task) are not bounded
+here: a full bucket must turn into a 507 at submission first, not a stalled consumer."""
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 """Largest stream message or KV value (a task record with a big spec and result fits).
 nats-server's ``max_payload`` must be at least this (deployments here set 8 MB)."""
@@ -151,22 +150,17 @@ def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
     return {
         subjects.BUCKET_TASKS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_TASKS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_TASKS], direct=True,
-            description="Task records")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Task records")),
         subjects.BUCKET_RUNS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_RUNS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_RUNS], direct=True,
-            description="Run records")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run records")),
         subjects.BUCKET_LOGS: BucketSpec("store", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_LOGS, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_LOGS], direct=True,
-            description="Run output, chunked")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Run output, chunked")),
         subjects.BUCKET_SCHEDULES: BucketSpec("scheduler", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_SCHEDULES, history=1, storage=file, replicas=replicas,
-            max_value_size=MAX_PAYLOAD_BYTES, max_bytes=MAX_BYTES[subjects.BUCKET_SCHEDULES], direct=True,
-            description="Durable timers")),
+            max_value_size=MAX_PAYLOAD_BYTES, direct=True, description="Durable timers")),
         subjects.BUCKET_LEASES: BucketSpec("scheduler", js_api.KeyValueConfig(
             bucket=subjects.BUCKET_LEASES, history=1, storage=file, replicas=replicas,
-            ttl=LEASE_TTL.total_seconds(), max_bytes=MAX_BYTES[subjects.BUCKET_LEASES], direct=True,
-            description="Leader leases")),
+            ttl=LEASE_TTL.total_seconds(), direct=True, description="Leader leases")),
     }
