@@ -1,4 +1,4 @@
-"""``python -m bench [W1 … W6 SCALE] [--quick]``: run workloads on Taskmesh and Celery, print one table, write JSON."""
+"""``python -m bench [W1 … W7 SCALE] [--quick]``: run workloads on Taskmesh and Celery, print one table, write JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 WORKLOADS = {
@@ -19,6 +20,7 @@ WORKLOADS = {
     "W4": "bench.w4_schedules",
     "W5": "bench.w5_sandbox",
     "W6": "bench.w6_footprint",
+    "W7": "bench.w7_retention",
     "SCALE": "bench.scaleout",
 }
 
@@ -32,6 +34,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-celery", action="store_true", help="Taskmesh only (no baseline, no ratios)")
     parser.add_argument("--profile", action="store_true", help="py-spy every service during load phases")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, nats data) afterwards")
+    parser.add_argument("--w7-retained", metavar="N,N,…", help="W7's checkpoints (default 10000,100000,1000000)")
+    parser.add_argument("--soak-minutes", type=float, help="W7's soak (default 10, --quick 1; 0: none)")
     args = parser.parse_args(argv)
     args.workloads = [name.upper() for name in args.workloads] or list(WORKLOADS)
     unknown = [name for name in args.workloads if name not in WORKLOADS]
@@ -71,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.target import TargetProcess
 
     params = Params().quick() if args.quick else Params()
-    started = dt.datetime.now(dt.UTC)
+    if args.w7_retained:
+        params = replace(params, w7_retained=tuple(sorted(int(n) for n in args.w7_retained.split(","))))
+    if args.soak_minutes is not None:
+        params = replace(params, w7_soak_s=args.soak_minutes * 60)
+    started = dt.datetime.now(dt.timezone.utc)
     wheelhouse = set_up(args)
     git = git_info()
     header = {
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         target.stop()
         remove_containers(CONTAINER_LABEL)
     header["machine"]["load_average_end"] = load_average()  # type: ignore[index]
-    header["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
+    header["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
     path = report.results_path(str(git["commit"]), started.date())
     report.write_json(path, header, results)
     print(report.render_table(results))

@@ -31,6 +31,19 @@ class Params:
     scale_runners: tuple[int, ...] = (1, 2, 3)
     scale_w1_tasks: int = 10_000
     scale_w5_burst: int = 200
+    w7_retained: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    """Checkpoints of W7: finished tasks retained when memory, disk, restart and lists are measured."""
+    w7_max_backlog: int = 20_000
+    """W7 submits as fast as accepted, but no further ahead of the finished count (the queue is not W7's subject)."""
+    w7_requests: int = 200
+    """Sequential requests per query for W7's percentiles."""
+    w7_soak_s: float = 600.0
+    w7_soak_rate: float = 0.0
+    """Tasks a second in the soak; 0: half the rate W7 reached filling up to its last checkpoint
+    (what this machine sustains right now, shared as it may be)."""
+    w7_soak_retention_s: float = 120.0
+    """The soak's task retention: short, so retained tasks (and sweeps) reach a steady state in minutes."""
+    w7_sample_s: float = 10.0
     cores: int = os.cpu_count() or 1
     seed: int = 9
 
@@ -52,6 +65,10 @@ class Params:
             w6_tasks=500,
             scale_w1_tasks=500,
             scale_w5_burst=20,
+            w7_retained=(2_000, 10_000),
+            w7_requests=100,
+            w7_soak_s=60.0,
+            w7_soak_retention_s=20.0,
         )
 
     def as_dict(self) -> dict:

@@ -46,7 +46,9 @@ class TaskmeshStack:
         self.instance = self.instance or f"bench-{secrets.token_hex(4)}"
         self.http_port = self.http_port or free_port()
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.root / "nats", log_path=self.root / "logs" / "nats-server.log").start()
+        # a caller may hand in its own (not yet started) nats-server, e.g. one with pprof (bench/natsmon.py)
+        self.nats = self.nats or NatsServer(self.root / "nats", log_path=self.root / "logs" / "nats-server.log")
+        self.nats.start()
         runners = [("runner" if number == 1 else f"runner-{number}", "runner") for number in range(1, self.runners + 1)]
         for key, name in [("store", "store"), ("scheduler", "scheduler"), *runners, ("gateway", "gateway")]:
             self.services[key] = ServiceProcess(name, self.env(), log_path=self.root / "logs" / f"{key}.log").start()

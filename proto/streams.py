@@ -30,8 +30,32 @@ NATS_CALL_DEADLINE: Final = timedelta(seconds=10)
 LEASE_TTL: Final = timedelta(seconds=10)
 """A scheduler leader that stops renewing its lease is replaced after at most this long. Longer
 than a JetStream election (4-9 s), so a holder rides out one (services/scheduler/lease.py)."""
-WORK_DEDUP_WINDOW: Final = timedelta(hours=1)
-"""Fires published twice (failover, restart) within this window land once."""
+WORK_DEDUP_WINDOW: Final = timedelta(minutes=10)
+"""Fires published twice (failover, restart) within this window land once. nats-server keeps every
+message id of the window in memory (about 150 B each): at 1,000 fires/s an hour held 3.6 M ids.
+A failover repeats a fire within the lease TTL plus an ack wait (seconds); a fire repeated later
+(a scheduler down for longer) is caught by the runner only on redelivery, so it may run twice."""
+EVENTS_DEDUP_WINDOW: Final = timedelta(minutes=2)
+"""Run events carry a fresh ``event_id``; only a publisher's own retry (seconds) repeats one."""
+CATCH_UP_WINDOW: Final = timedelta(days=1)
+"""How long TASKS and EVENTS keep an event after it was published. The store turns them into KV
+records at once; the stream only has to cover a consumer that is stopped or lagging. Every unique
+subject of a stream costs nats-server memory (about 200 B) as long as its message is kept: with
+30 days of TASKS and 7 of EVENTS, history of ~1.6 KB per task stayed in memory for a week."""
+MAX_BYTES: Final = {
+    subjects.STREAM_TASKS: 1 * 2**30,
+    subjects.STREAM_EVENTS: 2 * 2**30,
+    subjects.STREAM_LOGS: 1 * 2**30,
+    subjects.STREAM_DEAD_LETTERS: 256 * 2**20,
+    subjects.STREAM_WORK: 512 * 2**20,
+}
+"""Disk bound of each stream (bytes). TASKS, EVENTS, LOGS and DEADLETTER drop their oldest when
+full (discard ``old``), as max_age does: a byte bound on the catch-up window (TASKS: ~2 M
+submissions of 0.46 KB). WORK holds runs not yet done and refuses instead (discard ``new``): the
+scheduler sees the error and retries. max_bytes is a reservation: nats-server refuses to create
+a stream whose bound does not fit its storage limit (75 % of the free disk unless configured),
+so these stay small; the buckets (the truth, ~2.6 KB per finished API task) are not bounded
+here: a full bucket must turn into a 507 at submission first, not a stalled consumer."""
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 """Largest stream message or KV value (a task record with a big spec and result fits)."""
 SERVER_MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
@@ -72,6 +96,9 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
     """Every stream, by name."""
     file = js_api.StorageType.FILE
     limits = js_api.RetentionPolicy.LIMITS
+    # Changing max_age, max_bytes, discard or the dedup window of an existing stream is a plain
+    # update (natsio.ensure_stream); the retention policy can never change, so none does here.
+    old, new = js_api.DiscardPolicy.OLD, js_api.DiscardPolicy.NEW
     return {
         subjects.STREAM_TASKS: StreamSpec(
             "store",
@@ -81,9 +108,11 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
                 retention=limits,
                 storage=file,
                 num_replicas=replicas,
-                max_age=30 * DAY,
+                max_age=CATCH_UP_WINDOW.total_seconds(),
                 duplicate_window=120.0,
                 max_msg_size=MAX_PAYLOAD_BYTES,
+                max_bytes=MAX_BYTES[subjects.STREAM_TASKS],
+                discard=old,
                 description="Task lifecycle events",
             ),
         ),
@@ -95,10 +124,12 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
                 retention=limits,
                 storage=file,
                 num_replicas=replicas,
-                max_age=7 * DAY,
-                duplicate_window=600.0,
+                max_age=CATCH_UP_WINDOW.total_seconds(),
+                duplicate_window=EVENTS_DEDUP_WINDOW.total_seconds(),
                 max_msg_size=MAX_PAYLOAD_BYTES,
                 allow_direct=True,
+                max_bytes=MAX_BYTES[subjects.STREAM_EVENTS],
+                discard=old,
                 description="Run and schedule events",
             ),
         ),
@@ -112,6 +143,8 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
                 num_replicas=replicas,
                 max_age=1 * DAY,
                 max_msg_size=MAX_PAYLOAD_BYTES,
+                max_bytes=MAX_BYTES[subjects.STREAM_LOGS],
+                discard=old,
                 description="Run output on its way to the logs bucket",
             ),
         ),
@@ -125,6 +158,8 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
                 num_replicas=replicas,
                 max_age=30 * DAY,
                 max_msg_size=MAX_PAYLOAD_BYTES,
+                max_bytes=MAX_BYTES[subjects.STREAM_DEAD_LETTERS],
+                discard=old,
                 description="Runs given up after too many deliveries",
             ),
         ),
@@ -138,6 +173,8 @@ def streams(replicas: int = 1) -> dict[str, StreamSpec]:
                 num_replicas=replicas,
                 duplicate_window=WORK_DEDUP_WINDOW.total_seconds(),
                 max_msg_size=MAX_PAYLOAD_BYTES,
+                max_bytes=MAX_BYTES[subjects.STREAM_WORK],
+                discard=new,
                 description="Due runs, pulled by runners",
             ),
         ),
