@@ -43,7 +43,7 @@ class Queries:
         if task is None and self.state.is_retained(task_id):
             task = await self.persistence.get_task(task_id)
             if task is not None and task_id not in self.state.tasks:
-                self.state.cache.put(task_id, task, len(codec.encode(task)))
+                self.state.cache.put(task_id, codec.encode(task))
         if task is None:
             raise TaskNotFound(f"no task {task_id!r}", "id")
         return task

@@ -132,8 +132,9 @@ async def _sweep_forever(
 ) -> None:
     """Delete finished one-shot tasks older than the retention period; drop old delete markers.
 
-    Both come from the catalog's time indexes, oldest first, a bounded number per sweep: a sweep
-    costs what it deletes, not what is retained.
+    Both come from the catalog's time indexes, oldest first, in batches: a sweep costs what it
+    deletes, not what is retained, and goes on batch after batch until nothing expired is left
+    (a sweep a minute must keep up with a thousand tasks finishing every second).
     """
     while not await sleep_or_stop(stop, settings.retention_sweep_interval.total_seconds()):
         try:
@@ -142,17 +143,28 @@ async def _sweep_forever(
                 log.info("delete markers purged", extra={"count": purged})
         except Exception as exc:
             log.debug("purge of delete markers failed: %s", exc)
-        cutoff: datetime = utcnow() - settings.task_retention
-        expired = state.catalog.finished_before(cutoff, RETENTION_BATCH)
         removed = 0
-        for task_id in expired:
-            try:
-                await commands.delete(DeleteTaskRequest(id=task_id, cancel_running=False))
-                removed += 1
-            except TaskNotFound:  # deleted meanwhile
-                continue
-            except Exception as exc:  # try again next sweep
-                log.warning("retention delete of %s failed: %s", task_id, exc)
-                break
+        while not stop.is_set():
+            cutoff: datetime = utcnow() - settings.task_retention
+            expired = state.catalog.finished_before(cutoff, RETENTION_BATCH)
+            deleted = await _delete_batch(commands, expired)
+            removed += deleted
+            if len(expired) < RETENTION_BATCH or deleted < len(expired):
+                break  # all caught up, or NATS trouble: the next sweep goes on
         if removed:
             log.info("retention removed finished tasks", extra={"count": removed})
+
+
+async def _delete_batch(commands: Commands, task_ids: list[str]) -> int:
+    """Delete these tasks one by one; stops at the first failure. Returns how many went (or were gone)."""
+    done = 0
+    for task_id in task_ids:
+        try:
+            await commands.delete(DeleteTaskRequest(id=task_id, cancel_running=False))
+        except TaskNotFound:  # deleted meanwhile
+            pass
+        except Exception as exc:  # try again next sweep
+            log.warning("retention delete of %s failed: %s", task_id, exc)
+            return done
+        done += 1
+    return done

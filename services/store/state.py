@@ -564,7 +564,7 @@ class StoreState:
                 encoded = codec.encode(task)
                 writes.tasks.append((task_id, encoded))
                 if task.status in FINAL_STATUSES and not self.active_runs(task_id):
-                    finished.append((task, len(encoded)))
+                    finished.append((task, encoded))
         for task_id, run_id in self.dirty_runs:
             run = self.runs.get(task_id, {}).get(run_id)
             if run is not None:
@@ -576,17 +576,17 @@ class StoreState:
         writes.removed_runs = [subjects.run_key(t, r) for t, r in self.removed_runs]
         self.dirty_tasks, self.dirty_runs, self.dirty_ledgers = set(), set(), set()
         self.removed_tasks, self.removed_runs = set(), set()
-        for task, size in finished:
-            self._evict(task, size)
+        for task, encoded in finished:
+            self._evict(task, encoded)
         return writes
 
-    def _evict(self, task: TaskRecord, size: int) -> None:
+    def _evict(self, task: TaskRecord, encoded: bytes) -> None:
         """A final task with nothing left to run leaves memory for the cache (its records are written)."""
         del self.tasks[task.id]
         for run in self.runs.pop(task.id, {}).values():
             self._count_run(run.status, None)
         self.ledgers.pop(task.id, None)
-        self.cache.put(task.id, task, size)
+        self.cache.put(task.id, encoded)
         self.evicted += 1
 
     def requeue(self, writes: Writes) -> None:
