@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         params = replace(params, w7_retained=tuple(sorted(int(n) for n in args.w7_retained.split(","))))
     if args.soak_minutes is not None:
         params = replace(params, w7_soak_s=args.soak_minutes * 60)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     wheelhouse = set_up(args)
     git = git_info()
     header = {
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         target.stop()
         remove_containers(CONTAINER_LABEL)
     header["machine"]["load_average_end"] = load_average()  # type: ignore[index]
-    header["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat()
+    header["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
     path = report.results_path(str(git["commit"]), started.date())
     report.write_json(path, header, results)
     print(report.render_table(results))
