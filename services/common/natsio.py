@@ -72,8 +72,17 @@ async def connect(settings: ServiceSettings, name: str, stop: asyncio.Event | No
 
 
 def _same_stream(have: js_api.StreamConfig, want: js_api.StreamConfig) -> bool:
-    keys = ("subjects", "retention", "max_age", "duplicate_window", "max_msg_size", "num_replicas", "storage",
-            "max_bytes", "discard")
+    keys = (
+        "subjects",
+        "retention",
+        "max_age",
+        "duplicate_window",
+        "max_msg_size",
+        "num_replicas",
+        "storage",
+        "max_bytes",
+        "discard",
+    )
     # a value left unset (None/0) in our definition means "the server's default": not a difference
     return all(getattr(have, k) == getattr(want, k) for k in keys if getattr(want, k))
 
