@@ -6,7 +6,7 @@ import ast
 import keyword
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import msgspec
@@ -273,8 +273,8 @@ def api_fields(spec: TaskSpec) -> None:
         raise FieldError("api_url", "api_url has no host")
     if any(c.isspace() for c in url):
         raise FieldError("api_url", "api_url must not contain whitespace")
-    if spec.method.upper() not in HttpMethod.__args__:  # type: ignore[attr-defined]
-        raise FieldError("method", f"method must be one of {', '.join(HttpMethod.__args__)}")  # type: ignore[attr-defined]
+    if spec.method.upper() not in get_args(HttpMethod):
+        raise FieldError("method", f"method must be one of {', '.join(get_args(HttpMethod))}")
     if len(spec.headers) > bounds.MAX_HEADERS:
         raise FieldError("headers", f"at most {bounds.MAX_HEADERS} headers")
     for key, value in spec.headers.items():

@@ -81,7 +81,7 @@ def run_local(data_dir: Path, http_port: int = 5001, nats_port: int = 4222) -> i
             dead = [s for s in services if not s.alive()]
             if dead:
                 print(
-                    f"taskmesh up: {dead[0].name} exited with {dead[0].process.returncode}; stopping",  # type: ignore[union-attr]
+                    f"taskmesh up: {dead[0].name} exited with {dead[0].process.returncode}; stopping",  # type: ignore[union-attr]  # a dead service has a process
                     file=sys.stderr,
                 )
                 return_code = 1

@@ -203,8 +203,8 @@ class ServiceProcess:
     def kill(self) -> None:
         """SIGKILL: the fault tests' way of making a service vanish."""
         if self.alive():
-            self.process.kill()  # type: ignore[union-attr]
-            self.process.wait(5)  # type: ignore[union-attr]
+            self.process.kill()  # type: ignore[union-attr]  # alive() checked that the process exists
+            self.process.wait(5)  # type: ignore[union-attr]  # alive() checked that the process exists
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

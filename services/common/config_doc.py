@@ -100,7 +100,7 @@ def field_docstrings(kind: type) -> dict[str, str]:
     for cls in reversed(kind.__mro__):
         if not cls.__module__.startswith("services."):
             continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]  # a class's source parses to one ClassDef
         for node, following in zip(body, body[1:], strict=False):
             if (
                 isinstance(node, ast.AnnAssign)

@@ -10,4 +10,4 @@ import sys
 
 def without_aiohttp() -> None:
     """Make ``import aiohttp`` fail in this process (nats-py then skips its WebSocket transport)."""
-    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
+    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # None in sys.modules makes the import fail: the point

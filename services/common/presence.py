@@ -84,7 +84,7 @@ class ServiceRegistry:
 
         async def on_beat(msg: object) -> None:
             try:
-                self.observe(codec.heartbeat_decoder.decode(msg.data))  # type: ignore[attr-defined]
+                self.observe(codec.heartbeat_decoder.decode(msg.data))  # type: ignore[attr-defined]  # the decoder is built once in proto.codec
             except Exception:  # a foreign or newer message: ignore it
                 log.debug("undecodable heartbeat on %s", getattr(msg, "subject", "?"))
 

@@ -60,7 +60,7 @@ async def health(request: web.Request) -> web.Response:
         )
     usable = [r for r in runners if r.sandbox is not None and r.sandbox.usable]
     if usable:
-        checks["sandbox"] = api.DependencyHealth(status="ok", count=len(usable), detail=usable[0].sandbox.image or "")  # type: ignore[union-attr]
+        checks["sandbox"] = api.DependencyHealth(status="ok", count=len(usable), detail=usable[0].sandbox.image or "")  # type: ignore[union-attr]  # usable holds only runners that reported a sandbox
     else:
         reasons = {r.sandbox.detail for r in runners if r.sandbox is not None}
         checks["sandbox"] = api.DependencyHealth(

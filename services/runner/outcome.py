@@ -30,7 +30,7 @@ class Outcome:
 
 def failed(error_type: str, message: str, **details: Any) -> Outcome:
     """A failed outcome with an error of ``error_type``."""
-    return Outcome(status="failed", error=RunError(type=error_type, message=message, **details))  # type: ignore[arg-type]
+    return Outcome(status="failed", error=RunError(type=error_type, message=message, **details))  # type: ignore[arg-type]  # callers pass known error types; RunError's Literal checks them on decode
 
 
 def retry_at(spec: TaskSpec, retry: int, now: datetime) -> datetime:

@@ -136,7 +136,7 @@ class RunOutput:
         for stream, decoder in self._decoders.items():
             tail = decoder.decode(b"", final=True)
             if tail:
-                self._append(stream, tail)  # type: ignore[arg-type]
+                self._append(stream, tail)  # type: ignore[arg-type]  # the decoders' keys are stdout and stderr
         self._flush()
         if self._worker is not None:
             self._outbox.put_nowait(None)

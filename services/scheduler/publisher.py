@@ -135,7 +135,7 @@ class Publisher:
                 event_id=new_event_id(),
                 occurred_at=utcnow(),
                 task_id=timer.task_id,
-                state=state,  # type: ignore[arg-type]
+                state=state,  # type: ignore[arg-type]  # one of ScheduleUpdated's states, by construction
                 next_run_at=next_run_at,
                 fired_count=timer.fired_count,
                 missed_count=timer.missed_count,

@@ -192,7 +192,7 @@ class EventConsumers:
         if isinstance(event, (runs.RunQueued, runs.RunStarted, runs.RunFinished, runs.RunCancelRequested)):
             effects = self.state.apply_run_event(event)
         else:
-            effects = self.state.apply_schedule_event(event)  # type: ignore[arg-type]
+            effects = self.state.apply_schedule_event(event)  # type: ignore[arg-type]  # run events are handled above; what is left is a schedule event
         if effects.unknown_task:
             # Its task was never seen (or deleted before a restart): nothing to attach it to.
             self.unknown_task_events += 1

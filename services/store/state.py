@@ -284,7 +284,7 @@ class StoreState:
         task.missed_count = max(task.missed_count, missed)
         task.skipped_count = max(task.skipped_count, skipped)
         if task.status == "active":
-            task.next_run_at = next_run_at  # type: ignore[assignment]
+            task.next_run_at = next_run_at  # type: ignore[assignment]  # next_run_at comes from a datetime field of the event
 
     def _ledger_add(self, task_id: str, entry: LedgerEntry) -> None:
         ledger = self.ledgers.setdefault(task_id, [])
@@ -338,7 +338,7 @@ class StoreState:
         run = task_runs.get(run_id)
         if run is not None:
             return run, False
-        run = RunRecord(task_id=task.id, run_id=run_id, slot=slot, status=status, attempt=attempt)  # type: ignore[arg-type]
+        run = RunRecord(task_id=task.id, run_id=run_id, slot=slot, status=status, attempt=attempt)  # type: ignore[arg-type]  # status is one of RunStatus, by construction
         task_runs[run_id] = run
         task.run_count += 1
         self._count_run(None, status)
@@ -469,7 +469,7 @@ class StoreState:
 
     def _finish_run(self, task: TaskRecord, run: RunRecord, status: str, at: object, error: RunError | None) -> None:
         run.error = error
-        run.finished_at = at  # type: ignore[assignment]
+        run.finished_at = at  # type: ignore[assignment]  # a datetime from the event
         run.next_retry_at = None
         run.duration_ms = ms_between(run.started_at, run.finished_at) if run.started_at else None
         self._set_run_status(run, status)
@@ -511,13 +511,13 @@ class StoreState:
             task.error = run.error
 
     def _set_status(self, task: TaskRecord, status: str) -> None:
-        task.status = status  # type: ignore[assignment]
+        task.status = status  # type: ignore[assignment]  # statuses come from the transitions, all members of TaskStatus
         self.dirty_tasks.add(task.id)
         self.uncatalogued[task.id] = task
 
     def _set_run_status(self, run: RunRecord, status: str) -> None:
         self._count_run(run.status, status)
-        run.status = status  # type: ignore[assignment]
+        run.status = status  # type: ignore[assignment]  # statuses come from the transitions, all members of RunStatus
 
     def _count_run(self, old: str | None, new: str | None) -> None:
         if old is not None:
@@ -526,8 +526,8 @@ class StoreState:
             self.run_counts[new] = self.run_counts.get(new, 0) + 1
 
     def _touch(self, task: TaskRecord, at: object) -> None:
-        if at is not None and at > task.updated_at:  # type: ignore[operator]
-            task.updated_at = at  # type: ignore[assignment]
+        if at is not None and at > task.updated_at:  # type: ignore[operator]  # a datetime from the event
+            task.updated_at = at  # type: ignore[assignment]  # a datetime from the event
         self.dirty_tasks.add(task.id)
 
     def _evict_old_runs(self, task_id: str) -> None:

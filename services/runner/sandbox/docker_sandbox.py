@@ -426,13 +426,13 @@ class DockerSandboxes:
                 name, which = ("stderr", stderr_end) if stream == STDERR else ("stdout", scanner)
                 shown = which.feed(data)
                 if shown:
-                    output.write(name, shown)  # type: ignore[arg-type]
+                    output.write(name, shown)  # type: ignore[arg-type]  # name is the channel's stdout or stderr
                 if scanner.too_large or stderr_end.too_large or (scanner.done and stderr_end.done):
                     return
             for name, which in (("stdout", scanner), ("stderr", stderr_end)):
                 leftover = which.leftover()
                 if leftover:
-                    output.write(name, leftover)  # type: ignore[arg-type]
+                    output.write(name, leftover)  # type: ignore[arg-type]  # name is the channel's stdout or stderr
 
         reader = asyncio.create_task(read())
         stopper = asyncio.create_task(cancelled.wait())
