@@ -202,6 +202,11 @@ def _spec_strategy(target_url: str) -> st.SearchStrategy[dict[str, Any]]:
                 spec[field] = {"X-Fuzz": "v" * draw(st.sampled_from([1, 10_000, 100_000]))}
             else:
                 spec[field] = draw(HOSTILE_NUMBERS)
+        # Accepted retries must end within the test: few, with short waits (the bounds tests try long ones).
+        if isinstance(spec.get("max_retries"), int) and 0 < spec["max_retries"] <= 20:
+            spec["max_retries"] = min(spec["max_retries"], 2)
+            spec["retry_delay_seconds"] = 0.2
+            spec["retry_delay_max_seconds"] = 0.5
         delay = spec.get("delay_seconds")
         if isinstance(delay, (int, float)) and 2 < delay <= bounds.MAX_DURATION_SECONDS:
             spec["delay_seconds"] = 2  # accepted, so it must end within the test (the bounds tests try long ones)
