@@ -20,7 +20,8 @@ from nats.js.kv import KeyValue
 from proto import codec, streams, subjects
 from proto.api import LedgerEntry
 from proto.records import RunRecord, TaskRecord
-from proto.runs import LogChunk, run_id_for
+from proto.runs import FINAL_RUN_STATUSES, LogChunk, run_id_for
+from proto.tasks import FINAL_STATUSES
 from services.common.natsio import read_bucket
 from services.store.state import METRICS_KEY, StoreState
 from services.store.writes import LEDGER_RUN_ID, Writes
@@ -123,7 +124,9 @@ class Persistence:
                 continue
             if message.data:
                 found.append(_task_decoder.decode(message.data))
-        state.catalog.commit(found, (), {KV_SEQ_KEY: str(last).encode()})
+        for task in found:
+            _count_lost_outcome(state, task)
+        state.catalog.commit(found, (), {KV_SEQ_KEY: str(last).encode(), METRICS_KEY: state.metrics.encode()})
         return True
 
     async def rebuild_catalog(self, state: StoreState) -> None:
@@ -306,3 +309,18 @@ async def _acknowledged(pending: list[asyncio.Future]) -> list:
                 future.cancel()
             elif not future.cancelled():
                 future.exception()
+
+
+def _count_lost_outcome(state: StoreState, task: TaskRecord) -> None:
+    """Count a one-shot task's outcome that KV has but the saved aggregates missed.
+
+    The aggregates are saved with the catalog, after the KV writes of the same flush: a store
+    killed between the two finds the task final in KV here, while the catalog (and the counts)
+    still knew it unfinished. Its outcome event comes back, but finds the task final and stale.
+    """
+    run = task.last_run
+    if task.task_type == "scheduled" or run is None or run.status not in FINAL_RUN_STATUSES:
+        return
+    before = state.catalog.status_of(task.id)
+    if before is None or before not in FINAL_STATUSES:
+        state.metrics.run_finished(run.status, run.finished_at, run.duration_ms)
