@@ -12,7 +12,6 @@ from collections import Counter
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.cluster.nodes import NatsCluster
 from tests.cluster.stack import ClusterStack
@@ -102,13 +101,9 @@ async def _assert_each_201_succeeded_once(
 
 
 def _executed_twice(hits: Counter[Any]) -> None:
-    """A run executed twice fails the test as a known runner bug, not one of these paths."""
+    """No run executed twice: a runner starts user code only once its `started` event is confirmed."""
     doubled = {i: n for i, n in hits.items() if n > 1}
-    if doubled:
-        # services/runner/executor.py awaits the ack of its `started` event only after executing;
-        # when the EVENTS leader died meanwhile (NoStreamResponseError) it gives the run back and
-        # the run executes again. Fix there: publish_durably (services/common/publishing.py).
-        pytest.xfail(f"runner re-executed {len(doubled)} runs whose `started` ack failed: {sorted(doubled)[:10]}")
+    assert not doubled, f"runs executed more than once: {sorted(doubled)[:10]}"
 
 
 async def test_killing_the_node_that_leads_tasks_mid_burst_answers_everyone_and_doubles_nothing(
