@@ -35,6 +35,8 @@ ErrorType = Literal[
     "expired",  # could not start before its start deadline
     "poison",  # delivered too often without an outcome (runner crashes)
     "runner_error",  # a bug or fault in the runner itself
+    "secret_missing",  # a secret the task uses was deleted after submission
+    "secret_unreadable",  # a secret cannot be decrypted with the runner's keys (key rotated away)
     "internal",  # a service could not handle one of the run's messages (dead-lettered)
 ]
 

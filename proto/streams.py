@@ -271,6 +271,18 @@ def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
                 description="Run output, chunked",
             ),
         ),
+        subjects.BUCKET_SECRETS: BucketSpec(
+            "store",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_SECRETS,
+                history=1,  # a replaced or deleted value is not kept
+                storage=file,
+                replicas=replicas,
+                max_value_size=64 * 1024,
+                direct=True,
+                description="Sealed secret values",
+            ),
+        ),
         subjects.BUCKET_SCHEDULES: BucketSpec(
             "scheduler",
             js_api.KeyValueConfig(

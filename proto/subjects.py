@@ -41,6 +41,12 @@ GET_STATS: Final = "taskmesh.api.stats"
 """Counts, rates, durations, queue depth and the services seen alive."""
 LIST_DEAD_LETTERS: Final = "taskmesh.api.deadletters.list"
 """Runs given up after too many deliveries."""
+PUT_SECRET: Final = "taskmesh.api.secrets.put"
+"""Keep or replace a secret. Body: ``PutSecretRequest`` (the value sealed by the gateway)."""
+LIST_SECRETS: Final = "taskmesh.api.secrets.list"
+"""Names and timestamps of every secret, never a value."""
+DELETE_SECRET: Final = "taskmesh.api.secrets.delete"
+"""Remove a secret. Body: ``SecretRef``."""
 STORE_HEALTH: Final = "taskmesh.api.health"
 """The store answers with its own health and the services it has seen."""
 API_ALL: Final = "taskmesh.api.>"
@@ -176,6 +182,8 @@ BUCKET_RUNS: Final = "runs"
 """Run records, key = ``<task_id>.<run_id>``. Written only by the store."""
 BUCKET_LOGS: Final = "logs"
 """Log chunks, key = ``<task_id>.<run_id>.<attempt>.<seq>``. Written only by the store."""
+BUCKET_SECRETS: Final = "secrets"
+"""Sealed secret values, key = secret name. Written only by the store; read by runners."""
 BUCKET_SCHEDULES: Final = "schedules"
 """Durable timers of the scheduler, key = ``<kind>.<task_id>[.<run_id>]``."""
 BUCKET_LEASES: Final = "leases"
@@ -219,6 +227,9 @@ ALL_SUBJECT_CONSTANTS: Final = (
     GET_LEDGER,
     GET_STATS,
     LIST_DEAD_LETTERS,
+    PUT_SECRET,
+    LIST_SECRETS,
+    DELETE_SECRET,
     STORE_HEALTH,
     API_ALL,
     TASK_EVENTS_ALL,

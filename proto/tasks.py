@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from proto import bounds, cron
+from proto import bounds, cron, secrets
 from proto.bounds import Duration, PositiveDuration, RetryDelay
 from proto.errors import FieldError
 
@@ -70,6 +70,8 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     headers: Annotated[dict[HeaderName, HeaderValue], Meta(max_length=bounds.MAX_HEADERS)] = {}
     data: Annotated[Any, Meta(description=bounds.VALUE_RULE)] = None
     expected_status: Annotated[list[StatusCode], Meta(max_length=bounds.MAX_EXPECTED_STATUS)] = []
+    # code tasks: secrets given as environment variables (API tasks write {{ secrets.NAME }})
+    secrets: Annotated[list[secrets.SecretName], Meta(max_length=secrets.MAX_SECRETS_PER_TASK)] = []
     # when
     delay_seconds: Duration | None = None
     cron_expression: Annotated[str, Meta(max_length=bounds.MAX_CRON_CHARS)] | None = None
@@ -139,6 +141,14 @@ def check_spec(spec: TaskSpec, limits: Limits) -> None:
     else:
         api_fields(spec)
     execution_fields(spec, limits)
+    secret_references(spec)
+
+
+def secret_references(spec: TaskSpec) -> dict[str, str]:
+    """The secrets the task uses, each with the field that names it (FieldError for a bad name)."""
+    if spec.secrets and spec.kind != "code":
+        raise FieldError("secrets", "secrets applies to code tasks; API tasks write {{ secrets.NAME }}")
+    return secrets.references(spec.api_url, spec.headers, spec.data, spec.secrets)
 
 
 def kind_fields(spec: TaskSpec) -> None:
@@ -259,7 +269,7 @@ def check_requirements(requirements: list[str]) -> None:
 
 
 def api_fields(spec: TaskSpec) -> None:
-    url = spec.api_url or ""
+    url = secrets.placeholder(spec.api_url or "")  # references are checked on their own
     if len(url) > bounds.MAX_URL_CHARS:
         raise FieldError("api_url", f"api_url is longer than {bounds.MAX_URL_CHARS} characters")
     try:

@@ -6,6 +6,7 @@ by the PID this module started, never by name.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -228,7 +229,19 @@ def local_service_env(nats_url: str, http_port: int, data_dir: Path, instance: s
     }
     if instance is not None:
         env["TASKMESH_INSTANCE"] = instance
+    env["TASKMESH_SECRETS_KEY_FILE"] = str(ensure_secrets_key(data_dir / "secrets.key"))
     return env
+
+
+def ensure_secrets_key(path: Path) -> Path:
+    """A key file for secrets (32 random bytes, base64, mode 0600), made on first start and kept."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write("# Taskmesh secrets key: the first key seals, every key opens\n")
+            file.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return path
 
 
 def project_root() -> str:

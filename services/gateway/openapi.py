@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from proto import secrets
 from proto.errors import ErrorBody
 from proto.records import TaskRecord
 from services import VERSION
@@ -27,6 +28,10 @@ TASK_LINKS = (
     "triggerSchedule",
     "scheduleLedger",
 )
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "pattern": secrets.NAME_PATTERN, "maxLength": secrets.MAX_NAME_CHARS}
+}
+"""Path parameters that are not ids."""
 STATUS_TEXT = {
     200: "OK",
     201: "Created",
@@ -73,7 +78,8 @@ def build_spec(auth: bool) -> dict[str, Any]:
 
 def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dict[str, Any]:
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA} for name in _path_params(endpoint.path)
+        {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(name, ID_SCHEMA)}
+        for name in _path_params(endpoint.path)
     ]
     parameters += [
         {

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proto import api
+from proto import api, secrets
 from proto.records import RunRecord, TaskRecord
 from proto.tasks import TaskSpec
-from services.gateway import cron_preview, health, views
+from services.gateway import cron_preview, health, secret_views, views
 from services.gateway.ids import ID_SCHEMA
 from services.gateway.scopes import SUBMIT
 
@@ -363,6 +363,40 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "operations",
         response=api.DeadLetterList,
         errors=(503,),
+        scope="admin",
+    ),
+    Endpoint(
+        "PUT",
+        "/api/secrets/{name}",
+        secret_views.put_secret,
+        "putSecret",
+        "Set a secret (its value is encrypted at rest and never shown again)",
+        "secrets",
+        request=secrets.SecretValueBody,
+        response=secrets.SecretInfo,
+        errors=(400, 413, 415, 503),
+        scope="admin",
+    ),
+    Endpoint(
+        "GET",
+        "/api/secrets",
+        secret_views.list_secrets,
+        "listSecrets",
+        "Every secret's name and times (never a value)",
+        "secrets",
+        response=secrets.SecretList,
+        errors=(503,),
+        scope="admin",
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/secrets/{name}",
+        secret_views.delete_secret,
+        "deleteSecret",
+        "Delete a secret (runs that use it fail from now on with secret_missing)",
+        "secrets",
+        response=secrets.SecretDeleted,
+        errors=(400, 404, 503),
         scope="admin",
     ),
     Endpoint(

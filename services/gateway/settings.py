@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.common.secret_keys import SecretKeys
 from services.common.settings import ServiceSettings
 from services.gateway.scopes import Tokens
 
@@ -17,6 +18,11 @@ class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True)
     `submit:code`, `admin`); a plain `token` has every scope, as before scopes existed."""
     api_tokens_file: str | None = None
     """A file of more tokens, one `token scope scope...` per line (`#` comments); a token alone has every scope."""
+    secrets_key: list[str] = []
+    """Keys that seal and open secret values: base64 of 32 random bytes each, comma-separated; the first
+    seals, every one opens (rotation: put the new key first). Gateway and runners need the same keys."""
+    secrets_key_file: str | None = None
+    """A file of more secrets keys, one per line (`#` comments), after those of `TASKMESH_SECRETS_KEY`."""
     max_body_bytes: int = 1024 * 1024
     store_timeout_seconds: float = 5.0
     max_wait_seconds: float = 300.0
@@ -27,6 +33,11 @@ class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True)
 
     def __post_init__(self) -> None:
         self.tokens()  # a malformed entry or an unknown scope stops the gateway at start
+        self.secret_keys()  # so does a malformed secrets key
+
+    def secret_keys(self) -> SecretKeys:
+        """The keyring (SecretKeyError, a ValueError, if a key is malformed); empty when none is set."""
+        return SecretKeys.configured(self.secrets_key, self.secrets_key_file)
 
     def tokens(self) -> Tokens:
         """The configured tokens with their scopes (TokenError, a ValueError, if malformed)."""

@@ -28,10 +28,12 @@ from proto.retry import should_retry
 from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
 from services.common.clock import utcnow
 from services.common.poison import is_transient, within_deadline
+from services.common.secret_keys import SecretKeys
 from services.runner.http_task import HttpTasks
 from services.runner.outcome import Outcome, retry_at
 from services.runner.output import RunOutput
 from services.runner.sandbox.docker_sandbox import DockerSandboxes, SandboxJob
+from services.runner.secrets import SecretResolver, SecretUnavailable, hidden_outcome, unavailable
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class ActiveRun:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str = ""
     hand_back: bool = False
+    secret_values: list[str] = field(default_factory=list)
+    """Values of the secrets this run uses, hidden in its outcome."""
 
 
 class RunExecutor:
@@ -67,6 +71,7 @@ class RunExecutor:
         settings: RunnerSettings,
         http: HttpTasks,
         sandboxes: DockerSandboxes,
+        secrets: SecretResolver | None = None,
     ) -> None:
         self.js = js
         self.tasks_kv = tasks_kv
@@ -76,6 +81,7 @@ class RunExecutor:
         self.limits = settings.limits()
         self.http = http
         self.sandboxes = sandboxes
+        self.secrets = secrets or SecretResolver(None, SecretKeys([]))
         self.active: dict[str, ActiveRun] = {}
         self.finished = 0
 
@@ -200,6 +206,7 @@ class RunExecutor:
             outcome = Outcome(
                 status="failed", error=RunError(type="runner_error", message=f"{type(exc).__name__}: {exc}")
             )
+        outcome = hidden_outcome(outcome, active.secret_values)
         # The outcome does not wait for the last log chunks to be acknowledged: the store tells a
         # complete log by the chunk count the outcome carries.
         output.end()
@@ -298,7 +305,13 @@ class RunExecutor:
             return None
 
     async def _execute(self, due: RunDue, active: ActiveRun, output: RunOutput) -> Outcome:
-        spec = due.spec
+        try:
+            resolved = await self.secrets.resolve(due.spec)
+        except SecretUnavailable as exc:
+            output.system(f"not run: {exc.message}")
+            return unavailable(exc)
+        active.secret_values = output.hidden = resolved.values
+        spec = resolved.spec
         if spec.sandboxed:
             default = self.limits.code_timeout_seconds if spec.kind == "code" else self.limits.api_timeout_seconds
             job = SandboxJob(
@@ -310,6 +323,7 @@ class RunExecutor:
                 memory_mb=min(spec.memory_mb or self.limits.memory_mb, self.limits.max_memory_mb),
                 cpus=min(spec.cpus or self.limits.cpus, self.limits.max_cpus),
                 network=(spec.network or spec.kind == "api") and self.limits.allow_network,
+                environment=resolved.environment,
             )
             if spec.kind == "api":
                 blocked = await self.http.egress_blocked(spec.api_url or "")

@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from proto import codec, subjects
 from proto.runs import LogChunk, LogStream
 from services.common.clock import utcnow
+from services.common.masking import MASK
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class RunOutput:
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._acks: list[asyncio.Future] = []
         self._worker: asyncio.Task[None] | None = None
+        self.hidden: list[str] = []
+        """Secret values this run uses: replaced by ``***`` in every chunk (whole occurrences
+        within a chunk; a line written in one piece is one chunk)."""
 
     @property
     def chunks(self) -> int:
@@ -110,6 +114,8 @@ class RunOutput:
         self._partial_since = 0.0
         buffered, self._buffer, self._buffered = self._buffer, [], 0
         for stream, text in buffered:
+            for value in self.hidden:
+                text = text.replace(value, MASK)
             chunk = LogChunk(
                 task_id=self.task_id,
                 run_id=self.run_id,

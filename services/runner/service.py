@@ -23,6 +23,7 @@ from services.common.presence import announce_forever, hostname
 from services.runner.executor import RunExecutor
 from services.runner.http_task import HttpTasks
 from services.runner.sandbox.docker_sandbox import DockerSandboxes
+from services.runner.secrets import SecretResolver
 from services.runner.settings import RunnerSettings
 from services.runner.slots import Slots
 
@@ -46,6 +47,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
             await natsio.wait_for_stream(js, stream, stop)
         tasks_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_TASKS, stop)
         runs_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_RUNS, stop)
+        secrets_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_SECRETS, stop)
         if stop.is_set():
             return
         for name in (subjects.CONSUMER_RUNNER_CODE, subjects.CONSUMER_RUNNER_API):
@@ -69,7 +71,8 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
             body_cap_bytes=settings.response_body_cap_bytes,
         )
         stack.push_async_callback(http.close)
-        executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes)
+        resolver = SecretResolver(secrets_kv, settings.secret_keys())
+        executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes, resolver)
 
         async def on_cancel(msg: Msg) -> None:
             try:

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import msgspec
 
+from services.common.secret_keys import SecretKeys
 from services.common.settings import LimitSettings
 from services.runner.egress import DEFAULT_DENIED_RANGES, LOOPBACK_RANGES, EgressPolicy
 
@@ -32,6 +33,12 @@ class RunnerSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     log_cap_bytes: int = 1024 * 1024
     result_cap_bytes: int = 512 * 1024
     response_body_cap_bytes: int = 256 * 1024
+    # secrets
+    secrets_key: list[str] = []
+    """Keys that seal and open secret values: base64 of 32 random bytes each, comma-separated; the first
+    seals, every one opens (rotation: put the new key first). Gateway and runners need the same keys."""
+    secrets_key_file: str | None = None
+    """A file of more secrets keys, one per line (`#` comments), after those of `TASKMESH_SECRETS_KEY`."""
     # egress: API tasks in the runner, and sandboxes through the egress proxy
     egress_deny: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_BLOCKED_RANGES))
     """Networks no task may reach (checked on the resolved address, by API tasks and by the sandboxes'
@@ -96,6 +103,10 @@ class RunnerSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
         return EgressPolicy(
             self.egress_deny, allow, deny_hosts=self.egress_deny_hosts, allow_hosts=self.egress_allow_hosts
         )
+
+    def secret_keys(self) -> SecretKeys:
+        """The keyring that opens secret values (SecretKeyError, a ValueError, if a key is malformed)."""
+        return SecretKeys.configured(self.secrets_key, self.secrets_key_file)
 
     def effective_code_slots(self) -> int:
         return self.code_slots or default_code_slots()

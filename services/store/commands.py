@@ -17,7 +17,7 @@ from proto.api import CancelTaskRequest, DeleteReply, DeleteTaskRequest, SubmitA
 from proto.errors import FieldError
 from proto.records import TaskRecord
 from proto.runs import run_id_for
-from proto.tasks import FINAL_STATUSES, Limits, check_spec, normalised
+from proto.tasks import FINAL_STATUSES, Limits, TaskSpec, check_spec, normalised
 from services.common.clock import utcnow
 from services.common.ids import new_event_id, new_task_id
 from services.common.publishing import publish_durably
@@ -39,6 +39,7 @@ class Commands:
         limits: Limits,
         after_apply: Callable[[Effects], None],
         find_task: Callable[[str], Awaitable[TaskRecord]],
+        check_secrets: Callable[[TaskSpec], Awaitable[None]] | None = None,
     ) -> None:
         self.js = js
         self.state = state
@@ -46,6 +47,8 @@ class Commands:
         self.after_apply = after_apply
         self.find_task = find_task
         """Any retained task, also one that is only in KV (raises TaskNotFound)."""
+        self.check_secrets = check_secrets
+        """Raises FieldError when the task names a secret that does not exist."""
         self._in_flight: dict[str, asyncio.Future[str]] = {}
 
     async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
@@ -76,6 +79,8 @@ class Commands:
         if route == "scheduled" and spec.task_type != "scheduled":
             raise FieldError("task_type", "this endpoint takes scheduled tasks: task_type must be 'scheduled'")
         check_spec(spec, self.limits)
+        if self.check_secrets is not None:
+            await self.check_secrets(spec)
         key = headers.get(subjects.HEADER_IDEMPOTENCY_KEY) or headers.get(subjects.HEADER_MSG_ID)
         if key is not None:
             if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():

@@ -11,12 +11,13 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from proto import api, codec, subjects
+from proto import api, codec, secrets, subjects
 from proto.errors import ErrorBody, FieldError, error_body
 from services.common.masking import masked_reply
 from services.store.commands import Commands
 from services.store.errors import StoreError
 from services.store.queries import Queries
+from services.store.secrets import Secrets
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 300.0
@@ -30,7 +31,13 @@ class ApiHandlers:
     """Decodes each request, runs its route, and replies with the result or an error body."""
 
     def __init__(
-        self, nc: Client, commands: Commands, queries: Queries, max_concurrent: int, max_waiters: int = 10_000
+        self,
+        nc: Client,
+        commands: Commands,
+        queries: Queries,
+        max_concurrent: int,
+        max_waiters: int = 10_000,
+        secret_store: Secrets | None = None,
     ) -> None:
         self.nc = nc
         self.commands = commands
@@ -65,6 +72,12 @@ class ApiHandlers:
                 ),
             ),
         }
+        if secret_store is not None:
+            self.routes[subjects.PUT_SECRET] = lambda m: self._async(m, secrets.PutSecretRequest, secret_store.put)
+            self.routes[subjects.LIST_SECRETS] = lambda m: self._async(
+                m, secrets.ListSecretsRequest, lambda _: secret_store.list()
+            )
+            self.routes[subjects.DELETE_SECRET] = lambda m: self._async(m, secrets.SecretRef, secret_store.delete)
 
     async def start(self) -> None:
         """Begin answering (only once the state is loaded: until then clients see no responders)."""

@@ -25,6 +25,7 @@ from services.store.errors import TaskNotFound
 from services.store.handlers import ApiHandlers
 from services.store.persistence import Persistence
 from services.store.queries import Queries
+from services.store.secrets import Secrets
 from services.store.settings import StoreSettings
 from services.store.state import Effects, StoreState
 
@@ -69,10 +70,13 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
                 background.add(task)
                 task.add_done_callback(background.discard)
 
-        commands = Commands(js, state, settings.limits(), after_apply, queries.task)
+        secret_store = Secrets(js, buckets[subjects.BUCKET_SECRETS])
+        commands = Commands(js, state, settings.limits(), after_apply, queries.task, secret_store.check_references)
         consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes)
         caught_up = await consumers.catch_up_tasks()
-        handlers = ApiHandlers(nc, commands, queries, settings.max_concurrent_requests, settings.store_max_waiters)
+        handlers = ApiHandlers(
+            nc, commands, queries, settings.max_concurrent_requests, settings.store_max_waiters, secret_store
+        )
         await handlers.start()
         log.info(
             "store ready",

@@ -276,6 +276,7 @@ def _child(payload_fd, result_fd):
     if not line:
         os._exit(0)  # the parent got no payload: the container is being stopped
     payload = json.loads(line)
+    os.environ.update(payload.pop("env", None) or {})  # the task's secrets, for its code only
     deps = os.environ.get("TASKMESH_DEPS")
     if deps and os.path.isdir(deps):
         sys.path.insert(0, deps)

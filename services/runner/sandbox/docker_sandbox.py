@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class SandboxJob:
     memory_mb: int
     cpus: float
     network: bool
+    environment: dict[str, str] = field(default_factory=dict)
+    """Environment variables of the user's code (its secrets): sent with the payload, never a container setting."""
 
 
 class _Frame(msgspec.Struct):
@@ -386,6 +388,8 @@ class DockerSandboxes:
             payload.update(
                 mode="code", code=spec.function_code, function=spec.function_name, args=spec.args, kwargs=spec.kwargs
             )
+            if job.environment:
+                payload["env"] = job.environment
         else:
             body = (
                 spec.data
