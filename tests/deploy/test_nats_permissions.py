@@ -149,6 +149,23 @@ async def test_every_service_works_under_its_own_user_and_is_never_denied(
         assert "nats error" not in service.log(), f"{key}:\n{service.log()[-3000:]}"
 
 
+async def test_secrets_are_set_listed_used_and_deleted_under_the_services_own_users(
+    secured: tuple[Stack, ConfiguredNats], secured_api: Api, target: TargetServer
+) -> None:
+    stack, server = secured
+    put = await secured_api.client.put("/api/secrets/PERMITTED", json={"value": "permitted-value"})
+    assert put.status_code == 200, put.text
+    assert [s["name"] for s in (await secured_api.get("/api/secrets"))["secrets"]] == ["PERMITTED"]
+    body = {"name": "s", "task_type": "immediate", "api_url": f"{target.url}/echo", "method": "POST"}
+    used = await secured_api.submit({**body, "data": {"k": "{{ secrets.PERMITTED }}"}})
+    assert (await secured_api.wait_final(used["id"]))["status"] == "succeeded"
+    assert target.bodies[-1] == {"k": "permitted-value"}  # the runner read and opened it
+    assert (await secured_api.client.delete("/api/secrets/PERMITTED")).status_code == 200
+    assert DENIED not in server.log(), server.log()[-3000:]
+    for key, service in stack.services.items():
+        assert "nats error" not in service.log(), f"{key}:\n{service.log()[-3000:]}"
+
+
 async def test_the_store_carries_its_old_ack_all_consumer_over_under_its_own_user(tmp_path: Path) -> None:
     server = ConfiguredNats(tmp_path / "nats").start()
     stack = Stack(tmp_path)
