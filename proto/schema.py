@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from proto import api, control, events, records, runs, schedules, tasks
+from proto import api, control, events, records, runs, schedules, secrets, tasks
 from proto.errors import ErrorBody
 
 MESSAGES: dict[str, Any] = {
@@ -49,6 +49,12 @@ MESSAGES: dict[str, Any] = {
     "DeadLetterList": api.DeadLetterList,
     "StoreHealth": api.StoreHealth,
     "Health": api.Health,
+    "PutSecretRequest": secrets.PutSecretRequest,
+    "SecretRef": secrets.SecretRef,
+    "SecretInfo": secrets.SecretInfo,
+    "SecretList": secrets.SecretList,
+    "SecretDeleted": secrets.SecretDeleted,
+    "SecretEntry": secrets.SecretEntry,
 }
 """Every message on the wire and every request/reply body, by name."""
 
