@@ -16,7 +16,7 @@ from aiohttp import web
 from nats.aio.msg import Msg
 
 from services.common import natsio
-from tests.support import Api, Stack, free_port
+from tests.support import Api, Stack, WheelServer, free_port
 
 ADMIN = "admin-token-7c1e"
 READER = "read-token-7c1e"
@@ -25,10 +25,14 @@ VALUE = f"sv-{secrets.token_hex(12)}"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, docker_engine: None) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, wheel_server: WheelServer, docker_engine: None) -> Iterator[Stack]:
     running = Stack(
         tmp_path_factory.mktemp("secrets"),
-        env_extra={"TASKMESH_API_TOKENS": f"{ADMIN},{READER}:read", "TASKMESH_POOL_SIZE": "1"},
+        env_extra={
+            "TASKMESH_API_TOKENS": f"{ADMIN},{READER}:read",
+            "TASKMESH_POOL_SIZE": "1",
+            "TASKMESH_FIND_LINKS": wheel_server.url,
+        },
     )
     try:
         running.start()
@@ -282,3 +286,27 @@ async def test_a_secret_is_usable_as_soon_as_it_is_set(api: Recorder, echo_targe
     )
     final = await api.wait_final(created["id"])
     assert final["status"] == "succeeded" and final["result"]["body"]["authorization"] == "***", final
+
+
+async def test_an_isolated_api_task_sends_the_secret_from_its_sandbox_and_its_result_hides_it(
+    api: Recorder, echo_target: str
+) -> None:
+    assert (await api.client.put("/api/secrets/ISOLATED", json={"value": VALUE})).status_code == 200
+    body = {
+        "name": "isolated",
+        "task_type": "immediate",
+        "api_url": echo_target,
+        "method": "POST",
+        "headers": {"Authorization": "Bearer {{ secrets.ISOLATED }}"},
+        "data": "{{ secrets.ISOLATED }}",
+        "timeout": 60,
+    }
+    created = await api.submit(body, path="/api/tasks/isolated")
+    final = await api.wait_final(created["id"], timeout=180)
+    assert final["status"] == "succeeded", final
+    assert final["result"]["body"] == {"authorization": "Bearer ***", "body": "***"}
+    async with httpx.AsyncClient() as plain:
+        got = (await plain.get(echo_target + "/seen")).json()
+    assert got[-1]["authorization"] == f"Bearer {VALUE}" and got[-1]["body"] == VALUE
+    assert VALUE not in await api.log_text(created["id"])
+    assert not [r for r in api.replies if VALUE in r]
