@@ -44,8 +44,9 @@ class RunOutput:
         self._acks: list[asyncio.Future] = []
         self._worker: asyncio.Task[None] | None = None
         self.hidden: list[str] = []
-        """Secret values this run uses: replaced by ``***`` in every chunk (whole occurrences
-        within a chunk; a line written in one piece is one chunk)."""
+        """Secret values this run uses: replaced by ``***`` in every chunk, also one written across
+        two chunks (text that may begin a value waits for what follows it)."""
+        self._held_back: dict[LogStream, str] = {}
 
     @property
     def chunks(self) -> int:
@@ -107,15 +108,41 @@ class RunOutput:
             self._buffered = len(held[1])
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_on_time)
 
-    def _flush(self) -> None:
+    def _hide(self, stream: LogStream, text: str, final: bool) -> str:
+        """``text`` with secret values replaced; unless ``final``, a tail that may begin one is held back."""
+        text = self._held_back.pop(stream, "") + text
+        for value in self.hidden:
+            text = text.replace(value, MASK)
+        held = 0 if final else self._may_begin_a_value(text)
+        if held:
+            self._held_back[stream] = text[-held:]
+            text = text[:-held]
+        return text
+
+    def _may_begin_a_value(self, text: str) -> int:
+        """Length of the longest end of ``text`` that is the start of a secret value (0: none)."""
+        longest = 0
+        for value in self.hidden:
+            index = text.find(value[0], max(len(text) - len(value) + 1, 0))
+            while index != -1:
+                if value.startswith(text[index:]):
+                    longest = max(longest, len(text) - index)
+                    break
+                index = text.find(value[0], index + 1)
+        return longest
+
+    def _flush(self, final: bool = False) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._partial_since = 0.0
         buffered, self._buffer, self._buffered = self._buffer, [], 0
+        if self.hidden:
+            streams = {stream for stream, _ in buffered}
+            held = [(s, "") for s in self._held_back if final and s not in streams]
+            buffered = [(s, self._hide(s, t, final)) for s, t in [*buffered, *held]]
+            buffered = [(s, t) for s, t in buffered if t]
         for stream, text in buffered:
-            for value in self.hidden:
-                text = text.replace(value, MASK)
             chunk = LogChunk(
                 task_id=self.task_id,
                 run_id=self.run_id,
@@ -143,7 +170,7 @@ class RunOutput:
             tail = decoder.decode(b"", final=True)
             if tail:
                 self._append(stream, tail)  # type: ignore[arg-type]  # the decoders' keys are stdout and stderr
-        self._flush()
+        self._flush(final=True)
         if self._worker is not None:
             self._outbox.put_nowait(None)
 

@@ -50,3 +50,18 @@ async def test_a_line_that_never_ends_still_goes_out_after_a_while(js: JetStream
     await output.settled()
 
     assert [c.data for c in chunks] == ["progress 10%"]
+
+
+async def test_a_secret_value_is_hidden_also_when_it_is_written_across_two_chunks(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+    output.hidden = ["s3cr3t-value"]
+
+    output.write("stdout", b"token: s3cr")
+    await asyncio.sleep(PARTIAL_LINE_SECONDS + FLUSH_SECONDS * 3)  # a timed flush between the halves
+    output.write("stdout", b"3t-value and s3cr3t-value\nthe end: s3")
+    output.end()
+    await output.settled()
+
+    text = "".join(c.data for c in await published(js, 2))
+    assert text == "token: *** and ***\nthe end: s3"
