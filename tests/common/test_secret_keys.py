@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from services.common.secret_keys import SecretKeyError, SecretKeys, ensure_key_file, new_key
+from taskmesh.processes import local_service_env
 
 
 def test_a_sealed_value_opens_only_under_its_own_name_and_does_not_contain_the_value() -> None:
@@ -45,3 +46,12 @@ def test_keys_come_from_the_environment_and_a_file_and_a_malformed_one_is_refuse
         SecretKeys.configured(["not base64!"], None)
     with pytest.raises(SecretKeyError):
         SecretKeys.configured([], None).seal("A", "v")
+
+
+def test_local_mode_makes_a_key_file_on_first_start_and_keeps_it(tmp_path: Path) -> None:
+    path = Path(local_service_env("nats://127.0.0.1:4222", 5001, tmp_path)["TASKMESH_SECRETS_KEY_FILE"])
+    first = path.read_text()
+    again = Path(local_service_env("nats://127.0.0.1:4222", 5001, tmp_path)["TASKMESH_SECRETS_KEY_FILE"])
+    assert again == path and path.read_text() == first
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert SecretKeys.configured([], str(path)).usable
