@@ -104,6 +104,9 @@ class RunnerSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
             self.egress_deny, allow, deny_hosts=self.egress_deny_hosts, allow_hosts=self.egress_allow_hosts
         )
 
+    def __post_init__(self) -> None:
+        self.secret_keys()  # a malformed secrets key stops the runner at start, not its first run
+
     def secret_keys(self) -> SecretKeys:
         """The keyring that opens secret values (SecretKeyError, a ValueError, if a key is malformed)."""
         return SecretKeys.configured(self.secrets_key, self.secrets_key_file)

@@ -10,6 +10,9 @@ import msgspec
 import pytest
 
 from services.common.secret_keys import SecretKeyError, SecretKeys, ensure_key_file, new_key
+from services.common.settings import SettingsError, load_settings
+from services.gateway.settings import GatewaySettings
+from services.runner.settings import RunnerSettings
 from taskmesh.processes import local_service_env
 
 
@@ -55,3 +58,10 @@ def test_local_mode_makes_a_key_file_on_first_start_and_keeps_it(tmp_path: Path)
     assert again == path and path.read_text() == first
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert SecretKeys.configured([], str(path)).usable
+
+
+@pytest.mark.parametrize("settings", [GatewaySettings, RunnerSettings])
+def test_a_malformed_key_stops_the_service_at_start_naming_the_variable_not_the_key(settings: type) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(settings, {"TASKMESH_SECRETS_KEY": "c2hvcnQta2V5"})
+    assert "TASKMESH_SECRETS_KEY" in str(caught.value) and "c2hvcnQta2V5" not in str(caught.value)
