@@ -41,6 +41,10 @@ BOOTSTRAP = (Path(__file__).with_name("bootstrap.py")).read_text()
 EXIT_WAIT_SECONDS = 5.0
 
 
+class SandboxAddressUnknown(Exception):
+    """The sandbox's address on the sandbox network could not be read, so its task's list cannot apply."""
+
+
 @dataclass(frozen=True)
 class SandboxJob:
     """One attempt to run in a sandbox, with limits already resolved against the operator's."""
@@ -290,12 +294,28 @@ class DockerSandboxes:
         self.started_total += 1
         return Sandbox(container_id, channel, shape, start_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    def _remove_later(self, container_id: str) -> None:
+    async def _restrict(self, sandbox: Sandbox, allow_hosts: list[str]) -> str:
+        """Tell the proxy this sandbox's address and its task's ``allow_hosts``; the address."""
+        try:
+            info = await self.engine.call("inspect_container", sandbox.container_id)
+            networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+            address = str((networks.get(self.settings.sandbox_network) or {}).get("IPAddress") or "")
+        except Exception as exc:
+            raise SandboxAddressUnknown(f"sandbox address unknown, allow_hosts cannot be applied: {exc}") from None
+        if not address:  # never run unrestricted what asked to be restricted
+            raise SandboxAddressUnknown("sandbox has no address on the sandbox network: allow_hosts cannot be applied")
+        self.proxy.restrict(address, allow_hosts)
+        return address
+
+    def _remove_later(self, container_id: str, restricted: str | None = None) -> None:
         async def remove() -> None:
             try:
                 await self.engine.remove(container_id)
             except Exception as exc:  # the reaper gets it
                 log.warning("container %s not removed: %s", container_id[:12], exc)
+                return  # keep the restriction: the container may still be there
+            if restricted is not None:  # only now: no other container had this address before
+                self.proxy.release(restricted)
 
         task = asyncio.create_task(remove())
         self._removals.add(task)
@@ -358,12 +378,18 @@ class DockerSandboxes:
             output.system(f"container failed to start: {detail}")
             return failed("sandbox_unavailable", f"container failed to start: {detail}")
         self.active[job.run_id] = sandbox.container_id
+        restricted = None
         try:
+            if job.network and job.spec.allow_hosts:
+                restricted = await self._restrict(sandbox, job.spec.allow_hosts)
             outcome = await self._execute(sandbox, job, output, cancelled)
+        except SandboxAddressUnknown as exc:
+            output.system(str(exc))
+            outcome = failed("sandbox_unavailable", str(exc))
         finally:
             self.active.pop(job.run_id, None)
             sandbox.channel.close()
-            self._remove_later(sandbox.container_id)
+            self._remove_later(sandbox.container_id, restricted)
         outcome.deps_cache_hit = deps_hit
         total_ms = round((time.perf_counter() - started) * 1000, 3)
         run_ms = outcome.timings.run_ms if outcome.timings else None

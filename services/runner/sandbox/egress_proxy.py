@@ -5,6 +5,10 @@ runner listens there and sandboxes get ``HTTP(S)_PROXY``. The proxy resolves eac
 checks every resolved address and connects to exactly the address it checked, so DNS rebinding
 cannot slip past it; it never follows redirects (the client sees them, and its next request comes
 through here again).
+
+A task's ``allow_hosts`` narrows the policy for its sandbox alone: the runner tells the proxy the
+sandbox's address on the internal network before the task's code starts (``restrict``) and forgets
+it only once the container is gone (``release``), so the address is the sandbox's identity.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from proto.tasks import host_allowed
 from services.runner.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,15 @@ class EgressProxy:
         self.allowed = 0
         self.denied = 0
         self._connections: set[asyncio.Task[None]] = set()
+        self._task_hosts: dict[str, list[str]] = {}
+
+    def restrict(self, address: str, allow_hosts: list[str]) -> None:
+        """Connections from ``address`` (a sandbox) may reach only ``allow_hosts``, within the policy."""
+        self._task_hosts[address] = list(allow_hosts)
+
+    def release(self, address: str) -> None:
+        """Forget ``address``'s list: its container is gone (safe twice)."""
+        self._task_hosts.pop(address, None)
 
     def __repr__(self) -> str:
         return f"<EgressProxy {self.address} allowed={self.allowed} denied={self.denied}>"
@@ -105,6 +119,7 @@ class EgressProxy:
                 if parts.scheme != "http" or not parts.hostname:
                     raise ProxyRefusal(400, "Bad Request", f"not a proxy request for an http:// URL: {target[:200]}")
                 host, port = parts.hostname, parts.port or 80
+            self._check_task_hosts(writer, host)
             upstream_reader, upstream_writer = await self._connect(host, port)
         except ProxyRefusal as refusal:
             await _answer(writer, refusal)
@@ -118,6 +133,19 @@ class EgressProxy:
             await _pipe_both(reader, writer, upstream_reader, upstream_writer)
         finally:
             upstream_writer.close()
+
+    def _check_task_hosts(self, writer: asyncio.StreamWriter, host: str) -> None:
+        """Refuse ``host`` when the connecting sandbox's task lists other hosts."""
+        peer = writer.get_extra_info("peername")
+        allow_hosts = self._task_hosts.get(str(peer[0])) if peer else None
+        if allow_hosts and not host_allowed(host, allow_hosts):
+            self.denied += 1
+            log.info("egress denied by allow_hosts", extra={"host": host})
+            raise ProxyRefusal(
+                403,
+                "Forbidden",
+                f"taskmesh egress proxy: {host} is not in this task's allow_hosts ({', '.join(allow_hosts)})",
+            )
 
     async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Resolve ``host``, refuse if any address is blocked, connect to a checked address."""
