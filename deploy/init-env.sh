@@ -24,6 +24,8 @@ TASKMESH_NATS_STORE_PASSWORD=$(secret)
 TASKMESH_NATS_SCHEDULER_PASSWORD=$(secret)
 TASKMESH_NATS_RUNNER_PASSWORD=$(secret)
 TASKMESH_NATS_ADMIN_PASSWORD=$(secret)
+# user `client`: submit and follow tasks over NATS (README, "NATS")
+TASKMESH_NATS_CLIENT_PASSWORD=$(secret)
 # the 3-node cluster only (compose.cluster.yaml): what nodes present to each other, and the system account
 TASKMESH_NATS_ROUTE_PASSWORD=$(secret)
 TASKMESH_NATS_SYSTEM_PASSWORD=$(secret)
