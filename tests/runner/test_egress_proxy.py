@@ -208,7 +208,7 @@ async def test_a_sandbox_with_allow_hosts_reaches_only_its_listed_hosts_and_neve
         return [names[host]]
 
     proxy = EgressProxy(POLICY, resolver=local_names)
-    proxy.restrict("127.0.0.5", ["listed.test", "rebound.test"])
+    proxy.admit("127.0.0.5", ["listed.test", "rebound.test"])
     try:
         proxy_url = await started(proxy)
         listed = await get_from("127.0.0.5", proxy_url, f"http://listed.test:{allowed.port}/hello")
@@ -231,7 +231,7 @@ async def test_a_sandbox_with_allow_hosts_reaches_only_its_listed_hosts_and_neve
 
 async def test_connect_from_a_sandbox_with_allow_hosts_is_refused_for_an_unlisted_host() -> None:
     proxy = EgressProxy(POLICY)
-    proxy.restrict("127.0.0.1", ["listed.test"])
+    proxy.admit("127.0.0.1", ["listed.test"])
     try:
         await proxy.start("127.0.0.1")
         reader, writer = await asyncio.open_connection(*proxy.address)
@@ -243,3 +243,20 @@ async def test_connect_from_a_sandbox_with_allow_hosts_is_refused_for_an_unliste
         await proxy.close()
     assert answer.startswith(b"HTTP/1.1 403 Forbidden")
     assert answer.endswith(b"127.0.0.2 is not in this task's allow_hosts (listed.test)\n")
+
+
+async def test_a_proxy_serving_known_sandboxes_only_refuses_any_other_address(targets: tuple[Target, Target]) -> None:
+    allowed, _ = targets
+    proxy = EgressProxy(POLICY, known_peers_only=True)
+    proxy.admit("127.0.0.5", [])
+    try:
+        proxy_url = await started(proxy)
+        admitted = await get_from("127.0.0.5", proxy_url, f"http://127.0.0.2:{allowed.port}/hello")
+        stranger = await get_from("127.0.0.6", proxy_url, f"http://127.0.0.2:{allowed.port}/hello")
+        proxy.release("127.0.0.5")
+        released = await get_from("127.0.0.5", proxy_url, f"http://127.0.0.2:{allowed.port}/hello")
+    finally:
+        await proxy.close()
+    assert admitted[0] == 200
+    assert stranger == (403, "taskmesh egress proxy: 127.0.0.6 is not a sandbox of this runner\n")
+    assert released[0] == 403 and allowed.hits == 1
