@@ -26,6 +26,8 @@ TASKMESH_NATS_RUNNER_PASSWORD=$(secret)
 TASKMESH_NATS_ADMIN_PASSWORD=$(secret)
 # seals secret values at rest (gateway and runners): base64 of 32 random bytes; README "Secrets" on rotation
 TASKMESH_SECRETS_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+# user `client`: submit and follow tasks over NATS (README, "NATS")
+TASKMESH_NATS_CLIENT_PASSWORD=$(secret)
 # the 3-node cluster only (compose.cluster.yaml): what nodes present to each other, and the system account
 TASKMESH_NATS_ROUTE_PASSWORD=$(secret)
 TASKMESH_NATS_SYSTEM_PASSWORD=$(secret)

@@ -44,6 +44,10 @@ MAX_KWARGS: Final = 256
 """Most ``kwargs`` keys."""
 MAX_EXPECTED_STATUS: Final = 64
 """Most ``expected_status`` codes."""
+MAX_ALLOW_HOSTS: Final = 32
+"""Most ``allow_hosts`` entries."""
+MAX_HOST_CHARS: Final = 253
+"""Longest ``allow_hosts`` entry (the longest DNS name)."""
 MAX_NESTING_DEPTH: Final = 32
 """Deepest ``args``, ``kwargs`` or ``data`` (the list or object itself is level 1): far below the
 depth at which any decoder on the path (gateway, store, scheduler, runner, sandbox) recurses out."""

@@ -139,6 +139,15 @@ def heartbeat(service: str, instance_id: str) -> str:
     return f"taskmesh.heartbeat.{service}.{instance_id}"
 
 
+INBOX_ROOT: Final = "_INBOX"
+"""nats-py's default inbox prefix; each user gets its own branch below it (``inbox_prefix``)."""
+
+
+def inbox_prefix(user: str) -> str:
+    """Where ``user``'s replies and pull deliveries arrive: the only inboxes its grants let it read."""
+    return f"{INBOX_ROOT}.{user}"
+
+
 def runner_ping(runner_id: str) -> str:
     """A runner answers here while alive; 'no responders' means its containers are orphans."""
     return f"taskmesh.control.runner.{runner_id}.ping"

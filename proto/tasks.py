@@ -47,6 +47,14 @@ Requirement = Annotated[str, Meta(max_length=bounds.MAX_REQUIREMENT_CHARS)]
 HeaderName = Annotated[str, Meta(max_length=bounds.MAX_HEADER_NAME_CHARS)]
 HeaderValue = Annotated[str, Meta(max_length=bounds.MAX_HEADER_VALUE_CHARS)]
 StatusCode = Annotated[int, Meta(ge=100, le=599)]
+HostPattern = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=bounds.MAX_HOST_CHARS,
+        description="A host name (example.com, matched exactly, any case) or *.example.com (its subdomains).",
+    ),
+]
 
 
 class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -92,6 +100,14 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     retry_delay_seconds: RetryDelay = 1.0
     retry_backoff: Annotated[float, Meta(ge=1, le=10)] = 2.0
     retry_delay_max_seconds: RetryDelay = 300.0
+    # where
+    allow_hosts: Annotated[
+        list[HostPattern],
+        Meta(
+            max_length=bounds.MAX_ALLOW_HOSTS,
+            description="When set, the only hosts this task may reach (within the operator's egress policy).",
+        ),
+    ] = []
 
     @property
     def kind(self) -> TaskKind:
@@ -124,6 +140,8 @@ _REQUIREMENT = re.compile(
     r"(?:\s*,\s*(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?$"  # more clauses
 )
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PATTERN = re.compile(rf"^(?:\*\.)?{_LABEL}(?:\.{_LABEL})*\.?$")
 
 
 def normalise_requirements(requirements: list[str]) -> list[str]:
@@ -142,6 +160,7 @@ def check_spec(spec: TaskSpec, limits: Limits) -> None:
         api_fields(spec)
     execution_fields(spec, limits)
     secret_references(spec)
+    host_fields(spec)
 
 
 def secret_references(spec: TaskSpec) -> dict[str, str]:
@@ -315,6 +334,36 @@ def execution_fields(spec: TaskSpec, limits: Limits) -> None:
         for field in ("network", "memory_mb", "cpus"):
             if getattr(spec, field):
                 raise FieldError(field, f"{field} applies to sandboxed tasks (code or isolated)")
+
+
+def host_fields(spec: TaskSpec) -> None:
+    """allow_hosts: host names or ``*.`` wildcards, for tasks that reach the network at all."""
+    if not spec.allow_hosts:
+        return
+    if len(spec.allow_hosts) > bounds.MAX_ALLOW_HOSTS:
+        raise FieldError("allow_hosts", f"at most {bounds.MAX_ALLOW_HOSTS} allow_hosts")
+    for pattern in spec.allow_hosts:
+        if len(pattern) > bounds.MAX_HOST_CHARS or not _HOST_PATTERN.match(pattern):
+            raise FieldError(
+                "allow_hosts",
+                f"{pattern[:80]!r} is not a host name such as 'api.example.com' or a wildcard such as "
+                "'*.example.com' (no scheme, port, path or address range)",
+            )
+    if spec.kind == "code" and not spec.network:
+        raise FieldError("allow_hosts", "allow_hosts applies to API tasks and to code tasks with network")
+    host = urlsplit(spec.api_url or "").hostname if spec.kind == "api" else None
+    if host and not host_allowed(host, spec.allow_hosts):
+        raise FieldError("allow_hosts", f"api_url's host {host} is not in allow_hosts")
+
+
+def host_allowed(host: str, patterns: list[str]) -> bool:
+    """Whether ``host`` is one of ``patterns``: exactly (any case), or a subdomain of a ``*.`` pattern."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        pattern = pattern.lower().rstrip(".")
+        if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
 
 
 def normalised(spec: TaskSpec, *, isolated: bool = False) -> TaskSpec:

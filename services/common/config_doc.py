@@ -31,7 +31,10 @@ SETTINGS: dict[str, type[ServiceSettings]] = {
 MEANINGS: dict[str, str] = {
     # every service
     "nats_url": "NATS server URL; several, comma-separated, for a cluster.",
-    "nats_user": "NATS user name (compose: one user per service, see deploy/nats/).",
+    "nats_user": (
+        "NATS user name (compose: one user per service, see deploy/nats/); a service reads replies only "
+        "under its own inbox prefix, `_INBOX.<service>.` (gateway, store, scheduler, runner)."
+    ),
     "nats_password": "Password of `TASKMESH_NATS_USER`.",
     "nats_token": "NATS token, instead of user and password.",
     "log_level": "DEBUG, INFO, WARNING or ERROR.",

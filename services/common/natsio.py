@@ -14,14 +14,20 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
-from proto import streams
+from proto import streams, subjects
 from services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 
-async def connect(settings: ServiceSettings, name: str, stop: asyncio.Event | None = None) -> Client:
-    """Connect to NATS, retrying until it answers (or ``stop`` is set); reconnect forever after."""
+async def connect(
+    settings: ServiceSettings, name: str, stop: asyncio.Event | None = None, *, user: str | None = None
+) -> Client:
+    """Connect to NATS, retrying until it answers (or ``stop`` is set); reconnect forever after.
+
+    ``user`` (the service's NATS user) picks the inbox prefix: replies and pull deliveries arrive
+    under ``_INBOX.<user>.``, which deploy/nats grants to that user alone.
+    """
 
     async def on_error(exc: Exception) -> None:
         if not (nc.is_closed or nc.is_draining):
@@ -41,6 +47,7 @@ async def connect(settings: ServiceSettings, name: str, stop: asyncio.Event | No
             await nc.connect(
                 servers=[u.strip() for u in settings.nats_url.split(",")],
                 name=name,
+                inbox_prefix=subjects.inbox_prefix(user) if user else subjects.INBOX_ROOT,
                 user=settings.nats_user,
                 password=settings.nats_password,
                 token=settings.nats_token,

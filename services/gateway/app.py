@@ -209,7 +209,7 @@ async def main(settings: GatewaySettings, stop: asyncio.Event) -> None:
         },
     )
     try:
-        nc = await natsio.connect(settings, f"taskmesh-gateway-{instance_id}", stop)
+        nc = await natsio.connect(settings, f"taskmesh-gateway-{instance_id}", stop, user="gateway")
     except ConnectionAbortedError:
         await runner.cleanup()
         return

@@ -326,7 +326,7 @@ class RunExecutor:
                 environment=resolved.environment,
             )
             if spec.kind == "api":
-                blocked = await self.http.egress_blocked(spec.api_url or "")
+                blocked = await self.http.egress_blocked(spec.api_url or "", spec.allow_hosts)
                 if blocked:
                     output.system(f"blocked: {blocked}")
                     return Outcome(status="failed", error=RunError(type="egress_denied", message=blocked))

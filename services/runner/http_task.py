@@ -12,7 +12,7 @@ import aiohttp
 import msgspec
 
 from proto.runs import RunError
-from proto.tasks import TaskSpec
+from proto.tasks import TaskSpec, host_allowed
 from services.common.masking import MASK
 from services.runner.egress import EgressDenied, EgressPolicy, allow_for_this_request, reset_request_allowance
 from services.runner.outcome import Outcome, failed
@@ -69,9 +69,10 @@ class HttpTasks:
         if self._session is not None:
             await self._session.close()
 
-    async def egress_blocked(self, url: str) -> str | None:
-        """Why the egress policy forbids ``url``'s host, or None (for requests made elsewhere)."""
-        return (await self._resolve_checked(url))[0]
+    async def egress_blocked(self, url: str, allow_hosts: list[str] | None = None) -> str | None:
+        """Why the task's ``allow_hosts`` or the egress policy forbid ``url``'s host, or None
+        (for requests made elsewhere)."""
+        return outside_task_hosts(url, allow_hosts) or (await self._resolve_checked(url))[0]
 
     async def _resolve_checked(self, url: str) -> tuple[str | None, list[str]]:
         """The refusal for ``url``'s host (or None) and the addresses it resolved to."""
@@ -93,6 +94,10 @@ class HttpTasks:
         url = spec.api_url or ""
         output.system(f"{spec.method} {redacted(url)} (timeout {timeout:g} s)")
         started = time.perf_counter()
+        outside = outside_task_hosts(url, spec.allow_hosts)
+        if outside:  # the task's list narrows the operator's policy: checked first, never instead
+            output.system(f"blocked: {outside}")
+            return failed("egress_denied", outside)
         allowance = None
         if self.policy.deny_hosts or self.policy.allow_hosts:  # names: decided here, addresses by the socket hook
             refusal, addresses = await self._resolve_checked(url)
@@ -154,6 +159,14 @@ class HttpTasks:
             parts.append(piece)
             size += len(piece)
         return b"".join(parts), False
+
+
+def outside_task_hosts(url: str, allow_hosts: list[str] | None) -> str | None:
+    """Why ``url``'s host is outside the task's ``allow_hosts``, or None (also when there is no list)."""
+    host = urlsplit(url).hostname or ""
+    if not allow_hosts or host_allowed(host, allow_hosts):
+        return None
+    return f"{host} is not in this task's allow_hosts ({', '.join(allow_hosts)})"
 
 
 def _request_parts(spec: TaskSpec) -> dict[str, Any]:

@@ -35,7 +35,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
     runner_id = new_instance_id()
     started_at = utcnow()
     async with AsyncExitStack() as stack:
-        nc = await natsio.connect(settings, f"taskmesh-runner-{runner_id}", stop)
+        nc = await natsio.connect(settings, f"taskmesh-runner-{runner_id}", stop, user="runner")
         stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
         for stream in (

@@ -29,7 +29,7 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
     instance_id = new_instance_id()
     started_at = utcnow()
     async with AsyncExitStack() as stack:
-        nc = await natsio.connect(settings, f"taskmesh-scheduler-{instance_id}", stop)
+        nc = await natsio.connect(settings, f"taskmesh-scheduler-{instance_id}", stop, user="scheduler")
         stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
         owned = await natsio.setup_owned(js, "scheduler", settings.js_replicas)

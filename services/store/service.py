@@ -43,7 +43,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
     instance_id = new_instance_id()
     started_at = utcnow()
     async with AsyncExitStack() as stack:
-        nc = await natsio.connect(settings, f"taskmesh-store-{instance_id}", stop)
+        nc = await natsio.connect(settings, f"taskmesh-store-{instance_id}", stop, user="store")
         stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
         buckets = await natsio.setup_owned(js, "store", settings.js_replicas)

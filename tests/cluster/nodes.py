@@ -20,7 +20,7 @@ from typing import Any
 from taskmesh.processes import _detach, free_port, nats_server_binary, stop_process
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
-USERS = ("gateway", "store", "scheduler", "runner", "admin")
+USERS = ("gateway", "store", "scheduler", "runner", "client", "admin")
 
 
 @dataclass

@@ -102,7 +102,7 @@ class Deployment:
         settings = {
             **{
                 f"TASKMESH_NATS_{user}_PASSWORD": "tm" + secrets.token_hex(12)
-                for user in ("GATEWAY", "STORE", "SCHEDULER", "RUNNER", "ADMIN")
+                for user in ("GATEWAY", "STORE", "SCHEDULER", "RUNNER", "CLIENT", "ADMIN")
             },
             "TASKMESH_API_TOKEN": self.token,
             "TASKMESH_DOCKER_GID": socket_gid,

@@ -8,6 +8,7 @@ The services run as local processes against a nats-server started with the deplo
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from taskmesh.processes import free_port, nats_server_binary, stop_process, wait
 from tests.support import Api, Stack, TargetServer
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
-USERS = ("gateway", "store", "scheduler", "runner", "admin")
+USERS = ("gateway", "store", "scheduler", "runner", "client", "admin")
 DENIED = "Permissions Violation"
 
 
@@ -197,7 +198,12 @@ async def _denied(server: ConfiguredNats, user: str, subject: str, payload: byte
         errors.append(exc)
 
     client = await nats.connect(
-        server.url, user=user, password=server.passwords[user], error_cb=on_error, allow_reconnect=False
+        server.url,
+        user=user,
+        password=server.passwords[user],
+        error_cb=on_error,
+        allow_reconnect=False,
+        inbox_prefix=subjects.inbox_prefix(user),  # its own inbox: only the publish can be refused
     )
     try:
         try:
@@ -205,7 +211,7 @@ async def _denied(server: ConfiguredNats, user: str, subject: str, payload: byte
         except (NoRespondersError, NatsTimeout):
             pass
         deadline = time.monotonic() + 5
-        while not any("permissions violation" in str(e).lower() for e in errors):
+        while not any("permissions violation for publish" in str(e).lower() for e in errors):
             if time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.02)
@@ -234,6 +240,14 @@ async def _denied(server: ConfiguredNats, user: str, subject: str, payload: byte
         ("store", "taskmesh.work.code"),
         ("store", "$KV.leases.scheduler"),
         ("store", "$JS.API.CONSUMER.MSG.NEXT.WORK.runner-code"),
+        ("client", "taskmesh.work.code"),
+        ("client", "$KV.tasks.x"),
+        ("client", "$JS.API.DIRECT.GET.KV_tasks.x"),
+        ("client", "$JS.API.STREAM.MSG.GET.KV_tasks"),
+        ("client", "$JS.API.CONSUMER.CREATE.WORK.runner-code"),
+        ("client", "taskmesh.api.tasks.delete"),
+        ("client", "taskmesh.control.cancel"),
+        ("client", "taskmesh.run.x.y.finished"),
     ],
 )
 async def test_a_service_is_denied_what_is_not_its_business(tmp_path: Path, user: str, subject: str) -> None:
@@ -258,3 +272,103 @@ async def test_a_wrong_password_is_refused(tmp_path: Path) -> None:
             )
     finally:
         server.stop()
+
+
+async def _subscription_denied(server: ConfiguredNats, user: str, subject: str) -> bool:
+    """True when the server refuses ``user`` a subscription to ``subject``."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    client = await nats.connect(
+        server.url,
+        user=user,
+        password=server.passwords[user],
+        error_cb=on_error,
+        allow_reconnect=False,
+        inbox_prefix=subjects.inbox_prefix(user),
+    )
+    try:
+        await client.subscribe(subject)
+        await client.flush(timeout=2)
+        deadline = time.monotonic() + 5
+        while not any("permissions violation for subscription" in str(e).lower() for e in errors):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("user", "subject"),
+    [
+        ("gateway", "_INBOX.runner.>"),
+        ("gateway", "_INBOX.store.>"),
+        ("gateway", "_INBOX.scheduler.>"),
+        ("gateway", "_INBOX.>"),
+        ("gateway", "_INBOX.*"),
+        ("runner", "_INBOX.gateway.>"),
+        ("scheduler", "_INBOX.runner.>"),
+        ("store", "_INBOX.runner.>"),
+        ("client", "_INBOX.gateway.>"),
+        ("client", "_INBOX.runner.>"),
+        ("client", "$KV.tasks.>"),
+        ("client", "taskmesh.work.>"),
+        ("client", "taskmesh.api.>"),
+    ],
+)
+async def test_a_user_cannot_subscribe_to_another_users_inbox_nor_to_what_is_not_its_business(
+    tmp_path: Path, user: str, subject: str
+) -> None:
+    server = ConfiguredNats(tmp_path / "nats").start()
+    try:
+        assert await _subscription_denied(server, user, subject), f"{user} may subscribe to {subject}"
+    finally:
+        server.stop()
+
+
+async def test_the_client_user_submits_follows_its_task_and_sees_its_outcome_on_its_own_inbox(
+    secured: tuple[Stack, ConfiguredNats], target: TargetServer
+) -> None:
+    _, server = secured
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    client = await nats.connect(
+        server.url,
+        user="client",
+        password=server.passwords["client"],
+        inbox_prefix=subjects.inbox_prefix("client"),
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    try:
+        outcomes = await client.subscribe("taskmesh.run.*.*.finished")
+        spec = {"name": "by-nats", "task_type": "immediate", "api_url": f"{target.url}/hello"}
+        reply = await client.request(subjects.SUBMIT_TASK, json.dumps(spec).encode(), timeout=10)
+        task_id = json.loads(reply.data)["id"]
+        waited = await client.request(
+            subjects.WAIT_TASK, json.dumps({"id": task_id, "timeout_seconds": 20}).encode(), timeout=30
+        )
+        assert json.loads(waited.data)["task"]["status"] == "succeeded", waited.data
+        outcome = await outcomes.next_msg(timeout=10)
+        assert outcome.subject.startswith(f"taskmesh.run.{task_id}.")
+        got = await client.request(subjects.GET_TASK, json.dumps({"id": task_id}).encode(), timeout=10)
+        assert task_id.encode() in got.data and b'"succeeded"' in got.data
+    finally:
+        await client.close()
+    assert not errors, errors
+    assert DENIED not in server.log(), server.log()[-3000:]
+
+    # on the shared default inbox the reply cannot reach it: that inbox is no user's to read
+    shared = await nats.connect(server.url, user="client", password=server.passwords["client"], allow_reconnect=False)
+    try:
+        with pytest.raises(NatsTimeout):
+            await shared.request(subjects.GET_TASK, json.dumps({"id": task_id}).encode(), timeout=2)
+    finally:
+        await shared.close()

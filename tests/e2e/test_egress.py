@@ -213,7 +213,9 @@ def metadata_requests(name: str) -> int:
     return (logs.stdout + logs.stderr).count('"GET /latest/meta-data/')
 
 
-async def probe(api: Api, url: str, direct: tuple[str, int] | None = None) -> dict[str, object]:
+async def probe(
+    api: Api, url: str, direct: tuple[str, int] | None = None, allow_hosts: list[str] | None = None
+) -> dict[str, object]:
     args: list[object] = [url, *(direct or ())]
     created = await api.submit(
         {
@@ -224,6 +226,7 @@ async def probe(api: Api, url: str, direct: tuple[str, int] | None = None) -> di
             "args": args,
             "network": True,
             "timeout": 60,
+            **({"allow_hosts": allow_hosts} if allow_hosts else {}),
         }
     )
     task = await api.wait_final(created["id"], timeout=120)
@@ -302,7 +305,60 @@ async def test_a_redirect_from_an_allowed_target_to_a_blocked_one_is_refused(
     assert loopback.hits == 0
 
 
+async def test_a_code_task_with_allow_hosts_reaches_a_listed_host_and_is_refused_others(
+    api: Api, allowed: Listener, loopback: Listener
+) -> None:
+    listed = await probe(api, f"{allowed.url}/hello", allow_hosts=["127.0.0.2"])
+    unlisted = await probe(api, f"{allowed.url}/hello", allow_hosts=["api.example.com"])
+    listed_but_blocked = await probe(api, f"http://localhost:{loopback.port}/hello", allow_hosts=["localhost"])
+    assert listed["status"] == 200 and listed["body"] == "hello from 127.0.0.2"
+    refused(unlisted, "127.0.0.2 is not in this task's allow_hosts (api.example.com)")
+    refused(listed_but_blocked, "localhost resolves to")  # the list narrows the policy, never widens it
+    assert allowed.hits == 1 and loopback.hits == 0
+
+
+async def test_another_sandbox_is_not_held_to_a_tasks_allow_hosts(api: Api, allowed: Listener) -> None:
+    await probe(api, f"{allowed.url}/hello", allow_hosts=["api.example.com"])
+    result = await probe(api, f"{allowed.url}/hello")
+    assert result["status"] == 200 and allowed.hits == 1
+
+
 # --- API tasks -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["in-the-runner", "isolated"])
+async def test_an_api_task_with_allow_hosts_is_refused_a_listed_name_that_resolves_to_a_blocked_address(
+    api: Api, loopback: Listener, isolated: bool
+) -> None:
+    created = await api.submit(
+        {
+            "name": "listed-but-blocked",
+            "task_type": "immediate",
+            "api_url": f"http://localhost:{loopback.port}/hello",
+            "allow_hosts": ["localhost"],
+            "isolated": isolated,
+            "timeout": 30,
+        }
+    )
+    task = await api.wait_final(created["id"], timeout=120)
+    assert task["status"] == "failed", task
+    assert task["error"]["type"] == "egress_denied"
+    assert "127.0.0.1" in task["error"]["message"] and "egress policy" in task["error"]["message"]
+    assert loopback.hits == 0
+
+
+async def test_an_api_task_whose_url_is_outside_its_allow_hosts_is_rejected_naming_the_field(api: Api) -> None:
+    rejected = await api.submit(
+        {
+            "name": "outside",
+            "task_type": "immediate",
+            "api_url": "http://127.0.0.2/hello",
+            "allow_hosts": ["api.example.com"],
+        },
+        expect=400,
+    )
+    assert rejected["error"]["field"] == "allow_hosts"
+    assert "127.0.0.2 is not in allow_hosts" in rejected["error"]["message"]
 
 
 async def test_an_isolated_api_task_without_requests_reports_a_redirect_instead_of_following_it(

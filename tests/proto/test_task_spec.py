@@ -446,6 +446,38 @@ BAD_BODIES = [
     pytest.param(body(CODE_TASK, cpus=0), "cpus", "invalid_field", id="zero-cpus"),
     pytest.param(body(API_TASK, memory_mb=256), "memory_mb", "invalid_field", id="memory-on-a-plain-api-task"),
     pytest.param(body(API_TASK, network=True), "network", "invalid_field", id="network-on-a-plain-api-task"),
+    pytest.param(
+        body(API_TASK, allow_hosts=["https://example.com"]), "allow_hosts", "invalid_field", id="allow-host-with-scheme"
+    ),
+    pytest.param(
+        body(API_TASK, allow_hosts=["example.com:443"]), "allow_hosts", "invalid_field", id="allow-host-with-port"
+    ),
+    pytest.param(body(API_TASK, allow_hosts=["*"]), "allow_hosts", "invalid_field", id="allow-host-bare-wildcard"),
+    pytest.param(
+        body(API_TASK, allow_hosts=["a.*.example.com"]), "allow_hosts", "invalid_field", id="allow-host-inner-wildcard"
+    ),
+    pytest.param(
+        body(API_TASK, allow_hosts=["10.0.0.0/8"]), "allow_hosts", "invalid_field", id="allow-host-address-range"
+    ),
+    pytest.param(body(API_TASK, allow_hosts=[""]), "allow_hosts", "invalid_field", id="allow-host-empty"),
+    pytest.param(
+        body(API_TASK, allow_hosts=["a" * 254]), "allow_hosts", "invalid_field", id="allow-host-longer-than-dns"
+    ),
+    pytest.param(
+        body(API_TASK, allow_hosts=[f"h{i}.example.com" for i in range(33)]),
+        "allow_hosts",
+        "invalid_field",
+        id="too-many-allow-hosts",
+    ),
+    pytest.param(
+        body(API_TASK, allow_hosts=["other.example.org"]),
+        "allow_hosts",
+        "invalid_field",
+        id="api-url-host-outside-allow-hosts",
+    ),
+    pytest.param(
+        body(CODE_TASK, allow_hosts=["example.com"]), "allow_hosts", "invalid_field", id="allow-hosts-without-network"
+    ),
 ]
 
 
@@ -505,6 +537,9 @@ GOOD_BODIES = [
         body(API_TASK, isolated=True, requirements=["httpx==0.28.1"], network=True, memory_mb=256),
         id="isolated-api-task-with-requirements",
     ),
+    pytest.param(body(API_TASK, allow_hosts=["EXAMPLE.com", "*.example.org"]), id="allow-hosts-any-case"),
+    pytest.param(body(API_TASK, allow_hosts=["*.com"]), id="allow-hosts-wildcard-covers-the-url"),
+    pytest.param(body(CODE_TASK, network=True, allow_hosts=["pypi.org", "*.pythonhosted.org"]), id="code-allow-hosts"),
 ]
 
 
@@ -534,3 +569,13 @@ def test_requirements_are_normalised_into_a_stable_cache_key() -> None:
         "numpy>=1.24",
         "pandas==2.2.3",
     ]
+
+
+def test_allow_hosts_match_exact_names_in_any_case_and_wildcards_only_subdomains() -> None:
+    patterns = ["api.example.com", "*.files.example.org"]
+
+    assert tasks.host_allowed("API.Example.com.", patterns)
+    assert tasks.host_allowed("a.b.files.example.org", patterns)
+    assert not tasks.host_allowed("files.example.org", patterns)
+    assert not tasks.host_allowed("evilfiles.example.org", patterns)
+    assert not tasks.host_allowed("api.example.com.evil.net", patterns)

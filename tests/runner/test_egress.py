@@ -179,3 +179,39 @@ async def test_an_api_task_reaches_a_host_the_operator_allowed_by_name_and_not_o
         assert outcomes[name].status == "failed" and outcomes[name].error is not None
         assert outcomes[name].error.type == "egress_denied", outcomes[name].error
     assert outcomes["denied"].error.message == "localhost is a host name the egress policy blocks"  # type: ignore[union-attr]
+
+
+async def test_an_api_task_with_allow_hosts_reaches_a_listed_host_and_no_other() -> None:
+    from aiohttp import web
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"hello": "local"})
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    local_mode = EgressPolicy(DEFAULT_BLOCKED_RANGES, allow=["127.0.0.0/8"])
+    cases = {
+        "listed": (local_mode, "http://localhost", ["localhost"]),
+        "not-listed": (local_mode, "http://127.0.0.1", ["localhost"]),
+        "listed-but-blocked": (DEFAULT, "http://localhost", ["localhost"]),
+    }
+    outcomes = {}
+    for name, (policy, base, allow_hosts) in cases.items():
+        tasks = HttpTasks(policy, max_connections=4, default_timeout=5, max_timeout=5, body_cap_bytes=1000)
+        spec = TaskSpec(name="probe", task_type="immediate", api_url=f"{base}:{port}/hello", allow_hosts=allow_hosts)
+        try:
+            outcomes[name] = await tasks.execute(spec, NullOutput())
+        finally:
+            await tasks.close()
+    await runner.cleanup()
+    assert outcomes["listed"].status == "succeeded" and outcomes["listed"].result["body"] == {"hello": "local"}
+    refused = outcomes["not-listed"].error
+    assert refused is not None and refused.type == "egress_denied"
+    assert refused.message == "127.0.0.1 is not in this task's allow_hosts (localhost)"
+    blocked = outcomes["listed-but-blocked"].error
+    assert blocked is not None and blocked.type == "egress_denied" and "blocked by the egress policy" in blocked.message

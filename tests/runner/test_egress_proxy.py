@@ -186,3 +186,77 @@ async def test_a_request_that_is_not_for_an_http_url_gets_a_400() -> None:
     finally:
         await proxy.close()
     assert reply.startswith(b"HTTP/1.1 400 Bad Request") and b"not a proxy request" in reply
+
+
+async def get_from(local_address: str, proxy_url: str, url: str) -> tuple[int, str]:
+    """A request through the proxy from ``local_address``: a sandbox's address on its network."""
+    connector = aiohttp.TCPConnector(local_addr=(local_address, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(url, proxy=proxy_url, allow_redirects=False, timeout=aiohttp.ClientTimeout(total=10)) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_a_sandbox_with_allow_hosts_reaches_only_its_listed_hosts_and_never_a_blocked_address(
+    targets: tuple[Target, Target],
+) -> None:
+    allowed, blocked = targets
+    names = {"listed.test": "127.0.0.2", "other.test": "127.0.0.2", "rebound.test": "127.0.0.1"}
+
+    async def local_names(host: str, port: int) -> list[str]:
+        return [names[host]]
+
+    proxy = EgressProxy(POLICY, resolver=local_names)
+    proxy.admit("127.0.0.5", ["listed.test", "rebound.test"])
+    try:
+        proxy_url = await started(proxy)
+        listed = await get_from("127.0.0.5", proxy_url, f"http://listed.test:{allowed.port}/hello")
+        other = await get_from("127.0.0.5", proxy_url, f"http://other.test:{allowed.port}/hello")
+        rebound = await get_from("127.0.0.5", proxy_url, f"http://rebound.test:{blocked.port}/hello")
+        unrestricted = await get_from("127.0.0.6", proxy_url, f"http://other.test:{allowed.port}/hello")
+        proxy.release("127.0.0.5")
+        released = await get_from("127.0.0.5", proxy_url, f"http://other.test:{allowed.port}/hello")
+    finally:
+        await proxy.close()
+    assert listed[0] == 200
+    assert other == (
+        403,
+        "taskmesh egress proxy: other.test is not in this task's allow_hosts (listed.test, rebound.test)\n",
+    )
+    assert rebound[0] == 403 and "rebound.test resolves to 127.0.0.1, which the egress policy blocks" in rebound[1]
+    assert unrestricted[0] == 200 and released[0] == 200  # the list is that sandbox's alone
+    assert blocked.hits == 0 and allowed.hits == 3
+
+
+async def test_connect_from_a_sandbox_with_allow_hosts_is_refused_for_an_unlisted_host() -> None:
+    proxy = EgressProxy(POLICY)
+    proxy.admit("127.0.0.1", ["listed.test"])
+    try:
+        await proxy.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(b"CONNECT 127.0.0.2:443 HTTP/1.1\r\nHost: 127.0.0.2:443\r\n\r\n")
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+        writer.close()
+    finally:
+        await proxy.close()
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden")
+    assert answer.endswith(b"127.0.0.2 is not in this task's allow_hosts (listed.test)\n")
+
+
+async def test_a_proxy_serving_known_sandboxes_only_refuses_any_other_address(targets: tuple[Target, Target]) -> None:
+    allowed, _ = targets
+    proxy = EgressProxy(POLICY, known_peers_only=True)
+    proxy.admit("127.0.0.5", [])
+    try:
+        proxy_url = await started(proxy)
+        admitted = await get_from("127.0.0.5", proxy_url, f"http://127.0.0.2:{allowed.port}/hello")
+        stranger = await get_from("127.0.0.6", proxy_url, f"http://127.0.0.2:{allowed.port}/hello")
+        proxy.release("127.0.0.5")
+        released = await get_from("127.0.0.5", proxy_url, f"http://127.0.0.2:{allowed.port}/hello")
+    finally:
+        await proxy.close()
+    assert admitted[0] == 200
+    assert stranger == (403, "taskmesh egress proxy: 127.0.0.6 is not a sandbox of this runner\n")
+    assert released[0] == 403 and allowed.hits == 1

@@ -120,24 +120,28 @@ class DependencyCache:
             _touch(directory / MARKER)
             return await self._found(key, True, 0.0)
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            if (directory / MARKER).exists():
-                self.hits += 1
-                return await self._found(key, True, 0.0)
-            started = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(None, self.root.mkdir, 0o755, True, True)
-            with open(self.root / f"{key}.lock", "w") as lock_file:  # noqa: ASYNC230 - a local lock file; the wait is below
-                await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock_file, fcntl.LOCK_EX)
-                try:
-                    if not (directory / MARKER).exists():  # another runner may have built it meanwhile
-                        await self._build(key, normalise_requirements(requirements))
-                        self.installs += 1
-                finally:
-                    fcntl.flock(lock_file, fcntl.LOCK_UN)
+        try:
+            async with lock:
+                if (directory / MARKER).exists():
+                    self.hits += 1
+                    return await self._found(key, True, 0.0)
+                started = time.perf_counter()
+                await asyncio.get_running_loop().run_in_executor(None, self.root.mkdir, 0o755, True, True)
+                with open(self.root / f"{key}.lock", "w") as lock_file:  # noqa: ASYNC230 - a local lock file; the wait is below
+                    await asyncio.get_running_loop().run_in_executor(None, fcntl.flock, lock_file, fcntl.LOCK_EX)
+                    try:
+                        if not (directory / MARKER).exists():  # another runner may have built it meanwhile
+                            await self._build(key, normalise_requirements(requirements))
+                            self.installs += 1
+                    finally:
+                        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        finally:
+            # also after a failed build: it may have filled uv's cache, and a lock left behind
+            # here would keep uv's cache from ever being cleared ("a build of ours is running")
             self._locks.pop(key, None)
+            asyncio.get_running_loop().run_in_executor(None, self._evict_if_needed, key)
         elapsed = round((time.perf_counter() - started) * 1000, 1)
         log.info("requirements installed", extra={"set": key, "requirements": len(requirements), "ms": elapsed})
-        asyncio.get_running_loop().run_in_executor(None, self._evict_if_needed, key)
         return await self._found(key, False, elapsed)
 
     async def _build(self, key: str, requirements: list[str]) -> None:

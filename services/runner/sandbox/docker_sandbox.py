@@ -41,6 +41,10 @@ BOOTSTRAP = (Path(__file__).with_name("bootstrap.py")).read_text()
 EXIT_WAIT_SECONDS = 5.0
 
 
+class SandboxAddressUnknown(Exception):
+    """The sandbox's address on the sandbox network could not be read, so its task's list cannot apply."""
+
+
 @dataclass(frozen=True)
 class SandboxJob:
     """One attempt to run in a sandbox, with limits already resolved against the operator's."""
@@ -83,7 +87,7 @@ class DockerSandboxes:
         self.deps: DependencyCache | None = None
         self.pool: WarmPool | None = None
         self.network: SandboxNetwork | None = None
-        self.proxy = EgressProxy(settings.egress_policy())
+        self.proxy = EgressProxy(settings.egress_policy(), known_peers_only=True)
         self.firewall: HostFirewall | None = None
         self.egress_detail = "not set up yet"
         self.active: dict[str, str] = {}  # run id -> container id
@@ -292,12 +296,30 @@ class DockerSandboxes:
         self.started_total += 1
         return Sandbox(container_id, channel, shape, start_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    def _remove_later(self, container_id: str) -> None:
+    async def _admit(self, sandbox: Sandbox, allow_hosts: list[str]) -> str:
+        """Tell the proxy this sandbox's address and its task's ``allow_hosts``; the address."""
+        try:
+            info = await self.engine.call("inspect_container", sandbox.container_id)
+            networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+            address = str((networks.get(self.settings.sandbox_network) or {}).get("IPAddress") or "")
+        except Exception as exc:
+            raise SandboxAddressUnknown(f"sandbox address unknown, the egress proxy cannot admit it: {exc}") from None
+        if not address:
+            raise SandboxAddressUnknown(
+                "sandbox has no address on the sandbox network: the egress proxy cannot admit it"
+            )
+        self.proxy.admit(address, allow_hosts)
+        return address
+
+    def _remove_later(self, container_id: str, admitted: str | None = None) -> None:
         async def remove() -> None:
             try:
                 await self.engine.remove(container_id)
             except Exception as exc:  # the reaper gets it
                 log.warning("container %s not removed: %s", container_id[:12], exc)
+                return  # keep its list: the container may still be there
+            if admitted is not None:  # only now: no other container had this address before
+                self.proxy.release(admitted)
 
         task = asyncio.create_task(remove())
         self._removals.add(task)
@@ -360,12 +382,18 @@ class DockerSandboxes:
             output.system(f"container failed to start: {detail}")
             return failed("sandbox_unavailable", f"container failed to start: {detail}")
         self.active[job.run_id] = sandbox.container_id
+        admitted = None
         try:
+            if job.network:
+                admitted = await self._admit(sandbox, job.spec.allow_hosts)
             outcome = await self._execute(sandbox, job, output, cancelled)
+        except SandboxAddressUnknown as exc:
+            output.system(str(exc))
+            outcome = failed("sandbox_unavailable", str(exc))
         finally:
             self.active.pop(job.run_id, None)
             sandbox.channel.close()
-            self._remove_later(sandbox.container_id)
+            self._remove_later(sandbox.container_id, admitted)
         outcome.deps_cache_hit = deps_hit
         total_ms = round((time.perf_counter() - started) * 1000, 3)
         run_ms = outcome.timings.run_ms if outcome.timings else None

@@ -5,6 +5,12 @@ runner listens there and sandboxes get ``HTTP(S)_PROXY``. The proxy resolves eac
 checks every resolved address and connects to exactly the address it checked, so DNS rebinding
 cannot slip past it; it never follows redirects (the client sees them, and its next request comes
 through here again).
+
+The runner tells the proxy each sandbox's address on the internal network before the task's code
+starts (``admit``), with the task's ``allow_hosts`` if it has any (they narrow the policy for that
+sandbox alone), and forgets it only once the container is gone (``release``): the address is the
+sandbox's identity. With ``known_peers_only`` the proxy serves no other address, so a sandbox
+cannot shed its list by using another runner's proxy on the same network.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from proto.tasks import host_allowed
 from services.runner.egress import EgressPolicy
 
 log = logging.getLogger(__name__)
@@ -46,13 +53,23 @@ async def resolve(host: str, port: int) -> list[str]:
 class EgressProxy:
     """One listener per runner; counts what it let through and what it refused."""
 
-    def __init__(self, policy: EgressPolicy, resolver: Resolver = resolve) -> None:
+    def __init__(self, policy: EgressPolicy, resolver: Resolver = resolve, *, known_peers_only: bool = False) -> None:
         self.policy = policy
         self.resolver = resolver
+        self.known_peers_only = known_peers_only
         self.server: asyncio.Server | None = None
         self.allowed = 0
         self.denied = 0
         self._connections: set[asyncio.Task[None]] = set()
+        self._peers: dict[str, list[str]] = {}
+
+    def admit(self, address: str, allow_hosts: list[str]) -> None:
+        """Serve ``address`` (a sandbox); when ``allow_hosts`` is not empty, only those hosts, within the policy."""
+        self._peers[address] = list(allow_hosts)
+
+    def release(self, address: str) -> None:
+        """Forget ``address``: its container is gone (safe twice)."""
+        self._peers.pop(address, None)
 
     def __repr__(self) -> str:
         return f"<EgressProxy {self.address} allowed={self.allowed} denied={self.denied}>"
@@ -105,6 +122,7 @@ class EgressProxy:
                 if parts.scheme != "http" or not parts.hostname:
                     raise ProxyRefusal(400, "Bad Request", f"not a proxy request for an http:// URL: {target[:200]}")
                 host, port = parts.hostname, parts.port or 80
+            self._check_task_hosts(writer, host)
             upstream_reader, upstream_writer = await self._connect(host, port)
         except ProxyRefusal as refusal:
             await _answer(writer, refusal)
@@ -118,6 +136,24 @@ class EgressProxy:
             await _pipe_both(reader, writer, upstream_reader, upstream_writer)
         finally:
             upstream_writer.close()
+
+    def _check_task_hosts(self, writer: asyncio.StreamWriter, host: str) -> None:
+        """Refuse an unknown sandbox (when only known ones are served), or ``host`` when the
+        connecting sandbox's task lists other hosts."""
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else ""
+        if self.known_peers_only and address not in self._peers:
+            self.denied += 1
+            raise ProxyRefusal(403, "Forbidden", f"taskmesh egress proxy: {address} is not a sandbox of this runner")
+        allow_hosts = self._peers.get(address)
+        if allow_hosts and not host_allowed(host, allow_hosts):
+            self.denied += 1
+            log.info("egress denied by allow_hosts", extra={"host": host})
+            raise ProxyRefusal(
+                403,
+                "Forbidden",
+                f"taskmesh egress proxy: {host} is not in this task's allow_hosts ({', '.join(allow_hosts)})",
+            )
 
     async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Resolve ``host``, refuse if any address is blocked, connect to a checked address."""
