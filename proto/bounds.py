@@ -65,6 +65,8 @@ MAX_DURATION_SECONDS: Final = 366 * 24 * 3600.0
 """Longest delay, timeout or start deadline: a year."""
 MAX_RETRY_DELAY_SECONDS: Final = 24 * 3600.0
 """Longest wait before a retry: a day (bounds ``retry_delay_seconds`` and ``retry_delay_max_seconds``)."""
+MAX_JITTER_SECONDS: Final = 3600.0
+"""Longest ``jitter_seconds``: an hour spreads the fires of the busiest hourly cron over all of it."""
 MAX_RUNS: Final = 1_000_000_000
 """Largest ``max_runs``."""
 MIN_MEMORY_MB: Final = 32

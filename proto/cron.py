@@ -21,6 +21,7 @@ ALIASES = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@
 _NEVER_HORIZON_YEARS = 5
 # Enough to walk through the wall times of one fall-back hour of a per-second schedule.
 _MAX_SKIPPED_WALL_TIMES = 10_000
+_GAP_PROBE = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 class CronError(ValueError):
@@ -107,6 +108,12 @@ class CronSchedule:
             fires.append(nxt)
             cursor = nxt
         return fires
+
+    def shortest_gap(self, fires: int = 64) -> timedelta | None:
+        """The shortest interval between consecutive fires among the first ``fires`` after a fixed
+        probe instant (a sample: the same answer for the same expression); None when it fires once."""
+        found = self.fires_between(_GAP_PROBE, _GAP_PROBE + timedelta(days=366 * _NEVER_HORIZON_YEARS), fires)
+        return min((later - earlier for earlier, later in zip(found, found[1:], strict=False)), default=None)
 
     def count_between(self, after: datetime, until: datetime, cap: int = 1_000_000) -> int:
         """How many fires fall in ``(after, until]``, counting at most ``cap``."""

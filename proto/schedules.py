@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Literal
 
 from msgspec import Struct
 
 from proto.cron import CronSchedule
+from proto.runs import slot_for_fire
 from proto.tasks import TaskSpec
 
 
@@ -17,6 +19,11 @@ class Timer(Struct, kw_only=True, tag_field="kind"):
     task_id: str
     spec: TaskSpec
     due_at: datetime
+
+    @property
+    def fire_at(self) -> datetime:
+        """When the timer goes off."""
+        return self.due_at
 
 
 class OnceTimer(Timer, tag="once"):
@@ -42,7 +49,7 @@ class RetryTimer(Timer, tag="retry"):
 
 
 class CronTimer(Timer, tag="cron"):
-    """A schedule: ``due_at`` is its next fire time; counters say what became of past ones."""
+    """A schedule: ``due_at`` is its next slot (the cron time); counters say what became of past ones."""
 
     state: Literal["active", "paused"] = "active"
     fired_count: int = 0
@@ -55,6 +62,11 @@ class CronTimer(Timer, tag="cron"):
     @property
     def key(self) -> str:
         return f"cron.{self.task_id}"
+
+    @property
+    def fire_at(self) -> datetime:
+        """The next slot with the task's jitter applied."""
+        return jittered(self.task_id, self.spec, self.due_at)
 
 
 AnyTimer = OnceTimer | RetryTimer | CronTimer
@@ -69,3 +81,27 @@ def next_due(spec: TaskSpec, after: datetime, schedule: CronSchedule | None = No
     if found is None or (spec.end_at is not None and found > spec.end_at):
         return None
     return found
+
+
+def jitter_offset(task_id: str, slot_at: datetime, jitter_seconds: float) -> timedelta:
+    """A fixed delay in [0, ``jitter_seconds``) for one slot of one task, to the millisecond.
+
+    A hash, not a random draw: every scheduler (after a restart or a failover) delays a slot
+    the same, so a repeated fire is the same message and lands once.
+    """
+    span_ms = int(jitter_seconds * 1000)
+    if span_ms <= 0:
+        return timedelta(0)
+    digest = hashlib.blake2b(f"{task_id}:{slot_for_fire(slot_at)}".encode(), digest_size=8).digest()
+    return timedelta(milliseconds=int.from_bytes(digest, "big") % span_ms)
+
+
+def jittered(task_id: str, spec: TaskSpec, slot_at: datetime) -> datetime:
+    """When the slot ``slot_at`` of a task fires: its cron time plus the task's jitter offset."""
+    return slot_at + jitter_offset(task_id, slot_at, spec.jitter_seconds)
+
+
+def next_fire(task_id: str, spec: TaskSpec, after: datetime) -> datetime | None:
+    """When the first slot after ``after`` fires, jitter applied (what ``next_run_at`` shows)."""
+    slot_at = next_due(spec, after)
+    return None if slot_at is None else jittered(task_id, spec, slot_at)

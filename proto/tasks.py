@@ -89,6 +89,15 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
     max_runs: Annotated[int, Meta(ge=1, le=bounds.MAX_RUNS)] | None = None
     overlap_policy: OverlapPolicy = "allow"
     misfire_policy: MisfirePolicy = "run_once"
+    jitter_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=bounds.MAX_JITTER_SECONDS,
+            description="Delay each fire by a fixed offset in [0, jitter_seconds), a hash of task and slot; "
+            "at most the shortest interval between fires.",
+        ),
+    ] = 0.0
     start_deadline_seconds: PositiveDuration | None = None
     # how
     timeout: PositiveDuration | None = None
@@ -220,10 +229,25 @@ def trigger_fields(spec: TaskSpec) -> None:
                 raise FieldError(name, f"{name} must be before {bounds.LATEST_INSTANT.isoformat()}")
         if spec.start_at and spec.end_at and spec.end_at <= spec.start_at:
             raise FieldError("end_at", "end_at must be after start_at")
+        jitter_field(spec)
     else:
         for name in ("cron_expression", "start_at", "end_at", "max_runs"):
             if getattr(spec, name) is not None:
                 raise FieldError(name, f"{name} applies only to task_type 'scheduled'")
+        if spec.jitter_seconds:
+            raise FieldError("jitter_seconds", "jitter_seconds applies only to task_type 'scheduled'")
+
+
+def jitter_field(spec: TaskSpec) -> None:
+    """Jitter at most the shortest interval between fires: offsets stay below it, so fires keep their order."""
+    if not spec.jitter_seconds:
+        return
+    gap = cron.CronSchedule(spec.cron_expression or "", spec.timezone).shortest_gap()
+    if gap is not None and spec.jitter_seconds > gap.total_seconds():
+        raise FieldError(
+            "jitter_seconds",
+            f"jitter_seconds may be at most the shortest interval between fires ({gap.total_seconds():g} s)",
+        )
 
 
 def code_fields(spec: TaskSpec) -> None:

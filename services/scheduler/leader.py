@@ -94,7 +94,7 @@ class Leader:
         self.by_task[timer.task_id].add(timer.key)
         if isinstance(timer, CronTimer) and timer.state == "paused":
             self.heap.discard(timer.key)
-        elif self.heap.put(timer.key, timer.due_at.timestamp()):
+        elif self.heap.put(timer.key, timer.fire_at.timestamp()):
             self._wakeup.set()
 
     def _forget(self, key: str) -> None:
@@ -242,7 +242,7 @@ class Leader:
                 return
             timer.due_at = first
             await self._save(timer)
-            await self.publisher.schedule_updated(timer, "active", next_run_at=first)
+            await self.publisher.schedule_updated(timer, "active", next_run_at=timer.fire_at)
 
     async def _pause(self, task_id: str) -> None:
         timer = self.timers.get(f"cron.{task_id}")
@@ -261,7 +261,7 @@ class Leader:
                 return
             timer = msgspec.structs.replace(timer, state="active", due_at=following)
             await self._save(timer)
-            await self.publisher.schedule_updated(timer, "active", next_run_at=following)
+            await self.publisher.schedule_updated(timer, "active", next_run_at=timer.fire_at)
 
     async def _trigger(self, event: events.ScheduleTriggered) -> None:
         timer = self.timers.get(f"cron.{event.task_id}")
@@ -369,11 +369,11 @@ class Leader:
             fired_count=timer.fired_count + len(to_fire),
             skipped_count=timer.skipped_count + len(skipped),
             missed_count=timer.missed_count + decision.missed,
-            last_fire_at=to_fire[-1] if to_fire else timer.last_fire_at,
+            last_fire_at=planner.fire_time(timer, to_fire[-1]) if to_fire else timer.last_fire_at,
             due_at=decision.next_due or timer.due_at,
         )
         view = ScheduleView(
-            next_run_at=decision.next_due,
+            next_run_at=decision.next_fire_at,
             fired_count=updated.fired_count,
             missed_count=updated.missed_count,
             skipped_count=updated.skipped_count,
@@ -384,12 +384,13 @@ class Leader:
                     event_id=new_event_id(),
                     occurred_at=now,
                     task_id=timer.task_id,
-                    scheduled_for=scheduled_for,
+                    scheduled_for=planner.fire_time(timer, scheduled_for),
                     reason=f"previous run {(active or ['?'])[-1]} still running (overlap_policy forbid)",
                 ),
                 msg_id=f"skip:{timer.task_id}:{slot_for_fire(scheduled_for)}",
             )
         for scheduled_for in to_fire:
+            fire_at = planner.fire_time(timer, scheduled_for)  # the slot keeps its cron time: same run id
             if active and policy == "replace":
                 for run_id in active:
                     await self.publisher.event(
@@ -398,12 +399,12 @@ class Leader:
                             occurred_at=now,
                             task_id=timer.task_id,
                             run_id=run_id,
-                            reason=f"replaced by the fire of {scheduled_for.isoformat()} (overlap_policy replace)",
+                            reason=f"replaced by the fire of {fire_at.isoformat()} (overlap_policy replace)",
                         )
                     )
                 active = []
             run_id = await self.publisher.fire(
-                timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for), scheduled_for=scheduled_for, schedule=view
+                timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for), scheduled_for=fire_at, schedule=view
             )
             if tracks_overlap(timer):
                 active.append(run_id)
@@ -430,7 +431,7 @@ class Leader:
         self._remember(updated)
         await self.publisher.save_soon(updated)
         if not to_fire:  # nothing carried the new view to the store
-            await self.publisher.schedule_updated(updated, "active", next_run_at=decision.next_due)
+            await self.publisher.schedule_updated(updated, "active", next_run_at=decision.next_fire_at)
 
 
 def tracks_overlap(timer: CronTimer) -> bool:

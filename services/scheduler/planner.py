@@ -1,4 +1,8 @@
-"""When a schedule fires, and what to do with fires that were missed. Pure: no I/O, no clock."""
+"""When a schedule fires, and what to do with fires that were missed. Pure: no I/O, no clock.
+
+A slot is a cron time; it fires at that time plus the task's jitter offset (``schedules.jittered``).
+Lateness and misfires are measured from the jittered time: jitter never makes a fire late.
+"""
 
 from __future__ import annotations
 
@@ -30,17 +34,25 @@ def next_due(spec: TaskSpec, after: datetime) -> datetime | None:
     return schedules.next_due(spec, after, schedule_of(spec))
 
 
+def fire_time(timer: CronTimer, slot_at: datetime) -> datetime:
+    """When the slot ``slot_at`` of ``timer``'s schedule fires (jitter applied)."""
+    return schedules.jittered(timer.task_id, timer.spec, slot_at)
+
+
 @dataclass
 class FirePlan:
     """What to do now that a schedule's ``due_at`` has come."""
 
     fire: list[datetime] = field(default_factory=list)
-    """Scheduled times to start a run for, oldest first."""
+    """Slots (cron times) to start a run for, oldest first."""
     missed: int = 0
     missed_first: datetime | None = None
+    """Fire time (jitter applied) of the first missed slot."""
     missed_last: datetime | None = None
     next_due: datetime | None = None
-    """None: the schedule is complete (``end_at`` passed or ``max_runs`` reached)."""
+    """The next slot; None: the schedule is complete (``end_at`` passed or ``max_runs`` reached)."""
+    next_fire_at: datetime | None = None
+    """When ``next_due`` fires (jitter applied)."""
 
 
 def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) -> FirePlan:
@@ -49,10 +61,14 @@ def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) 
     spec = timer.spec
     due = timer.due_at
     result = FirePlan()
-    if now - due <= grace:
+    if now - fire_time(timer, due) <= grace:
         slots, last_slot = [due], due
     else:
-        late = [due, *schedule_of(spec).fires_between(due, now, MISSED_COUNT_CAP)]
+        late = [due]
+        for slot_at in schedule_of(spec).fires_between(due, now, MISSED_COUNT_CAP):
+            if fire_time(timer, slot_at) > now:
+                break  # its jittered time is still to come: it is the next due slot, not a missed one
+            late.append(slot_at)
         if spec.end_at is not None:
             late = [t for t in late if t <= spec.end_at] or [due]
         last_slot = late[-1]
@@ -64,7 +80,7 @@ def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) 
             slots = [last_slot]
         result.missed = len(late) - len(slots)
         if result.missed:
-            result.missed_first, result.missed_last = late[0], late[-1]
+            result.missed_first, result.missed_last = fire_time(timer, late[0]), fire_time(timer, late[-1])
     if spec.max_runs is not None:
         slots = slots[: max(0, spec.max_runs - timer.fired_count)]
     result.fire = slots
@@ -73,4 +89,6 @@ def plan(timer: CronTimer, now: datetime, grace: timedelta, run_all_limit: int) 
         result.next_due = None
     else:
         result.next_due = next_due(spec, last_slot)
+    if result.next_due is not None:
+        result.next_fire_at = fire_time(timer, result.next_due)
     return result

@@ -190,7 +190,7 @@ class StoreState:
             task.next_run_at = event.occurred_at
         else:  # what the scheduler will compute too: the 201 already says when the first fire is
             try:
-                task.next_run_at = schedules.next_due(spec, event.occurred_at)
+                task.next_run_at = schedules.next_fire(task.id, spec, event.occurred_at)
             except cron.CronError:  # accepted by an older version: the scheduler will say
                 pass
         self.tasks[task.id] = task

@@ -478,6 +478,31 @@ BAD_BODIES = [
     pytest.param(
         body(CODE_TASK, allow_hosts=["example.com"]), "allow_hosts", "invalid_field", id="allow-hosts-without-network"
     ),
+    pytest.param(body(API_TASK, jitter_seconds=5), "jitter_seconds", "invalid_field", id="jitter-on-a-one-shot-task"),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="0 * * * *", jitter_seconds=3600.5),
+        "jitter_seconds",
+        "invalid_field",
+        id="jitter-above-an-hour",
+    ),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="0 * * * *", jitter_seconds=-1),
+        "jitter_seconds",
+        "invalid_field",
+        id="negative-jitter",
+    ),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="*/10 * * * * *", jitter_seconds=10.5),
+        "jitter_seconds",
+        "invalid_field",
+        id="jitter-longer-than-the-period",
+    ),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="0,1 * * * *", jitter_seconds=90),
+        "jitter_seconds",
+        "invalid_field",
+        id="jitter-longer-than-the-shortest-gap",
+    ),
 ]
 
 
@@ -532,6 +557,14 @@ GOOD_BODIES = [
             misfire_policy="skip",
         ),
         id="scheduled-with-seconds-zone-window-and-policies",
+    ),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="0 * * * *", jitter_seconds=3600),
+        id="hourly-with-an-hour-of-jitter",
+    ),
+    pytest.param(
+        body(API_TASK, task_type="scheduled", cron_expression="* * * * * *", jitter_seconds=1),
+        id="per-second-with-a-second-of-jitter",
     ),
     pytest.param(
         body(API_TASK, isolated=True, requirements=["httpx==0.28.1"], network=True, memory_mb=256),

@@ -8,9 +8,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from proto.schedules import CronTimer
+from proto.schedules import CronTimer, jitter_offset
 from proto.tasks import TaskSpec
-from services.scheduler.planner import next_due, plan
+from services.scheduler.planner import fire_time, next_due, plan
 
 GRACE = timedelta(seconds=60)
 TASK_ID = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"
@@ -210,3 +210,36 @@ def test_missed_slots_across_a_daylight_saving_gap_are_counted_once_each() -> No
     assert result.fire == []
     assert result.missed == 5
     assert result.next_due == utc("2026-03-08T07:40")
+
+
+# --- jitter -----------------------------------------------------------------------------------------
+
+
+def test_a_jittered_slot_is_late_only_from_its_jittered_time() -> None:
+    # Given an hourly schedule with an hour of jitter, whose 10:00 slot is offset by more than the grace
+    spec = hourly(jitter_seconds=3600.0)
+    offset = jitter_offset(TASK_ID, utc("2026-01-01T10:00"), 3600.0)
+    assert offset > 2 * GRACE, "pick a task id whose offset at 10:00 passes the grace"
+
+    # When it is planned 30 s after its jittered time
+    result = plan(timer(spec, "2026-01-01T10:00"), utc("2026-01-01T10:00") + offset + timedelta(seconds=30), GRACE, 10)
+
+    # Then the slot fires, nothing is missed, and the next run shows the next slot's jittered time
+    assert result.fire == [utc("2026-01-01T10:00")] and result.missed == 0
+    assert result.next_due == utc("2026-01-01T11:00")
+    assert result.next_fire_at == utc("2026-01-01T11:00") + jitter_offset(TASK_ID, utc("2026-01-01T11:00"), 3600.0)
+
+
+def test_a_missed_slot_whose_jittered_time_is_still_ahead_stays_the_next_due_slot() -> None:
+    # Given an hourly jittered schedule due at 10:00, planned (after an outage) just before 13:00's jittered time
+    spec = hourly(jitter_seconds=3600.0)
+    thirteen = utc("2026-01-01T13:00")
+    now = thirteen + jitter_offset(TASK_ID, thirteen, 3600.0) - timedelta(milliseconds=1)
+
+    result = plan(timer(spec, "2026-01-01T10:00"), now, GRACE, 10)
+
+    # Then 10:00-12:00 are late (run_once fires the last of them), and 13:00 waits for its own time
+    assert result.fire == [utc("2026-01-01T12:00")]
+    assert result.missed == 2
+    assert result.missed_first == fire_time(timer(spec, "2026-01-01T10:00"), utc("2026-01-01T10:00"))
+    assert result.next_due == thirteen and result.next_fire_at == now + timedelta(milliseconds=1)
