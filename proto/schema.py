@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from proto import api, control, events, records, runs, schedules, tasks
+from proto import api, control, events, flow, records, runs, schedules, tasks
 from proto.errors import ErrorBody
 
 MESSAGES: dict[str, Any] = {
@@ -49,6 +49,11 @@ MESSAGES: dict[str, Any] = {
     "DeadLetterList": api.DeadLetterList,
     "StoreHealth": api.StoreHealth,
     "Health": api.Health,
+    "WaitingRun": flow.WaitingRun,
+    "Permit": flow.Permit,
+    "KeyLimit": flow.KeyLimit,
+    "SetLimitRequest": flow.SetLimitRequest,
+    "LimitsReply": flow.LimitsReply,
 }
 """Every message on the wire and every request/reply body, by name."""
 

@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from proto import api, codec, subjects
+from proto.flow import SetLimitRequest
 from proto.records import TaskRecord
 from services.gateway.context import GATEWAY
 from services.gateway.errors import ApiError
@@ -278,6 +279,23 @@ async def schedule_ledger(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     return json_bytes(await store(request).raw(subjects.GET_STATS))
+
+
+async def list_limits(request: web.Request) -> web.Response:
+    """Every flow key, as the scheduler leader holds them."""
+    return json_bytes(await store(request).raw(subjects.FLOW_LIST_LIMITS))
+
+
+async def set_limit(request: web.Request) -> web.Response:
+    """An operator's limit on one key (the scheduler leader keeps it durably)."""
+    body = await json_body(request)
+    try:
+        wanted = msgspec.json.decode(body, type=SetLimitRequest)
+    except msgspec.MsgspecError as exc:
+        problem = codec.field_error_from(exc)
+        raise ApiError(problem.code, problem.message, problem.field) from None
+    wanted = msgspec.structs.replace(wanted, key=request.match_info["key"])
+    return json_bytes(await store(request).raw(subjects.FLOW_SET_LIMIT, codec.encode(wanted)))
 
 
 async def dead_letters(request: web.Request) -> web.Response:

@@ -1,0 +1,135 @@
+"""Flow control with real services: per-key concurrency, rate limits, priorities and fairness,
+observed by a local target that counts the requests it is serving at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from taskmesh.processes import free_port
+from tests.support import Api, Stack
+
+
+class InFlightTarget:
+    """An HTTP server whose /slow?seconds=&tag= records how many requests it serves at once, and when each began."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.started: list[tuple[float, str]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> InFlightTarget:
+        app = web.Application()
+        app.router.add_get("/slow", self._slow)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.started.append((time.monotonic(), request.query.get("tag", "")))
+        try:
+            await asyncio.sleep(float(request.query.get("seconds", "0.5")))
+        finally:
+            self.in_flight -= 1
+        return web.json_response({"ok": True})
+
+
+@pytest.fixture
+async def counting_target() -> AsyncIterator[InFlightTarget]:
+    server = await InFlightTarget().start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def slow_call(target: InFlightTarget, i: int, seconds: float = 0.5, tag: str = "", **flow: Any) -> dict[str, Any]:
+    return {
+        "name": f"call {i}",
+        "task_type": "immediate",
+        "api_url": f"{target.url}/slow?seconds={seconds}&tag={tag}",
+        "timeout": 30,
+        **flow,
+    }
+
+
+async def submit_all(api: Api, bodies: list[dict[str, Any]]) -> list[str]:
+    slots = asyncio.Semaphore(20)
+
+    async def one(body: dict[str, Any]) -> str:
+        async with slots:
+            return str((await api.submit(body))["id"])
+
+    return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+async def all_succeed(api: Api, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    tasks = [await api.wait_final(task_id, timeout=timeout) for task_id in ids]
+    assert {t["status"] for t in tasks} == {"succeeded"}, [t for t in tasks if t["status"] != "succeeded"][:3]
+    return tasks
+
+
+async def test_twenty_slow_api_tasks_with_max_concurrency_two_never_put_more_than_two_in_flight(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    ids = await submit_all(
+        api, [slow_call(counting_target, i, concurrency_key="partner", max_concurrency=2) for i in range(20)]
+    )
+    waiting = await api.wait_for(ids[-1], lambda t: t["waiting_reason"] is not None or t["status"] != "queued")
+    assert waiting["waiting_reason"] == "concurrency:partner" or waiting["status"] != "queued", waiting
+    limits = await api.get("/api/limits")
+    partner = next(limit for limit in limits["limits"] if limit["key"] == "partner")
+    assert partner["max_concurrency"] == 2 and partner["running"] <= 2, partner
+
+    tasks = await all_succeed(api, ids, timeout=120)
+    assert counting_target.most_in_flight == 2
+    assert all(t["waiting_reason"] is None for t in tasks)
+    partner = next(limit for limit in (await api.get("/api/limits"))["limits"] if limit["key"] == "partner")
+    assert (partner["running"], partner["waiting"], partner["admitted_total"]) == (0, 0, 20), partner
+
+
+async def test_killing_one_of_two_runners_mid_way_neither_leaks_a_permit_nor_exceeds_the_limit(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    stack.start_service("runner", key="runner-2")
+    stack.wait_ready(runners=2)
+    ids = await submit_all(
+        api,
+        [slow_call(counting_target, i, seconds=1.0, concurrency_key="partner", max_concurrency=2) for i in range(20)],
+    )
+    # wait until the victim serves a request, then kill it without a chance to clean up
+    deadline = time.monotonic() + 60
+    while True:
+        health = httpx.get(f"{stack.base_url}/api/health").json()
+        busy = {r["instance_id"]: r["slots"]["api"]["busy"] for r in health["runners"]}
+        if len(busy) == 2 and all(busy.values()):
+            break
+        assert time.monotonic() < deadline, health
+        await asyncio.sleep(0.05)
+    stack.services["runner"].kill()
+
+    tasks = await all_succeed(api, ids, timeout=180)
+    assert counting_target.most_in_flight <= 2
+    assert any(t["last_run"]["attempt"] > 1 for t in tasks)  # the killed runner's run went to the other one
+    partner = next(limit for limit in (await api.get("/api/limits"))["limits"] if limit["key"] == "partner")
+    assert (partner["running"], partner["waiting"]) == (0, 0), partner  # the killed runner's permit came back
