@@ -133,3 +133,114 @@ async def test_killing_one_of_two_runners_mid_way_neither_leaks_a_permit_nor_exc
     assert any(t["last_run"]["attempt"] > 1 for t in tasks)  # the killed runner's run went to the other one
     partner = next(limit for limit in (await api.get("/api/limits"))["limits"] if limit["key"] == "partner")
     assert (partner["running"], partner["waiting"]) == (0, 0), partner  # the killed runner's permit came back
+
+
+async def test_a_rate_limit_of_five_a_second_over_thirty_tasks_spaces_their_starts(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    ids = await submit_all(
+        api, [slow_call(counting_target, i, seconds=0.0, concurrency_key="paced", rate_limit="5/s") for i in range(30)]
+    )
+    await all_succeed(api, ids, timeout=120)
+    starts = sorted(at for at, _ in counting_target.started)
+    assert len(starts) == 30
+    # a token bucket of 5/s with a burst of one second's worth: n starts need (n - 5) / 5 seconds
+    assert starts[-1] - starts[0] >= (30 - 5) / 5 - 0.5, starts
+    assert all(starts[i + 15] - starts[i] >= (16 - 5) / 5 - 0.5 for i in range(len(starts) - 15)), starts
+
+
+async def test_when_runs_wait_for_capacity_higher_priority_starts_first(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    blocker = await api.submit(
+        slow_call(counting_target, 0, seconds=3.0, tag="blocker", concurrency_key="one", max_concurrency=1)
+    )
+    await api.wait_for(blocker["id"], lambda t: t["status"] == "running")
+    bodies = [
+        slow_call(
+            counting_target, i, seconds=0.0, tag=level, concurrency_key="one", max_concurrency=1, priority=priority
+        )
+        for i in range(8)
+        for level, priority in [("low" if i % 2 else "high", 1 if i % 2 else 5)]
+    ]
+    ids = await submit_all(api, bodies)
+    waiting = await api.task(ids[-1])
+    assert waiting["status"] == "queued" and waiting["waiting_reason"] == "concurrency:one", waiting
+    await all_succeed(api, [blocker["id"], *ids], timeout=120)
+    assert [tag for _, tag in counting_target.started] == ["blocker"] + ["high"] * 4 + ["low"] * 4
+
+
+async def test_a_tenant_flooding_a_limit_does_not_starve_another_served_round_robin(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    flood = [
+        slow_call(
+            counting_target, i, seconds=0.2, tag="A", concurrency_key="shared", max_concurrency=4, fairness_key="A"
+        )
+        for i in range(500)
+    ]
+    a_ids = await submit_all(api, flood)
+    b_ids = await submit_all(
+        api,
+        [
+            slow_call(
+                counting_target, i, seconds=0.2, tag="B", concurrency_key="shared", max_concurrency=4, fairness_key="B"
+            )
+            for i in range(10)
+        ],
+    )
+    await all_succeed(api, b_ids, timeout=120)
+    started_tags = [tag for _, tag in counting_target.started]
+    a_started_when_b_done = started_tags.count("A")
+    assert a_started_when_b_done < 400, a_started_when_b_done  # B did not wait behind A's flood
+    # from B's first submission on, B got every other permit (round-robin), not one in fifty
+    first_b = started_tags.index("B")
+    assert started_tags[first_b:].count("A") <= 10 + 4, started_tags[first_b:]
+    await all_succeed(api, a_ids, timeout=600)
+    assert counting_target.most_in_flight <= 4
+
+
+async def test_killing_the_scheduler_leader_with_runs_waiting_neither_doubles_nor_loses_nor_exceeds(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    stack.start_service("scheduler", key="scheduler-2")
+    await asyncio.sleep(1.0)
+    ids = await submit_all(
+        api,
+        [slow_call(counting_target, i, seconds=1.0, concurrency_key="partner", max_concurrency=2) for i in range(12)],
+    )
+    partner = next(limit for limit in (await api.get("/api/limits"))["limits"] if limit["key"] == "partner")
+    assert partner["waiting"] >= 6, partner
+    leader = next(key for key in ("scheduler", "scheduler-2") if "leading" in stack.services[key].log())
+    stack.services[leader].kill()
+
+    tasks = await all_succeed(api, ids, timeout=180)
+    assert counting_target.most_in_flight <= 2
+    assert len(counting_target.started) == 12  # each ran once: nothing admitted twice by the new leader
+    assert all(t["waiting_reason"] is None for t in tasks)
+    partner = next(limit for limit in (await api.get("/api/limits"))["limits"] if limit["key"] == "partner")
+    assert (partner["running"], partner["waiting"]) == (0, 0), partner
+
+
+async def test_an_operator_limit_set_over_http_applies_to_the_key_and_bad_input_is_named(
+    stack: Stack, api: Api, counting_target: InFlightTarget
+) -> None:
+    bad = await api.client.put("/api/limits/partner", json={"max_concurrency": 0})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "max_concurrency", bad.text
+    bad = await api.client.put("/api/limits/partner", json={"rate_limit": "fast"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "rate_limit", bad.text
+    bad = await api.client.put(
+        "/api/limits/partner", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json", bad.text
+    set_ = await api.client.put("/api/limits/partner", json={"max_concurrency": 1})
+    assert set_.status_code == 200 and set_.json()["source"] == "operator", set_.text
+
+    ids = await submit_all(
+        api,
+        [slow_call(counting_target, i, seconds=0.3, concurrency_key="partner", max_concurrency=5) for i in range(6)],
+    )
+    await all_succeed(api, ids, timeout=120)
+    assert counting_target.most_in_flight == 1  # the operator's 1 wins over the tasks' 5
+    cleared = await api.client.put("/api/limits/partner", json={"max_concurrency": None})
+    assert cleared.json()["max_concurrency"] == 5 and cleared.json()["source"] == "task", cleared.text
