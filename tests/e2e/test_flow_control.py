@@ -242,5 +242,8 @@ async def test_an_operator_limit_set_over_http_applies_to_the_key_and_bad_input_
     )
     await all_succeed(api, ids, timeout=120)
     assert counting_target.most_in_flight == 1  # the operator's 1 wins over the tasks' 5
+    metrics = (await api.client.get("/metrics")).text
+    assert 'taskmesh_flow_admitted_total{key="partner"} 6' in metrics, metrics
+    assert 'taskmesh_flow_max_concurrency{key="partner"} 1' in metrics, metrics
     cleared = await api.client.put("/api/limits/partner", json={"max_concurrency": None})
     assert cleared.json()["max_concurrency"] == 5 and cleared.json()["source"] == "task", cleared.text
