@@ -108,13 +108,21 @@ class Admission:
         permit = self.state.release(run_id, attempt)
         if permit is None:
             return
-        await self.kv.delete(flow.permit_key(run_id))
+        await self.kv.purge(flow.permit_key(run_id))
         self._changed.set()
 
-    async def cancelled(self, task_id: str) -> None:
-        """A cancelled or deleted task's waiting runs go nowhere."""
+    async def cancelled(self, task_id: str, *, deleted: bool = False) -> None:
+        """A cancelled or deleted task's waiting runs go nowhere; a deleted one's permits are freed.
+
+        (A cancelled task's admitted runs still end with an outcome, from the runner that kills
+        them or finds them cancelled; a deleted task's are acknowledged without one.)
+        """
         for run in self.state.drop_task(task_id):
             await self.kv.purge(flow.wait_key(run.task_id, run.run_id))
+        if deleted:
+            for permit in self.state.release_task(task_id):
+                await self.kv.purge(flow.permit_key(permit.run_id))
+            self._changed.set()
 
     async def _admit(self, run: WaitingRun) -> None:
         permit = self.state.permits[run.run_id]

@@ -207,6 +207,13 @@ class FlowState:
             self.key(name).running.discard(run_id)
         return permit
 
+    def release_task(self, task_id: str) -> list[Permit]:
+        """Free every permit of a deleted task (a runner acknowledges its runs without an outcome)."""
+        found = [p for p in self.permits.values() if p.task_id == task_id]
+        for permit in found:
+            self.release(permit.run_id, permit.attempt)
+        return found
+
     def drop_task(self, task_id: str) -> list[WaitingRun]:
         """A cancelled or deleted task's waiting runs, removed."""
         dropped = []

@@ -227,7 +227,7 @@ class Leader:
             elif isinstance(event, (events.TaskCancelled, events.TaskDeleted)):
                 for key in list(self.by_task.get(event.task_id, ())):
                     await self._drop(key)
-                await self.admission.cancelled(event.task_id)
+                await self.admission.cancelled(event.task_id, deleted=isinstance(event, events.TaskDeleted))
                 self._ended[event.task_id] = None
                 if len(self._ended) > ENDED_REMEMBERED:
                     self._ended.popitem(last=False)

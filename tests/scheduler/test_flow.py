@@ -133,3 +133,11 @@ def test_a_cancelled_tasks_waiting_runs_are_dropped_and_never_admitted() -> None
     assert [r.run_id for r in state.drop_task("t1")] == ["r1"]
     state.release("r0", attempt=1)
     assert drain(state) == ["r2"]
+
+
+def test_a_deleted_tasks_permits_are_freed_for_the_next_waiting_run() -> None:
+    state = FlowState()
+    state.offer(run(0, concurrency_key="k", max_concurrency=1), 0.0)
+    state.offer(run(1, since=1, concurrency_key="k", max_concurrency=1), 0.0)
+    assert [p.run_id for p in state.release_task("t0")] == ["r0"]
+    assert drain(state) == ["r1"]
