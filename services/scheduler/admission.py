@@ -30,6 +30,9 @@ from services.scheduler.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
+RETRY_ADMIT_SECONDS = 0.5
+"""Pause before a waiting run whose admission failed (KV or publish) is tried again."""
+
 _set_limit_decoder = msgspec.json.Decoder(SetLimitRequest)
 
 
@@ -98,6 +101,7 @@ class Admission:
             else:
                 await self.kv.put(flow.wait_key(run.task_id, run.run_id), codec.encode(run))
                 await self.publisher.waiting(run, reason)
+                self._changed.set()  # the head of its key's queue may be able to go already
         except BaseException:  # nothing durable: forget it, the event that caused it comes back
             self.state.release(run.run_id, run.attempt)
             self.state.forget_waiting(run.run_id)
@@ -149,8 +153,12 @@ class Admission:
                 else:
                     await self._admit(run)
                 await self.kv.purge(flow.wait_key(run.task_id, run.run_id))
-            except Exception:  # its wait record stays: the next leader admits it again
-                log.exception("waiting run %s not admitted", run.run_id)
+            except Exception:  # its wait record stays: it waits again, and is tried again
+                log.exception("waiting run %s not admitted; it waits again", run.run_id)
+                await asyncio.sleep(RETRY_ADMIT_SECONDS)  # NATS trouble: do not spin
+                self.state.release(run.run_id, run.attempt)
+                self.state.restore_waiting(run)
+                self._changed.set()
 
     async def pump(self, until: asyncio.Event) -> None:
         """Publish waiting runs as permits and tokens free up, until ``until`` is set."""
