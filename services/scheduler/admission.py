@@ -30,6 +30,8 @@ from services.scheduler.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
+PRUNE_EVERY_SECONDS = 60.0
+"""How often idle per-task keys (a rate limit without a key) are forgotten."""
 RETRY_ADMIT_SECONDS = 0.5
 """Pause before a waiting run whose admission failed (KV or publish) is tried again."""
 
@@ -128,12 +130,12 @@ class Admission:
                 await self.kv.purge(flow.permit_key(permit.run_id))
             self._changed.set()
 
-    async def _admit(self, run: WaitingRun) -> None:
+    async def _admit(self, run: WaitingRun, *, waited: bool = False) -> None:
         permit = self.state.permits[run.run_id]
         await self.kv.put(flow.permit_key(run.run_id), codec.encode(permit))
-        await self._publish(run)
+        await self._publish(run, waited=waited)
 
-    async def _publish(self, run: WaitingRun) -> None:
+    async def _publish(self, run: WaitingRun, *, waited: bool = False) -> None:
         await self.publisher.fire(
             run.task_id,
             run.spec,
@@ -142,7 +144,8 @@ class Admission:
             run_id=run.run_id,
             attempt=run.attempt,
             retry=run.retry,
-            schedule=run.schedule,
+            # its waiting RunQueued carried the schedule's view; a later one may be newer by now
+            schedule=None if waited else run.schedule,
         )
 
     async def _admit_waiting(self, run: WaitingRun) -> None:
@@ -151,7 +154,7 @@ class Admission:
                 if self.ended(run.task_id):
                     await self.finished(run.run_id, run.attempt)
                 else:
-                    await self._admit(run)
+                    await self._admit(run, waited=True)
                 await self.kv.purge(flow.wait_key(run.task_id, run.run_id))
             except Exception:  # its wait record stays: it waits again, and is tried again
                 log.exception("waiting run %s not admitted; it waits again", run.run_id)
@@ -165,8 +168,13 @@ class Admission:
         for run in self._republish:
             await self._admit_waiting(run)
         self._republish.clear()
+        pruned_at = time.monotonic()
         while not until.is_set():
-            admitted, wake_in = self.state.admit_waiting(time.monotonic())
+            now = time.monotonic()
+            if now - pruned_at > PRUNE_EVERY_SECONDS:
+                self.state.prune(now)
+                pruned_at = now
+            admitted, wake_in = self.state.admit_waiting(now)
             if admitted:
                 await asyncio.gather(*(self._admit_waiting(run) for run in admitted))
                 continue

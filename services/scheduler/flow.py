@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from proto import bounds
 from proto.flow import AGING_SECONDS_PER_PRIORITY, KeyLimit, LimitView, Permit, WaitingRun
 from proto.rates import parse_rate
 from proto.tasks import TaskSpec
@@ -42,12 +44,18 @@ class TokenBucket:
         return self.tokens >= 1.0 - _EPSILON
 
 
+def _refilled(bucket: TokenBucket, now: float) -> bool:
+    bucket.refill(now)
+    return bucket.tokens >= max(1.0, bucket.per_second) - _EPSILON
+
+
 @dataclass
 class FairQueue:
     """Runs waiting on one key: round-robin over fairness keys, by aged priority within each."""
 
     groups: dict[str, list[tuple[float, int, str]]] = field(default_factory=dict)
     turns: deque[str] = field(default_factory=deque)
+    _chosen: str | None = None
 
     def push(self, fairness: str, score: float, seq: int, run_id: str) -> None:
         heap = self.groups.get(fairness)
@@ -56,26 +64,39 @@ class FairQueue:
             self.turns.append(fairness)
         heapq.heappush(heap, (score, seq, run_id))
 
-    def peek(self, valid: dict[str, int]) -> str | None:
-        """The run whose turn it is; entries no longer valid (moved, dropped) are discarded lazily."""
-        while self.turns:
-            heap = self.groups[self.turns[0]]
-            while heap and valid.get(heap[0][2]) != heap[0][1]:
-                heapq.heappop(heap)
-            if heap:
-                return heap[0][2]
-            del self.groups[self.turns.popleft()]
-        return None
+    def peek(self, valid: dict[str, int], rank: Callable[[str], int]) -> str | None:
+        """The run whose turn it is: round-robin over fairness keys, among those whose head has the
+        highest ``rank`` (aged priority). Entries no longer valid are discarded lazily."""
+        self._discard_stale(valid)
+        chosen, best = None, 0
+        for fairness in self.turns:  # in turn order: among equals, whoever's turn comes first
+            ranked = rank(self.groups[fairness][0][2])
+            if chosen is None or ranked > best:
+                chosen, best = fairness, ranked
+        self._chosen = chosen
+        return None if chosen is None else self.groups[chosen][0][2]
 
     def pop(self) -> None:
-        """Remove the head returned by ``peek`` and give the next fairness key its turn."""
-        fairness = self.turns.popleft()
+        """Remove the head returned by ``peek``; its fairness key goes to the back of the turns."""
+        fairness = self._chosen
+        assert fairness is not None, "pop follows a peek that found a run"
         heap = self.groups[fairness]
         heapq.heappop(heap)
+        self.turns.remove(fairness)
         if heap:
             self.turns.append(fairness)
         else:
             del self.groups[fairness]
+        self._chosen = None
+
+    def _discard_stale(self, valid: dict[str, int]) -> None:
+        for fairness in list(self.turns):
+            heap = self.groups[fairness]
+            while heap and valid.get(heap[0][2]) != heap[0][1]:
+                heapq.heappop(heap)
+            if not heap:
+                self.turns.remove(fairness)
+                del self.groups[fairness]
 
 
 @dataclass
@@ -228,13 +249,24 @@ class FlowState:
         entry = self._dequeue(run_id)
         return None if entry is None else entry.run
 
-    def admit_waiting(self, now: float) -> tuple[list[WaitingRun], float | None]:
-        """Runs that may go now (they hold their permits) and, if a rate holds some back, when to look again."""
+    def admit_waiting(self, now: float, wall: float | None = None) -> tuple[list[WaitingRun], float | None]:
+        """Runs that may go now (they hold their permits) and, if a rate holds some back, when to look again.
+
+        ``now`` is monotonic (token buckets); ``wall`` is epoch seconds (how long runs have waited).
+        """
         admitted: list[WaitingRun] = []
         wake_in: float | None = None
+        wall = utcnow().timestamp() if wall is None else wall
+
+        def rank(run_id: str) -> int:
+            """Priority, one level more per AGING_SECONDS_PER_PRIORITY waited, at most the highest."""
+            run = self.waiting[run_id].run
+            waited = max(0.0, wall - run.since.timestamp())
+            return min(bounds.MAX_PRIORITY, run.spec.priority + int(waited // AGING_SECONDS_PER_PRIORITY))
+
         for name in list(self._backlogged):
             state = self.keys[name]
-            while (run_id := state.queue.peek(self._valid)) is not None:
+            while (run_id := state.queue.peek(self._valid, rank)) is not None:
                 entry = self.waiting[run_id]
                 reason = self._blocker(entry.keys, now)
                 if reason is None:
@@ -256,6 +288,21 @@ class FlowState:
                     wake_in = delay if wake_in is None else min(wake_in, delay)
                 break
         return admitted, wake_in
+
+    def prune(self, now: float) -> int:
+        """Forget idle per-task keys (``task:<id>``) whose bucket is full again; returns how many."""
+        idle = [
+            name
+            for name, state in self.keys.items()
+            if name.startswith("task:")
+            and not state.running
+            and not state.waiting
+            and state.operator is None
+            and (state.bucket is None or _refilled(state.bucket, now))
+        ]
+        for name in idle:
+            del self.keys[name]
+        return len(idle)
 
     def views(self) -> list[LimitView]:
         """Every key known, by name."""

@@ -24,8 +24,8 @@ def run(n: int, *, since: float = 0.0, task: str | None = None, **flow: Any) -> 
     )
 
 
-def drain(state: FlowState, now: float = 0.0) -> list[str]:
-    admitted, _ = state.admit_waiting(now)
+def drain(state: FlowState, now: float = 0.0, waited: float = 0.0) -> list[str]:
+    admitted, _ = state.admit_waiting(now, wall=T0.timestamp() + waited)
     return [r.run_id for r in admitted]
 
 
@@ -90,7 +90,7 @@ def test_a_rate_limit_admits_a_burst_of_one_seconds_worth_then_one_token_at_a_ti
     state = FlowState()
     reasons = [state.offer(run(i, since=i, rate_limit="5/s", concurrency_key="api"), 0.0) for i in range(8)]
     assert reasons.count(None) == 5 and reasons[5:] == ["rate:api"] * 3
-    admitted, wake_in = state.admit_waiting(0.1)
+    admitted, wake_in = state.admit_waiting(0.1, wall=T0.timestamp())
     assert admitted == [] and wake_in is not None and 0 < wake_in <= 0.1 + 1e-9
     assert drain(state, 0.2) == ["r5"]
     assert drain(state, 0.6) == ["r6", "r7"]
@@ -141,3 +141,31 @@ def test_a_deleted_tasks_permits_are_freed_for_the_next_waiting_run() -> None:
     state.offer(run(1, since=1, concurrency_key="k", max_concurrency=1), 0.0)
     assert [p.run_id for p in state.release_task("t0")] == ["r0"]
     assert drain(state) == ["r1"]
+
+
+def test_a_higher_priority_run_of_another_fairness_key_goes_before_the_round_robin_turn() -> None:
+    state = FlowState()
+    state.offer(run(0, concurrency_key="k", max_concurrency=1), 0.0)
+    for i in range(1, 4):
+        state.offer(run(i, since=i, concurrency_key="k", max_concurrency=1, fairness_key="a"), 0.0)
+    state.offer(run(8, since=8, concurrency_key="k", max_concurrency=1, fairness_key="b"), 0.0)
+    state.offer(run(9, since=9, concurrency_key="k", max_concurrency=1, fairness_key="c", priority=5), 0.0)
+    order = []
+    for holder in ("r0", "r9", "r1", "r8"):
+        state.release(holder, attempt=1)
+        order += drain(state, waited=10)
+    assert order == ["r9", "r1", "r8", "r2"]
+    # after two minutes of waiting a priority-3 run ranks with a fresh priority-5 one
+    state.offer(run(20, since=10, concurrency_key="k", max_concurrency=1, fairness_key="d", priority=5), 0.0)
+    state.release("r2", attempt=1)
+    assert drain(state, waited=200) == ["r3"]
+
+
+def test_idle_per_task_keys_are_forgotten_once_their_bucket_is_full_again() -> None:
+    state = FlowState()
+    state.offer(run(0, task="t", rate_limit="1/s"), 0.0)
+    state.offer(run(1, concurrency_key="named", max_concurrency=1), 0.0)
+    state.release("r0", attempt=1)
+    state.release("r1", attempt=1)
+    assert state.prune(0.5) == 0  # its token is not back yet: forgetting it would allow a second start
+    assert state.prune(1.5) == 1 and sorted(state.keys) == ["named"]
