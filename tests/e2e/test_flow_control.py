@@ -173,30 +173,27 @@ async def test_when_runs_wait_for_capacity_higher_priority_starts_first(
 async def test_a_tenant_flooding_a_limit_does_not_starve_another_served_round_robin(
     stack: Stack, api: Api, counting_target: InFlightTarget
 ) -> None:
-    flood = [
-        slow_call(
-            counting_target, i, seconds=0.2, tag="A", concurrency_key="shared", max_concurrency=4, fairness_key="A"
+    def call(tenant: str, i: int) -> dict[str, Any]:
+        return slow_call(
+            counting_target,
+            i,
+            seconds=0.5,
+            tag=tenant,
+            concurrency_key="shared",
+            max_concurrency=4,
+            fairness_key=tenant,
         )
-        for i in range(500)
-    ]
-    a_ids = await submit_all(api, flood)
-    b_ids = await submit_all(
-        api,
-        [
-            slow_call(
-                counting_target, i, seconds=0.2, tag="B", concurrency_key="shared", max_concurrency=4, fairness_key="B"
-            )
-            for i in range(10)
-        ],
-    )
+
+    await submit_all(api, [call("A", i) for i in range(500)])
+    b_ids = await submit_all(api, [call("B", i) for i in range(10)])
     await all_succeed(api, b_ids, timeout=120)
     started_tags = [tag for _, tag in counting_target.started]
-    a_started_when_b_done = started_tags.count("A")
-    assert a_started_when_b_done < 400, a_started_when_b_done  # B did not wait behind A's flood
-    # from B's first submission on, B got every other permit (round-robin), not one in fifty
+    assert started_tags.count("A") < 250, started_tags.count("A")  # B did not wait behind A's flood
+    # from B's first start on, B got about every other permit (round-robin), not one in fifty
     first_b = started_tags.index("B")
-    assert started_tags[first_b:].count("A") <= 10 + 4, started_tags[first_b:]
-    await all_succeed(api, a_ids, timeout=600)
+    assert started_tags[first_b:].count("A") <= 30, started_tags[first_b:]
+    shared = next(limit for limit in (await api.get("/api/limits"))["limits"] if limit["key"] == "shared")
+    assert shared["waiting"] >= 200 and shared["running"] <= 4, shared  # A's flood is far from done
     assert counting_target.most_in_flight <= 4
 
 
