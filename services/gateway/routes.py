@@ -375,7 +375,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "operations",
         request=SetLimitRequest,
         response=LimitView,
-        errors=(400, 503),
+        errors=(400, 404, 503),
         scope="admin",
     ),
     Endpoint(
