@@ -12,7 +12,6 @@ from proto.errors import FieldError
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
 _PER_SECONDS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
-_FLOW_KEY = re.compile(r"^[^\s\x00-\x1f\x7f]+$")
 
 FlowKey = Annotated[str, Meta(max_length=bounds.MAX_FLOW_KEY_CHARS)]
 RateLimit = Annotated[str, Meta(max_length=32, description='"<count>/s", "<count>/m" or "<count>/h"')]
@@ -29,7 +28,16 @@ def parse_rate(text: str, field: str = "rate_limit") -> float:
     return per_second
 
 
+FLOW_KEY_SCHEMA: Final = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": bounds.MAX_FLOW_KEY_CHARS,
+    "pattern": "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$",
+}
+"""JSON Schema of a flow key (in a URL path): what ``check_flow_key`` accepts is inside it."""
+
+
 def check_flow_key(key: str, field: str) -> None:
-    """A flow key is printable, without whitespace, at most MAX_FLOW_KEY_CHARS long."""
-    if not key or len(key) > bounds.MAX_FLOW_KEY_CHARS or not _FLOW_KEY.match(key):
+    """A flow key is printable (str.isprintable), without whitespace, at most MAX_FLOW_KEY_CHARS long."""
+    if not key or len(key) > bounds.MAX_FLOW_KEY_CHARS or not key.isprintable() or any(c.isspace() for c in key):
         raise FieldError(field, f"{field} must be 1 to {bounds.MAX_FLOW_KEY_CHARS} printable characters, no spaces")

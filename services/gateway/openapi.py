@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from proto.errors import ErrorBody
+from proto.rates import FLOW_KEY_SCHEMA
 from proto.records import TaskRecord
 from services import VERSION
 from services.gateway.ids import ID_SCHEMA
@@ -71,9 +72,14 @@ def build_spec(auth: bool) -> dict[str, Any]:
     return document
 
 
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {"key": FLOW_KEY_SCHEMA}
+"""Path parameters that are not ids (those get ID_SCHEMA)."""
+
+
 def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dict[str, Any]:
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": ID_SCHEMA} for name in _path_params(endpoint.path)
+        {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS.get(name, ID_SCHEMA)}
+        for name in _path_params(endpoint.path)
     ]
     parameters += [
         {

@@ -232,7 +232,9 @@ class Admission:
             return
         self._changed.set()
         log.info("limit set", extra={"key": request.key, "max": request.max_concurrency, "rate": request.rate_limit})
-        await self._reply(message, state.view())
+        view = state.view()
+        self.state.forget_if_idle(request.key)
+        await self._reply(message, view)
 
     async def _reply(self, message: Msg, body: object) -> None:
         if not message.reply or self.nc is None:

@@ -304,6 +304,12 @@ class FlowState:
             del self.keys[name]
         return len(idle)
 
+    def forget_if_idle(self, name: str) -> None:
+        """Drop a key nobody limits, runs or waits on (an operator cleared a key no task uses)."""
+        state = self.keys.get(name)
+        if state is not None and state.view().source == "none" and not state.running and not state.waiting:
+            del self.keys[name]
+
     def views(self) -> list[LimitView]:
         """Every key known, by name."""
         return [self.keys[name].view() for name in sorted(self.keys)]
