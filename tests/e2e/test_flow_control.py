@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
 
-from taskmesh.processes import free_port
+from taskmesh.processes import free_port, wait_http
 from tests.support import Api, Stack
 
 
@@ -244,3 +245,17 @@ async def test_an_operator_limit_set_over_http_applies_to_the_key_and_bad_input_
     assert 'taskmesh_flow_max_concurrency{key="partner"} 1' in metrics, metrics
     cleared = await api.client.put("/api/limits/partner", json={"max_concurrency": None})
     assert cleared.json()["max_concurrency"] == 5 and cleared.json()["source"] == "task", cleared.text
+
+
+async def test_without_a_scheduler_leader_the_limits_api_answers_503_saying_so(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    try:
+        stack.start(names=("store", "gateway"), wait=False)
+        wait_http(f"{stack.base_url}/api/health", ok_statuses=(200, 503), timeout=30)
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as client:
+            listed = await client.get("/api/limits")
+            assert listed.status_code == 503 and "scheduler leader" in listed.json()["error"]["message"], listed.text
+            put = await client.put("/api/limits/k", json={"max_concurrency": 1})
+            assert put.status_code == 503, put.text
+    finally:
+        stack.stop()
