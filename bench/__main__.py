@@ -1,4 +1,4 @@
-"""``python -m bench [W1 … W7 SCALE] [--quick]``: run workloads on Taskmesh and Celery, print one table, write JSON."""
+"""``python -m bench [W1 … W8 SCALE] [--quick]``: run workloads on Taskmesh and Celery, print one table, write JSON."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ WORKLOADS = {
     "W5": "bench.w5_sandbox",
     "W6": "bench.w6_footprint",
     "W7": "bench.w7_retention",
+    "W8": "bench.w8_flow",
     "SCALE": "bench.scaleout",
 }
 

@@ -44,6 +44,14 @@ class Params:
     w7_soak_retention_s: float = 120.0
     """The soak's task retention: short, so retained tasks (and sweeps) reach a steady state in minutes."""
     w7_sample_s: float = 10.0
+    w8_flood: int = 10_000
+    """W8: tenant A's tasks, submitted first, behind one concurrency-limited key."""
+    w8_others: int = 100
+    """W8: tenant B's tasks, submitted after A's, behind the same key."""
+    w8_limit: int = 8
+    """W8: ``max_concurrency`` of the shared key."""
+    w8_rate_tasks: int = 10_000
+    """W8: tasks of each throughput burst (no limit; a limit that never binds)."""
     cores: int = os.cpu_count() or 1
     seed: int = 9
 
@@ -69,6 +77,9 @@ class Params:
             w7_requests=100,
             w7_soak_s=60.0,
             w7_soak_retention_s=20.0,
+            w8_flood=500,
+            w8_others=10,
+            w8_rate_tasks=500,
         )
 
     def as_dict(self) -> dict:

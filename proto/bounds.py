@@ -61,6 +61,18 @@ VALUE_RULE: Final = (
 """The bounds JSON Schema cannot express, as the schema's description of those fields."""
 MAX_EVENT_BYTES: Final = 2 * 1024 * 1024
 """Largest ``TaskSubmitted`` event: half a stream message, so the task record (spec + result) fits."""
+MAX_CONCURRENCY_KEYS: Final = 4
+"""Most ``concurrency_key`` values on one task (a run needs a permit of each)."""
+MAX_FLOW_KEY_CHARS: Final = 128
+"""Longest ``concurrency_key`` or ``fairness_key``."""
+MAX_CONCURRENCY: Final = 100_000
+"""Largest ``max_concurrency``."""
+MAX_RATE_PER_SECOND: Final = 10_000.0
+"""Fastest ``rate_limit`` (a faster one limits nothing a single leader could enforce)."""
+MIN_PRIORITY: Final = 1
+"""Lowest ``priority``."""
+MAX_PRIORITY: Final = 5
+"""Highest ``priority``."""
 MAX_DURATION_SECONDS: Final = 366 * 24 * 3600.0
 """Longest delay, timeout or start deadline: a year."""
 MAX_RETRY_DELAY_SECONDS: Final = 24 * 3600.0

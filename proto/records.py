@@ -48,6 +48,8 @@ class TaskRecord(Struct, kw_only=True, omit_defaults=False):
     missed_count: int = 0
     skipped_count: int = 0
     idempotency_key: str | None = None
+    waiting_reason: str | None = None
+    """Why a queued run is held back by flow control: ``concurrency:<key>`` or ``rate:<key>``."""
     event_seq: int = 0
     """Sequence in the TASKS stream of the last lifecycle event applied (idempotent replays)."""
 

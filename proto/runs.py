@@ -101,6 +101,9 @@ class RunQueued(Event, frozen=True, tag="run_queued"):
     deadline_at: datetime | None = None
     schedule: ScheduleView | None = None
     """For a cron fire: where the schedule stands after it (saves a separate ScheduleUpdated)."""
+    waiting_reason: str | None = None
+    """Set while the run waits for flow control (``concurrency:<key>``, ``rate:<key>``); its admission
+    publishes RunQueued again without it."""
 
 
 class ScheduleView(Struct, kw_only=True, omit_defaults=True):

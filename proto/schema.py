@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from proto import api, control, events, records, runs, schedules, secrets, tasks
+from proto import api, control, events, flow, records, runs, schedules, secrets, tasks
 from proto.errors import ErrorBody
 
 MESSAGES: dict[str, Any] = {
@@ -55,6 +55,11 @@ MESSAGES: dict[str, Any] = {
     "SecretList": secrets.SecretList,
     "SecretDeleted": secrets.SecretDeleted,
     "SecretEntry": secrets.SecretEntry,
+    "WaitingRun": flow.WaitingRun,
+    "Permit": flow.Permit,
+    "KeyLimit": flow.KeyLimit,
+    "SetLimitRequest": flow.SetLimitRequest,
+    "LimitsReply": flow.LimitsReply,
 }
 """Every message on the wire and every request/reply body, by name."""
 

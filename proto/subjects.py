@@ -52,6 +52,13 @@ STORE_HEALTH: Final = "taskmesh.api.health"
 API_ALL: Final = "taskmesh.api.>"
 """Everything the store answers."""
 
+# --- Flow control (core NATS request/reply, answered by the scheduler leader) ----------------
+
+FLOW_LIST_LIMITS: Final = "taskmesh.flow.limits.list"
+"""Every flow key with its limit, running and waiting counts. Body: empty. Reply: ``LimitsReply``."""
+FLOW_SET_LIMIT: Final = "taskmesh.flow.limits.set"
+"""Set (or clear, with nulls) an operator's limit on a key. Body: ``SetLimitRequest``; reply: ``LimitView``."""
+
 # --- Task lifecycle: the TASKS stream --------------------------------------------------------
 
 TASK_EVENTS_ALL: Final = "taskmesh.task.>"
@@ -241,6 +248,8 @@ ALL_SUBJECT_CONSTANTS: Final = (
     DELETE_SECRET,
     STORE_HEALTH,
     API_ALL,
+    FLOW_LIST_LIMITS,
+    FLOW_SET_LIMIT,
     TASK_EVENTS_ALL,
     RUN_EVENTS_ALL,
     RUN_FINISHED_ALL,

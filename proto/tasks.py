@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
-from proto import bounds, cron, secrets
+from proto import bounds, cron, rates, secrets
 from proto.bounds import Duration, PositiveDuration, RetryDelay
 from proto.errors import FieldError
 
@@ -117,6 +117,25 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=T
             description="When set, the only hosts this task may reach (within the operator's egress policy).",
         ),
     ] = []
+    # flow control (admitted by the scheduler leader; see docs/architecture.md)
+    concurrency_key: (
+        rates.FlowKey | Annotated[list[rates.FlowKey], Meta(max_length=bounds.MAX_CONCURRENCY_KEYS)] | None
+    ) = None
+    max_concurrency: Annotated[int, Meta(ge=1, le=bounds.MAX_CONCURRENCY)] | None = None
+    rate_limit: rates.RateLimit | None = None
+    priority: Annotated[int, Meta(ge=bounds.MIN_PRIORITY, le=bounds.MAX_PRIORITY)] = 3
+    fairness_key: rates.FlowKey | None = None
+
+    @property
+    def concurrency_keys(self) -> list[str]:
+        """``concurrency_key`` as a list (empty when the task has none)."""
+        key = self.concurrency_key
+        return [] if key is None else [key] if isinstance(key, str) else list(key)
+
+    @property
+    def limited(self) -> bool:
+        """Whether runs of this task go through admission (else they are published at once)."""
+        return self.concurrency_key is not None or self.rate_limit is not None
 
     @property
     def kind(self) -> TaskKind:
@@ -170,6 +189,7 @@ def check_spec(spec: TaskSpec, limits: Limits) -> None:
     execution_fields(spec, limits)
     secret_references(spec)
     host_fields(spec)
+    flow_fields(spec)
 
 
 def secret_references(spec: TaskSpec) -> dict[str, str]:
@@ -388,6 +408,23 @@ def host_allowed(host: str, patterns: list[str]) -> bool:
         if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
             return True
     return False
+def flow_fields(spec: TaskSpec) -> None:
+    """Keys are printable; a limit needs a key to hold it (a rate alone limits the task itself)."""
+    keys = spec.concurrency_keys
+    if isinstance(spec.concurrency_key, list) and not keys:
+        raise FieldError("concurrency_key", "concurrency_key, when a list, names at least one key")
+    if len(set(keys)) != len(keys):
+        raise FieldError("concurrency_key", "concurrency_key names a key twice")
+    for key in keys:
+        rates.check_flow_key(key, "concurrency_key")
+    if spec.max_concurrency is not None and not keys:
+        raise FieldError("max_concurrency", "max_concurrency needs a concurrency_key to count runs by")
+    if spec.rate_limit is not None:
+        rates.parse_rate(spec.rate_limit)
+    if spec.fairness_key is not None:
+        rates.check_flow_key(spec.fairness_key, "fairness_key")
+        if not spec.limited:
+            raise FieldError("fairness_key", "fairness_key needs a concurrency_key or a rate_limit to share")
 
 
 def normalised(spec: TaskSpec, *, isolated: bool = False) -> TaskSpec:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from taskmesh import cli_ops, cli_secrets, cli_tasks
+from taskmesh import cli_limits, cli_ops, cli_secrets, cli_tasks
 from taskmesh._http import DEFAULT_URL
 from taskmesh.cli_common import Connection
 from taskmesh.local import run_local
@@ -54,7 +54,7 @@ def up(data_dir: Path, port: int, nats_port: int) -> None:
     raise SystemExit(run_local(data_dir, http_port=port, nats_port=nats_port))
 
 
-for _command in (*cli_tasks.COMMANDS, *cli_ops.COMMANDS, *cli_secrets.COMMANDS):
+for _command in (*cli_tasks.COMMANDS, *cli_ops.COMMANDS, *cli_secrets.COMMANDS, *cli_limits.COMMANDS):
     cli.add_command(_command)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from proto import api, codec, subjects
+from proto.flow import LimitsReply
 from services import VERSION
 from services.gateway.context import GATEWAY
 from services.gateway.errors import ApiError
+from services.gateway.flow_metrics import flow_lines
 from services.gateway.store_client import StoreReplyError
 
 CHECK_TIMEOUT_SECONDS = 1.5
@@ -90,7 +92,14 @@ async def metrics(request: web.Request) -> web.Response:
         )
     except (ApiError, StoreReplyError):
         stats = None
+    try:
+        flow: LimitsReply | None = await gateway.store.call(
+            subjects.FLOW_LIST_LIMITS, None, LimitsReply, timeout=CHECK_TIMEOUT_SECONDS
+        )
+    except (ApiError, StoreReplyError):  # no scheduler leader right now: no per-key lines
+        flow = None
     text = gateway.metrics.render(stats, (gateway.waiters, gateway.followers))
+    text = "\n".join([text.rstrip("\n"), *flow_lines(flow)]) + "\n"
     return web.Response(
         text=text, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8"
     )

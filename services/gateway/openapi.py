@@ -8,6 +8,7 @@ import msgspec
 
 from proto import secrets
 from proto.errors import ErrorBody
+from proto.rates import FLOW_KEY_SCHEMA
 from proto.records import TaskRecord
 from services import VERSION
 from services.gateway.ids import ID_SCHEMA
@@ -74,6 +75,10 @@ def build_spec(auth: bool) -> dict[str, Any]:
     if auth:
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return document
+
+
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {"key": FLOW_KEY_SCHEMA}
+"""Path parameters that are not ids (those get ID_SCHEMA)."""
 
 
 def _operation(endpoint: Endpoint, schema_of: dict[Any, Any], auth: bool) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proto import api, secrets
+from proto.flow import LimitsReply, LimitView, SetLimitRequest
 from proto.records import RunRecord, TaskRecord
 from proto.tasks import TaskSpec
 from services.gateway import cron_preview, health, secret_views, views
@@ -353,6 +354,29 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         response=api.Stats,
         errors=(503,),
         scope="read",
+    ),
+    Endpoint(
+        "GET",
+        "/api/limits",
+        views.list_limits,
+        "listLimits",
+        "Every flow-control key: its limits, running and waiting runs",
+        "operations",
+        response=LimitsReply,
+        errors=(503,),
+        scope="read",
+    ),
+    Endpoint(
+        "PUT",
+        "/api/limits/{key}",
+        views.set_limit,
+        "setLimit",
+        "Set an operator's limit on a key (null fields fall back to the tasks' own)",
+        "operations",
+        request=SetLimitRequest,
+        response=LimitView,
+        errors=(400, 404, 503),
+        scope="admin",
     ),
     Endpoint(
         "GET",

@@ -10,6 +10,7 @@ import msgspec
 from aiohttp import web
 
 from proto import api, codec, subjects
+from proto.flow import SetLimitRequest
 from proto.records import TaskRecord
 from services.gateway.context import GATEWAY
 from services.gateway.errors import ApiError
@@ -278,6 +279,33 @@ async def schedule_ledger(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     return json_bytes(await store(request).raw(subjects.GET_STATS))
+
+
+async def list_limits(request: web.Request) -> web.Response:
+    """Every flow key, as the scheduler leader holds them."""
+    return json_bytes(await _ask_leader(request, subjects.FLOW_LIST_LIMITS, b"{}"))
+
+
+async def set_limit(request: web.Request) -> web.Response:
+    """An operator's limit on one key (the scheduler leader keeps it durably)."""
+    body = await json_body(request)
+    try:
+        wanted = msgspec.json.decode(body, type=SetLimitRequest)
+    except msgspec.MsgspecError as exc:
+        problem = codec.field_error_from(exc)
+        raise ApiError(problem.code, problem.message, problem.field) from None
+    wanted = msgspec.structs.replace(wanted, key=request.match_info["key"])
+    return json_bytes(await _ask_leader(request, subjects.FLOW_SET_LIMIT, codec.encode(wanted)))
+
+
+async def _ask_leader(request: web.Request, subject: str, payload: bytes) -> bytes:
+    """A limits request: the scheduler leader answers it (none does for a few seconds in a failover)."""
+    try:
+        return await store(request).raw(subject, payload)
+    except ApiError as exc:
+        if exc.code not in ("unavailable", "timeout"):
+            raise
+        raise ApiError(exc.code, "no scheduler leader answered (one takes over within about 10 s); try again") from None
 
 
 async def dead_letters(request: web.Request) -> web.Response:

@@ -17,11 +17,13 @@ from datetime import datetime, timedelta
 from functools import partial
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from proto import codec, events, runs, subjects
+from proto.flow import WaitingRun
 from proto.records import TaskRecord
 from proto.runs import ONCE_SLOT, RunFinished, ScheduleView, slot_for_fire
 from proto.schedules import AnyTimer, CronTimer, OnceTimer, RetryTimer
@@ -32,6 +34,7 @@ from services.common.lifecycle import supervise
 from services.common.natsio import fetch_until, read_bucket
 from services.common.poison import handling_failed, within_deadline
 from services.scheduler import planner
+from services.scheduler.admission import Admission
 from services.scheduler.heap import TimerHeap
 from services.scheduler.publisher import Publisher
 from services.scheduler.settings import SchedulerSettings
@@ -54,8 +57,10 @@ class Leader:
         tasks_kv: KeyValue,
         settings: SchedulerSettings,
         restarts: Counter[str] | None = None,
+        nc: Client | None = None,
     ) -> None:
         self.js = js
+        self.nc = nc
         self.tasks_kv = tasks_kv
         self.settings = settings
         self.publisher = Publisher(js, timers_kv)
@@ -69,6 +74,7 @@ class Leader:
         self._slots = asyncio.Semaphore(settings.fire_concurrency)
         self.restarts: Counter[str] = Counter() if restarts is None else restarts
         """Consumer loops that died and were restarted, by consumer name (kept across leadership terms)."""
+        self.admission = Admission(timers_kv, self.publisher, self.lock, self._ended.__contains__)
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -77,9 +83,11 @@ class Leader:
         started = time.perf_counter()
         async for key, value in read_bucket(self.js, subjects.BUCKET_SCHEDULES):
             try:
-                self._remember(_timer_decoder.decode(value))
+                if not self.admission.load(key, value):
+                    self._remember(_timer_decoder.decode(value))
             except msgspec.MsgspecError as exc:
                 log.error("unreadable timer %s dropped: %s", key, exc)
+        self.admission.loaded()
         log.info(
             "timers loaded",
             extra={
@@ -140,7 +148,10 @@ class Leader:
                 for stream, durable, handle in consumers
             ),
             asyncio.create_task(self._fire_loop(until), name="fire-loop"),
+            asyncio.create_task(supervise("admission", partial(self.admission.pump, until), until, self.restarts)),
         ]
+        if self.nc is not None:
+            workers.append(asyncio.create_task(self.admission.serve(self.nc, until), name="limits-api"))
         try:
             await until.wait()
         finally:
@@ -216,6 +227,7 @@ class Leader:
             elif isinstance(event, (events.TaskCancelled, events.TaskDeleted)):
                 for key in list(self.by_task.get(event.task_id, ())):
                     await self._drop(key)
+                await self.admission.cancelled(event.task_id, deleted=isinstance(event, events.TaskDeleted))
                 self._ended[event.task_id] = None
                 if len(self._ended) > ENDED_REMEMBERED:
                     self._ended.popitem(last=False)
@@ -229,7 +241,7 @@ class Leader:
     async def _submitted(self, event: events.TaskSubmitted) -> None:
         spec = event.spec
         if spec.task_type == "immediate":
-            await self.publisher.fire(event.task_id, spec, slot=ONCE_SLOT, scheduled_for=event.occurred_at)
+            await self._start_run(event.task_id, spec, slot=ONCE_SLOT, scheduled_for=event.occurred_at)
         elif spec.task_type == "delayed":
             if f"once.{event.task_id}" not in self.timers:
                 due = event.occurred_at + timedelta(seconds=spec.delay_seconds or 0.0)
@@ -268,7 +280,7 @@ class Leader:
         spec = timer.spec if isinstance(timer, CronTimer) else await self._spec_of(event.task_id)
         if spec is None:
             return
-        run_id = await self.publisher.fire(
+        run_id = await self._start_run(
             event.task_id, spec, slot=f"trigger:{event.event_id}", scheduled_for=event.occurred_at
         )
         if isinstance(timer, CronTimer) and tracks_overlap(timer):
@@ -297,6 +309,8 @@ class Leader:
         if not isinstance(event, RunFinished):
             return
         async with self.lock(event.task_id):
+            if event.run_id in self.admission.state.permits:
+                await self.admission.finished(event.run_id, event.attempt)
             cron = self.timers.get(f"cron.{event.task_id}")
             if isinstance(cron, CronTimer) and not event.will_retry and event.run_id in cron.active_runs:
                 finished = msgspec.structs.replace(cron, active_runs=[r for r in cron.active_runs if r != event.run_id])
@@ -321,6 +335,44 @@ class Leader:
 
     # --- firing -------------------------------------------------------------------------------
 
+    async def _start_run(
+        self,
+        task_id: str,
+        spec: TaskSpec,
+        *,
+        slot: str,
+        scheduled_for: datetime,
+        run_id: str | None = None,
+        attempt: int = 1,
+        retry: int = 0,
+        schedule: ScheduleView | None = None,
+    ) -> str:
+        """Publish a run now, or, when its task sets a limit, once admission lets it go."""
+        if not spec.limited:  # no KV write, no extra hop for tasks without limits
+            return await self.publisher.fire(
+                task_id,
+                spec,
+                slot=slot,
+                scheduled_for=scheduled_for,
+                run_id=run_id,
+                attempt=attempt,
+                retry=retry,
+                schedule=schedule,
+            )
+        run = WaitingRun(
+            task_id=task_id,
+            run_id=run_id or runs.run_id_for(task_id, slot),
+            spec=spec,
+            slot=slot,
+            scheduled_for=scheduled_for,
+            since=utcnow(),
+            attempt=attempt,
+            retry=retry,
+            schedule=schedule,
+        )
+        await self.admission.offer(run)
+        return run.run_id
+
     async def _fire(self, key: str) -> None:
         async with self._slots:
             timer = self.timers.get(key)
@@ -332,10 +384,10 @@ class Leader:
                     return
                 try:
                     if isinstance(timer, OnceTimer):
-                        await self.publisher.fire(timer.task_id, timer.spec, slot=ONCE_SLOT, scheduled_for=timer.due_at)
+                        await self._start_run(timer.task_id, timer.spec, slot=ONCE_SLOT, scheduled_for=timer.due_at)
                         await self._drop(key)
                     elif isinstance(timer, RetryTimer):
-                        await self.publisher.fire(
+                        await self._start_run(
                             timer.task_id,
                             timer.spec,
                             slot=timer.slot,
@@ -403,7 +455,7 @@ class Leader:
                         )
                     )
                 active = []
-            run_id = await self.publisher.fire(
+            run_id = await self._start_run(
                 timer.task_id, timer.spec, slot=slot_for_fire(scheduled_for), scheduled_for=fire_at, schedule=view
             )
             if tracks_overlap(timer):

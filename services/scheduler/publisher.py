@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from proto import codec, events, runs, subjects
+from proto.flow import WaitingRun
 from proto.runs import RunDue, RunError, RunFinished, RunQueued, ScheduleView
 from proto.schedules import AnyTimer, CronTimer
 from proto.tasks import TaskSpec
@@ -119,6 +120,23 @@ class Publisher:
         await self._settle(first, second)
         self.fired += 1
         return run_id
+
+    async def waiting(self, run: WaitingRun, reason: str) -> None:
+        """Tell the store a run is queued but held back by flow control, and why."""
+        queued = RunQueued(
+            event_id=f"w:{run.task_id}:{run.slot}:{run.attempt}",
+            occurred_at=utcnow(),
+            task_id=run.task_id,
+            run_id=run.run_id,
+            slot=run.slot,
+            scheduled_for=run.scheduled_for,
+            attempt=run.attempt,
+            retry=run.retry,
+            schedule=run.schedule,
+            waiting_reason=reason,
+        )
+        subject = subjects.run_event(run.task_id, run.run_id, "queued")
+        await self._settle(await self._publish(subject, codec.encode(queued), queued.event_id))
 
     async def event(self, event: events.ScheduleEvent | runs.RunCancelRequested, msg_id: str | None = None) -> None:
         """Publish a schedule bookkeeping event (or a run cancel request)."""

@@ -64,7 +64,7 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
                 leading.set()
                 changed.set()
                 log.info("leading", extra={"instance": instance_id})
-                await _lead(Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings, restarts), lease, stop)
+                await _lead(Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings, restarts, nc), lease, stop)
                 leading.clear()
                 changed.set()
                 if not stop.is_set():

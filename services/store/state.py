@@ -346,6 +346,9 @@ class StoreState:
         return run, True
 
     def _queued(self, task: TaskRecord, event: runs.RunQueued, effects: Effects) -> None:
+        if task.waiting_reason != event.waiting_reason and task.status not in FINAL_STATUSES:
+            task.waiting_reason = event.waiting_reason  # flow control holds it back, or (None) let it go
+            self.dirty_tasks.add(task.id)
         if event.schedule is not None:
             view = event.schedule
             self._schedule_view(task, view.next_run_at, view.fired_count, view.missed_count, view.skipped_count)
@@ -393,6 +396,8 @@ class StoreState:
             return
         if event.attempt == run.attempt and run.status in ("running", "retrying"):
             return  # a repeated event
+        if task.waiting_reason is not None:
+            task.waiting_reason = None  # started: admitted, whatever came first
         run.attempt = event.attempt
         run.runner_id = event.runner_id
         run.scheduled_for = run.scheduled_for or event.scheduled_for
@@ -468,6 +473,7 @@ class StoreState:
         effects.wake.add(task.id)
 
     def _finish_run(self, task: TaskRecord, run: RunRecord, status: str, at: object, error: RunError | None) -> None:
+        task.waiting_reason = None
         run.error = error
         run.finished_at = at  # type: ignore[assignment]  # a datetime from the event
         run.next_retry_at = None

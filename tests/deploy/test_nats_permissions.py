@@ -128,6 +128,19 @@ async def test_every_service_works_under_its_own_user_and_is_never_denied(
             "max_runs": 2,
         }
     )
+    limited = await secured_api.submit(  # flow control: permits in the schedules bucket
+        {
+            "name": "limited",
+            "task_type": "immediate",
+            "api_url": f"{target.url}/hello",
+            "concurrency_key": "k",
+            "max_concurrency": 1,
+        }
+    )
+    limit = await secured_api.client.put("/api/limits/k", json={"max_concurrency": 2})  # the leader answers
+    assert limit.status_code == 200, limit.text
+    assert (await secured_api.wait_final(limited["id"]))["status"] == "succeeded"
+    assert [k["key"] for k in (await secured_api.get("/api/limits"))["limits"]] == ["k"]
     assert (await secured_api.wait_final(immediate["id"]))["status"] == "succeeded"
     assert (await secured_api.wait_final(delayed["id"]))["status"] == "succeeded"
     assert (await secured_api.wait_final(cron["id"]))["status"] == "completed"

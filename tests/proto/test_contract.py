@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from proto import api, codec, control, errors, events, records, runs, schedules, schema, streams, subjects, tasks
+from proto import api, codec, control, errors, events, flow, records, runs, schedules, schema, streams, subjects, tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_ID = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"
@@ -145,6 +145,36 @@ RUN_RECORD = records.RunRecord(
 HISTOGRAM = api.Histogram(bounds=[5.0, 10.0], counts=[1, 2, 3], sum=21.5, count=3)
 
 EXAMPLES: list[Any] = [
+    flow.WaitingRun(
+        task_id=TASK_ID, run_id=RUN_ID, spec=API_SPEC, slot="once", scheduled_for=AT, since=AT, attempt=2, retry=1
+    ),
+    flow.Permit(task_id=TASK_ID, run_id=RUN_ID, attempt=1, keys=["partner", "tenant:acme"], granted_at=AT),
+    flow.KeyLimit(key="partner", max_concurrency=2, rate_limit="10/s"),
+    flow.SetLimitRequest(key="partner", max_concurrency=5),
+    flow.LimitView(
+        key="task:x",
+        max_concurrency=None,
+        rate_limit="5/s",
+        source="task",
+        running=0,
+        waiting=3,
+        admitted_total=1,
+        rate_waits_total=2,
+    ),
+    flow.LimitsReply(
+        limits=[
+            flow.LimitView(
+                key="partner",
+                max_concurrency=2,
+                rate_limit="10/s",
+                source="operator",
+                running=2,
+                waiting=18,
+                admitted_total=40,
+                rate_waits_total=3,
+            )
+        ]
+    ),
     # tasks, errors
     CODE_SPEC,
     API_SPEC,
@@ -372,7 +402,7 @@ ABSTRACT_BASES = {events.Event, schedules.Timer, api.Request}
 def proto_structs() -> set[type]:
     """Every public Struct class defined in a proto module."""
     found = set()
-    for module in (api, control, errors, events, records, runs, schedules, tasks):
+    for module in (api, control, errors, events, flow, records, runs, schedules, tasks):
         for name, value in vars(module).items():
             if (
                 inspect.isclass(value)

@@ -612,3 +612,46 @@ def test_allow_hosts_match_exact_names_in_any_case_and_wildcards_only_subdomains
     assert not tasks.host_allowed("files.example.org", patterns)
     assert not tasks.host_allowed("evilfiles.example.org", patterns)
     assert not tasks.host_allowed("api.example.com.evil.net", patterns)
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"concurrency_key": ""}, "concurrency_key"),
+        ({"concurrency_key": "has space"}, "concurrency_key"),
+        ({"concurrency_key": []}, "concurrency_key"),
+        ({"concurrency_key": ["a", "a"]}, "concurrency_key"),
+        ({"concurrency_key": ["a", "b", "c", "d", "e"]}, "concurrency_key"),
+        ({"concurrency_key": "k" * 129}, "concurrency_key"),
+        ({"max_concurrency": 2}, "max_concurrency"),
+        ({"concurrency_key": "k", "max_concurrency": 0}, "max_concurrency"),
+        ({"rate_limit": "10 per second"}, "rate_limit"),
+        ({"rate_limit": "0/s"}, "rate_limit"),
+        ({"rate_limit": "99999/s"}, "rate_limit"),
+        ({"priority": 0}, "priority"),
+        ({"priority": 6}, "priority"),
+        ({"fairness_key": "tenant-a"}, "fairness_key"),
+        ({"concurrency_key": "k", "fairness_key": "a b"}, "fairness_key"),
+    ],
+)
+def test_a_bad_flow_control_field_is_rejected_naming_it(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(FieldError) as caught:
+        tasks.check_spec(codec.decode_spec(body(API_TASK, **changes)), LIMITS)
+    assert caught.value.field == field
+
+
+def test_flow_control_fields_are_accepted_and_a_single_key_reads_as_a_list() -> None:
+    spec = codec.decode_spec(
+        body(
+            API_TASK,
+            concurrency_key="partner",
+            max_concurrency=2,
+            rate_limit="100/m",
+            priority=5,
+            fairness_key="tenant:acme",
+        )
+    )
+    tasks.check_spec(spec, LIMITS)
+    assert spec.concurrency_keys == ["partner"] and spec.limited
+    rate_only = codec.decode_spec(body(API_TASK, rate_limit="1000/h"))
+    tasks.check_spec(rate_only, LIMITS)
+    assert rate_only.limited and rate_only.concurrency_keys == []
+    assert not codec.decode_spec(body(API_TASK)).limited

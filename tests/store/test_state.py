@@ -709,3 +709,16 @@ def test_a_cron_fire_carries_the_schedules_next_fire_and_counters() -> None:
     )
     state.apply_run_event(late)
     assert task.fired_count == 3 and task.skipped_count == 2
+
+
+def test_a_run_held_back_by_flow_control_shows_why_until_it_is_admitted_and_starts() -> None:
+    state = fresh()
+    held = msgspec.structs.replace(queued(when=1), waiting_reason="concurrency:partner")
+    state.apply_run_event(held)
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("queued", "concurrency:partner")
+    assert TASK in state.dirty_tasks
+    state.apply_run_event(queued(when=2))  # admitted: queued again, without a reason
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("queued", None)
+    state.apply_run_event(msgspec.structs.replace(queued(when=3), waiting_reason="rate:partner"))
+    state.apply_run_event(started(when=4))  # started before its admission's event was applied
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("running", None)
