@@ -408,6 +408,8 @@ def host_allowed(host: str, patterns: list[str]) -> bool:
         if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
             return True
     return False
+
+
 def flow_fields(spec: TaskSpec) -> None:
     """Keys are printable; a limit needs a key to hold it (a rate alone limits the task itself)."""
     keys = spec.concurrency_keys

@@ -29,10 +29,6 @@ TASK_LINKS = (
     "triggerSchedule",
     "scheduleLedger",
 )
-PATH_SCHEMAS: dict[str, dict[str, Any]] = {
-    "name": {"type": "string", "pattern": secrets.NAME_PATTERN, "maxLength": secrets.MAX_NAME_CHARS}
-}
-"""Path parameters that are not ids."""
 STATUS_TEXT = {
     200: "OK",
     201: "Created",
@@ -77,7 +73,10 @@ def build_spec(auth: bool) -> dict[str, Any]:
     return document
 
 
-PATH_SCHEMAS: dict[str, dict[str, Any]] = {"key": FLOW_KEY_SCHEMA}
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "key": FLOW_KEY_SCHEMA,
+    "name": {"type": "string", "pattern": secrets.NAME_PATTERN, "maxLength": secrets.MAX_NAME_CHARS},
+}
 """Path parameters that are not ids (those get ID_SCHEMA)."""
 
 

@@ -612,6 +612,8 @@ def test_allow_hosts_match_exact_names_in_any_case_and_wildcards_only_subdomains
     assert not tasks.host_allowed("files.example.org", patterns)
     assert not tasks.host_allowed("evilfiles.example.org", patterns)
     assert not tasks.host_allowed("api.example.com.evil.net", patterns)
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
