@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import click
 from rich.text import Text
 
+from proto.tasks import TaskStatus
 from taskmesh import render
 from taskmesh._http import Gateway
 from taskmesh.cli_common import (
@@ -22,20 +23,7 @@ from taskmesh.cli_common import (
 )
 from taskmesh.specs import build_spec
 
-STATUSES = [
-    "pending",
-    "queued",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "expired",
-    "active",
-    "paused",
-    "completed",
-]
+STATUSES = list(get_args(TaskStatus))
 task_id_argument = click.argument("task_id", metavar="ID", shell_complete=complete_task_id)
 
 SUBMIT_HELP = """Submit a code task or an API task, now, after a delay or on a cron schedule.

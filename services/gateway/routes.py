@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import get_args
 
 from aiohttp import web
 
 from proto import api, secrets
 from proto.flow import LimitsReply, LimitView, SetLimitRequest
 from proto.records import RunRecord, TaskRecord
-from proto.tasks import TaskSpec
+from proto.tasks import TaskSpec, TaskStatus
 from services.gateway import cron_preview, health, secret_views, views
 from services.gateway.ids import ID_SCHEMA
 from services.gateway.scopes import SUBMIT
@@ -59,20 +60,7 @@ WAIT = Param(
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size.")
 CURSOR = Param("cursor", {"type": "string"}, "next_cursor of the previous page.")
 CANCEL_RUNNING = Param("cancel_running", {"type": "boolean"}, "Also kill a run in progress.")
-STATUSES = [
-    "pending",
-    "queued",
-    "running",
-    "retrying",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "expired",
-    "active",
-    "paused",
-    "completed",
-]
+STATUSES = list(get_args(TaskStatus))
 LIST_FILTERS = (
     Param("status", {"type": "string", "enum": STATUSES}),
     Param("kind", {"type": "string", "enum": ["code", "api"]}),
