@@ -21,6 +21,9 @@ from docker.utils import kwargs_from_env
 
 log = logging.getLogger(__name__)
 
+# waits between attempts at removing a container the engine failed to remove; None: give up
+REMOVE_RETRY_DELAYS: tuple[float | None, ...] = (0.2, 0.5, 1.0, 2.0, None)
+
 
 class EngineUnavailable(Exception):
     """The engine cannot be used; the message says why, in the words of the seed's troubleshooting."""
@@ -100,14 +103,24 @@ class Engine:
         return raw
 
     async def remove(self, container_id: str) -> None:
-        """Kill and remove a container; gone already is fine."""
-        try:
-            await self.call("remove_container", container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: removal already in progress
-                raise
+        """Kill and remove a container; gone already is fine.
+
+        A forced removal that meets the container while it is exiting fails with a 500 ("could not
+        kill running container ... is not running"); moments later the same call succeeds, so server
+        errors are retried a few times before they are given up on.
+        """
+        for delay in REMOVE_RETRY_DELAYS:
+            try:
+                await self.call("remove_container", container_id, force=True, v=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # removal already in progress
+                    return
+                if delay is None or exc.status_code is None or exc.status_code < 500:
+                    raise
+            await asyncio.sleep(delay)
 
     def close(self) -> None:
         if self._client is not None:
