@@ -95,6 +95,9 @@ class DockerSandboxes:
         self.reaped_total = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._removals: set[asyncio.Task[None]] = set()
+        # containers of ours the engine would not remove: the reaper skips its own runner's, so they
+        # are retried here at every check (container id -> the address admitted to the proxy)
+        self._leftovers: dict[str, str | None] = {}
         self._reap_now = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -128,7 +131,7 @@ class DockerSandboxes:
             await self.firewall.remove()
         if self.pool is not None:
             await self.pool.close()
-        for container_id in list(self.active.values()):
+        for container_id in [*self.active.values(), *self._leftovers]:
             try:
                 await self.engine.remove(container_id)
             except Exception as exc:  # reaped at the next start
@@ -156,6 +159,10 @@ class DockerSandboxes:
             was_usable = self.usable
             await self.check()
             beats += 1
+            if self.usable and self._leftovers:
+                for container_id, admitted in list(self._leftovers.items()):
+                    self._leftovers.pop(container_id)
+                    self._remove_later(container_id, admitted)
             if self.usable and (not was_usable or self._reap_now.is_set() or beats % 3 == 0):
                 await self.reap_orphans()
 
@@ -315,9 +322,10 @@ class DockerSandboxes:
         async def remove() -> None:
             try:
                 await self.engine.remove(container_id)
-            except Exception as exc:  # the reaper gets it
-                log.warning("container %s not removed: %s", container_id[:12], exc)
-                return  # keep its list: the container may still be there
+            except Exception as exc:  # retried at the next check
+                log.warning("container %s not removed, will retry: %s", container_id[:12], exc)
+                self._leftovers[container_id] = admitted
+                return  # keep its allow list: the container may still be there
             if admitted is not None:  # only now: no other container had this address before
                 self.proxy.release(admitted)
 
