@@ -127,9 +127,19 @@ async def submit(request: web.Request, route: str = "") -> web.Response:
     if wait is not None:
         headers[subjects.HEADER_WAIT] = str(wait)  # the store answers once the task is done (or the wait ends)
     with request.app[GATEWAY].waiters.hold() if wait is not None else contextlib.nullcontext():
-        reply = await store(request).raw(
-            subjects.SUBMIT_TASK, body, headers or None, timeout=None if wait is None else wait + 5
-        )
+        try:
+            reply = await store(request).raw(
+                subjects.SUBMIT_TASK, body, headers or None, timeout=None if wait is None else wait + 5
+            )
+        except ApiError as exc:
+            if exc.code != "timeout":
+                raise
+            # the store may have accepted it and stopped before it answered: only a key makes a retry safe
+            raise ApiError(
+                "timeout",
+                "the store did not answer in time, so the task may or may not have been accepted; "
+                "retry with the same Idempotency-Key header to be sure it exists once",
+            ) from None
     accepted = _accepted_decoder.decode(reply)
     response_headers = {"Location": f"/api/tasks/{accepted.id}"}
     if accepted.replayed:

@@ -174,8 +174,10 @@ async def test_killing_the_store_mid_burst_keeps_states_and_counts_right(
     stack: Stack, api: Api, target: TargetServer
 ) -> None:
     accepted: list[str] = []
+    unknown = 0  # submissions the store may have taken before it died: the gateway says so
 
     async def submit(i: int) -> None:
+        nonlocal unknown
         response = await api.client.post(
             "/api/tasks",
             timeout=30,
@@ -183,8 +185,12 @@ async def test_killing_the_store_mid_burst_keeps_states_and_counts_right(
         )
         if response.status_code == 201:
             accepted.append(response.json()["id"])
-        else:
-            assert response.status_code == 503
+            return
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        if error["code"] == "timeout":
+            assert "Idempotency-Key" in error["message"], error
+            unknown += 1
 
     first = [asyncio.ensure_future(submit(i)) for i in range(150)]
     while len(accepted) < 100:
@@ -199,7 +205,15 @@ async def test_killing_the_store_mid_burst_keeps_states_and_counts_right(
     assert all(t["status"] == "succeeded" for t in tasks)
     for task in tasks:
         assert task["run_count"] == 1
-    stats = await api.get("/api/stats")
-    assert stats["tasks_by_status"].get("succeeded", 0) == len(accepted) == stats["tasks_total"]
-    assert stats["runs_by_status"] == {"succeeded": len(accepted)}
+    # every task that exists ran once and succeeded; the only extra ones are submissions whose
+    # outcome the gateway called unknown (no responders, for one, means it was never taken)
+    deadline = time.monotonic() + 60
+    while True:
+        stats = await api.get("/api/stats")
+        total = stats["tasks_total"]
+        if stats["tasks_by_status"] == stats["runs_by_status"] == {"succeeded": total}:
+            break
+        assert time.monotonic() < deadline, stats
+        await asyncio.sleep(0.2)
+    assert len(accepted) <= total <= len(accepted) + unknown, (len(accepted), unknown, total)
     assert target.hits["/hello"] >= len(accepted)
