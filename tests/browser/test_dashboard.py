@@ -292,6 +292,52 @@ def test_a_field_error_from_the_api_is_shown_next_to_its_field(page: Page) -> No
     expect(page.locator('.field[data-field="api_url"] .field-error')).to_contain_text("http")
     expect(page.get_by_label("URL")).to_be_focused()
 
+    page.get_by_label("URL").fill("http://127.0.0.1:9/never-called")
+    flow = page.locator("details", has=page.get_by_text("Flow control", exact=True))
+    flow.locator("summary").click()
+    page.get_by_label("Rate limit").fill("fast")
+    flow.locator("summary").click()  # folded again: the error must unfold it to be seen
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator('.field[data-field="rate_limit"] .field-error')).to_be_visible()
+    expect(page.get_by_label("Rate limit")).to_be_focused()
+
+
+def test_the_limits_page_shows_who_waits_on_a_key_and_an_operator_limit_set_there_lets_it_start(
+    page: Page, http: httpx.Client
+) -> None:
+    key = f"dash-{time.monotonic_ns()}"  # the stack is shared by the module's tests
+    flow = {"concurrency_key": key, "max_concurrency": 1}
+    first = http.post("/api/tasks", json=code_task("holder", CODE_SLEEPS, **flow)).json()
+    second = http.post("/api/tasks", json=code_task("waiter", CODE_SLEEPS, **flow)).json()
+    try:
+        sign_in(page)
+        page.goto(f"/#/tasks/{second['id']}")
+        expect(page.locator("#waiting-reason")).to_have_text(f"concurrency:{key}", timeout=60_000)
+        page.locator("#waiting-reason").click()
+        row = page.locator(f'#limit-table tr[data-key="{key}"]')
+        expect(row.locator('[data-cell="running"]')).to_have_text("1 / 1", timeout=60_000)
+        expect(row.locator('[data-cell="waiting"]')).to_have_text("1")
+        expect(row.locator('[data-cell="source"]')).to_have_text("task")
+
+        form = page.locator("#limit-form")
+        form.get_by_label("Key").fill(key)
+        form.get_by_label("Rate limit").fill("fast")
+        form.get_by_role("button", name="Save").click()
+        expect(form.locator('.field[data-field="rate_limit"] .field-error')).to_contain_text("rate")
+
+        form.get_by_label("Rate limit").fill("")
+        form.get_by_label("Max concurrency").fill("2")
+        form.get_by_role("button", name="Save").click()
+        expect(row.locator('[data-cell="source"]')).to_have_text("operator")
+        expect(row.locator('[data-cell="running"]')).to_have_text("2 / 2", timeout=60_000)
+        expect(row.locator('[data-cell="waiting"]')).to_have_text("0")
+        page.goto(f"/#/tasks/{second['id']}")
+        expect(page.locator("#task-status")).to_have_attribute("data-status", "running", timeout=60_000)
+        expect(page.locator("#waiting-reason")).to_have_count(0)
+    finally:
+        for task in (first, second):
+            http.post(f"/api/tasks/{task['id']}/cancel")
+
 
 def test_without_tokens_the_dashboard_opens_without_signing_in(chromium: Browser, open_stack: Stack) -> None:
     context = chromium.new_context(viewport={"width": 1280, "height": 800}, base_url=open_stack.base_url)

@@ -7,6 +7,7 @@ import * as detail from "./pages/detail.js";
 import * as schedules from "./pages/schedules.js";
 import * as submit from "./pages/submit.js";
 import * as runners from "./pages/runners.js";
+import * as limits from "./pages/limits.js";
 
 const ROUTES = [
   [/^\/?$/, overview.render, "Overview"],
@@ -16,6 +17,7 @@ const ROUTES = [
   [/^\/schedules\/([^/]+)$/, schedules.renderOne, "Schedule"],
   [/^\/submit$/, submit.render, "Submit"],
   [/^\/runners$/, runners.render, "Runners"],
+  [/^\/limits$/, limits.render, "Limits"],
 ];
 
 const main = document.getElementById("main");

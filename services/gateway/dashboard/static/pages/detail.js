@@ -131,7 +131,8 @@ export function render(root, { id, signal }) {
       ["queued", task.queued_at && time(task.queued_at)], ["started", task.started_at && time(task.started_at)],
       ["finished", task.finished_at && time(task.finished_at)], ["duration", duration(task.duration_ms)],
       ["runs", task.run_count], ["next run", task.next_run_at && time(task.next_run_at)],
-      ["next retry", task.next_retry_at && time(task.next_retry_at)]], "summary")));
+      ["next retry", task.next_retry_at && time(task.next_retry_at)],
+      ["waiting for", task.waiting_reason && h("a", { href: "#/limits", id: "waiting-reason" }, task.waiting_reason)]], "summary")));
     outcomes.replaceChildren(...outcome(task));
     if (!specBox.firstChild) specBox.append(specSection(task));
   }

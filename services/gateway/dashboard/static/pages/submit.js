@@ -51,8 +51,17 @@ function buildSpec(form) {
       headers: json(form, "headers", {}), data: json(form, "data", undefined), expected_status: expected.length ? expected : undefined });
   }
   if (trigger === "delayed") spec.delay_seconds = number(form, "delay_seconds");
-  if (trigger === "scheduled") { spec.cron_expression = data.get("cron_expression").trim(); spec.timezone = data.get("timezone").trim() || "UTC"; }
-  for (const name of ["timeout", "memory_mb", "cpus", "max_retries"]) spec[name] = number(form, name);
+  if (trigger === "scheduled") {
+    spec.cron_expression = data.get("cron_expression").trim();
+    spec.timezone = data.get("timezone").trim() || "UTC";
+    spec.jitter_seconds = number(form, "jitter_seconds");
+  }
+  for (const name of ["timeout", "memory_mb", "cpus", "max_retries", "max_concurrency"]) spec[name] = number(form, name);
+  const keys = data.get("concurrency_key").split(",").map((k) => k.trim()).filter(Boolean);
+  spec.concurrency_key = keys.length > 1 ? keys : keys[0];
+  spec.rate_limit = data.get("rate_limit").trim() || undefined;
+  spec.fairness_key = data.get("fairness_key").trim() || undefined;
+  if (data.get("priority") !== "3") spec.priority = Number(data.get("priority"));
   spec.isolated = data.get("isolated") === "on" || undefined;
   return JSON.parse(JSON.stringify(spec));  // drops the undefined values
 }
@@ -61,6 +70,7 @@ function showError(form, problem, general) {
   for (const slot of form.querySelectorAll(".field-error")) slot.textContent = "";
   for (const element of form.querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
   const box = problem.field && form.querySelector(`.field[data-field="${CSS.escape(problem.field)}"]:not([hidden] *)`);
+  if (box && box.closest("details")) box.closest("details").open = true;  // a folded section shows its error
   if (box && box.offsetParent !== null) {
     const control = box.querySelector("input, textarea, select");
     box.querySelector(".field-error").textContent = problem.message;
@@ -100,13 +110,25 @@ export function render(root, { params, signal }) {
       h("div", { class: "for-delayed" }, field("Delay (seconds)", input("delay_seconds", { type: "number", min: 0, step: "any", value: 60 }))),
       h("div", { class: "for-scheduled" }, h("div", { class: "cols" },
         field("Cron expression", input("cron_expression", { class: "mono", value: "*/5 * * * *" }), "5 fields, 6 with seconds first, or @daily…"),
-        field("Time zone", input("timezone", { value: zone }))), h("p", {}, "Next fire times:"), preview)),
+        field("Time zone", input("timezone", { value: zone }))),
+      field("Jitter (seconds)", input("jitter_seconds", { type: "number", min: 0, step: "any" }),
+        "Each fire is delayed by a fixed offset below this, so schedules at the same minute spread out."),
+      h("p", {}, "Next fire times:"), preview)),
     h("details", {}, h("summary", {}, "Limits and retries"), h("div", { class: "cols" },
       field("Timeout (s)", input("timeout", { type: "number", min: 0, step: "any" })),
       field("Memory (MB)", input("memory_mb", { type: "number", min: 16 })),
       field("CPUs", input("cpus", { type: "number", min: 0, step: "any" })),
       field("Max retries", input("max_retries", { type: "number", min: 0, max: 20 }))),
       h("label", { class: "inline" }, input("isolated", { type: "checkbox" }), " Run entirely inside a sandbox (isolated)")),
+    h("details", {}, h("summary", {}, "Flow control"), h("div", { class: "cols" },
+      field("Concurrency key", input("concurrency_key", { class: "mono", placeholder: "partner-api, tenant-42" }),
+        "Runs sharing a key share its limits; several keys separated by commas."),
+      field("Max concurrency", input("max_concurrency", { type: "number", min: 1 })),
+      field("Rate limit", input("rate_limit", { class: "mono", placeholder: "10/s, 100/m, 1000/h" })),
+      field("Priority", h("select", { name: "priority" }, [1, 2, 3, 4, 5].map((p) => h("option", { selected: p === 3 }, p))),
+        "When runs wait for capacity, higher goes first."),
+      field("Fairness key", input("fairness_key", { class: "mono", placeholder: "tenant" }),
+        "Waiting runs are served round-robin by this key."))),
     general, h("button", { type: "submit", id: "submit-task" }, "Submit"));
   root.append(h("h1", { tabindex: -1 }, "Submit a task"), form);
 
