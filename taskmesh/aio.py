@@ -211,6 +211,7 @@ class AsyncFunction(Generic[P, R]):
         max_runs: int | None = None,
         overlap_policy: OverlapPolicy | None = None,
         misfire_policy: MisfirePolicy | None = None,
+        jitter_seconds: float | None = None,
         start_deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
         **kwargs: Any,
@@ -224,6 +225,7 @@ class AsyncFunction(Generic[P, R]):
             max_runs=max_runs,
             overlap_policy=overlap_policy,
             misfire_policy=misfire_policy,
+            jitter_seconds=jitter_seconds,
             start_deadline_seconds=start_deadline_seconds,
         )
         spec = functions.code_spec(self.source, self.execution, args, kwargs, **trigger)
@@ -268,6 +270,12 @@ class AsyncClient:
         retry_delay_seconds: float | None = None,
         retry_backoff: float | None = None,
         retry_delay_max_seconds: float | None = None,
+        allow_hosts: list[str] | None = None,
+        concurrency_key: str | list[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        priority: int | None = None,
+        fairness_key: str | None = None,
     ) -> Callable[[Callable[P, R]], AsyncFunction[P, R]]: ...
 
     def function(
@@ -284,6 +292,12 @@ class AsyncClient:
         retry_delay_seconds: float | None = None,
         retry_backoff: float | None = None,
         retry_delay_max_seconds: float | None = None,
+        allow_hosts: list[str] | None = None,
+        concurrency_key: str | list[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        priority: int | None = None,
+        fairness_key: str | None = None,
     ) -> Any:
         """Decorate a module-level function so it can run in a sandbox (``@tm.function`` or ``@tm.function(...)``)."""
         execution = Execution(
@@ -297,6 +311,12 @@ class AsyncClient:
             retry_delay_seconds=retry_delay_seconds,
             retry_backoff=retry_backoff,
             retry_delay_max_seconds=retry_delay_max_seconds,
+            allow_hosts=list(allow_hosts or []),
+            concurrency_key=list(concurrency_key) if isinstance(concurrency_key, list) else concurrency_key,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
+            priority=priority,
+            fairness_key=fairness_key,
         )
         if function is not None:
             return AsyncFunction(self.gateway, function, execution)
@@ -316,6 +336,12 @@ class AsyncClient:
         isolated: bool | None = None,
         requirements: list[str] | None = None,
         max_retries: int | None = None,
+        allow_hosts: list[str] | None = None,
+        concurrency_key: str | list[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        priority: int | None = None,
+        fairness_key: str | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncRun[Any]:
         """An API task: one HTTP request made by a runner."""
@@ -330,6 +356,12 @@ class AsyncClient:
             isolated=isolated,
             requirements=requirements,
             max_retries=max_retries,
+            allow_hosts=allow_hosts,
+            concurrency_key=concurrency_key,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
+            priority=priority,
+            fairness_key=fairness_key,
             **functions.trigger_fields(delay_seconds),
         )
         return AsyncRun(self.gateway, decode(TaskRecord, await self.gateway.submit_response(spec, idempotency_key)))

@@ -36,6 +36,7 @@ SCHEDULE_OPTIONS = frozenset(
         "max_runs",
         "overlap_policy",
         "misfire_policy",
+        "jitter_seconds",
         "start_deadline_seconds",
         "idempotency_key",
     }
@@ -61,10 +62,25 @@ class Execution:
     retry_delay_seconds: float | None = None
     retry_backoff: float | None = None
     retry_delay_max_seconds: float | None = None
+    allow_hosts: list[str] = field(default_factory=list)
+    concurrency_key: str | list[str] | None = None
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
+    priority: int | None = None
+    fairness_key: str | None = None
 
     def fields(self) -> dict[str, Any]:
-        """The options as spec fields, leaving out those not given."""
-        return {key: value for key, value in asdict(self).items() if value not in (None, [])}
+        """The options as spec fields, leaving out those not given (None, or an empty list of a list option)."""
+        return {
+            key: value
+            for key, value in asdict(self).items()
+            if value is not None and not (value == [] and key in LIST_OPTIONS)
+        }
+
+
+LIST_OPTIONS = frozenset({"requirements", "allow_hosts"})
+"""Options of ``Execution`` that default to an empty list: empty means not given (a given empty
+``concurrency_key`` list is sent, for the server to refuse)."""
 
 
 def check_parameters(function: Callable[..., Any]) -> None:

@@ -205,6 +205,7 @@ class Function(Generic[P, R]):
         max_runs: int | None = None,
         overlap_policy: OverlapPolicy | None = None,
         misfire_policy: MisfirePolicy | None = None,
+        jitter_seconds: float | None = None,
         start_deadline_seconds: float | None = None,
         idempotency_key: str | None = None,
         **kwargs: Any,
@@ -218,6 +219,7 @@ class Function(Generic[P, R]):
             max_runs=max_runs,
             overlap_policy=overlap_policy,
             misfire_policy=misfire_policy,
+            jitter_seconds=jitter_seconds,
             start_deadline_seconds=start_deadline_seconds,
         )
         spec = functions.code_spec(self.source, self.execution, args, kwargs, **trigger)
@@ -261,6 +263,12 @@ class Client:
         retry_delay_seconds: float | None = None,
         retry_backoff: float | None = None,
         retry_delay_max_seconds: float | None = None,
+        allow_hosts: list[str] | None = None,
+        concurrency_key: str | list[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        priority: int | None = None,
+        fairness_key: str | None = None,
     ) -> Callable[[Callable[P, R]], Function[P, R]]: ...
 
     def function(
@@ -277,6 +285,12 @@ class Client:
         retry_delay_seconds: float | None = None,
         retry_backoff: float | None = None,
         retry_delay_max_seconds: float | None = None,
+        allow_hosts: list[str] | None = None,
+        concurrency_key: str | list[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        priority: int | None = None,
+        fairness_key: str | None = None,
     ) -> Any:
         """Decorate a module-level function so it can run in a sandbox (``@tm.function`` or ``@tm.function(...)``)."""
         execution = Execution(
@@ -290,6 +304,12 @@ class Client:
             retry_delay_seconds=retry_delay_seconds,
             retry_backoff=retry_backoff,
             retry_delay_max_seconds=retry_delay_max_seconds,
+            allow_hosts=list(allow_hosts or []),
+            concurrency_key=list(concurrency_key) if isinstance(concurrency_key, list) else concurrency_key,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
+            priority=priority,
+            fairness_key=fairness_key,
         )
         if function is not None:
             return Function(self.gateway, function, execution)
@@ -309,6 +329,12 @@ class Client:
         isolated: bool | None = None,
         requirements: list[str] | None = None,
         max_retries: int | None = None,
+        allow_hosts: list[str] | None = None,
+        concurrency_key: str | list[str] | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        priority: int | None = None,
+        fairness_key: str | None = None,
         idempotency_key: str | None = None,
     ) -> Run[Any]:
         """An API task: one HTTP request made by a runner; its result is the response (status, headers, body)."""
@@ -323,6 +349,12 @@ class Client:
             isolated=isolated,
             requirements=requirements,
             max_retries=max_retries,
+            allow_hosts=allow_hosts,
+            concurrency_key=concurrency_key,
+            max_concurrency=max_concurrency,
+            rate_limit=rate_limit,
+            priority=priority,
+            fairness_key=fairness_key,
             **functions.trigger_fields(delay_seconds),
         )
         return Run(self.gateway, decode(TaskRecord, self.gateway.submit_response(spec, idempotency_key)))

@@ -5,12 +5,29 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import taskmesh
 from tests.client import tasks
 from tests.support import TargetServer
+
+
+def unique(prefix: str) -> str:
+    """A flow key no other test (or earlier run on this stack) shares."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def until(run: taskmesh.Run[Any], condition: Callable[[taskmesh.Task], bool], timeout: float = 90) -> taskmesh.Task:
+    """Read the task again until ``condition`` holds for it; fail past ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition(run.refresh().task):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {run.task}"
+        time.sleep(0.1)
+    return run.task
 
 
 def test_a_submitted_function_returns_its_result_and_still_runs_locally(tm: taskmesh.Client) -> None:
@@ -174,3 +191,107 @@ def test_a_sync_client_is_usable_from_several_threads(tm: taskmesh.Client) -> No
     for thread in threads:
         thread.join(90)
     assert sorted(results) == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_a_second_run_on_a_concurrency_key_of_one_waits_for_the_first(tm: taskmesh.Client) -> None:
+    key = unique("client-one")
+    sleeper = tm.function(concurrency_key=key, max_concurrency=1, priority=4)(tasks.sleeper)
+    first = sleeper.submit(120)
+    until(first, lambda task: task.status == "running")
+    second = sleeper.submit(0)
+    waiting = until(second, lambda task: task.waiting_reason is not None or task.status not in ("pending", "queued"))
+    assert (waiting.status, waiting.waiting_reason) == ("queued", f"concurrency:{key}"), waiting
+    assert first.refresh().status == "running"
+    spec = second.task.spec
+    assert (spec.concurrency_key, spec.max_concurrency, spec.priority) == (key, 1, 4)
+    assert (spec.rate_limit, spec.fairness_key, spec.allow_hosts) == (None, None, [])  # not given: not sent
+
+    first.cancel()  # its run ends with an outcome, which frees the key's only permit
+    assert second.result(timeout=120) == "woke"
+    assert second.task.waiting_reason is None
+    with pytest.raises(taskmesh.TaskCancelled):
+        first.result(timeout=60)
+
+
+def test_flow_options_of_a_function_reach_the_stored_spec_and_bad_ones_are_named(tm: taskmesh.Client) -> None:
+    keys = [unique("client-a"), unique("client-b")]
+    mean = tm.function(concurrency_key=keys, max_concurrency=3, rate_limit="100/m", fairness_key="tenant:docs")(
+        tasks.mean
+    )
+    run = mean.submit([1, 3])
+    assert run.result(timeout=90) == 2.0
+    spec = tm.get_run(run.id).task.spec
+    assert (spec.concurrency_key, spec.max_concurrency, spec.rate_limit) == (keys, 3, "100/m")
+    assert (spec.fairness_key, spec.priority) == ("tenant:docs", 3)  # priority not given: the server's default
+
+    refused = {
+        "rate_limit": tm.function(concurrency_key=keys[0], rate_limit="fast"),
+        "max_concurrency": tm.function(max_concurrency=2),  # no key to count runs by
+        "priority": tm.function(priority=9),
+        "allow_hosts": tm.function(allow_hosts=["api.example.com"]),  # a code task without network
+    }
+    for field, decorator in refused.items():
+        with pytest.raises(taskmesh.ApiError) as error:
+            decorator(tasks.mean).submit([1])
+        assert (error.value.code, error.value.field) == ("invalid_field", field), error.value
+
+
+def test_a_schedule_keeps_its_jitter_and_one_longer_than_its_interval_is_refused(tm: taskmesh.Client) -> None:
+    mean = tm.function(concurrency_key=unique("client-sched"), rate_limit="1/s")(tasks.mean)
+    schedule = mean.schedule([2], cron="*/5 * * * *", jitter_seconds=45)
+    try:
+        stored = tm.get_schedule(schedule.id).task.spec
+        assert (stored.cron_expression, stored.jitter_seconds, stored.rate_limit) == ("*/5 * * * *", 45, "1/s")
+    finally:
+        schedule.delete()
+    with pytest.raises(taskmesh.ApiError) as refused:
+        mean.schedule([2], cron="* * * * *", jitter_seconds=120)
+    assert (refused.value.code, refused.value.field) == ("invalid_field", "jitter_seconds")
+
+
+async def test_an_http_task_takes_flow_options_and_allow_hosts(tm: taskmesh.Client, target: TargetServer) -> None:
+    key = unique("client-http")
+
+    def calls() -> tuple[object, taskmesh.Task, list[str | None]]:
+        run = tm.http(
+            f"{target.url}/echo",
+            method="POST",
+            json={"n": 2},
+            allow_hosts=["127.0.0.1"],
+            concurrency_key=key,
+            max_concurrency=2,
+            rate_limit="10/s",
+            priority=5,
+            fairness_key="tenant:http",
+        )
+        response = run.result(timeout=60)
+        fields = []
+        for options in ({"allow_hosts": ["api.example.com"]}, {"rate_limit": "fast"}, {"fairness_key": "alone"}):
+            with pytest.raises(taskmesh.ApiError) as refused:
+                tm.http(f"{target.url}/echo", **options)
+            fields.append(refused.value.field)
+        return response, run.refresh().task, fields
+
+    response, task, fields = await asyncio.to_thread(calls)  # the target server lives on this event loop
+    assert response["status_code"] == 200 and response["body"]["body"] == {"n": 2}  # type: ignore[index]
+    spec = task.spec
+    assert (spec.allow_hosts, spec.concurrency_key, spec.max_concurrency) == (["127.0.0.1"], key, 2)
+    assert (spec.rate_limit, spec.priority, spec.fairness_key) == ("10/s", 5, "tenant:http")
+    # api_url's host outside allow_hosts; a rate that is no rate; a fairness key with nothing to share
+    assert fields == ["allow_hosts", "rate_limit", "fairness_key"]
+
+
+async def test_the_async_client_takes_the_flow_options_and_jitter(atm: taskmesh.AsyncClient) -> None:
+    key = unique("client-async")
+    mean = atm.function(concurrency_key=key, max_concurrency=1, priority=2)(tasks.mean)
+    run = await mean.submit([4])
+    assert await run.result(timeout=90) == 4.0
+    assert (run.task.spec.concurrency_key, run.task.spec.max_concurrency, run.task.spec.priority) == (key, 1, 2)
+    schedule = await mean.schedule([4], cron="0 * * * *", jitter_seconds=300)
+    try:
+        assert (await schedule.refresh()).task.spec.jitter_seconds == 300
+    finally:
+        await schedule.delete()
+    with pytest.raises(taskmesh.ApiError) as refused:
+        await atm.http("http://127.0.0.1:9/", rate_limit="fast")
+    assert refused.value.field == "rate_limit"

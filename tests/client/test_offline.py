@@ -10,6 +10,7 @@ from datetime import datetime
 import pytest
 
 import taskmesh
+from taskmesh import functions
 from taskmesh._http import LogEvent, server_sent_events
 from tests.client import tasks
 
@@ -77,6 +78,45 @@ def test_a_parameter_named_like_a_submit_option_is_refused() -> None:
 
 def _clash(delay_seconds: float) -> float:
     return delay_seconds
+
+
+def _jitter_clash(xs: list[float], jitter_seconds: float) -> float:
+    return jitter_seconds
+
+
+def test_a_parameter_named_jitter_seconds_is_refused_as_a_schedule_option() -> None:
+    tm = taskmesh.Client(NOWHERE)
+    with pytest.raises(taskmesh.FunctionNotPortable, match=r"parameter 'jitter_seconds'.*rename"):
+        tm.function(_jitter_clash)
+
+
+def test_flow_options_are_sent_only_when_given() -> None:
+    tm = taskmesh.Client(NOWHERE)
+    plain = tm.function(tasks.mean)
+    assert plain.execution.fields() == {}  # the server's defaults apply (priority 3, no key, no hosts)
+    keys = ["a", "b"]
+    limited = tm.function(
+        network=True,
+        allow_hosts=["api.example.com"],
+        concurrency_key=keys,
+        max_concurrency=2,
+        rate_limit="10/s",
+        priority=5,
+        fairness_key="tenant:1",
+    )(tasks.mean)
+    keys.append("c")  # the decorator kept its own copy
+    spec = functions.code_spec(limited.source, limited.execution, ([1.0],), {}, **functions.trigger_fields(None))
+    assert {key: spec[key] for key in ("allow_hosts", "concurrency_key", "max_concurrency")} == {
+        "allow_hosts": ["api.example.com"],
+        "concurrency_key": ["a", "b"],
+        "max_concurrency": 2,
+    }
+    assert (spec["rate_limit"], spec["priority"], spec["fairness_key"]) == ("10/s", 5, "tenant:1")
+    trigger = functions.schedule_fields("0 * * * *", None, jitter_seconds=30.0, max_runs=None)
+    scheduled = functions.code_spec(plain.source, plain.execution, (), {}, **trigger)
+    assert scheduled["jitter_seconds"] == 30.0 and "max_runs" not in scheduled and "priority" not in scheduled
+    http = functions.http_spec("https://api.example.com/x", concurrency_key="k", priority=None, allow_hosts=None)
+    assert http["concurrency_key"] == "k" and "priority" not in http and "allow_hosts" not in http
 
 
 def test_an_unreachable_gateway_is_one_clear_error_after_the_retries() -> None:

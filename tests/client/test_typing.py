@@ -31,8 +31,12 @@ def test_mypy_catches_a_wrong_argument_and_a_wrong_result_type(tmp_path: Path) -
     wrong.write_text(
         EXAMPLE.read_text() + "\n\ndef wrong() -> None:\n    mean('not a list')\n"
         "    text: str = mean.submit([1.0]).result()\n"
+        "    tm.function(priority='high')(mean)\n"
+        "    call_partner.schedule(1, cron='@daily', jitter_seconds='5m')\n"
     )
     checked = mypy(wrong, tmp_path / "cache")
     assert checked.returncode == 1
     assert 'Argument 1 to "__call__" of "Function" has incompatible type "str"' in checked.stdout, checked.stdout
     assert 'Incompatible types in assignment (expression has type "float", variable has type "str")' in checked.stdout
+    assert 'No overload variant of "function" of "Client" matches argument type "str"' in checked.stdout
+    assert 'Argument "jitter_seconds" to "schedule" of "Function" has incompatible type "str"' in checked.stdout

@@ -23,6 +23,16 @@ def square(x: int) -> int:
     return x * x
 
 
+@tm.function(concurrency_key=["partner-api", "tenant:acme"], max_concurrency=2, rate_limit="10/s", priority=4)
+def call_partner(n: int) -> int:
+    return n
+
+
+@atm.function(network=True, allow_hosts=["api.example.com"], concurrency_key="partner-api", fairness_key="acme")
+def fetch(path: str) -> str:
+    return path
+
+
 def main() -> None:
     run: taskmesh.Run[float] = mean.submit([1, 2, 3])
     value: float = run.result(timeout=30)
@@ -37,6 +47,14 @@ def main() -> None:
     entries: list[taskmesh.LedgerEntry] = schedule.ledger()
     when: datetime | None = schedule.next_run_at
     schedule.delete()
+    jittered: taskmesh.Schedule = call_partner.schedule(1, cron="0 * * * *", jitter_seconds=300)
+    jittered.delete()
+    limited: taskmesh.Run[int] = call_partner.submit(2)
+    polite: taskmesh.Run[object] = tm.http(
+        "https://api.example.com/hook", allow_hosts=["api.example.com"], concurrency_key="partner-api", priority=2
+    )
+    reason: str | None = limited.refresh().task.waiting_reason
+    print(polite.id, reason)
     reply: object = tm.http("https://example.org/hook", method="POST", json={"a": 1}, headers={"X": "1"}).result()
     failed: list[taskmesh.Task] = tm.tasks(status="failed", limit=20)
     try:
@@ -55,6 +73,10 @@ async def amain() -> None:
     run: taskmesh.AsyncRun[int] = await square.submit(3)
     value: int = await run.result(timeout=30)
     squares: list[int] = await square.map(range(5))
+    fetched: taskmesh.AsyncRun[str] = await fetch.submit("/status")
+    hourly: taskmesh.AsyncSchedule = await fetch.schedule("/sync", cron="0 * * * *", jitter_seconds=60.0)
+    await hourly.delete()
+    print(await fetched.result(timeout=30))
     async for chunk in run.follow_logs():
         print(chunk, end="")
     print(value, squares)
