@@ -101,6 +101,11 @@ class AsyncSchedule:
         """``active``, ``paused``, ``completed`` or ``cancelled``, when last read."""
         return self.task.status
 
+    @property
+    def next_run_at(self) -> datetime | None:
+        """When it fires next, when last read."""
+        return self.task.next_run_at
+
     async def _control(self, action: str) -> AsyncSchedule:
         response = await self._gateway.request("POST", f"/api/scheduled-tasks/{self.id}/{action}")
         self.task = decode(TaskRecord, response)
@@ -382,3 +387,8 @@ class AsyncClient:
     async def get_run(self, task_id: str) -> AsyncRun[Any]:
         """A task submitted earlier, by id."""
         return AsyncRun(self.gateway, decode(TaskRecord, await self.gateway.request("GET", f"/api/tasks/{task_id}")))
+
+    async def get_schedule(self, task_id: str) -> AsyncSchedule:
+        """A scheduled task submitted earlier, by id."""
+        response = await self.gateway.request("GET", f"/api/scheduled-tasks/{task_id}")
+        return AsyncSchedule(self.gateway, decode(TaskRecord, response))

@@ -289,7 +289,8 @@ async def test_the_async_client_takes_the_flow_options_and_jitter(atm: taskmesh.
     assert (run.task.spec.concurrency_key, run.task.spec.max_concurrency, run.task.spec.priority) == (key, 1, 2)
     schedule = await mean.schedule([4], cron="0 * * * *", jitter_seconds=300)
     try:
-        assert (await schedule.refresh()).task.spec.jitter_seconds == 300
+        found = await atm.get_schedule(schedule.id)
+        assert found.task.spec.jitter_seconds == 300 and found.next_run_at is not None
     finally:
         await schedule.delete()
     with pytest.raises(taskmesh.ApiError) as refused:
