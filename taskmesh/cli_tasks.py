@@ -41,6 +41,7 @@ Examples:
   taskmesh submit --code 'def f(): return 1 + 2 * 3' --function f --wait --json
   taskmesh submit report.py --cron '0 7 * * mon-fri' --timezone Europe/Paris
   taskmesh submit spec.yaml --delay 60
+  taskmesh submit --api-url https://partner.example/sync --concurrency-key partner --max-concurrency 2 --rate-limit 10/s
 
 With --wait a spinner shows the status until the task ends, then the result is printed; the exit
 code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out first.
@@ -92,6 +93,7 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
     type=click.Choice(["allow", "forbid", "replace"]),
     help="When a scheduled run is still going at the next fire.",
 )
+@click.option("--jitter", type=float, metavar="SECONDS", help="Delay each fire of --cron by a fixed offset below this.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Kill a run after this long.")
 @click.option("--retries", type=int, metavar="N", help="Retries after a failure or timeout (max_retries).")
 @click.option("--retry-delay", type=float, metavar="SECONDS", help="First delay before a retry.")
@@ -99,6 +101,24 @@ code is 0 when it succeeded, 1 when it did not, 4 when --wait-timeout ran out fi
 @click.option("--network", is_flag=True, help="Give the sandbox network access.")
 @click.option("--memory-mb", type=int, metavar="MB", help="Sandbox memory limit.")
 @click.option("--cpus", type=float, metavar="N", help="Sandbox CPU limit.")
+@click.option(
+    "--concurrency-key",
+    "concurrency_keys",
+    multiple=True,
+    metavar="KEY",
+    help="Runs sharing a key share its limits. Repeatable (a run then needs a permit of each).",
+)
+@click.option("--max-concurrency", type=int, metavar="N", help="At most N runs of the key at once.")
+@click.option("--rate-limit", metavar="RATE", help="Starts per second/minute/hour on the key: 10/s, 100/m, 1000/h.")
+@click.option("--priority", type=click.IntRange(1, 5), metavar="1-5", help="When runs wait, higher first (3).")
+@click.option("--fairness-key", metavar="KEY", help="Waiting runs are served round-robin by this key (a tenant).")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="HOST",
+    help="Hosts the task may reach (within the operator's policy); *.example.com matches subdomains. Repeatable.",
+)
 @click.option(
     "--set",
     "overrides",

@@ -26,6 +26,11 @@ PLAIN_FLAGS = {
     "memory_mb": "memory_mb",
     "cpus": "cpus",
     "overlap": "overlap_policy",
+    "jitter": "jitter_seconds",
+    "max_concurrency": "max_concurrency",
+    "rate_limit": "rate_limit",
+    "priority": "priority",
+    "fairness_key": "fairness_key",
 }
 """Flags copied into the spec as they are: flag name → spec field."""
 
@@ -121,6 +126,11 @@ def build_spec(source: str | None, flags: dict[str, Any]) -> dict[str, Any]:
         spec["data"] = parse_value(flags["data"])
     if flags.get("expect_status"):
         spec["expected_status"] = list(flags["expect_status"])
+    if flags.get("concurrency_keys"):
+        keys = list(flags["concurrency_keys"])
+        spec["concurrency_key"] = keys[0] if len(keys) == 1 else keys
+    if flags.get("allow_hosts"):
+        spec["allow_hosts"] = [*spec.get("allow_hosts", []), *flags["allow_hosts"]]
     for flag in ("isolated", "network"):
         if flags.get(flag):
             spec[flag] = True

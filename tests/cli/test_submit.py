@@ -139,6 +139,32 @@ async def test_requirements_from_flags_are_kept_in_the_spec(taskmesh: Taskmesh, 
     assert (await taskmesh("delete", task["id"])).code == 0
 
 
+async def test_flow_control_and_egress_flags_reach_the_spec_and_a_bad_rate_is_named(
+    taskmesh: Taskmesh, target: TargetServer
+) -> None:
+    url = f"{target.url}/hello"
+    flow = ("--concurrency-key", "cli-partner", "--max-concurrency", "2", "--rate-limit", "10/s")
+    flow += ("--priority", "5", "--fairness-key", "tenant-a", "--allow-host", "127.0.0.1")
+    result = await taskmesh("submit", "--api-url", url, *flow, "--wait", "--json")
+    assert result.code == 0, result
+    spec = result.json()["spec"]
+    assert (spec["concurrency_key"], spec["max_concurrency"], spec["rate_limit"]) == ("cli-partner", 2, "10/s")
+    assert (spec["priority"], spec["fairness_key"], spec["allow_hosts"]) == (5, "tenant-a", ["127.0.0.1"])
+
+    two = await taskmesh("submit", "--api-url", url, "--concurrency-key", "a", "--concurrency-key", "b", "--json")
+    assert two.code == 0, two
+    assert two.json()["spec"]["concurrency_key"] == ["a", "b"]
+
+    scheduled = await taskmesh("submit", "--api-url", url, "--cron", "0 * * * *", "--jitter", "90", "--json")
+    assert scheduled.code == 0, scheduled
+    assert scheduled.json()["spec"]["jitter_seconds"] == 90
+    assert (await taskmesh("delete", scheduled.json()["id"])).code == 0
+
+    bad = await taskmesh("submit", "--api-url", url, "--concurrency-key", "k", "--rate-limit", "fast", "--json")
+    assert bad.code == 3, bad
+    assert bad.json()["error"]["field"] == "rate_limit"
+
+
 async def test_an_idempotency_key_makes_a_second_submission_return_the_first_task(
     taskmesh: Taskmesh, target: TargetServer
 ) -> None:
