@@ -34,10 +34,10 @@ $(VENV)/.installed-dev: pyproject.toml uv.lock | $(UV)
 up: $(VENV)/.installed
 	$(BIN)/taskmesh up
 
-## test: install the lock with test tools, fetch the test wheelhouse, run the whole suite
+## test: install the lock with test tools, fetch the test wheelhouse, run the whole suite (and name the 25 slowest tests)
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.wheelhouse
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 ## test-fast: the unit tests (no Docker, compose or browser, nothing slow), under a minute
 test-fast: $(VENV)/.installed-dev
