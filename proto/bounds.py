@@ -8,6 +8,7 @@ Python 3.11, 1500 on 3.12) and keep a task's events well inside a NATS message.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -89,6 +90,29 @@ MIN_CPUS: Final = 0.01
 """Smallest CPU share: Docker takes NanoCpus=0 as *no limit*, and anything below 1e-9 rounds to it."""
 LATEST_INSTANT: Final = datetime(3000, 1, 1, tzinfo=UTC)
 """Latest ``start_at`` / ``end_at``: far from ``datetime.max`` so no bounded duration added overflows."""
+SUBMISSION_ID_MAX_AGE_SECONDS: Final = 90.0
+"""Oldest ``Taskmesh-Submission-Id`` accepted (by the timestamp in its UUIDv7): a repeat must land
+inside the TASKS stream's 120 s duplicate window, where JetStream recognises it."""
+SUBMISSION_ID_MAX_SKEW_SECONDS: Final = 10.0
+"""How far in the future a submission id's timestamp may be (clocks of gateway and store differ)."""
+
+
+def check_submission_id(value: str, now: float, field: str = "Taskmesh-Submission-Id") -> None:
+    """Raise FieldError unless ``value`` is a canonical UUIDv7 drawn within the accepted age (``now``: Unix seconds)."""
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise FieldError(field, f"{field} must be a UUIDv7") from None
+    if parsed.version != 7 or str(parsed) != value:
+        raise FieldError(field, f"{field} must be a UUIDv7 in its canonical (lower-case, dashed) form")
+    age = now - (parsed.int >> 80) / 1000
+    if not -SUBMISSION_ID_MAX_SKEW_SECONDS <= age <= SUBMISSION_ID_MAX_AGE_SECONDS:
+        raise FieldError(
+            field,
+            f"{field} must be drawn at most {SUBMISSION_ID_MAX_AGE_SECONDS:g} s before the submission "
+            f"(this one is {age:.0f} s old); draw a new one, or use an Idempotency-Key",
+        )
+
 
 Duration = Annotated[float, Meta(ge=0, le=MAX_DURATION_SECONDS)]
 PositiveDuration = Annotated[float, Meta(gt=0, le=MAX_DURATION_SECONDS)]

@@ -214,6 +214,10 @@ HEADER_MSG_ID: Final = "Nats-Msg-Id"
 """JetStream de-duplication id; on ``SUBMIT_TASK`` it is the idempotency key."""
 HEADER_IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 """Accepted on ``SUBMIT_TASK`` too, for clients that speak HTTP terms."""
+HEADER_SUBMISSION_ID: Final = "Taskmesh-Submission-Id"
+"""On ``SUBMIT_TASK``: the id the new task is to have, a UUIDv7 the submitter drew just now. Sent
+again with the same body after a lost reply, it yields the same task (the gateway does this for
+every submission), so a repeat needs no idempotency key. See ``bounds.SUBMISSION_ID_MAX_AGE``."""
 
 
 def run_key(task_id: str, run_id: str) -> str:

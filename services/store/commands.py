@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from nats.js import JetStreamContext
 
-from proto import codec, events, subjects
+from proto import bounds, codec, events, subjects
 from proto.api import CancelTaskRequest, DeleteReply, DeleteTaskRequest, SubmitAccepted
 from proto.errors import FieldError
 from proto.records import TaskRecord
@@ -81,6 +82,9 @@ class Commands:
         check_spec(spec, self.limits)
         if self.check_secrets is not None:
             await self.check_secrets(spec)
+        submission_id = headers.get(subjects.HEADER_SUBMISSION_ID)
+        if submission_id is not None:
+            bounds.check_submission_id(submission_id, time.time())
         key = headers.get(subjects.HEADER_IDEMPOTENCY_KEY) or headers.get(subjects.HEADER_MSG_ID)
         if key is not None:
             if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
@@ -93,7 +97,14 @@ class Commands:
             future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self._in_flight[key] = future
         try:
-            task_id = new_task_id()
+            if submission_id is not None:
+                earlier = await self._earlier_submission(submission_id, spec)
+                if earlier is not None:
+                    if key is not None:
+                        future.set_result(earlier.id)
+                    return earlier
+            # a submitter's own id makes its repeat a JetStream duplicate of the first publish
+            task_id = submission_id or new_task_id()
             submitted = events.TaskSubmitted(
                 event_id=task_id, occurred_at=utcnow(), task_id=task_id, spec=spec, idempotency_key=key
             )
@@ -101,7 +112,7 @@ class Commands:
             payload, event = codec.accepted_event(submitted)
             seq, duplicate = await self._publish(event, f"submit:{key}" if key else task_id, payload)
             if duplicate:
-                # The key was used moments ago, before a store restart: the first event stands.
+                # The key or submission id was used moments ago (a lost reply, a store restart): the first event stands.
                 original = await self.js.get_msg(subjects.STREAM_TASKS, seq)
                 event = codec.task_event_decoder.decode(original.data or b"")
                 task_id = event.task_id
@@ -118,6 +129,23 @@ class Commands:
         finally:
             if key is not None:
                 self._in_flight.pop(key, None)
+
+    async def _earlier_submission(self, task_id: str, spec: TaskSpec) -> SubmitAccepted | None:
+        """The task an earlier attempt of this submission made (its reply was lost), if there is one.
+
+        Only the same body gets it back: a submission id is not a way to read another's task.
+        """
+        if not (self.state.is_retained(task_id) or task_id in self.state.tombstones):
+            return None
+        try:
+            task = await self.find_task(task_id)
+        except TaskNotFound:
+            raise FieldError(
+                subjects.HEADER_SUBMISSION_ID, "the task of this submission id was deleted; draw a new id"
+            ) from None
+        if task.spec != spec:
+            raise FieldError(subjects.HEADER_SUBMISSION_ID, "this submission id belongs to another submission")
+        return SubmitAccepted(id=task.id, status=task.status, task=task, replayed=True)
 
     async def _replay(self, key: str) -> SubmitAccepted | None:
         pending = self._in_flight.get(key)

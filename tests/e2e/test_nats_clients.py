@@ -4,6 +4,9 @@ language would see exactly these subjects and JSON bodies."""
 from __future__ import annotations
 
 import json
+import secrets
+import time
+import uuid
 
 import nats
 
@@ -101,5 +104,49 @@ async def test_a_plain_nats_client_can_submit_and_wait_in_one_request(stack: Sta
             "taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5, headers={"Taskmesh-Wait": "soon"}
         )
         assert json.loads(bad.data)["error"]["field"] == "wait"
+    finally:
+        await nc.close()
+
+
+def uuid7(unix_seconds: float) -> str:
+    """A UUIDv7 drawn at ``unix_seconds`` (Python 3.11 has no uuid.uuid7)."""
+    value = int(unix_seconds * 1000) << 80 | 0x7 << 76 | secrets.randbits(12) << 64 | 0b10 << 62 | secrets.randbits(62)
+    return str(uuid.UUID(int=value))
+
+
+async def test_a_repeat_with_the_same_submission_id_gets_the_same_task_and_other_uses_are_named(
+    stack: Stack, target: TargetServer
+) -> None:
+    assert stack.nats is not None
+    nc = await nats.connect(stack.nats.url)
+    try:
+
+        async def submit(body: dict[str, object], submission_id: str) -> dict[str, object]:
+            reply = await nc.request(
+                "taskmesh.api.tasks.submit",
+                json.dumps(body).encode(),
+                timeout=5,
+                headers={"Taskmesh-Submission-Id": submission_id},
+            )
+            return dict(json.loads(reply.data))
+
+        body = {"name": "once", "task_type": "immediate", "api_url": f"{target.url}/hello"}
+        drawn = uuid7(time.time())
+        first = await submit(body, drawn)
+        again = await submit(body, drawn)  # as after a lost reply
+        assert first["id"] == again["id"] == drawn and again["replayed"] is True, (first, again)
+        js = nc.jetstream()
+        assert (await js.stream_info("TASKS")).state.messages == 1  # one submission event for both
+
+        refusals = [
+            ({**body, "name": "another"}, drawn, "another submission"),  # someone else's id: not a way in
+            (body, str(uuid.uuid4()), "UUIDv7"),
+            (body, drawn.upper(), "canonical"),
+            (body, uuid7(time.time() - 600), "old"),  # outside JetStream's duplicate window
+        ]
+        for refused_body, submission_id, words in refusals:
+            error = (await submit(refused_body, submission_id))["error"]
+            assert error["field"] == "Taskmesh-Submission-Id" and words in error["message"], error
+        assert (await js.stream_info("TASKS")).state.messages == 1
     finally:
         await nc.close()

@@ -7,6 +7,7 @@ runner or a decoder; now it is refused at the edge, naming its field.
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proto import bounds, codec, events, tasks
+from proto import bounds, codec, events, streams, subjects, tasks
 from proto.errors import FieldError
 from proto.retry import backoff
 from tests.proto.test_task_spec import API_TASK, CODE_TASK, body, submit
@@ -221,3 +222,33 @@ def test_an_accepted_event_reads_back_equal() -> None:
 
     assert decoded == event and json.loads(data)["spec"]["data"] == spec.data
     assert msgspec.json.decode(data)["type"] == "task_submitted"
+
+
+def _uuid7_at(unix_seconds: float) -> str:
+    return str(uuid.UUID(int=int(unix_seconds * 1000) << 80 | 0x7 << 76 | 0x123 << 64 | 0b10 << 62 | 12345))
+
+
+@pytest.mark.parametrize(
+    ("age_seconds", "accepted"),
+    [
+        (0.0, True),
+        (bounds.SUBMISSION_ID_MAX_AGE_SECONDS - 1, True),
+        (bounds.SUBMISSION_ID_MAX_AGE_SECONDS + 1, False),  # a repeat JetStream may no longer recognise
+        (-bounds.SUBMISSION_ID_MAX_SKEW_SECONDS + 1, True),  # the gateway's clock a little ahead
+        (-bounds.SUBMISSION_ID_MAX_SKEW_SECONDS - 1, False),
+    ],
+)
+def test_a_submission_id_is_accepted_only_inside_the_duplicate_window(age_seconds: float, accepted: bool) -> None:
+    now = 1_800_000_000.0
+    submission_id = _uuid7_at(now - age_seconds)
+    if accepted:
+        bounds.check_submission_id(submission_id, now)
+    else:
+        with pytest.raises(FieldError) as refused:
+            bounds.check_submission_id(submission_id, now)
+        assert refused.value.field == "Taskmesh-Submission-Id"
+
+
+def test_the_window_for_submission_ids_fits_inside_the_tasks_streams_duplicate_window() -> None:
+    window = streams.streams()[subjects.STREAM_TASKS].config.duplicate_window
+    assert window > bounds.SUBMISSION_ID_MAX_AGE_SECONDS + bounds.SUBMISSION_ID_MAX_SKEW_SECONDS
