@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -12,14 +15,20 @@ from aiohttp import web
 from proto import api, codec, subjects
 from proto.flow import SetLimitRequest
 from proto.records import TaskRecord
+from services.common.ids import new_task_id
 from services.gateway.context import GATEWAY
 from services.gateway.errors import ApiError
 from services.gateway.follow import follow_logs
 from services.gateway.scopes import require, submit_scope
 from services.gateway.store_client import StoreClient
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 JSON = "application/json"
+SUBMIT_RETRY_FIRST_PAUSE = 0.1
+"""Seconds before a submission is first repeated; the pause doubles up to the next bound."""
+SUBMIT_RETRY_MAX_PAUSE = 1.0
 
 
 def json_bytes(data: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -118,7 +127,8 @@ async def submit(request: web.Request, route: str = "") -> web.Response:
     if scope is not None:
         kind = "a code or sandboxed task" if scope == "submit:code" else "a plain API task"
         require(request, scope, f"submitting {kind}")
-    headers: dict[str, str] = {}
+    # drawn here, once: every repeat below carries it, so the store makes one task of them all
+    headers: dict[str, str] = {subjects.HEADER_SUBMISSION_ID: new_task_id()}
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         headers[subjects.HEADER_IDEMPOTENCY_KEY] = key
@@ -127,25 +137,46 @@ async def submit(request: web.Request, route: str = "") -> web.Response:
     if wait is not None:
         headers[subjects.HEADER_WAIT] = str(wait)  # the store answers once the task is done (or the wait ends)
     with request.app[GATEWAY].waiters.hold() if wait is not None else contextlib.nullcontext():
-        try:
-            reply = await store(request).raw(
-                subjects.SUBMIT_TASK, body, headers or None, timeout=None if wait is None else wait + 5
-            )
-        except ApiError as exc:
-            if exc.code != "timeout":
-                raise
-            # the store may have accepted it and stopped before it answered: only a key makes a retry safe
-            raise ApiError(
-                "timeout",
-                "the store did not answer in time, so the task may or may not have been accepted; "
-                "retry with the same Idempotency-Key header to be sure it exists once",
-            ) from None
+        reply = await _submit_to_store(request, body, headers, wait)
     accepted = _accepted_decoder.decode(reply)
     response_headers = {"Location": f"/api/tasks/{accepted.id}"}
     if accepted.replayed:
         response_headers["Idempotent-Replayed"] = "true"
     status = 202 if wait is not None and not accepted.done else 201
     return json_bytes(bytes(accepted.task), status, response_headers)
+
+
+async def _submit_to_store(request: web.Request, body: bytes, headers: dict[str, str], wait: float | None) -> bytes:
+    """The store's reply to a submission, repeated while the store is restarting or failing over.
+
+    A request that timed out may have been taken by a store that stopped before it answered; its
+    repeat carries the same submission id, which the store (and JetStream's duplicate window)
+    turns into the same task. No store at all (no responders) is repeated too: a restart is brief.
+    """
+    settings = request.app[GATEWAY].settings
+    deadline = time.monotonic() + settings.submit_retry_seconds
+    pause = SUBMIT_RETRY_FIRST_PAUSE
+    maybe_taken = False  # an attempt timed out: a store may have taken it before it stopped
+    while True:
+        try:
+            return await store(request).raw(
+                subjects.SUBMIT_TASK, body, headers, timeout=None if wait is None else wait + 5
+            )
+        except ApiError as exc:
+            maybe_taken = maybe_taken or exc.code == "timeout"
+            if exc.code not in ("timeout", "unavailable") or time.monotonic() + pause >= deadline:
+                if not maybe_taken:
+                    raise
+                task_id = headers[subjects.HEADER_SUBMISSION_ID]
+                raise ApiError(
+                    "timeout",
+                    f"the store did not answer in time, so the task may or may not have been accepted "
+                    f"(as {task_id}: GET /api/tasks/{task_id} tells); retry with the same Idempotency-Key "
+                    f"header to be sure it exists once",
+                ) from None
+            log.info("submission repeated: %s", exc.message)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, SUBMIT_RETRY_MAX_PAUSE)
 
 
 class _Accepted(msgspec.Struct):
