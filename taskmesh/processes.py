@@ -34,6 +34,10 @@ class ProcessError(RuntimeError):
     """A process did not start or become ready."""
 
 
+PORT_PICKS = 3
+"""Tries at starting nats-server on free ports before its exit is taken as a real failure."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
@@ -98,8 +102,37 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> NatsServer:
-        self.port = self.port or free_port()
-        self.monitor_port = self.monitor_port or free_port()
+        """Start it and wait until JetStream is up. Ports it picks itself are picked again when
+        another process bound one between the pick and nats-server's own bind (free_port's race)."""
+        pick_port, pick_monitor = not self.port, not self.monitor_port
+        for attempt in range(1, PORT_PICKS + 1):
+            self.port = self.port or free_port()
+            self.monitor_port = self.monitor_port or free_port()
+            logged = self._log_size()
+            try:
+                return self._start(timeout)
+            except ProcessError:
+                if attempt == PORT_PICKS or not (pick_port or pick_monitor) or not self._port_was_taken(logged):
+                    raise
+            if pick_port:
+                self.port = 0
+            if pick_monitor:
+                self.monitor_port = 0
+        raise AssertionError("unreachable")
+
+    def _log_size(self) -> int:
+        path = self.log_path or self.data_dir / "nats-server.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def _port_was_taken(self, since: int) -> bool:
+        """Whether nats-server's log says, after byte ``since``, that a port it was given was in use."""
+        if self.log_path is None or not self.log_path.exists():
+            return False
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            return b"address already in use" in log.read()
+
+    def _start(self, timeout: float) -> NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_path or self.data_dir / "nats-server.log"
         config = self.data_dir / "taskmesh-nats.conf"
