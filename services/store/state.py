@@ -135,10 +135,17 @@ class StoreState:
         self.ledgers[task_id] = entries
 
     def finish_loading(self) -> None:
-        """Order each task's runs by queue time after an unordered load."""
+        """Order each task's runs by queue time after an unordered load, and count a one-shot
+        task's runs from what was read back: its record and its run's are separate writes, and a
+        kill between them leaves a count the replayed events would otherwise add to again."""
         for task_id, task_runs in self.runs.items():
             ordered = sorted(task_runs.values(), key=lambda r: (r.queued_at or r.started_at or r.finished_at, r.run_id))
             self.runs[task_id] = {r.run_id: r for r in ordered}
+        for task in self.tasks.values():
+            loaded = len(self.runs.get(task.id, {}))
+            if task.task_type != "scheduled" and task.run_count != loaded:
+                task.run_count = loaded
+                self.dirty_tasks.add(task.id)
 
     # --- task lifecycle -----------------------------------------------------------------------
 

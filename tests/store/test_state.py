@@ -11,6 +11,7 @@ import pytest
 
 from proto import codec, events, runs
 from proto.control import CancelRun
+from proto.records import TaskRecord
 from proto.runs import RunError
 from proto.tasks import TaskSpec
 from services.store.state import StoreState
@@ -722,3 +723,35 @@ def test_a_run_held_back_by_flow_control_shows_why_until_it_is_admitted_and_star
     state.apply_run_event(msgspec.structs.replace(queued(when=3), waiting_reason="rate:partner"))
     state.apply_run_event(started(when=4))  # started before its admission's event was applied
     assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("running", None)
+
+
+def test_a_run_whose_record_was_lost_in_a_kill_is_counted_once_when_its_events_replay() -> None:
+    # the task's record (run_count 1) reached KV, its run's record did not: the store was killed between
+    before = fresh()
+    apply_runs(before, queued())
+    written = codec.decode(TaskRecord, codec.encode(before.tasks[TASK]))
+    assert written.run_count == 1
+
+    restarted = StoreState()
+    restarted.load_task(written)
+    restarted.finish_loading()
+    apply_runs(restarted, queued(), started(), finished())  # replayed from EVENTS
+    task = restarted.tasks.get(TASK) or restarted.get(TASK)
+    assert task is not None and (task.status, task.run_count) == ("succeeded", 1)
+
+
+def test_a_run_whose_task_record_trailed_it_is_counted_after_a_restart() -> None:
+    before = fresh()
+    apply_runs(before, queued(), started())
+    stale = codec.decode(TaskRecord, codec.encode(before.tasks[TASK]))
+    stale.run_count = 0  # the task's record as written before its run was queued
+    run = before.runs[TASK][RUN]
+
+    restarted = StoreState()
+    restarted.load_task(stale)
+    restarted.load_run(run)
+    restarted.finish_loading()
+    assert restarted.tasks[TASK].run_count == 1
+    apply_runs(restarted, started(), finished())
+    task = restarted.tasks.get(TASK) or restarted.get(TASK)
+    assert task is not None and task.run_count == 1
