@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -96,6 +97,8 @@ class NatsServer:
     monitor_port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    pick_port: Callable[[], int] = free_port
+    """Where ports not given come from (a test hands it a port already taken, to force the race)."""
 
     @property
     def url(self) -> str:
@@ -106,8 +109,8 @@ class NatsServer:
         another process bound one between the pick and nats-server's own bind (free_port's race)."""
         pick_port, pick_monitor = not self.port, not self.monitor_port
         for attempt in range(1, PORT_PICKS + 1):
-            self.port = self.port or free_port()
-            self.monitor_port = self.monitor_port or free_port()
+            self.port = self.port or self.pick_port()
+            self.monitor_port = self.monitor_port or self.pick_port()
             logged = self._log_size()
             try:
                 return self._start(timeout)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmesh import processes
-from taskmesh.processes import NatsServer, ProcessError
+from taskmesh.processes import NatsServer, ProcessError, free_port
 
 
 @pytest.fixture
@@ -21,14 +20,10 @@ def taken_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def test_a_monitor_port_taken_after_it_was_picked_is_picked_again(
-    tmp_path: Path, taken_port: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_monitor_port_taken_after_it_was_picked_is_picked_again(tmp_path: Path, taken_port: int) -> None:
     picks = iter([taken_port])
-    real_free_port = processes.free_port
     # the race forced: the first pick is a port another process already holds
-    monkeypatch.setattr(processes, "free_port", lambda: next(picks, None) or real_free_port())
-    server = NatsServer(tmp_path / "nats", port=real_free_port())
+    server = NatsServer(tmp_path / "nats", port=free_port(), pick_port=lambda: next(picks, None) or free_port())
     try:
         server.start()
         assert server.monitor_port != taken_port and server.process is not None and server.process.poll() is None

@@ -8,12 +8,13 @@ import docker.errors
 import pytest
 import requests
 
-from services.runner.sandbox import engine as engine_module
 from services.runner.sandbox.engine import Engine
 
 
 class ScriptedEngine(Engine):
     """An Engine whose calls answer from a script of outcomes (pure retry logic, no engine)."""
+
+    remove_retry_delays = (0.0, 0.0, None)
 
     def __init__(self, outcomes: list[int | None]) -> None:
         super().__init__(None, threads=1)
@@ -30,11 +31,6 @@ class ScriptedEngine(Engine):
         response.status_code = status
         error = docker.errors.NotFound if status == 404 else docker.errors.APIError
         raise error("scripted", response=response)
-
-
-@pytest.fixture(autouse=True)
-def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module, "REMOVE_RETRY_DELAYS", (0.0, 0.0, None))
 
 
 async def test_a_container_caught_exiting_is_removed_on_a_later_attempt() -> None:

@@ -21,9 +21,6 @@ from docker.utils import kwargs_from_env
 
 log = logging.getLogger(__name__)
 
-# waits between attempts at removing a container the engine failed to remove; None: give up
-REMOVE_RETRY_DELAYS: tuple[float | None, ...] = (0.2, 0.5, 1.0, 2.0, None)
-
 
 class EngineUnavailable(Exception):
     """The engine cannot be used; the message says why, in the words of the seed's troubleshooting."""
@@ -54,6 +51,9 @@ def explain(exc: BaseException, where: str) -> str:
 
 class Engine:
     """Async facade over ``docker.APIClient``."""
+
+    remove_retry_delays: tuple[float | None, ...] = (0.2, 0.5, 1.0, 2.0, None)
+    """Waits between attempts at removing a container the engine failed to remove; None: give up."""
 
     def __init__(self, base_url: str | None, threads: int) -> None:
         self.base_url = base_url
@@ -109,7 +109,7 @@ class Engine:
         kill running container ... is not running"); moments later the same call succeeds, so server
         errors are retried a few times before they are given up on.
         """
-        for delay in REMOVE_RETRY_DELAYS:
+        for delay in self.remove_retry_delays:
             try:
                 await self.call("remove_container", container_id, force=True, v=True)
                 return
