@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Final
 
 from msgspec import Struct
+
+PING_ALIVE: Final = b"alive"
+"""A runner's answer to an empty ping on ``runner_ping(id)``: it is alive."""
+PING_HOLDING: Final = b"holding"
+"""Its answer to a ping whose body is a run id, while it holds that run (waiting, running, reporting)."""
+PING_FREE: Final = b"free"
+"""Its answer to a ping whose body is a run id it does not hold."""
 
 
 class CancelRun(Struct, kw_only=True, omit_defaults=True):

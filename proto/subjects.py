@@ -156,7 +156,10 @@ def inbox_prefix(user: str) -> str:
 
 
 def runner_ping(runner_id: str) -> str:
-    """A runner answers here while alive; 'no responders' means its containers are orphans."""
+    """A runner answers here while alive; 'no responders' means its containers are orphans.
+
+    A ping whose body is a run id asks whether the runner still holds that run (``control.PING_*``).
+    """
     return f"taskmesh.control.runner.{runner_id}.ping"
 
 
@@ -212,6 +215,10 @@ LEASE_SCHEDULER: Final = "scheduler"
 
 HEADER_MSG_ID: Final = "Nats-Msg-Id"
 """JetStream de-duplication id; on ``SUBMIT_TASK`` it is the idempotency key."""
+HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+"""JetStream stores the message only if the subject's last message has this sequence (0: none)."""
+ERR_WRONG_LAST_SEQUENCE: Final = 10071
+"""JetStream's error code when ``HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE`` does not hold."""
 HEADER_IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 """Accepted on ``SUBMIT_TASK`` too, for clients that speak HTTP terms."""
 HEADER_SUBMISSION_ID: Final = "Taskmesh-Submission-Id"

@@ -6,6 +6,8 @@ The ack / nak / term decision for a WORK message lives here and only here:
 - nak   when this runner hands the run back (shutdown past its grace period);
 - term  for a message that is not a ``RunDue`` at all.
 A runner killed before acking loses nothing: the message is redelivered as attempt + 1.
+A run is started by one delivery only (``claim``): a delivery that finds the run started by a
+runner that still holds it waits for that runner to let go, then acks if the run finished.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -29,6 +32,7 @@ from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
 from services.common.clock import utcnow
 from services.common.poison import is_transient, within_deadline
 from services.common.secret_keys import SecretKeys
+from services.runner import claim
 from services.runner.http_task import HttpTasks
 from services.runner.outcome import Outcome, retry_at
 from services.runner.output import RunOutput
@@ -43,6 +47,8 @@ OUTCOME_PUBLISH_PATIENCE_SECONDS = 120.0
 START_PUBLISH_PATIENCE_SECONDS = 10.0
 """How long a run waits for its ``RunStarted`` to be recorded; then it is handed back, not run."""
 UNSTARTED_REDELIVERY_DELAY_SECONDS = 2.0
+HOLDER_POLL_SECONDS = 1.0
+"""How often a delivery that found its run held by another runner asks again."""
 
 
 @dataclass
@@ -57,6 +63,8 @@ class ActiveRun:
     hand_back: bool = False
     secret_values: list[str] = field(default_factory=list)
     """Values of the secrets this run uses, hidden in its outcome."""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when this delivery is settled (acked, naked or left to the ack wait)."""
 
 
 class RunExecutor:
@@ -72,6 +80,7 @@ class RunExecutor:
         http: HttpTasks,
         sandboxes: DockerSandboxes,
         secrets: SecretResolver | None = None,
+        nc: Client | None = None,
     ) -> None:
         self.js = js
         self.tasks_kv = tasks_kv
@@ -82,6 +91,8 @@ class RunExecutor:
         self.http = http
         self.sandboxes = sandboxes
         self.secrets = secrets or SecretResolver(None, SecretKeys([]))
+        self.nc = nc
+        """Asks other runners whether they still hold a run (None: never wait for one)."""
         self.active: dict[str, ActiveRun] = {}
         self.finished = 0
 
@@ -104,6 +115,10 @@ class RunExecutor:
             run.cancelled.set()
         return len(self.active)
 
+    def holds(self, run_id: str) -> bool:
+        """Whether a delivery of ``run_id`` is here: waiting to start, running or reporting."""
+        return run_id in self.active
+
     # --- one message --------------------------------------------------------------------------
 
     async def handle(self, message: Msg) -> None:
@@ -116,12 +131,19 @@ class RunExecutor:
         delivered = message.metadata.num_delivered or 1
         attempt = due.attempt + delivered - 1
         active = ActiveRun(due.task_id, due.run_id, attempt)
-        self.active[due.run_id] = active  # before the checks: a cancel arriving now is not missed
         keep_alive = asyncio.create_task(self._keep_alive(message))
         try:
+            earlier = self.active.get(due.run_id)
+            if earlier is not None:  # this runner was handed the run twice: the first delivery decides
+                await earlier.done.wait()
+                if earlier.hand_back:
+                    await within_deadline(message.nak())
+                    return
+            self.active[due.run_id] = active  # before the checks: a cancel arriving now is not missed
             await self._handle(message, due, delivered, active)
         finally:
             keep_alive.cancel()
+            active.done.set()
             if self.active.get(due.run_id) is active:
                 del self.active[due.run_id]
 
@@ -170,31 +192,8 @@ class RunExecutor:
             )
             await within_deadline(message.ack())
             return
-        started = RunStarted(
-            event_id=f"s:{due.task_id}:{due.slot}:{attempt}",
-            occurred_at=now,
-            task_id=due.task_id,
-            run_id=due.run_id,
-            attempt=attempt,
-            runner_id=self.runner_id,
-            scheduled_for=due.scheduled_for,
-        )
-        try:
-            # Recorded before the run, never after: an outcome that cannot be recorded either
-            # would have the finished run executed again.
-            await self._publish_durably(
-                subjects.run_event(due.task_id, due.run_id, "started"),
-                codec.encode(started),
-                started.event_id,
-                START_PUBLISH_PATIENCE_SECONDS,
-            )
-        except Exception as exc:
-            log.warning(
-                "run not started: its start could not be recorded (%s); handed back",
-                exc,
-                extra={"run": due.run_id, "attempt": attempt},
-            )
-            await within_deadline(message.nak(delay=UNSTARTED_REDELIVERY_DELAY_SECONDS))
+        started_at = await self._start(message, due, delivered, active)
+        if started_at is None:
             return
         output = RunOutput(self.js, due.task_id, due.run_id, attempt, self.settings.log_cap_bytes)
         if delivered > 1:
@@ -215,9 +214,86 @@ class RunExecutor:
             await within_deadline(message.nak())
             log.info("run handed back", extra={"run": due.run_id, "attempt": attempt})
             return
-        await self._report_once(due, attempt, outcome, now, output)
+        await self._report_once(due, attempt, outcome, started_at, output)
         await output.settled()
         await within_deadline(message.ack())
+
+    async def _start(self, message: Msg, due: RunDue, delivered: int, active: ActiveRun) -> datetime | None:
+        """Record this delivery as the run's one start and return when it started; None when it
+        must not run here (the message is then settled).
+
+        Recorded before the run, never after: an outcome that cannot be recorded either would
+        have the finished run executed again.
+        """
+        subject = subjects.run_event(due.task_id, due.run_id, "started")
+        # The first delivery of a first attempt expects no start before it and skips the read. A
+        # conflict sends it the careful way: read the last start, wait for its runner to let go,
+        # then start after it.
+        after: int | None = 0 if delivered == 1 and due.attempt == 1 else None
+        mine: dict[bytes, datetime] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_PUBLISH_PATIENCE_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                if after is None:
+                    last = await claim.last_start(self.js, subject)
+                    if last is not None and last.data in mine:
+                        return mine[last.data]  # this delivery's own start; its acknowledgement was lost
+                    if last is not None and last.runner_id:
+                        if not await self._wait_for_holder(due, active, last.runner_id):
+                            await within_deadline(message.nak())
+                            return None
+                        deadline = loop.time() + START_PUBLISH_PATIENCE_SECONDS  # waiting on a runner is no outage
+                        if await self._already_finished(due):
+                            await within_deadline(message.ack())
+                            return None
+                    after = last.seq if last is not None else 0
+                now = utcnow()
+                started = RunStarted(
+                    # one id per start position: a repeat of this publish is a duplicate, a start
+                    # after another start is a new message
+                    event_id=f"s:{due.task_id}:{due.slot}:{active.attempt}" + (f"@{after}" if after else ""),
+                    occurred_at=now,
+                    task_id=due.task_id,
+                    run_id=due.run_id,
+                    attempt=active.attempt,
+                    runner_id=self.runner_id,
+                    scheduled_for=due.scheduled_for,
+                )
+                payload = codec.encode(started)
+                mine[payload] = now
+                await claim.publish_start(self.js, subject, payload, started.event_id, after)
+                return now
+            except claim.StartTaken as exc:
+                log.info("run start taken (%s); looking who holds it", exc, extra={"run": due.run_id})
+                after = None
+            except Exception as exc:  # disconnected, timed out, no stream leader during an election
+                if loop.time() + delay > deadline:
+                    log.warning(
+                        "run not started: its start could not be recorded (%s); handed back",
+                        exc,
+                        extra={"run": due.run_id, "attempt": active.attempt},
+                    )
+                    await within_deadline(message.nak(delay=UNSTARTED_REDELIVERY_DELAY_SECONDS))
+                    return None
+                log.warning("start not yet recorded (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _wait_for_holder(self, due: RunDue, active: ActiveRun, holder: str) -> bool:
+        """Wait while runner ``holder`` holds the run; False when this delivery is handed back meanwhile."""
+        if holder == self.runner_id:
+            return True  # an earlier delivery here, and it has ended: handle() waited for it
+        waited = False
+        while await claim.holder_busy(self.nc, holder, due.run_id):
+            if active.hand_back:
+                return False
+            if not waited:
+                log.info("run is held by another runner; waiting for it", extra={"run": due.run_id, "holder": holder})
+                waited = True
+            await asyncio.sleep(HOLDER_POLL_SECONDS)
+        return not active.hand_back
 
     async def _report_once(
         self, due: RunDue, attempt: int, outcome: Outcome, started_at: datetime | None, output: RunOutput

@@ -20,6 +20,7 @@ from services.common.ids import new_instance_id
 from services.common.lifecycle import supervise
 from services.common.poison import handling_failed
 from services.common.presence import announce_forever, hostname
+from services.runner import claim
 from services.runner.executor import RunExecutor
 from services.runner.http_task import HttpTasks
 from services.runner.sandbox.docker_sandbox import DockerSandboxes
@@ -53,12 +54,9 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         for name in (subjects.CONSUMER_RUNNER_CODE, subjects.CONSUMER_RUNNER_API):
             await natsio.ensure_consumer(js, name)
 
+        executor: RunExecutor | None = None
         # Answer pings from the start: another runner reaping orphans must see us alive.
-        async def pong(msg: Msg) -> None:
-            if msg.reply:
-                await nc.publish(msg.reply, b"alive")
-
-        await nc.subscribe(subjects.runner_ping(runner_id), cb=pong)
+        await claim.answer_pings(nc, runner_id, lambda run_id: executor is not None and executor.holds(run_id))
         sandboxes = DockerSandboxes(settings, runner_id, nc)
         await sandboxes.start(stop)
         stack.push_async_callback(sandboxes.close)
@@ -72,7 +70,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         )
         stack.push_async_callback(http.close)
         resolver = SecretResolver(secrets_kv, settings.secret_keys())
-        executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes, resolver)
+        executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes, resolver, nc)
 
         async def on_cancel(msg: Msg) -> None:
             try:
