@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 BATCH = 512
 MAX_UNWRITTEN_BATCHES = 4
+EARLY_EVENT_DELAY_SECONDS = 2.0
+EARLY_EVENT_DELIVERIES = 8
+"""A run event can arrive before its task: a new leader's catch-up of TASKS ends while the
+submissions a killed leader was handed wait out their ack wait (10 s), and a submission is applied
+only after its publish is acknowledged. Such an event comes back every 2 s, up to this many
+deliveries in all (past the ack wait), before it is taken as an event of a task that never was."""
 """Batches applied but not yet written back; more waits (backpressure on the fetching)."""
 
 
@@ -43,6 +49,8 @@ class Applied:
 
     unusable: set[int] = field(default_factory=set)
     failed: dict[int, Exception] = field(default_factory=dict)
+    early: set[int] = field(default_factory=set)
+    """Run events whose task this store does not know yet: offered again a little later."""
 
 
 Apply = Callable[[list[Msg]], Applied]
@@ -59,6 +67,7 @@ class EventConsumers:
         persistence: Persistence,
         after_apply: Callable[[Effects], None],
         log_cap_bytes: int,
+        restarts: Counter[str] | None = None,
     ) -> None:
         self.js = js
         self.state = state
@@ -67,8 +76,8 @@ class EventConsumers:
         self.log_cap_bytes = log_cap_bytes
         self._log_bytes: dict[tuple[str, str, int], int] = {}
         self.unknown_task_events = 0
-        self.restarts: Counter[str] = Counter()
-        """Consumer loops that died and were restarted, by consumer name."""
+        self.restarts: Counter[str] = Counter() if restarts is None else restarts
+        """Consumer loops restarted after an error, by durable (kept across leaderships: heartbeats)."""
 
     async def catch_up_tasks(self) -> int:
         """Apply the TASKS backlog before anything else (so run events find their tasks)."""
@@ -151,6 +160,8 @@ class EventConsumers:
                 failure = applied.failed.get(id(message))
                 if failure is not None:
                     await handling_failed(self.js, message, failure, "store")
+                elif id(message) in applied.early:
+                    await within_deadline(message.nak(delay=EARLY_EVENT_DELAY_SECONDS))
                 else:
                     await within_deadline(message.term() if id(message) in applied.unusable else message.ack())
             except Exception as exc:  # left unacknowledged: redelivered after the ack wait
@@ -182,22 +193,28 @@ class EventConsumers:
                 applied.unusable.add(id(message))
                 continue
             try:
-                self._apply_event(event)
+                known = self._apply_event(event, message.metadata.num_delivered < EARLY_EVENT_DELIVERIES)
+                if not known:
+                    applied.early.add(id(message))
             except Exception as exc:  # a bug met by this one event: the others still apply
                 log.exception("event on %s not applied", message.subject)
                 applied.failed[id(message)] = exc
         return applied
 
-    def _apply_event(self, event: runs.RunEvent | object) -> None:
+    def _apply_event(self, event: runs.RunEvent | object, may_wait: bool) -> bool:
+        """Apply one event; False when its task is unknown and the event should come back later."""
         if isinstance(event, (runs.RunQueued, runs.RunStarted, runs.RunFinished, runs.RunCancelRequested)):
             effects = self.state.apply_run_event(event)
         else:
             effects = self.state.apply_schedule_event(event)  # type: ignore[arg-type]  # run events are handled above; what is left is a schedule event
         if effects.unknown_task:
+            if may_wait:
+                return False
             # Its task was never seen (or deleted before a restart): nothing to attach it to.
             self.unknown_task_events += 1
             log.debug("event for unknown task %s ignored", getattr(event, "task_id", "?"))
         self.after_apply(effects)
+        return True
 
     async def _commit_logs(self, messages: list[Msg], _: Applied) -> None:
         keep: list[LogChunk] = []

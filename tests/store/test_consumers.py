@@ -219,3 +219,37 @@ async def _publish_chunk(js: JetStreamContext, task_id: str, seq: int) -> None:
 async def _log_keys(js: JetStreamContext, seq: int) -> bool:
     keys = {key async for key, _ in natsio.read_bucket(js, subjects.BUCKET_LOGS)}
     return subjects.log_key("task-1", "run-1", 1, seq) in keys
+
+
+async def test_a_run_event_that_arrives_before_its_task_is_applied_once_the_task_is(js: JetStreamContext) -> None:
+    # Given a submission a killed store took and never wrote (it comes back after the ack wait)
+    state, consumers = await _store_parts(js)
+    await _submit(js, "task-early")
+    dead = await js.pull_subscribe_bind(durable=subjects.CONSUMER_STORE_TASKS, stream=subjects.STREAM_TASKS)
+    assert len(await dead.fetch(1, timeout=2)) == 1
+    await dead.unsubscribe()
+    await consumers.catch_up_tasks()
+    assert "task-early" not in state.tasks
+    # When the run of that task is queued meanwhile (the scheduler read the submission)
+    queued = runs.RunQueued(
+        event_id="q-early",
+        occurred_at=utcnow(),
+        task_id="task-early",
+        run_id=runs.run_id_for("task-early", "once"),
+        slot="once",
+        scheduled_for=utcnow(),
+    )
+    await js.publish(subjects.run_event(queued.task_id, queued.run_id, queued.subject_kind), codec.encode(queued))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumers.run(stop))
+    try:
+        # Then the event waits for its task instead of being dropped: the task ends up queued
+        def is_queued() -> bool:
+            task = state.tasks.get("task-early")
+            return task is not None and task.status == "queued"
+
+        await _wait(lambda: _true(is_queued()), streams.STORE_ACK_WAIT.total_seconds() + 15, "task-early queued")
+        assert consumers.unknown_task_events == 0
+    finally:
+        stop.set()
+        await running
