@@ -5,8 +5,9 @@ Exit 0 when healthy, 1 otherwise (Docker's contract). Healthy means:
 - nats-cluster: that, and the cluster has a meta leader (the JetStream API answers);
 - gateway: ``/api/health`` answers 200 (ok or degraded; 503 means NATS or the store is down);
 - others:  this container's own instance was heard on ``taskmesh.heartbeat.<service>.*`` just now.
-  Services heartbeat only once ready (streams there, state loaded, sandboxes checked), so a
-  healthy runner or store is one that works, not merely a process that runs.
+  Services heartbeat only once ready (streams there, sandboxes checked), so a healthy runner
+  is one that works, not merely a process that runs. A store or scheduler heartbeats from when
+  it stands by, ready to lead; `/api/health` tells which one leads.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ HANDLING_RETRY_DELAY_MAX: Final = timedelta(seconds=8)
 NATS_CALL_DEADLINE: Final = timedelta(seconds=10)
 """Longest wait on one NATS call (a publish acknowledgement, a KV write, an ack)."""
 LEASE_TTL: Final = timedelta(seconds=10)
-"""A scheduler leader that stops renewing its lease is replaced after at most this long. Longer
-than a JetStream election (4-9 s), so a holder rides out one (services/scheduler/lease.py)."""
+"""A scheduler or store leader that stops renewing its lease is replaced after at most this long. Longer
+than a JetStream election (4-9 s), so a holder rides out one (services/common/lease.py)."""
 WORK_DEDUP_WINDOW: Final = timedelta(minutes=10)
 """Fires published twice (failover, restart) within this window land once. nats-server keeps every
 message id of the window in memory (about 150 B each): at 1,000 fires/s an hour held 3.6 M ids.
@@ -305,6 +305,18 @@ def buckets(replicas: int = 1) -> dict[str, BucketSpec]:
                 ttl=LEASE_TTL.total_seconds(),
                 direct=True,
                 description="Leader leases",
+            ),
+        ),
+        subjects.BUCKET_STORE_LEASE: BucketSpec(
+            "store",
+            js_api.KeyValueConfig(
+                bucket=subjects.BUCKET_STORE_LEASE,
+                history=1,
+                storage=file,
+                replicas=replicas,
+                ttl=LEASE_TTL.total_seconds(),
+                direct=True,
+                description="The store leader's lease",
             ),
         ),
     }

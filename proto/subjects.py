@@ -210,6 +210,10 @@ BUCKET_LEASES: Final = "leases"
 
 LEASE_SCHEDULER: Final = "scheduler"
 """Key of the scheduler leader lease."""
+BUCKET_STORE_LEASE: Final = "store_lease"
+"""The store leader's lease (the store's own bucket: only the store may write it)."""
+LEASE_STORE: Final = "store"
+"""Key of the store leader lease; partitions would lead ``store.<p>`` each."""
 
 # --- Headers ---------------------------------------------------------------------------------
 

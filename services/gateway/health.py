@@ -31,15 +31,20 @@ async def health(request: web.Request) -> web.Response:
     else:
         checks["nats"] = api.DependencyHealth(status="down", detail="not connected to NATS")
         checks["jetstream"] = api.DependencyHealth(status="down", detail="not connected to NATS")
+    registry = gateway.registry
+    stores = registry.alive("store")
     try:
         store = await gateway.store.call(
             subjects.STORE_HEALTH, api.StatsRequest(), api.StoreHealth, timeout=CHECK_TIMEOUT_SECONDS
         )
-        checks["store"] = api.DependencyHealth(status="ok", detail=f"{store.tasks} tasks")
+        standby = sum(1 for s in stores if not s.leader)
+        checks["store"] = api.DependencyHealth(
+            status="ok", count=len(stores), detail=f"{store.tasks} tasks, {standby} standby"
+        )
     except (ApiError, StoreReplyError) as exc:
-        checks["store"] = api.DependencyHealth(status="down", detail=str(exc))
+        detail = str(exc) if not stores else f"{exc} ({len(stores)} standing by, none leads yet)"
+        checks["store"] = api.DependencyHealth(status="down", count=len(stores), detail=detail)
 
-    registry = gateway.registry
     schedulers = registry.alive("scheduler")
     leaders = [s for s in schedulers if s.leader]
     if leaders:

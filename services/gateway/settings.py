@@ -25,10 +25,11 @@ class GatewaySettings(ServiceSettings, kw_only=True, forbid_unknown_fields=True)
     """A file of more secrets keys, one per line (`#` comments), after those of `TASKMESH_SECRETS_KEY`."""
     max_body_bytes: int = 1024 * 1024
     store_timeout_seconds: float = 5.0
-    submit_retry_seconds: float = 10.0
+    submit_retry_seconds: float = 20.0
     """How long a submission whose store request timed out or found no store (or no NATS) is repeated
-    under the same task id, so that it lands once, before the client gets a 503: a store restart or
-    a NATS outage is ridden out. A client may wait this plus `TASKMESH_STORE_TIMEOUT_SECONDS`."""
+    under the same task id, so that it lands once, before the client gets a 503: a store restart, a
+    standby store taking over (within the 10 s lease) or a NATS outage is ridden out. A client may
+    wait this plus `TASKMESH_STORE_TIMEOUT_SECONDS`."""
     max_wait_seconds: float = 300.0
     max_waiters: int = 1000
     """Waits (`/wait`, submit with `?wait=`) open at once; past it a 429 `too_many_waiters`."""

@@ -13,10 +13,10 @@ from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
+from services.common.lease import LeaderLease
 from services.common.lifecycle import sleep_or_stop
 from services.common.presence import announce_forever, hostname
 from services.scheduler.leader import Leader
-from services.scheduler.lease import LeaderLease
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)

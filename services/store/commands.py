@@ -41,6 +41,7 @@ class Commands:
         after_apply: Callable[[Effects], None],
         find_task: Callable[[str], Awaitable[TaskRecord]],
         check_secrets: Callable[[TaskSpec], Awaitable[None]] | None = None,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.js = js
         self.state = state
@@ -51,10 +52,13 @@ class Commands:
         self.check_secrets = check_secrets
         """Raises FieldError when the task names a secret that does not exist."""
         self._in_flight: dict[str, asyncio.Future[str]] = {}
+        self.fence = fence
+        """Raises unless this store may publish (it leads)."""
 
     async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
         # repeated through an election with the same id (the task id when no key is given, drawn
         # before the first attempt): a repeat whose first try did land is a duplicate, not a 2nd task
+        self.fence()
         ack = await publish_durably(
             self.js, subjects.task_event(event.task_id, event.subject_kind), payload or codec.encode(event), msg_id
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
@@ -46,8 +47,12 @@ would hold every later flush."""
 class Persistence:
     """The tasks, runs and logs buckets, as the store's only writer sees them."""
 
-    def __init__(self, js: JetStreamContext, buckets: dict[str, KeyValue]) -> None:
+    def __init__(
+        self, js: JetStreamContext, buckets: dict[str, KeyValue], fence: Callable[[], None] = lambda: None
+    ) -> None:
         self.js = js
+        self.fence = fence
+        """Raises unless this store may write (it leads); called before every write."""
         self._metrics_saved = -1
         self.tasks = buckets[subjects.BUCKET_TASKS]
         self.runs = buckets[subjects.BUCKET_RUNS]
@@ -207,6 +212,7 @@ class Persistence:
         snapshot of a record is never overtaken by an older one.
         """
         async with self._lock:
+            self.fence()
             writes = state.take_writes()
             if not writes:
                 return 0
@@ -255,6 +261,7 @@ class Persistence:
         The task's key keeps a delete marker (runners tell "deleted" from "not written yet" by it);
         the catalog remembers the deletion until ``purge_markers`` removes the marker.
         """
+        self.fence()
         await self.tasks.purge(task_id)
         await self._purge_subject(subjects.BUCKET_RUNS, f"{task_id}.>")
         await self._purge_subject(subjects.BUCKET_LOGS, f"{task_id}.>")
@@ -271,6 +278,7 @@ class Persistence:
         return len(ids)
 
     async def _purge_subject(self, bucket: str, keys: str) -> None:
+        self.fence()
         await self.js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{keys}")
 
     async def put_log_chunks(self, chunks: list[LogChunk]) -> None:
@@ -284,6 +292,7 @@ class Persistence:
         await _acknowledged(pending)
 
     async def _publish(self, subject: str, payload: bytes) -> asyncio.Future:
+        self.fence()
         return await self.js.publish_async(subject, payload, wait_stall=WRITE_DEADLINE_SECONDS)
 
     async def read_log_chunks(self, task_id: str, run_id: str, attempt: int) -> list[LogChunk]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
@@ -28,9 +29,11 @@ class SecretNotFound(StoreError):
 class Secrets:
     """Put, list, delete; and whether the secrets a task names exist."""
 
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, fence: Callable[[], None] = lambda: None) -> None:
         self.js = js
         self.kv = kv
+        self.fence = fence
+        """Raises unless this store may write (it leads)."""
 
     async def _entry(self, name: str) -> SecretEntry | None:
         try:
@@ -49,6 +52,7 @@ class Secrets:
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )
+        self.fence()
         await self.kv.put(request.name, codec.encode(entry))
         log.info("secret set", extra={"secret": request.name, "key_id": request.sealed.key_id})
         return SecretInfo(name=entry.name, created_at=entry.created_at, updated_at=entry.updated_at)
@@ -65,6 +69,7 @@ class Secrets:
         """Remove a secret (its value is not kept: the bucket keeps one revision)."""
         if await self._entry(request.name) is None:
             raise SecretNotFound(f"no secret named {request.name!r}", "name")
+        self.fence()
         await self.kv.purge(request.name)
         log.info("secret deleted", extra={"secret": request.name})
         return SecretDeleted(name=request.name, deleted=True)

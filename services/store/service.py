@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
-from proto import codec, subjects
+from proto import codec, streams, subjects
 from proto.api import DeleteTaskRequest
 from proto.control import Heartbeat
 from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
+from services.common.lease import LeaderLease
 from services.common.lifecycle import sleep_or_stop
 from services.common.presence import ServiceRegistry, announce_forever, hostname
 from services.store.catalog import Catalog
@@ -35,11 +39,15 @@ TOMBSTONE_MARKER_AGE = timedelta(hours=6)
 RETENTION_BATCH = 1000
 """Expired tasks deleted per sweep at most."""
 
+STANDBY_POLL_SECONDS = 1.0
+"""How often a standby store tries to take the lease: it leads within the lease TTL plus this."""
+RENEW_EVERY_SECONDS = streams.LEASE_TTL.total_seconds() / 4
+
 STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
 
 
 async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
-    """Run the store until ``stop`` is set."""
+    """Run a store replica until ``stop`` is set: stand by, lead while it holds the lease."""
     instance_id = new_instance_id()
     started_at = utcnow()
     async with AsyncExitStack() as stack:
@@ -49,16 +57,87 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         buckets = await natsio.setup_owned(js, "store", settings.js_replicas)
         for name in STORE_CONSUMERS:
             await natsio.ensure_consumer(js, name)
+        lease = LeaderLease(buckets[subjects.BUCKET_STORE_LEASE], subjects.LEASE_STORE, instance_id)
+        registry = ServiceRegistry()
+        await registry.follow(nc)
+        leading = asyncio.Event()
+        restarts: Counter[str] = Counter()
 
+        def heartbeat() -> Heartbeat:
+            return Heartbeat(
+                service="store",
+                instance_id=instance_id,
+                host=hostname(),
+                version=VERSION,
+                started_at=started_at,
+                sent_at=utcnow(),
+                leader=leading.is_set(),
+                consumer_restarts=dict(restarts),
+            )
+
+        changed = asyncio.Event()
+        beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))
+        log.info("store standing by", extra={"instance": instance_id})
+        while not stop.is_set():
+            if not await lease.try_acquire():
+                await sleep_or_stop(stop, STANDBY_POLL_SECONDS)
+                continue
+            leading.set()
+            changed.set()
+            log.info("leading", extra={"instance": instance_id})
+            try:
+                await _lead(settings, nc, js, buckets, lease, registry, restarts, stop)
+            except Exception:  # NATS trouble while loading: stand by, and lead again if the lease allows
+                log.exception("leading failed")
+                await sleep_or_stop(stop, 1.0)
+            leading.clear()
+            changed.set()
+            if not stop.is_set():
+                log.warning("lease lost; standing by")
+        await lease.release()
+        await beats
+
+
+async def _lead(
+    settings: StoreSettings,
+    nc: Client,
+    js: JetStreamContext,
+    buckets: dict[str, KeyValue],
+    lease: LeaderLease,
+    registry: ServiceRegistry,
+    restarts: Counter[str],
+    stop: asyncio.Event,
+) -> None:
+    """Load the state, then answer requests and materialise events until ``stop`` or the lease is lost.
+
+    Every write is fenced by the lease (``lease.check``): a leader that was paused past its lease
+    writes nothing more, and the next leader replays what it had not written.
+    """
+    until = asyncio.Event()
+
+    async def keep_lease() -> None:
+        while not until.is_set():
+            if await sleep_or_stop(until, RENEW_EVERY_SECONDS):
+                break
+            if not await lease.renew():
+                break
+        until.set()
+
+    async def stop_with_store() -> None:
+        await stop.wait()
+        until.set()
+
+    keeper = asyncio.create_task(keep_lease(), name="lease")
+    stopper = asyncio.create_task(stop_with_store())
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(_cancel, keeper, stopper)
         catalog = Catalog.open_or_reset(settings.catalog_path(), settings.catalog_cache_mb)
         stack.callback(catalog.close)
         state = StoreState(
             run_history_limit=settings.run_history_limit, catalog=catalog, cache_bytes=settings.cache_mb * 1024 * 1024
         )
-        persistence = Persistence(js, buckets)
+        persistence = Persistence(js, buckets, fence=lease.check)
         await persistence.load(state)
-        registry = ServiceRegistry()
-        await registry.follow(nc)
         queries = Queries(js, state, persistence, registry)
         background: set[asyncio.Task[None]] = set()
 
@@ -70,9 +149,11 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
                 background.add(task)
                 task.add_done_callback(background.discard)
 
-        secret_store = Secrets(js, buckets[subjects.BUCKET_SECRETS])
-        commands = Commands(js, state, settings.limits(), after_apply, queries.task, secret_store.check_references)
-        consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes)
+        secret_store = Secrets(js, buckets[subjects.BUCKET_SECRETS], fence=lease.check)
+        commands = Commands(
+            js, state, settings.limits(), after_apply, queries.task, secret_store.check_references, fence=lease.check
+        )
+        consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes, restarts)
         caught_up = await consumers.catch_up_tasks()
         handlers = ApiHandlers(
             nc, commands, queries, settings.max_concurrent_requests, settings.store_max_waiters, secret_store
@@ -82,41 +163,39 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
             "store ready",
             extra={"tasks_in_progress": len(state.tasks), "tasks": len(catalog), "replayed_task_events": caught_up},
         )
-
-        def heartbeat() -> Heartbeat:
-            return Heartbeat(
-                service="store",
-                instance_id=instance_id,
-                host=hostname(),
-                version=VERSION,
-                started_at=started_at,
-                sent_at=utcnow(),
-                consumer_restarts=dict(consumers.restarts),
-            )
-
         loops = [
-            asyncio.create_task(consumers.run(stop), name="consumers"),
-            asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop), name="heartbeat"),
-            asyncio.create_task(_sweep_forever(commands, state, persistence, settings, stop), name="retention"),
+            asyncio.create_task(consumers.run(until), name="consumers"),
+            asyncio.create_task(_sweep_forever(commands, state, persistence, settings, until), name="retention"),
         ]
         for loop_task in loops:
             loop_task.add_done_callback(_report_crash)
-        await stop.wait()
-        log.info("stopping: finishing requests in progress")
-        await handlers.stop(settings.shutdown_grace.total_seconds())
+        await until.wait()
+        lost = not stop.is_set()
+        if lost:
+            log.warning("lease lost: no more answers or writes; the next leader replays what is unwritten")
+        else:
+            log.info("stopping: finishing requests in progress")
+        await handlers.stop(0.0 if lost else settings.shutdown_grace.total_seconds())
         await asyncio.gather(*loops, return_exceptions=True)
-        try:
-            await persistence.flush(state)
-        except Exception as exc:  # replayed from the streams at the next start
-            log.warning("final flush failed (%s); changes will be replayed at next start", exc)
+        if not lost:
+            try:
+                await persistence.flush(state)
+            except Exception as exc:  # replayed from the streams at the next start
+                log.warning("final flush failed (%s); changes will be replayed at next start", exc)
         log.info(
-            "store stopped",
+            "store stopped leading",
             extra={
                 "tasks_in_progress": len(state.tasks),
                 "tasks": len(catalog),
                 "unknown_task_events": consumers.unknown_task_events,
             },
         )
+
+
+async def _cancel(*tasks: asyncio.Task[None]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -79,11 +79,13 @@ def _at(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-async def test_the_stack_is_healthy_with_a_leader_and_a_standby_and_wants_a_token(deployment: Deployment) -> None:
+async def test_the_stack_is_healthy_with_leaders_and_standbys_and_wants_a_token(deployment: Deployment) -> None:
     health = deployment.health()
     assert health["status"] == "ok", health["checks"]
     assert health["checks"]["scheduler"]["count"] == 2
     assert "1 standby" in health["checks"]["scheduler"]["detail"]
+    assert health["checks"]["store"]["count"] == 2
+    assert "1 standby" in health["checks"]["store"]["detail"]
     assert health["checks"]["sandbox"]["detail"] == SANDBOX_IMAGE
     async with httpx.AsyncClient(base_url=deployment.url) as anonymous:
         assert (await anonymous.get("/api/tasks")).status_code == 401

@@ -13,7 +13,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from proto import streams, subjects
-from services.scheduler.lease import SAFETY_MARGIN, LeaderLease
+from services.common.lease import SAFETY_MARGIN, LeaderLease
 from taskmesh.processes import NatsServer
 
 

@@ -1,4 +1,5 @@
-"""The leader lease: a KV key with a bucket TTL, created by one holder and renewed by CAS.
+"""A leader lease (the scheduler's, the store's): a KV key with a bucket TTL, created by one
+holder and renewed by CAS.
 
 A renewal can fail for a moment without the lease being lost: while the bucket's stream elects
 a leader (4-9 s on a cluster) a CAS gets no-responders, a timeout or a 503 (error code 10163
@@ -25,6 +26,10 @@ SAFETY_MARGIN = timedelta(seconds=2.5)
 ATTEMPT_TIMEOUT = timedelta(seconds=2)
 """One CAS attempt's wait (a reply lost with a dying node must not eat the whole TTL)."""
 RETRY_PAUSE = timedelta(milliseconds=250)
+
+
+class LeaseLost(Exception):
+    """This process no longer holds the lease: it must not write what only the leader writes."""
 
 
 class LeaderLease:
@@ -62,6 +67,11 @@ class LeaderLease:
         if self.revision is None or not self.ttl:
             return 0.0
         return self.renewed_at + (self.ttl - SAFETY_MARGIN).total_seconds() - time.monotonic()
+
+    def check(self) -> None:
+        """The fence before a leader's write: raises LeaseLost unless the lease is still valid."""
+        if self.valid_for() <= 0:
+            raise LeaseLost(f"the {self.key!r} lease is not held by {self.holder}")
 
     async def renew(self) -> bool:
         """Extend the lease; False means it is lost (another holder, or no success for too long)."""
