@@ -1,4 +1,5 @@
-"""Faults on a 3-node cluster under load: a node killed, a scheduler killed, a rolling restart.
+"""Faults on a 3-node cluster under load: a node killed, the leading store killed, a scheduler
+killed, a rolling restart.
 
 Every submission gets an answer (201 or 503, never a hang); every 201 ends ``succeeded`` and hit
 the target once; no schedule fire is doubled.
@@ -126,6 +127,31 @@ async def test_killing_the_node_that_leads_tasks_mid_burst_answers_everyone_and_
         f"killed {leader.name} after {killed_after} answers: {dict(statuses)}; "
         f"503s that ran anyway: {sum(1 for i, (s, _) in answered.items() if s == 503 and hits[i])}"
     )
+    _executed_twice(hits)
+
+
+async def test_killing_the_leading_store_mid_burst_hands_over_to_the_standby_and_doubles_nothing(
+    cluster: NatsCluster, cluster_stack: ClusterStack, cluster_api: Api, target: TargetServer
+) -> None:
+    standby = cluster_stack.start_service("store", key="store-2")
+    deadline = time.monotonic() + 30
+    while "standing by" not in standby.log():
+        assert time.monotonic() < deadline and standby.alive(), standby.log()
+        await asyncio.sleep(0.1)
+    count = 1000
+    answered: dict[int, Any] = {}
+    burst = asyncio.create_task(_submit_all(cluster_stack, target, "handover", count, 20, answered))
+    await _wait_answered(answered, count // 4)
+    cluster_stack.services["store"].kill()
+    killed_after = len(answered)
+    await asyncio.wait_for(burst, 300)
+
+    assert "store ready" in standby.log()
+    statuses = Counter(status for status, _ in answered.values())
+    assert set(statuses) <= {201, 503}, statuses  # an answer for everyone, never a timeout
+    assert statuses[201] >= count // 2, statuses
+    hits = await _assert_each_201_succeeded_once(cluster_api, target, "handover", answered)
+    print(f"killed the leading store after {killed_after} answers: {dict(statuses)}")
     _executed_twice(hits)
 
 
