@@ -155,6 +155,13 @@ def inbox_prefix(user: str) -> str:
     return f"{INBOX_ROOT}.{user}"
 
 
+def store_ping(instance_id: str) -> str:
+    """A store answers here while its process lives; 'no responders' means the lease it holds is
+    a dead process's, which a restarted or standby store may take at once instead of waiting out
+    the TTL."""
+    return f"taskmesh.control.store.{instance_id}.ping"
+
+
 def runner_ping(runner_id: str) -> str:
     """A runner answers here while alive; 'no responders' means its containers are orphans.
 

@@ -115,6 +115,35 @@ class LeaderLease:
                 return False
             await asyncio.sleep(max(0.0, min(RETRY_PAUSE.total_seconds(), self.valid_for())))
 
+    async def holder_now(self) -> str | None:
+        """Who holds the lease according to the server (None: nobody, or NATS away)."""
+        try:
+            entry = await self.kv.get(self.key)
+        except Exception:  # not found (free), deleted, or NATS away
+            return None
+        return entry.value.decode(errors="replace") if entry.value else None
+
+    async def take_from(self, dead_holder: str) -> bool:
+        """Take the lease from a holder known to be dead, without waiting out the TTL.
+
+        A compare-and-set on the revision that holds ``dead_holder``: if the holder renewed (it
+        was not dead) or another took it first, the write fails and nothing changes.
+        """
+        try:
+            entry = await self.kv.get(self.key)
+            if entry.value != dead_holder.encode() or entry.revision is None:
+                return False
+            started = time.monotonic()
+            self.revision = await asyncio.wait_for(
+                self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds()
+            )
+        except Exception:  # renewed, taken, or NATS away
+            self.revision = None
+            return False
+        self.renewed_at = started
+        log.info("lease taken over from a holder that is gone", extra={"key": self.key, "from": dead_holder})
+        return True
+
     async def _adopt_if_ours(self) -> bool:
         """True when the key holds our name and we could write it again (our write stood:
         we stopped leading for another reason, or a reply of ours was lost)."""

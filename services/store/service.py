@@ -9,10 +9,12 @@ from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from proto import codec, streams, subjects
+from proto import codec, control, streams, subjects
 from proto.api import DeleteTaskRequest
 from proto.control import Heartbeat
 from services import VERSION
@@ -42,6 +44,7 @@ RETENTION_BATCH = 1000
 STANDBY_POLL_SECONDS = 1.0
 """How often a standby store tries to take the lease: it leads within the lease TTL plus this."""
 RENEW_EVERY_SECONDS = streams.LEASE_TTL.total_seconds() / 4
+PING_TIMEOUT_SECONDS = 1.0
 
 STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
 
@@ -60,6 +63,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         lease = LeaderLease(buckets[subjects.BUCKET_STORE_LEASE], subjects.LEASE_STORE, instance_id)
         registry = ServiceRegistry()
         await registry.follow(nc)
+        await _answer_pings(nc, instance_id)
         leading = asyncio.Event()
         restarts: Counter[str] = Counter()
 
@@ -79,7 +83,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))
         log.info("store standing by", extra={"instance": instance_id})
         while not stop.is_set():
-            if not await lease.try_acquire():
+            if not await lease.try_acquire() and not await _take_from_the_dead(nc, lease):
                 await sleep_or_stop(stop, STANDBY_POLL_SECONDS)
                 continue
             leading.set()
@@ -93,7 +97,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
             leading.clear()
             changed.set()
             if not stop.is_set():
-                log.warning("lease lost; standing by")
+                log.warning("standing by", extra={"lease_held": lease.valid_for() > 0})
         await lease.release()
         await beats
 
@@ -190,6 +194,31 @@ async def _lead(
                 "unknown_task_events": consumers.unknown_task_events,
             },
         )
+
+
+async def _answer_pings(nc: Client, instance_id: str) -> None:
+    async def pong(msg: Msg) -> None:
+        if msg.reply:
+            await nc.publish(msg.reply, control.PING_ALIVE)
+
+    await nc.subscribe(subjects.store_ping(instance_id), cb=pong)
+
+
+async def _take_from_the_dead(nc: Client, lease: LeaderLease) -> bool:
+    """Take the lease at once when its holder's process is gone (a kill -9 and a restart: the
+    restarted store need not wait out the TTL). Only "no responders" counts as gone: a holder
+    that is slow, or whose connection the server has not yet seen die, answers late or times
+    out, and its lease then runs out by the TTL as usual."""
+    holder = await lease.holder_now()
+    if holder is None or holder == lease.holder:
+        return False
+    try:
+        await nc.request(subjects.store_ping(holder), b"", timeout=PING_TIMEOUT_SECONDS)
+        return False
+    except NoRespondersError:
+        return await lease.take_from(holder)
+    except Exception:  # a timeout, NATS away: not known to be gone
+        return False
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:

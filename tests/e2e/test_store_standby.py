@@ -15,8 +15,9 @@ from typing import Any
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
-from proto import subjects
+from proto import control, subjects
 from services.common.lease import LeaderLease
 from tests.support import Api, Stack, TargetServer
 
@@ -125,7 +126,13 @@ async def test_a_store_that_loses_its_lease_stops_answering_and_leads_again_when
     nc = await nats.connect(stack.nats.url)
     try:
         lease = await nc.jetstream().key_value(subjects.BUCKET_STORE_LEASE)
-        # Given the lease taken from the store by another holder, who keeps renewing it
+
+        # Given the lease taken from the store by another holder, alive (it answers its pings)
+        # and renewing it
+        async def alive(msg: Msg) -> None:
+            await nc.publish(msg.reply, control.PING_ALIVE)
+
+        await nc.subscribe(subjects.store_ping("someone-else"), cb=alive)
         other = LeaderLease(lease, subjects.LEASE_STORE, "someone-else")
         await lease.purge(subjects.LEASE_STORE)
         assert await other.try_acquire()
@@ -163,3 +170,19 @@ async def test_a_store_that_loses_its_lease_stops_answering_and_leads_again_when
         await _counters_settle(api, 2)
     finally:
         await nc.close()
+
+
+async def test_a_store_restarted_after_a_kill_takes_the_dead_stores_lease_without_waiting_for_it(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    first = await api.submit({"name": "before", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+    await api.wait_final(first["id"])
+    # When the store is killed and started again at once (its lease still has seconds to run)
+    stack.services["store"].kill()
+    restarted = stack.start_service("store", key="store-again")
+
+    # Then the new store sees the holder is gone (no process answers its ping) and leads
+    await _until(lambda: "lease taken over from a holder that is gone" in restarted.log(), "the lease is taken over")
+    after = await api.submit({"name": "after", "task_type": "immediate", "api_url": f"{target.url}/hello"})
+    assert (await api.wait_final(after["id"]))["status"] == "succeeded"
+    assert (await api.task(first["id"]))["status"] == "succeeded"
