@@ -51,7 +51,12 @@ async def _supervise(name: str, settings: S, main: Callable[[S, asyncio.Event], 
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await main(settings, stop)
+    try:
+        await main(settings, stop)
+    except ConnectionAbortedError as exc:  # stopped while NATS or JetStream was not there yet
+        if not stop.is_set():
+            raise
+        log.info("%s", exc)
     log.info("%s stopped", name)
 
 

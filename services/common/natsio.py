@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, replace
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from proto import streams, subjects
 from services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CLUSTER_FORMING_ERRORS = frozenset({10005, 10008, 10009})
+"""JetStream API errors that mean "not yet", not "no": no peers for placement (a peer is still
+joining), JetStream temporarily unavailable, and no leader to handle the request."""
+STREAM_NAME_IN_USE = 10058
+FORMING_WARN_EVERY_SECONDS = 30.0
 
 
 async def connect(
@@ -105,8 +115,10 @@ async def ensure_stream(js: JetStreamContext, spec: streams.StreamSpec) -> None:
             await js.add_stream(want)
             log.info("created stream %s", want.name)
             return
-        except BadRequestError:  # created by a concurrent starter
-            info = await js.stream_info(want.name)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            info = await js.stream_info(want.name)  # created by a concurrent starter
     if not _same_stream(info.config, want):
         await js.update_stream(want)
         log.info("updated stream %s", want.name)
@@ -203,6 +215,41 @@ async def wait_for_bucket(js: JetStreamContext, name: str, stop: asyncio.Event) 
     """Wait until another service has created KV bucket ``name``; return it."""
     await wait_for_stream(js, f"KV_{name}", stop)
     return await js.key_value(name)
+
+
+def _cluster_forming(exc: Exception) -> bool:
+    if isinstance(exc, (NatsTimeoutError, TimeoutError, NoRespondersError, ServiceUnavailableError)):
+        return True
+    return isinstance(exc, APIError) and exc.err_code in CLUSTER_FORMING_ERRORS
+
+
+async def while_forming(what: str, step: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+    """Run ``step`` (idempotent set-up) until JetStream lets it through, or ``stop`` is set.
+
+    A service that starts with its NATS cluster (compose brings them up together, a node
+    restarts) meets "no suitable peers" or a meta leader still being elected. Those answers
+    mean "not yet": wait and try again, as `connect` does for the connection. Any other error
+    is a real one and is raised.
+    """
+    delay = 0.1
+    warn_at = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not _cluster_forming(exc):
+                raise
+            if loop.time() >= warn_at:  # again now and then: "not yet" may be "never" (too few nodes)
+                log.warning("JetStream not ready for %s (%s); retrying", what, exc or type(exc).__name__)
+                warn_at = loop.time() + FORMING_WARN_EVERY_SECONDS
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            raise ConnectionAbortedError(f"stopped before JetStream was ready for {what}")
+        delay = min(delay * 2, 2.0)
 
 
 async def setup_owned(js: JetStreamContext, owner: str, replicas: int) -> dict[str, KeyValue]:

@@ -52,7 +52,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         if stop.is_set():
             return
         for name in (subjects.CONSUMER_RUNNER_CODE, subjects.CONSUMER_RUNNER_API):
-            await natsio.ensure_consumer(js, name)
+            await natsio.while_forming(name, partial(natsio.ensure_consumer, js, name), stop)
 
         executor: RunExecutor | None = None
         # Answer pings from the start: another runner reaping orphans must see us alive.

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import Counter
 from contextlib import AsyncExitStack
+from functools import partial
 
 from proto import streams, subjects
 from proto.control import Heartbeat
@@ -32,14 +33,16 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         nc = await natsio.connect(settings, f"taskmesh-scheduler-{instance_id}", stop, user="scheduler")
         stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
-        owned = await natsio.setup_owned(js, "scheduler", settings.js_replicas)
+        owned = await natsio.while_forming(
+            "the scheduler's streams", lambda: natsio.setup_owned(js, "scheduler", settings.js_replicas), stop
+        )
         for stream in (subjects.STREAM_TASKS, subjects.STREAM_EVENTS):
             await natsio.wait_for_stream(js, stream, stop)
         tasks_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_TASKS, stop)
         if stop.is_set():
             return
         for name in (subjects.CONSUMER_SCHEDULER_TASKS, subjects.CONSUMER_SCHEDULER_RUNS):
-            await natsio.ensure_consumer(js, name)
+            await natsio.while_forming(name, partial(natsio.ensure_consumer, js, name), stop)
         lease = LeaderLease(owned[subjects.BUCKET_LEASES], subjects.LEASE_SCHEDULER, instance_id)
         leading = asyncio.Event()
         restarts: Counter[str] = Counter()

@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
+from functools import partial
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -57,9 +58,11 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         nc = await natsio.connect(settings, f"taskmesh-store-{instance_id}", stop, user="store")
         stack.push_async_callback(natsio.close, nc)
         js = nc.jetstream(timeout=10)
-        buckets = await natsio.setup_owned(js, "store", settings.js_replicas)
+        buckets = await natsio.while_forming(
+            "the store's streams", lambda: natsio.setup_owned(js, "store", settings.js_replicas), stop
+        )
         for name in STORE_CONSUMERS:
-            await natsio.ensure_consumer(js, name)
+            await natsio.while_forming(name, partial(natsio.ensure_consumer, js, name), stop)
         lease = LeaderLease(buckets[subjects.BUCKET_STORE_LEASE], subjects.LEASE_STORE, instance_id)
         registry = ServiceRegistry()
         await registry.follow(nc)
