@@ -96,8 +96,12 @@ async def _assert_each_201_succeeded_once(
         )
         assert task["status"] == "succeeded", task
     refused_but_created = sum(1 for i, (status, _) in answered.items() if status != 201 and hits[i])
-    total = (await api.get("/api/stats"))["tasks_by_kind"].get("api", 0)
-    assert total == len(accepted) + refused_but_created, "a submission was created twice"
+    created = len(accepted) + refused_but_created
+    # the counts are written behind, in batches: wait for them to catch up, never past
+    while (total := (await api.get("/api/stats"))["tasks_by_kind"].get("api", 0)) < created:
+        assert time.monotonic() < deadline + 30, f"stats count {total} tasks, {created} were created"
+        await asyncio.sleep(0.2)
+    assert total == created, f"a submission was created twice: {total} tasks for {created} submissions"
     return hits
 
 

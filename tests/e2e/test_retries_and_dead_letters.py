@@ -159,9 +159,11 @@ async def test_finished_tasks_are_deleted_after_their_retention(tmp_path, target
             },
             path="/api/scheduled-tasks",
         )
-        deadline = asyncio.get_running_loop().time() + 10
-        while (await api.client.get(f"/api/tasks/{done['id']}")).status_code != 404:
-            assert asyncio.get_running_loop().time() < deadline
+        deadline = asyncio.get_running_loop().time() + 30
+        while (last := await api.client.get(f"/api/tasks/{done['id']}")).status_code != 404:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"the finished task is still there: {last.status_code} {last.text}\n{stack.logs()}"
+            )
             await asyncio.sleep(0.2)
         assert (await api.client.get(f"/api/tasks/{schedule['id']}")).status_code == 200
     finally:
