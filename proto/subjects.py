@@ -162,6 +162,11 @@ def store_ping(instance_id: str) -> str:
     return f"taskmesh.control.store.{instance_id}.ping"
 
 
+def scheduler_ping(instance_id: str) -> str:
+    """A scheduler answers here while its process lives: as ``store_ping``, for the scheduler's lease."""
+    return f"taskmesh.control.scheduler.{instance_id}.ping"
+
+
 def runner_ping(runner_id: str) -> str:
     """A runner answers here while alive; 'no responders' means its containers are orphans.
 

@@ -1,5 +1,5 @@
 """A leader lease (the scheduler's, the store's): a KV key with a bucket TTL, created by one
-holder and renewed by CAS.
+holder and renewed by CAS; and the loop both services run on it (``stand_by_and_lead``).
 
 A renewal can fail for a moment without the lease being lost: while the bucket's stream elects
 a leader (4-9 s on a cluster) a CAS gets no-responders, a timeout or a 503 (error code 10163
@@ -12,11 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from proto import control, streams
+from services.common.lifecycle import sleep_or_stop
 from services.common.publishing import RETRYABLE
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,11 @@ SAFETY_MARGIN = timedelta(seconds=2.5)
 ATTEMPT_TIMEOUT = timedelta(seconds=2)
 """One CAS attempt's wait (a reply lost with a dying node must not eat the whole TTL)."""
 RETRY_PAUSE = timedelta(milliseconds=250)
+RENEW_EVERY = streams.LEASE_TTL / 4
+"""How often a leader renews: three renewals may fail (an election) before the margin is reached."""
+STANDBY_POLL = timedelta(seconds=1)
+"""How often a standby tries to take the lease: it leads within the TTL plus this after a crash."""
+PING_TIMEOUT = timedelta(seconds=1)
 
 
 class LeaseLost(Exception):
@@ -169,3 +180,91 @@ class LeaderLease:
         except Exception as exc:  # already expired or taken
             log.debug("lease release: %s", exc)
         self.revision = None
+
+
+async def answer_pings(nc: Client, subject: str) -> None:
+    """Answer on this process's ping ``subject`` for as long as it lives (the connection's)."""
+
+    async def pong(msg: Msg) -> None:
+        if msg.reply:
+            await nc.publish(msg.reply, control.PING_ALIVE)
+
+    await nc.subscribe(subject, cb=pong)
+
+
+async def take_from_the_dead(nc: Client, lease: LeaderLease, ping_subject: Callable[[str], str]) -> bool:
+    """Take the lease at once when its holder's process is gone (a kill -9 and a restart: the
+    successor need not wait out the TTL).
+
+    Only "no responders" on the holder's ping subject counts as gone: a holder that is slow, or
+    whose connection the server has not yet seen die, answers late or times out, and its lease
+    then runs out by the TTL as usual.
+    """
+    holder = await lease.holder_now()
+    if holder is None or holder == lease.holder:
+        return False
+    try:
+        await nc.request(ping_subject(holder), b"", timeout=PING_TIMEOUT.total_seconds())
+        return False
+    except NoRespondersError:
+        return await lease.take_from(holder)
+    except Exception:  # a timeout, NATS away: not known to be gone
+        return False
+
+
+async def stand_by_and_lead(
+    nc: Client,
+    lease: LeaderLease,
+    ping_subject: Callable[[str], str],
+    lead: Callable[[asyncio.Event], Awaitable[None]],
+    leading: asyncio.Event,
+    changed: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Stand by until the lease is ours, then ``lead(until)`` while it is held; again, until ``stop``.
+
+        ``until`` is set when the lease is lost or ``stop`` is set: ``lead`` must then stop writing
+        and return. ``leading`` is set while this process leads, and ``changed`` each time that flips
+    (its heartbeats say so at once). The lease
+        is released at the end, so a standby need not wait for the TTL.
+    """
+    await answer_pings(nc, ping_subject(lease.holder))
+    while not stop.is_set():
+        if not await lease.try_acquire() and not await take_from_the_dead(nc, lease, ping_subject):
+            await sleep_or_stop(stop, STANDBY_POLL.total_seconds())
+            continue
+        leading.set()
+        changed.set()
+        log.info("leading", extra={"instance": lease.holder})
+        until = asyncio.Event()
+        keeper = asyncio.create_task(_keep(lease, until, stop), name="lease")
+        try:
+            await lead(until)
+        except Exception:  # NATS trouble while loading: stand by, and lead again if the lease allows
+            log.exception("leading failed")
+            await sleep_or_stop(stop, 1.0)
+        finally:
+            until.set()
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            leading.clear()
+            changed.set()
+        if not stop.is_set():
+            log.warning("standing by", extra={"lease_held": lease.valid_for() > 0})
+    await lease.release()
+
+
+async def _keep(lease: LeaderLease, until: asyncio.Event, stop: asyncio.Event) -> None:
+    """Renew every RENEW_EVERY; set ``until`` when a renewal fails for good or ``stop`` is set."""
+    try:
+        while not until.is_set():
+            waits = [asyncio.ensure_future(until.wait()), asyncio.ensure_future(stop.wait())]
+            done, pending = await asyncio.wait(
+                waits, timeout=RENEW_EVERY.total_seconds(), return_when="FIRST_COMPLETED"
+            )
+            for waiting in pending:
+                waiting.cancel()
+            if done or not await lease.renew():
+                break
+    finally:
+        until.set()

@@ -8,21 +8,18 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from functools import partial
 
-from proto import streams, subjects
+from proto import subjects
 from proto.control import Heartbeat
 from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
-from services.common.lease import LeaderLease
-from services.common.lifecycle import sleep_or_stop
+from services.common.lease import LeaderLease, stand_by_and_lead
 from services.common.presence import announce_forever, hostname
 from services.scheduler.leader import Leader
 from services.scheduler.settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
-
-RENEW_EVERY_SECONDS = streams.LEASE_TTL.total_seconds() / 4
 
 
 async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
@@ -62,41 +59,9 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         changed = asyncio.Event()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))
         log.info("scheduler standing by", extra={"instance": instance_id})
-        while not stop.is_set():
-            if await lease.try_acquire():
-                leading.set()
-                changed.set()
-                log.info("leading", extra={"instance": instance_id})
-                await _lead(Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings, restarts, nc), lease, stop)
-                leading.clear()
-                changed.set()
-                if not stop.is_set():
-                    log.warning("lease lost; standing by")
-            else:
-                await sleep_or_stop(stop, RENEW_EVERY_SECONDS)
-        await lease.release()
+
+        async def lead(until: asyncio.Event) -> None:  # each leadership starts from what is stored
+            await Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings, restarts, nc).run(until)
+
+        await stand_by_and_lead(nc, lease, subjects.scheduler_ping, lead, leading, changed, stop)
         await beats
-
-
-async def _lead(leader: Leader, lease: LeaderLease, stop: asyncio.Event) -> None:
-    """Lead until ``stop`` or until the lease cannot be renewed."""
-    until = asyncio.Event()
-
-    async def keep_lease() -> None:
-        while not stop.is_set():
-            if await sleep_or_stop(stop, RENEW_EVERY_SECONDS):
-                break
-            if not await lease.renew():
-                break
-        until.set()
-
-    keeper = asyncio.create_task(keep_lease())
-    try:
-        await leader.run(until)
-    except Exception:  # NATS trouble while loading: stand by and try again
-        log.exception("leading failed")
-        await sleep_or_stop(stop, 1.0)
-    finally:
-        until.set()
-        keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)

@@ -10,19 +10,17 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from proto import codec, control, streams, subjects
+from proto import codec, subjects
 from proto.api import DeleteTaskRequest
 from proto.control import Heartbeat
 from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
-from services.common.lease import LeaderLease
+from services.common.lease import LeaderLease, stand_by_and_lead
 from services.common.lifecycle import sleep_or_stop
 from services.common.presence import ServiceRegistry, announce_forever, hostname
 from services.store.catalog import Catalog
@@ -42,10 +40,6 @@ TOMBSTONE_MARKER_AGE = timedelta(hours=6)
 RETENTION_BATCH = 1000
 """Expired tasks deleted per sweep at most."""
 
-STANDBY_POLL_SECONDS = 1.0
-"""How often a standby store tries to take the lease: it leads within the lease TTL plus this."""
-RENEW_EVERY_SECONDS = streams.LEASE_TTL.total_seconds() / 4
-PING_TIMEOUT_SECONDS = 1.0
 
 STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
 
@@ -66,7 +60,6 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         lease = LeaderLease(buckets[subjects.BUCKET_STORE_LEASE], subjects.LEASE_STORE, instance_id)
         registry = ServiceRegistry()
         await registry.follow(nc)
-        await _answer_pings(nc, instance_id)
         leading = asyncio.Event()
         restarts: Counter[str] = Counter()
 
@@ -85,23 +78,8 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         changed = asyncio.Event()
         beats = asyncio.create_task(announce_forever(nc, heartbeat, settings.heartbeat_interval, stop, changed))
         log.info("store standing by", extra={"instance": instance_id})
-        while not stop.is_set():
-            if not await lease.try_acquire() and not await _take_from_the_dead(nc, lease):
-                await sleep_or_stop(stop, STANDBY_POLL_SECONDS)
-                continue
-            leading.set()
-            changed.set()
-            log.info("leading", extra={"instance": instance_id})
-            try:
-                await _lead(settings, nc, js, buckets, lease, registry, restarts, stop)
-            except Exception:  # NATS trouble while loading: stand by, and lead again if the lease allows
-                log.exception("leading failed")
-                await sleep_or_stop(stop, 1.0)
-            leading.clear()
-            changed.set()
-            if not stop.is_set():
-                log.warning("standing by", extra={"lease_held": lease.valid_for() > 0})
-        await lease.release()
+        lead = partial(_lead, settings, nc, js, buckets, lease, registry, restarts, stop)
+        await stand_by_and_lead(nc, lease, subjects.store_ping, lead, leading, changed, stop)
         await beats
 
 
@@ -114,30 +92,15 @@ async def _lead(
     registry: ServiceRegistry,
     restarts: Counter[str],
     stop: asyncio.Event,
+    until: asyncio.Event,
 ) -> None:
-    """Load the state, then answer requests and materialise events until ``stop`` or the lease is lost.
+    """Load the state, then answer requests and materialise events until ``until``: the lease is
+    lost or ``stop`` is set.
 
     Every write is fenced by the lease (``lease.check``): a leader that was paused past its lease
     writes nothing more, and the next leader replays what it had not written.
     """
-    until = asyncio.Event()
-
-    async def keep_lease() -> None:
-        while not until.is_set():
-            if await sleep_or_stop(until, RENEW_EVERY_SECONDS):
-                break
-            if not await lease.renew():
-                break
-        until.set()
-
-    async def stop_with_store() -> None:
-        await stop.wait()
-        until.set()
-
-    keeper = asyncio.create_task(keep_lease(), name="lease")
-    stopper = asyncio.create_task(stop_with_store())
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(_cancel, keeper, stopper)
         catalog = Catalog.open_or_reset(settings.catalog_path(), settings.catalog_cache_mb)
         stack.callback(catalog.close)
         state = StoreState(
@@ -197,37 +160,6 @@ async def _lead(
                 "unknown_task_events": consumers.unknown_task_events,
             },
         )
-
-
-async def _answer_pings(nc: Client, instance_id: str) -> None:
-    async def pong(msg: Msg) -> None:
-        if msg.reply:
-            await nc.publish(msg.reply, control.PING_ALIVE)
-
-    await nc.subscribe(subjects.store_ping(instance_id), cb=pong)
-
-
-async def _take_from_the_dead(nc: Client, lease: LeaderLease) -> bool:
-    """Take the lease at once when its holder's process is gone (a kill -9 and a restart: the
-    restarted store need not wait out the TTL). Only "no responders" counts as gone: a holder
-    that is slow, or whose connection the server has not yet seen die, answers late or times
-    out, and its lease then runs out by the TTL as usual."""
-    holder = await lease.holder_now()
-    if holder is None or holder == lease.holder:
-        return False
-    try:
-        await nc.request(subjects.store_ping(holder), b"", timeout=PING_TIMEOUT_SECONDS)
-        return False
-    except NoRespondersError:
-        return await lease.take_from(holder)
-    except Exception:  # a timeout, NATS away: not known to be gone
-        return False
-
-
-async def _cancel(*tasks: asyncio.Task[None]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
