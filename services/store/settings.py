@@ -14,6 +14,9 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     task_retention: timedelta = timedelta(days=7)
     """Finished one-shot tasks (with their runs and logs) are deleted this long after finishing."""
     retention_sweep_interval: timedelta = timedelta(seconds=60)
+    retention_batch: int = 1000
+    """Expired tasks a sweep reads from the catalog and deletes at a time (64 in flight), until none
+    is left."""
     run_history_limit: int = 100
     """Runs kept per task (schedules fire forever); the oldest finished ones go first."""
     log_cap_bytes: int = 1024 * 1024
