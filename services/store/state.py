@@ -13,7 +13,6 @@ SQLite file) lists and counts it. Events that still arrive for it are stale and 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from proto import codec, cron, events, runs, schedules, subjects
@@ -25,6 +24,7 @@ from proto.tasks import FINAL_STATUSES
 from services.common.clock import ms_between
 from services.store.cache import RecordCache
 from services.store.catalog import Catalog
+from services.store.effects import Effects  # callers import it from here
 from services.store.metrics import RunMetrics
 from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
 
@@ -32,20 +32,6 @@ ACTIVE_RUN_STATUSES = frozenset({"queued", "running", "retrying"})
 METRICS_KEY = "metrics"
 """The catalog's meta key of the saved run metrics."""
 TOMBSTONES_KEPT = 100_000
-
-
-@dataclass
-class Effects:
-    """Follow-ups of an apply: cancels to broadcast, tasks whose waiters should look again."""
-
-    cancels: list[CancelRun] = field(default_factory=list)
-    wake: set[str] = field(default_factory=set)
-    unknown_task: bool = False
-
-    def merge(self, other: Effects) -> None:
-        self.cancels.extend(other.cancels)
-        self.wake |= other.wake
-        self.unknown_task = self.unknown_task or other.unknown_task
 
 
 class StoreState:
