@@ -1,0 +1,105 @@
+"""Write-back: what changed in memory since the last flush, taken as encoded records; then a
+finished task leaves memory for the cache (KV has its records from that flush on)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from proto import codec, subjects
+from proto.records import TaskRecord
+from proto.tasks import FINAL_STATUSES
+from services.store.cache import RecordCache
+from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
+
+if TYPE_CHECKING:
+    from services.store.run_book import RunBook
+    from services.store.schedule_view import Ledgers
+
+
+class PendingWrites:
+    """Keys of the records changed or removed since the last flush: every apply marks, each flush takes."""
+
+    def __init__(self) -> None:
+        self.tasks: set[str] = set()
+        self.runs: set[tuple[str, str]] = set()
+        self.ledgers: set[str] = set()
+        self.removed_tasks: set[str] = set()
+        self.removed_runs: set[tuple[str, str]] = set()
+
+    def forget_task(self, task_id: str) -> None:
+        """A deleted task's records are not written (they are removed instead)."""
+        self.tasks.discard(task_id)
+        self.ledgers.discard(task_id)
+        self.runs = {key for key in self.runs if key[0] != task_id}
+
+
+class WriteBack:
+    """Takes the pending writes of tasks, runs and ledgers in memory; puts them back when a write fails."""
+
+    def __init__(
+        self,
+        pending: PendingWrites,
+        tasks: dict[str, TaskRecord],
+        run_book: RunBook,
+        ledgers: Ledgers,
+        cache: RecordCache,
+    ) -> None:
+        self.pending = pending
+        self.tasks = tasks
+        self.run_book = run_book
+        self.ledgers = ledgers
+        self.cache = cache
+        self.evicted = 0
+
+    def take(self) -> Writes:
+        """Everything changed since the last call, encoded now (a snapshot), and removals."""
+        pending = self.pending
+        writes = Writes()
+        finished = []
+        for task_id in pending.tasks:
+            task = self.tasks.get(task_id)
+            if task is not None:
+                encoded = codec.encode(task)
+                writes.tasks.append((task_id, encoded))
+                if task.status in FINAL_STATUSES and not self.run_book.active(task_id):
+                    finished.append((task, encoded))
+        for task_id, run_id in pending.runs:
+            run = self.run_book.of(task_id).get(run_id)
+            if run is not None:
+                writes.runs.append((subjects.run_key(task_id, run_id), codec.encode(run)))
+        for task_id in pending.ledgers:
+            if task_id in self.ledgers.entries:
+                writes.runs.append((ledger_key(task_id), codec.encode(self.ledgers.entries[task_id])))
+        writes.removed_tasks = pending.removed_tasks
+        writes.removed_runs = [subjects.run_key(t, r) for t, r in pending.removed_runs]
+        pending.tasks, pending.runs, pending.ledgers = set(), set(), set()
+        pending.removed_tasks, pending.removed_runs = set(), set()
+        for task, encoded in finished:
+            self._evict(task, encoded)
+        return writes
+
+    def _evict(self, task: TaskRecord, encoded: bytes) -> None:
+        """A final task with nothing left to run leaves memory for the cache (its records are written)."""
+        del self.tasks[task.id]
+        self.run_book.forget(task.id)
+        self.ledgers.forget(task.id)
+        self.cache.put(task.id, encoded)
+        self.evicted += 1
+
+    def requeue(self, writes: Writes) -> None:
+        """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""
+        pending = self.pending
+        for key, _ in writes.tasks:
+            if key not in self.tasks and (cached := self.cache.pop(key)) is not None:
+                self.tasks[key] = cached
+        pending.tasks.update(key for key, _ in writes.tasks if key in self.tasks)
+        for key, _ in writes.runs:
+            task_id, _, run_id = key.partition(".")
+            if run_id == LEDGER_RUN_ID:
+                pending.ledgers.add(task_id)
+            else:
+                pending.runs.add((task_id, run_id))
+        pending.removed_tasks |= writes.removed_tasks
+        for key in writes.removed_runs:
+            task_id, _, run_id = key.partition(".")
+            pending.removed_runs.add((task_id, run_id))
