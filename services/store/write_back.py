@@ -25,12 +25,20 @@ class PendingWrites:
         self.ledgers: set[str] = set()
         self.removed_tasks: set[str] = set()
         self.removed_runs: set[tuple[str, str]] = set()
+        self.unwritten: dict[tuple[str, str], bytes] = {}
+        """Encoded records of a failed write that left memory with it ((bucket, key) -> bytes):
+        written as they are, since nothing can change them any more."""
 
     def forget_task(self, task_id: str) -> None:
         """A deleted task's records are not written (they are removed instead)."""
         self.tasks.discard(task_id)
         self.ledgers.discard(task_id)
         self.runs = {key for key in self.runs if key[0] != task_id}
+        self.unwritten = {
+            (bucket, key): value
+            for (bucket, key), value in self.unwritten.items()
+            if key != task_id and not key.startswith(f"{task_id}.")
+        }
 
 
 class WriteBack:
@@ -70,6 +78,11 @@ class WriteBack:
         for task_id in pending.ledgers:
             if task_id in self.ledgers.entries:
                 writes.runs.append((ledger_key(task_id), codec.encode(self.ledgers.entries[task_id])))
+        for (bucket, key), value in pending.unwritten.items():
+            fresh = writes.tasks if bucket == subjects.BUCKET_TASKS else writes.runs
+            if all(written != key for written, _ in fresh):
+                fresh.append((key, value))
+        pending.unwritten = {}
         writes.removed_tasks = pending.removed_tasks
         writes.removed_runs = [subjects.run_key(t, r) for t, r in pending.removed_runs]
         pending.tasks, pending.runs, pending.ledgers = set(), set(), set()
@@ -89,16 +102,21 @@ class WriteBack:
     def requeue(self, writes: Writes) -> None:
         """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""
         pending = self.pending
-        for key, _ in writes.tasks:
+        for key, value in writes.tasks:
             if key not in self.tasks and (cached := self.cache.pop(key)) is not None:
                 self.tasks[key] = cached
-        pending.tasks.update(key for key, _ in writes.tasks if key in self.tasks)
-        for key, _ in writes.runs:
+            if key in self.tasks:
+                pending.tasks.add(key)
+            else:  # evicted from the cache meanwhile
+                pending.unwritten[(subjects.BUCKET_TASKS, key)] = value
+        for key, value in writes.runs:
             task_id, _, run_id = key.partition(".")
-            if run_id == LEDGER_RUN_ID:
+            if run_id == LEDGER_RUN_ID and task_id in self.ledgers.entries:
                 pending.ledgers.add(task_id)
-            else:
+            elif run_id != LEDGER_RUN_ID and run_id in self.run_book.of(task_id):
                 pending.runs.add((task_id, run_id))
+            else:  # its task finished and left memory with this write: the bytes are all there is
+                pending.unwritten[(subjects.BUCKET_RUNS, key)] = value
         pending.removed_tasks |= writes.removed_tasks
         for key in writes.removed_runs:
             task_id, _, run_id = key.partition(".")

@@ -659,6 +659,37 @@ def test_a_failed_write_is_requeued_and_written_again() -> None:
     assert sorted(k for k, _ in again.runs) == sorted(k for k, _ in writes.runs)
 
 
+def test_a_failed_write_of_a_finished_task_writes_its_last_run_again() -> None:
+    # Given a task whose run finished: the flush takes its records and it leaves memory
+    state = fresh()
+    apply_runs(state, queued(), started(), finished())
+    writes = state.take_writes()
+    assert TASK not in state.tasks
+
+    # When that write fails and is requeued
+    state.requeue(writes)
+
+    # Then the next flush writes the finished run again, not only the task
+    again = state.take_writes()
+    assert sorted(k for k, _ in again.tasks) == [TASK]
+    assert dict(again.runs) == dict(writes.runs)
+    assert b'"status":"succeeded"' in dict(again.runs)[f"{TASK}.{RUN}"]
+    assert not state.take_writes()
+
+
+def test_a_requeued_record_of_a_task_deleted_meanwhile_is_not_written() -> None:
+    state = fresh()
+    apply_runs(state, queued(), started(), finished())
+    writes = state.take_writes()
+    state.requeue(writes)
+
+    state.apply_task_event(events.TaskDeleted(event_id=eid(), occurred_at=at(9), task_id=TASK), seq=3)
+
+    again = state.take_writes()
+    assert again.runs == [] and again.tasks == []
+    assert again.removed_tasks == {TASK}
+
+
 # --- races between a cancel and a run that is already on its way ------------------------------------
 
 
