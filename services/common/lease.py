@@ -47,7 +47,9 @@ class LeaderLease:
     """Who may fire. Only the holder of the key's current revision can renew it; when it stops
     renewing, the bucket's TTL removes the key and a standby's ``create`` succeeds."""
 
-    def __init__(self, kv: KeyValue, key: str, holder: str, ttl: timedelta | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, key: str, holder: str, ttl: timedelta | None = None, connection: Client | None = None
+    ) -> None:
         self.kv = kv
         self.key = key
         self.holder = holder
@@ -56,25 +58,56 @@ class LeaderLease:
         """The bucket's TTL, read from the server at the first acquisition unless given."""
         self.renewed_at = 0.0
         """time.monotonic() of the last write that the server acknowledged."""
+        self.connection = connection
+        """The holder's NATS connection: the lease is valid only on the one it was last renewed on."""
+        self._renewed_on = self._connection_id()
+
+    def _connection_id(self) -> int:
+        return int(self.connection.stats["reconnects"]) if self.connection is not None else 0
+
+    def connection_unbroken(self) -> bool:
+        """False from a disconnect until the next renewal succeeds.
+
+        While the holder's connection is down, its ping has no responders, so a standby may take
+        the lease at once (``take_from_the_dead``). The holder must not write on the strength of
+        its clock then: it writes again only once a compare-and-set renewal has succeeded on the
+        new connection (and that fails when the lease was taken).
+        """
+        if self.connection is None:
+            return True
+        return self.connection.is_connected and self._connection_id() == self._renewed_on
+
+    def _succeeded(self, started: float, connection_id: int) -> None:
+        self.renewed_at = started
+        self._renewed_on = connection_id
 
     async def try_acquire(self) -> bool:
         """Become the holder if nobody holds the lease."""
-        if self.ttl is None:
-            try:
-                self.ttl = timedelta(seconds=(await self.kv.status()).ttl or 0)
-            except Exception:  # NATS away: try again next time
-                return False
-        started = time.monotonic()
+        if not await self._know_ttl():
+            return False
+        started, connection_id = time.monotonic(), self._connection_id()
         try:
             self.revision = await self.kv.create(self.key, self.holder.encode())
-            self.renewed_at = started
+            self._succeeded(started, connection_id)
             return True
         except Exception:  # KeyWrongLastSequenceError (held), or NATS unreachable
             pass
         return await self._adopt_if_ours()
 
+    async def _know_ttl(self) -> bool:
+        if self.ttl is None:
+            try:
+                self.ttl = timedelta(seconds=(await self.kv.status()).ttl or 0)
+            except Exception:  # NATS away: try again next time
+                return False
+        return True
+
     def valid_for(self) -> float:
         """Seconds this holder may still lead without another successful renewal (<= 0: none)."""
+        return self._time_left() if self.connection_unbroken() else 0.0
+
+    def _time_left(self) -> float:
+        """Seconds until the key could expire, less the margin, by the last successful write."""
         if self.revision is None or not self.ttl:
             return 0.0
         return self.renewed_at + (self.ttl - SAFETY_MARGIN).total_seconds() - time.monotonic()
@@ -90,9 +123,9 @@ class LeaderLease:
             return False
         failures = 0
         while True:
-            started = time.monotonic()
+            started, connection_id = time.monotonic(), self._connection_id()
             # an attempt never outlasts the lease: a reply after that would come too late to lead on
-            wait = min(ATTEMPT_TIMEOUT.total_seconds(), self.valid_for())
+            wait = min(ATTEMPT_TIMEOUT.total_seconds(), self._time_left())
             if wait <= 0:
                 log.warning("lease expired: no renewal for %.1f s", started - self.renewed_at)
                 self.revision = None
@@ -101,7 +134,7 @@ class LeaderLease:
                 self.revision = await asyncio.wait_for(
                     self.kv.update(self.key, self.holder.encode(), last=self.revision), wait
                 )
-                self.renewed_at = started
+                self._succeeded(started, connection_id)
                 if failures:
                     log.info("lease renewed after %d failed attempts", failures)
                 return True
@@ -118,13 +151,13 @@ class LeaderLease:
                     log.warning(
                         "lease renewal failed (%s); retrying while it is valid (%.1f s)",
                         type(exc).__name__,
-                        self.valid_for(),
+                        self._time_left(),
                     )
             except Exception as exc:  # anything else: not ours to guess about
                 log.warning("lease renewal failed: %s", type(exc).__name__)
                 self.revision = None
                 return False
-            await asyncio.sleep(max(0.0, min(RETRY_PAUSE.total_seconds(), self.valid_for())))
+            await asyncio.sleep(max(0.0, min(RETRY_PAUSE.total_seconds(), self._time_left())))
 
     async def holder_now(self) -> str | None:
         """Who holds the lease according to the server (None: nobody, or NATS away)."""
@@ -140,18 +173,20 @@ class LeaderLease:
         A compare-and-set on the revision that holds ``dead_holder``: if the holder renewed (it
         was not dead) or another took it first, the write fails and nothing changes.
         """
+        if not await self._know_ttl():
+            return False
         try:
             entry = await self.kv.get(self.key)
             if entry.value != dead_holder.encode() or entry.revision is None:
                 return False
-            started = time.monotonic()
+            started, connection_id = time.monotonic(), self._connection_id()
             self.revision = await asyncio.wait_for(
                 self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds()
             )
         except Exception:  # renewed, taken, or NATS away
             self.revision = None
             return False
-        self.renewed_at = started
+        self._succeeded(started, connection_id)
         log.info("lease taken over from a holder that is gone", extra={"key": self.key, "from": dead_holder})
         return True
 
@@ -162,13 +197,13 @@ class LeaderLease:
             entry = await self.kv.get(self.key)
             if entry.value != self.holder.encode():
                 return False
-            started = time.monotonic()
+            started, connection_id = time.monotonic(), self._connection_id()
             self.revision = await asyncio.wait_for(
                 self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds()
             )
         except Exception:  # gone, taken, or NATS away: not ours now
             return False
-        self.renewed_at = started
+        self._succeeded(started, connection_id)
         return True
 
     async def release(self) -> None:
@@ -255,16 +290,20 @@ async def stand_by_and_lead(
 
 
 async def _keep(lease: LeaderLease, until: asyncio.Event, stop: asyncio.Event) -> None:
-    """Renew every RENEW_EVERY; set ``until`` when a renewal fails for good or ``stop`` is set."""
+    """Renew every RENEW_EVERY, and at once after a reconnect (the fence holds writes until then);
+    set ``until`` when a renewal fails for good or ``stop`` is set."""
     try:
         while not until.is_set():
             waits = [asyncio.ensure_future(until.wait()), asyncio.ensure_future(stop.wait())]
             done, pending = await asyncio.wait(
-                waits, timeout=RENEW_EVERY.total_seconds(), return_when="FIRST_COMPLETED"
+                waits, timeout=RETRY_PAUSE.total_seconds(), return_when="FIRST_COMPLETED"
             )
             for waiting in pending:
                 waiting.cancel()
-            if done or not await lease.renew():
+            if done:
+                break
+            due = time.monotonic() - lease.renewed_at >= RENEW_EVERY.total_seconds()
+            if (due or not lease.connection_unbroken()) and not await lease.renew():
                 break
     finally:
         until.set()

@@ -40,7 +40,7 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
             return
         for name in (subjects.CONSUMER_SCHEDULER_TASKS, subjects.CONSUMER_SCHEDULER_RUNS):
             await natsio.while_forming(name, partial(natsio.ensure_consumer, js, name), stop)
-        lease = LeaderLease(owned[subjects.BUCKET_LEASES], subjects.LEASE_SCHEDULER, instance_id)
+        lease = LeaderLease(owned[subjects.BUCKET_LEASES], subjects.LEASE_SCHEDULER, instance_id, connection=nc)
         leading = asyncio.Event()
         restarts: Counter[str] = Counter()
 

@@ -59,7 +59,7 @@ async def main(settings: StoreSettings, stop: asyncio.Event) -> None:
         )
         for name in STORE_CONSUMERS:
             await natsio.while_forming(name, partial(natsio.ensure_consumer, js, name), stop)
-        lease = LeaderLease(buckets[subjects.BUCKET_STORE_LEASE], subjects.LEASE_STORE, instance_id)
+        lease = LeaderLease(buckets[subjects.BUCKET_STORE_LEASE], subjects.LEASE_STORE, instance_id, connection=nc)
         registry = ServiceRegistry()
         await registry.follow(nc)
         leading = asyncio.Event()

@@ -7,13 +7,14 @@ import time
 from dataclasses import asdict, replace
 from datetime import timedelta
 
+import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from proto import streams, subjects
-from services.common.lease import SAFETY_MARGIN, LeaderLease
+from services.common.lease import SAFETY_MARGIN, LeaderLease, LeaseLost
 from taskmesh.processes import NatsServer
 
 
@@ -88,3 +89,44 @@ async def test_a_renewal_whose_reply_was_lost_keeps_the_lease_it_wrote(js: JetSt
 def test_the_lease_ttl_outlasts_an_election() -> None:
     assert streams.LEASE_TTL.total_seconds() >= 10
     assert streams.buckets()[subjects.BUCKET_LEASES].config.ttl == streams.LEASE_TTL.total_seconds()
+
+
+async def test_after_a_reconnect_the_holder_writes_nothing_until_a_renewal_succeeds(
+    nc: Client, js: JetStreamContext, nats_server: NatsServer
+) -> None:
+    # While its connection is down, its ping has no responders: a standby may take the lease at
+    # once. The holder's clock still says "valid", so the fence must go by the connection too.
+    kv = await _bucket(js)
+    leader = LeaderLease(kv, "store", "leader", connection=nc)
+    assert await leader.try_acquire()
+    leader.check()
+
+    await asyncio.to_thread(nats_server.stop)
+    await asyncio.to_thread(nats_server.start)
+    await _connected(nc)
+
+    assert leader.valid_for() == 0 and leader._time_left() > 0
+    with pytest.raises(LeaseLost):
+        leader.check()
+    assert await leader.renew()
+    leader.check()
+
+
+async def test_a_lease_taken_while_the_holder_was_disconnected_stays_taken(
+    nc: Client, js: JetStreamContext, nats_server: NatsServer
+) -> None:
+    kv = await _bucket(js)
+    leader = LeaderLease(kv, "store", "leader", connection=nc)
+    standby = LeaderLease(kv, "store", "standby")
+    assert await leader.try_acquire()
+
+    await asyncio.to_thread(nats_server.stop)
+    await asyncio.to_thread(nats_server.start)
+    await _connected(nc)
+    assert await standby.take_from("leader")  # the holder's ping found no responders meanwhile
+
+    with pytest.raises(LeaseLost):
+        leader.check()
+    assert not await leader.renew()
+    assert leader.valid_for() == 0
+    standby.check()
