@@ -505,6 +505,63 @@ def test_schedule_updates_set_the_counters_and_never_move_them_back() -> None:
     assert task.status == "active"
 
 
+def hourly_fire(hour: int, fired: int) -> runs.RunQueued:
+    """The RunQueued of an hourly schedule's fire, carrying where the schedule stands after it."""
+    slot = runs.slot_for_fire(at(hour * 3600))
+    return runs.RunQueued(
+        event_id=eid(),
+        occurred_at=at(hour * 3600),
+        task_id=TASK,
+        run_id=runs.run_id_for(TASK, slot),
+        slot=slot,
+        scheduled_for=at(hour * 3600),
+        schedule=runs.ScheduleView(next_run_at=at((hour + 1) * 3600), fired_count=fired),
+    )
+
+
+def test_a_late_view_of_an_earlier_fire_does_not_move_the_next_fire_back() -> None:
+    # Given a schedule planned (next fire 1h) that has since fired at 1h and 2h (next fire 3h)
+    state = fresh(HOURLY)
+    planned = events.ScheduleUpdated(
+        event_id=eid(), occurred_at=at(0), task_id=TASK, state="active", next_run_at=at(3600)
+    )
+    first_fire, second_fire = hourly_fire(1, fired=1), hourly_fire(2, fired=2)
+    state.apply_schedule_event(planned)
+    apply_runs(state, first_fire, second_fire)
+    assert state.tasks[TASK].next_run_at == at(3 * 3600)
+
+    # When views of earlier moments arrive late (a redelivered update, a fire applied out of order)
+    state.apply_schedule_event(planned)
+    # Then the schedule still shows its next fire at 3h
+    assert state.tasks[TASK].next_run_at == at(3 * 3600)
+
+    state.apply_run_event(first_fire)
+    task = state.tasks[TASK]
+    assert (task.next_run_at, task.fired_count) == (at(3 * 3600), 2)
+
+
+def test_a_resumed_schedule_shows_the_next_fire_planned_at_its_resume() -> None:
+    # Given a schedule that fired once (next fire 2h), then was paused
+    state = fresh(HOURLY)
+    state.apply_run_event(hourly_fire(1, fired=1))
+    state.apply_task_event(events.SchedulePaused(event_id=eid(), occurred_at=at(4000), task_id=TASK), seq=2)
+    state.apply_schedule_event(
+        events.ScheduleUpdated(event_id=eid(), occurred_at=at(4000), task_id=TASK, state="paused", fired_count=1)
+    )
+    assert state.tasks[TASK].next_run_at is None
+
+    # When it is resumed: the scheduler's view counts no new fire, only a next one
+    state.apply_task_event(events.ScheduleResumed(event_id=eid(), occurred_at=at(5000), task_id=TASK), seq=3)
+    state.apply_schedule_event(
+        events.ScheduleUpdated(
+            event_id=eid(), occurred_at=at(5000), task_id=TASK, state="active", next_run_at=at(7200), fired_count=1
+        )
+    )
+
+    # Then the next fire shows again
+    assert (state.tasks[TASK].status, state.tasks[TASK].next_run_at) == ("active", at(7200))
+
+
 def test_a_schedule_update_to_completed_completes_the_task() -> None:
     state = fresh(HOURLY)
 
