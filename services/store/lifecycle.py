@@ -98,6 +98,9 @@ class TaskLifecycle:
             self._run_step(task, step, effects)
             if step.kind in OUTCOME_STEPS:
                 effects.wake.add(task.id)
+        early = self.state.run_book.take_early_cancel(task.id, event.run_id)
+        if early is not None:  # its run is known now: cancel it as if the events had come in order
+            effects.merge(self.apply_run_event(early))
         return effects
 
     def _submitted(self, event: events.TaskSubmitted, seq: int) -> None:

@@ -778,6 +778,48 @@ def test_a_retry_queued_after_the_cancel_is_killed() -> None:
     assert state.metrics.outcomes == {"cancelled": 1}
 
 
+def cancel_requested(run_id: str, when: float = 7200):
+    return runs.RunCancelRequested(
+        event_id=eid(), occurred_at=at(when), task_id=TASK, run_id=run_id, reason="replaced (overlap_policy replace)"
+    )
+
+
+def test_a_cancel_of_a_run_never_seen_counts_no_run() -> None:
+    # Given a schedule with no runs in memory
+    state = fresh(HOURLY)
+
+    # When the scheduler asks to cancel a run the store has not seen
+    effects = state.apply_run_event(cancel_requested("run-never-seen"))
+
+    # Then no run appears and nothing is counted; a runner that holds it is still asked to stop
+    task = state.tasks[TASK]
+    assert (task.run_count, task.last_run, state.runs.get(TASK, {})) == (0, None, {})
+    assert counts(state) == {} and state.metrics.outcomes == {}
+    assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, "run-never-seen")]
+
+
+def test_a_run_queued_after_its_own_cancel_ends_cancelled_and_is_killed() -> None:
+    # Given a fire's cancel applied before the fire's RunQueued (that one was redelivered later)
+    state = fresh(HOURLY)
+    fire = hourly_fire(1, fired=1)
+    state.apply_run_event(cancel_requested(fire.run_id))
+
+    # When the RunQueued arrives
+    effects = state.apply_run_event(fire)
+
+    # Then its run is counted once, ends cancelled, and whoever picked it up is asked to stop
+    task, run = state.tasks[TASK], state.runs[TASK][fire.run_id]
+    assert (run.status, task.run_count, task.status) == ("cancelled", 1, "active")
+    assert run.error is not None and run.error.message == "replaced (overlap_policy replace)"
+    assert state.metrics.outcomes == {"cancelled": 1}
+    assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, fire.run_id)]
+
+    # And the RunQueued applied again changes nothing
+    before = snapshot(state)
+    assert state.apply_run_event(fire).cancels == []
+    assert snapshot(state) == before
+
+
 def test_a_cron_fire_carries_the_schedules_next_fire_and_counters() -> None:
     state = fresh(spec=HOURLY)
     fire = runs.RunQueued(
