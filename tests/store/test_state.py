@@ -855,6 +855,39 @@ def test_a_run_held_back_by_flow_control_shows_why_until_it_is_admitted_and_star
     assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("running", None)
 
 
+def test_a_redelivered_hold_shows_no_hold_on_a_run_already_under_way() -> None:
+    # Given a run held back by a rate limit, then admitted and started
+    state = fresh()
+    held = msgspec.structs.replace(queued(when=1), waiting_reason="rate:partner")
+    apply_runs(state, held, queued(when=2), started(when=3))
+
+    # When the held RunQueued is delivered again
+    state.apply_run_event(held)
+
+    # Then the running task shows no hold
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("running", None)
+
+
+def test_a_hold_of_an_older_attempt_does_not_show_on_its_retry() -> None:
+    # Given a run held back at attempt 1 that failed, and whose retry (attempt 2) is queued
+    state = fresh()
+    held = msgspec.structs.replace(queued(when=1), waiting_reason="rate:partner")
+    apply_runs(
+        state,
+        held,
+        queued(when=2),
+        started(when=3),
+        finished(status="failed", when=4, will_retry=True, retry=1, retry_at=at(5)),
+        queued(attempt=2, retry=1, when=5),
+    )
+
+    # When attempt 1's held RunQueued is delivered again
+    state.apply_run_event(held)
+
+    # Then the retry shows no hold
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("queued", None)
+
+
 def test_a_run_whose_record_was_lost_in_a_kill_is_counted_once_when_its_events_replay() -> None:
     # the task's record (run_count 1) reached KV, its run's record did not: the store was killed between
     before = fresh()
