@@ -86,8 +86,8 @@ class TaskLifecycle:
             return effects
         match event:
             case runs.RunQueued():
-                self._queue_view(task, event)
                 step = self.state.run_book.queued(task, event, effects)
+                self._queue_view(task, event)
             case runs.RunStarted():
                 step = self.state.run_book.started(task, event, effects)
             case runs.RunFinished():
@@ -98,6 +98,9 @@ class TaskLifecycle:
             self._run_step(task, step, effects)
             if step.kind in OUTCOME_STEPS:
                 effects.wake.add(task.id)
+        early = self.state.run_book.take_early_cancel(task.id, event.run_id)
+        if early is not None:  # its run is known now: cancel it as if the events had come in order
+            effects.merge(self.apply_run_event(early))
         return effects
 
     def _submitted(self, event: events.TaskSubmitted, seq: int) -> None:
@@ -112,7 +115,11 @@ class TaskLifecycle:
 
     def _queue_view(self, task: TaskRecord, event: runs.RunQueued) -> None:
         """What a queued event says of the task besides its run: flow control's hold, a cron fire's view."""
-        if task.waiting_reason != event.waiting_reason and task.status not in FINAL_STATUSES:
+        run = self.state.run_book.of(task.id)[event.run_id]
+        # The hold (or its release) is the run's only while it still waits at this attempt: a
+        # repeat of it after the start, or one of an older attempt, is stale.
+        waiting = run.status == "queued" and run.attempt == event.attempt
+        if waiting and task.waiting_reason != event.waiting_reason and task.status not in FINAL_STATUSES:
             task.waiting_reason = event.waiting_reason  # flow control holds it back, or (None) let it go
             self.state.pending.tasks.add(task.id)
         if event.schedule is not None:

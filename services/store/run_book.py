@@ -8,6 +8,7 @@ yields a ``Step`` for its task's state machine (``transitions``); otherwise the 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import datetime
 
 from proto import runs
@@ -25,6 +26,8 @@ NOT_STARTED = ("queued", "retrying")
 """Runs no runner holds: a cancel ends them at once."""
 UNKNOWN_SLOT = "unknown"
 """The slot of a run whose start or outcome was applied before its queued event."""
+EARLY_CANCELS_KEPT = 10_000
+"""Cancels of runs not seen yet, kept for their run's first event (the oldest are dropped first)."""
 
 
 class RunBook:
@@ -36,6 +39,8 @@ class RunBook:
         self.pending = pending
         self.runs: dict[str, dict[str, RunRecord]] = {}
         self.counts: dict[str, int] = {}
+        self.early_cancels: OrderedDict[tuple[str, str], runs.RunCancelRequested] = OrderedDict()
+        """Cancels applied before any event of their run, by task and run id."""
 
     # --- records ------------------------------------------------------------------------------
 
@@ -185,14 +190,29 @@ class RunBook:
         return self.end(run, event.status, event.occurred_at, event.error)
 
     def cancel_requested(self, task: TaskRecord, event: runs.RunCancelRequested, effects: Effects) -> Step | None:
-        """Cancel one run: one not started ends now; a running one is asked to stop (its outcome follows)."""
-        run, _ = self._get_or_create(task, event.run_id, UNKNOWN_SLOT, "queued", 1)
+        """Cancel one run: one not started ends now; a running one is asked to stop (its outcome follows);
+        one not seen yet waits for its first event (``take_early_cancel``)."""
+        run = self.of(task.id).get(event.run_id)
+        if run is None:
+            # Its RunQueued was published first but can be applied later (redelivered after a
+            # failure); it may also never come (a run that left memory). Count nothing until it does.
+            self.early_cancels[(task.id, event.run_id)] = event
+            while len(self.early_cancels) > EARLY_CANCELS_KEPT:
+                self.early_cancels.popitem(last=False)
+            effects.cancels.append(CancelRun(task_id=task.id, run_id=event.run_id, reason=event.reason))
+            return None
         if run.status in FINAL_RUN_STATUSES:
             return None
         effects.cancels.append(CancelRun(task_id=task.id, run_id=run.run_id, reason=event.reason))
         if run.status in NOT_STARTED:
             return self.end(run, "cancelled", event.occurred_at, RunError(type="cancelled", message=event.reason))
         return None
+
+    def take_early_cancel(self, task_id: str, run_id: str) -> runs.RunCancelRequested | None:
+        """The cancel that came before the run, once the run is known (it applies now)."""
+        if run_id not in self.of(task_id):
+            return None
+        return self.early_cancels.pop((task_id, run_id), None)
 
     def end(self, run: RunRecord, status: OutcomeStatus, at: datetime, error: RunError | None) -> Step:
         """The run reaches its final status (counted once: only a run not final gets here)."""

@@ -12,11 +12,16 @@ from services.store.write_back import PendingWrites
 
 
 def apply_view(task: TaskRecord, next_run_at: datetime | None, fired: int, missed: int, skipped: int) -> None:
-    """Take the scheduler's view of the schedule: counters only ever grow; a paused one has no next fire."""
+    """Take the scheduler's view of the schedule: counters only ever grow; a paused one has no next fire;
+    a view older than one already taken leaves the next fire alone."""
+    # Every due slot the scheduler handles is counted once (fired, missed or skipped), so the sum
+    # orders its views without trusting clocks; a pause or resume counts nothing, so its view,
+    # with the sum unchanged, still applies.
+    older = fired + missed + skipped < task.fired_count + task.missed_count + task.skipped_count
     task.fired_count = max(task.fired_count, fired)
     task.missed_count = max(task.missed_count, missed)
     task.skipped_count = max(task.skipped_count, skipped)
-    if task.status == "active":
+    if task.status == "active" and not older:
         task.next_run_at = next_run_at
 
 

@@ -505,6 +505,63 @@ def test_schedule_updates_set_the_counters_and_never_move_them_back() -> None:
     assert task.status == "active"
 
 
+def hourly_fire(hour: int, fired: int) -> runs.RunQueued:
+    """The RunQueued of an hourly schedule's fire, carrying where the schedule stands after it."""
+    slot = runs.slot_for_fire(at(hour * 3600))
+    return runs.RunQueued(
+        event_id=eid(),
+        occurred_at=at(hour * 3600),
+        task_id=TASK,
+        run_id=runs.run_id_for(TASK, slot),
+        slot=slot,
+        scheduled_for=at(hour * 3600),
+        schedule=runs.ScheduleView(next_run_at=at((hour + 1) * 3600), fired_count=fired),
+    )
+
+
+def test_a_late_view_of_an_earlier_fire_does_not_move_the_next_fire_back() -> None:
+    # Given a schedule planned (next fire 1h) that has since fired at 1h and 2h (next fire 3h)
+    state = fresh(HOURLY)
+    planned = events.ScheduleUpdated(
+        event_id=eid(), occurred_at=at(0), task_id=TASK, state="active", next_run_at=at(3600)
+    )
+    first_fire, second_fire = hourly_fire(1, fired=1), hourly_fire(2, fired=2)
+    state.apply_schedule_event(planned)
+    apply_runs(state, first_fire, second_fire)
+    assert state.tasks[TASK].next_run_at == at(3 * 3600)
+
+    # When views of earlier moments arrive late (a redelivered update, a fire applied out of order)
+    state.apply_schedule_event(planned)
+    # Then the schedule still shows its next fire at 3h
+    assert state.tasks[TASK].next_run_at == at(3 * 3600)
+
+    state.apply_run_event(first_fire)
+    task = state.tasks[TASK]
+    assert (task.next_run_at, task.fired_count) == (at(3 * 3600), 2)
+
+
+def test_a_resumed_schedule_shows_the_next_fire_planned_at_its_resume() -> None:
+    # Given a schedule that fired once (next fire 2h), then was paused
+    state = fresh(HOURLY)
+    state.apply_run_event(hourly_fire(1, fired=1))
+    state.apply_task_event(events.SchedulePaused(event_id=eid(), occurred_at=at(4000), task_id=TASK), seq=2)
+    state.apply_schedule_event(
+        events.ScheduleUpdated(event_id=eid(), occurred_at=at(4000), task_id=TASK, state="paused", fired_count=1)
+    )
+    assert state.tasks[TASK].next_run_at is None
+
+    # When it is resumed: the scheduler's view counts no new fire, only a next one
+    state.apply_task_event(events.ScheduleResumed(event_id=eid(), occurred_at=at(5000), task_id=TASK), seq=3)
+    state.apply_schedule_event(
+        events.ScheduleUpdated(
+            event_id=eid(), occurred_at=at(5000), task_id=TASK, state="active", next_run_at=at(7200), fired_count=1
+        )
+    )
+
+    # Then the next fire shows again
+    assert (state.tasks[TASK].status, state.tasks[TASK].next_run_at) == ("active", at(7200))
+
+
 def test_a_schedule_update_to_completed_completes_the_task() -> None:
     state = fresh(HOURLY)
 
@@ -721,6 +778,48 @@ def test_a_retry_queued_after_the_cancel_is_killed() -> None:
     assert state.metrics.outcomes == {"cancelled": 1}
 
 
+def cancel_requested(run_id: str, when: float = 7200):
+    return runs.RunCancelRequested(
+        event_id=eid(), occurred_at=at(when), task_id=TASK, run_id=run_id, reason="replaced (overlap_policy replace)"
+    )
+
+
+def test_a_cancel_of_a_run_never_seen_counts_no_run() -> None:
+    # Given a schedule with no runs in memory
+    state = fresh(HOURLY)
+
+    # When the scheduler asks to cancel a run the store has not seen
+    effects = state.apply_run_event(cancel_requested("run-never-seen"))
+
+    # Then no run appears and nothing is counted; a runner that holds it is still asked to stop
+    task = state.tasks[TASK]
+    assert (task.run_count, task.last_run, state.runs.get(TASK, {})) == (0, None, {})
+    assert counts(state) == {} and state.metrics.outcomes == {}
+    assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, "run-never-seen")]
+
+
+def test_a_run_queued_after_its_own_cancel_ends_cancelled_and_is_killed() -> None:
+    # Given a fire's cancel applied before the fire's RunQueued (that one was redelivered later)
+    state = fresh(HOURLY)
+    fire = hourly_fire(1, fired=1)
+    state.apply_run_event(cancel_requested(fire.run_id))
+
+    # When the RunQueued arrives
+    effects = state.apply_run_event(fire)
+
+    # Then its run is counted once, ends cancelled, and whoever picked it up is asked to stop
+    task, run = state.tasks[TASK], state.runs[TASK][fire.run_id]
+    assert (run.status, task.run_count, task.status) == ("cancelled", 1, "active")
+    assert run.error is not None and run.error.message == "replaced (overlap_policy replace)"
+    assert state.metrics.outcomes == {"cancelled": 1}
+    assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, fire.run_id)]
+
+    # And the RunQueued applied again changes nothing
+    before = snapshot(state)
+    assert state.apply_run_event(fire).cancels == []
+    assert snapshot(state) == before
+
+
 def test_a_cron_fire_carries_the_schedules_next_fire_and_counters() -> None:
     state = fresh(spec=HOURLY)
     fire = runs.RunQueued(
@@ -754,6 +853,39 @@ def test_a_run_held_back_by_flow_control_shows_why_until_it_is_admitted_and_star
     state.apply_run_event(msgspec.structs.replace(queued(when=3), waiting_reason="rate:partner"))
     state.apply_run_event(started(when=4))  # started before its admission's event was applied
     assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("running", None)
+
+
+def test_a_redelivered_hold_shows_no_hold_on_a_run_already_under_way() -> None:
+    # Given a run held back by a rate limit, then admitted and started
+    state = fresh()
+    held = msgspec.structs.replace(queued(when=1), waiting_reason="rate:partner")
+    apply_runs(state, held, queued(when=2), started(when=3))
+
+    # When the held RunQueued is delivered again
+    state.apply_run_event(held)
+
+    # Then the running task shows no hold
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("running", None)
+
+
+def test_a_hold_of_an_older_attempt_does_not_show_on_its_retry() -> None:
+    # Given a run held back at attempt 1 that failed, and whose retry (attempt 2) is queued
+    state = fresh()
+    held = msgspec.structs.replace(queued(when=1), waiting_reason="rate:partner")
+    apply_runs(
+        state,
+        held,
+        queued(when=2),
+        started(when=3),
+        finished(status="failed", when=4, will_retry=True, retry=1, retry_at=at(5)),
+        queued(attempt=2, retry=1, when=5),
+    )
+
+    # When attempt 1's held RunQueued is delivered again
+    state.apply_run_event(held)
+
+    # Then the retry shows no hold
+    assert (state.tasks[TASK].status, state.tasks[TASK].waiting_reason) == ("queued", None)
 
 
 def test_a_run_whose_record_was_lost_in_a_kill_is_counted_once_when_its_events_replay() -> None:
