@@ -34,13 +34,13 @@ log = logging.getLogger(__name__)
 
 BATCH = 512
 MAX_UNWRITTEN_BATCHES = 4
+"""Batches applied but not yet written back; more waits (backpressure on the fetching)."""
 EARLY_EVENT_DELAY_SECONDS = 2.0
 EARLY_EVENT_DELIVERIES = 8
 """A run event can arrive before its task: a new leader's catch-up of TASKS ends while the
 submissions a killed leader was handed wait out their ack wait (10 s), and a submission is applied
 only after its publish is acknowledged. Such an event comes back every 2 s, up to this many
 deliveries in all (past the ack wait), before it is taken as an event of a task that never was."""
-"""Batches applied but not yet written back; more waits (backpressure on the fetching)."""
 
 
 @dataclass
