@@ -59,23 +59,25 @@ class LeaderLease:
         self.renewed_at = 0.0
         """time.monotonic() of the last write that the server acknowledged."""
         self.connection = connection
-        """The holder's NATS connection: the lease is valid only on the one it was last renewed on."""
+        """The holder's NATS connection: no writes while it is down (see ``connected``)."""
         self._renewed_on = self._connection_id()
 
     def _connection_id(self) -> int:
         return int(self.connection.stats["reconnects"]) if self.connection is not None else 0
 
-    def connection_unbroken(self) -> bool:
-        """False from a disconnect until the next renewal succeeds.
+    def connected(self) -> bool:
+        """False while the holder's connection is down: it must not write then.
 
-        While the holder's connection is down, its ping has no responders, so a standby may take
-        the lease at once (``take_from_the_dead``). The holder must not write on the strength of
-        its clock then: it writes again only once a compare-and-set renewal has succeeded on the
-        new connection (and that fails when the lease was taken).
+        While it is down its ping has no responders, so a standby may take the lease at once
+        (``take_from_the_dead``), and writes buffered meanwhile would land after that. Once the
+        connection is back the holder renews at once (``reconnected_since_renewal``): a lease taken
+        meanwhile is then found gone within a round trip.
         """
-        if self.connection is None:
-            return True
-        return self.connection.is_connected and self._connection_id() == self._renewed_on
+        return self.connection is None or self.connection.is_connected
+
+    def reconnected_since_renewal(self) -> bool:
+        """True when the connection was re-established after the last successful renewal."""
+        return self._connection_id() != self._renewed_on
 
     def _succeeded(self, started: float, connection_id: int) -> None:
         self.renewed_at = started
@@ -104,7 +106,7 @@ class LeaderLease:
 
     def valid_for(self) -> float:
         """Seconds this holder may still lead without another successful renewal (<= 0: none)."""
-        return self._time_left() if self.connection_unbroken() else 0.0
+        return self._time_left() if self.connected() else 0.0
 
     def _time_left(self) -> float:
         """Seconds until the key could expire, less the margin, by the last successful write."""
@@ -272,7 +274,7 @@ async def stand_by_and_lead(
         changed.set()
         log.info("leading", extra={"instance": lease.holder})
         until = asyncio.Event()
-        keeper = asyncio.create_task(_keep(lease, until, stop), name="lease")
+        keeper = asyncio.create_task(keep_lease(lease, until, stop), name="lease")
         try:
             await lead(until)
         except Exception:  # NATS trouble while loading: stand by, and lead again if the lease allows
@@ -289,9 +291,9 @@ async def stand_by_and_lead(
     await lease.release()
 
 
-async def _keep(lease: LeaderLease, until: asyncio.Event, stop: asyncio.Event) -> None:
-    """Renew every RENEW_EVERY, and at once after a reconnect (the fence holds writes until then);
-    set ``until`` when a renewal fails for good or ``stop`` is set."""
+async def keep_lease(lease: LeaderLease, until: asyncio.Event, stop: asyncio.Event) -> None:
+    """Renew every RENEW_EVERY, and at once after a reconnect (a lease taken while the connection
+    was down is found gone); set ``until`` when a renewal fails for good or ``stop`` is set."""
     try:
         while not until.is_set():
             waits = [asyncio.ensure_future(until.wait()), asyncio.ensure_future(stop.wait())]
@@ -303,7 +305,7 @@ async def _keep(lease: LeaderLease, until: asyncio.Event, stop: asyncio.Event) -
             if done:
                 break
             due = time.monotonic() - lease.renewed_at >= RENEW_EVERY.total_seconds()
-            if (due or not lease.connection_unbroken()) and not await lease.renew():
+            if (due or lease.reconnected_since_renewal()) and not await lease.renew():
                 break
     finally:
         until.set()
