@@ -260,10 +260,10 @@ async def stand_by_and_lead(
 ) -> None:
     """Stand by until the lease is ours, then ``lead(until)`` while it is held; again, until ``stop``.
 
-        ``until`` is set when the lease is lost or ``stop`` is set: ``lead`` must then stop writing
-        and return. ``leading`` is set while this process leads, and ``changed`` each time that flips
-    (its heartbeats say so at once). The lease
-        is released at the end, so a standby need not wait for the TTL.
+    ``until`` is set when the lease is lost or ``stop`` is set: ``lead`` must then stop writing and
+    return. ``leading`` is set while this process leads, and ``changed`` each time that flips (its
+    heartbeats say so at once). The lease is released at the end, so a standby need not wait for
+    the TTL.
     """
     await answer_pings(nc, ping_subject(lease.holder))
     while not stop.is_set():
