@@ -7,7 +7,7 @@ Request bodies forbid unknown fields so a typo is an error, not a silently ignor
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
@@ -117,6 +117,13 @@ class RunRef(Request):
 
     id: str
     run_id: str
+
+
+class RunVerdict(Struct, kw_only=True):
+    """Whether a run about to start should: ``run``, or ``cancelled`` (the task or this run was
+    cancelled: report it so) or ``deleted`` (the task is gone: drop the run without a trace)."""
+
+    verdict: Literal["run", "cancelled", "deleted"]
 
 
 class GetLogsRequest(Request):

@@ -39,6 +39,7 @@ MESSAGES: dict[str, Any] = {
     "ListRunsRequest": api.ListRunsRequest,
     "RunPage": api.RunPage,
     "RunRef": api.RunRef,
+    "RunVerdict": api.RunVerdict,
     "GetLogsRequest": api.GetLogsRequest,
     "LogsReply": api.LogsReply,
     "ScheduleList": api.ScheduleList,

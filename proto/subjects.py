@@ -25,6 +25,9 @@ LIST_RUNS: Final = "taskmesh.api.runs.list"
 """Run history of one task, newest first."""
 GET_RUN: Final = "taskmesh.api.runs.get"
 """One run with its attempts."""
+RUN_VERDICT: Final = "taskmesh.api.runs.verdict"
+"""Whether a run about to start is still wanted (``api.RunVerdict``): runners ask it instead of
+reading the store's buckets, and the store answers from its own state, flushed or not."""
 GET_LOGS: Final = "taskmesh.api.logs.get"
 """Stored log lines of a task's latest run, or of one run."""
 LIST_SCHEDULES: Final = "taskmesh.api.schedules.list"
@@ -262,6 +265,7 @@ ALL_SUBJECT_CONSTANTS: Final = (
     DELETE_TASK,
     LIST_RUNS,
     GET_RUN,
+    RUN_VERDICT,
     GET_LOGS,
     LIST_SCHEDULES,
     PAUSE_SCHEDULE,

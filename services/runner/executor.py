@@ -21,12 +21,10 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import NotFoundError
 
-from proto import codec, streams, subjects
+from proto import api, codec, streams, subjects
 from proto.control import CancelRun
-from proto.records import RunRecord, TaskRecord
 from proto.retry import should_retry
 from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
 from services.common.clock import utcnow
@@ -49,6 +47,8 @@ START_PUBLISH_PATIENCE_SECONDS = 10.0
 UNSTARTED_REDELIVERY_DELAY_SECONDS = 2.0
 HOLDER_POLL_SECONDS = 1.0
 """How often a delivery that found its run held by another runner asks again."""
+VERDICT_TIMEOUT_SECONDS = 5.0
+"""How long the store has to say whether a run is still wanted, before it runs anyway."""
 
 
 @dataclass
@@ -73,8 +73,6 @@ class RunExecutor:
     def __init__(
         self,
         js: JetStreamContext,
-        tasks_kv: KeyValue,
-        runs_kv: KeyValue,
         runner_id: str,
         settings: RunnerSettings,
         http: HttpTasks,
@@ -83,8 +81,6 @@ class RunExecutor:
         nc: Client | None = None,
     ) -> None:
         self.js = js
-        self.tasks_kv = tasks_kv
-        self.runs_kv = runs_kv
         self.runner_id = runner_id
         self.settings = settings
         self.limits = settings.limits()
@@ -92,7 +88,8 @@ class RunExecutor:
         self.sandboxes = sandboxes
         self.secrets = secrets or SecretResolver(None, SecretKeys([]))
         self.nc = nc
-        """Asks other runners whether they still hold a run (None: never wait for one)."""
+        """Asks the store whether a run is still wanted, and other runners whether they still
+        hold a run (None: neither; every run is wanted and never waits for another runner)."""
         self.active: dict[str, ActiveRun] = {}
         self.finished = 0
 
@@ -160,9 +157,11 @@ class RunExecutor:
                 return
         verdict = await self._still_wanted(due)
         if verdict == "deleted":
+            log.info("run dropped: its task is deleted", extra={"task": due.task_id, "run": due.run_id})
             await within_deadline(message.ack())
             return
         if verdict == "cancelled" or active.cancelled.is_set():
+            log.info("run cancelled before it started", extra={"task": due.task_id, "run": due.run_id})
             await self._report(
                 due,
                 attempt,
@@ -350,35 +349,22 @@ class RunExecutor:
         return finished.attempt >= due.attempt
 
     async def _still_wanted(self, due: RunDue) -> str:
-        """``run``, or ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted)."""
-        task_entry, run_entry = await asyncio.gather(
-            self._get(self.tasks_kv, due.task_id), self._get(self.runs_kv, subjects.run_key(due.task_id, due.run_id))
-        )
-        if task_entry == "deleted":
-            return "deleted"
-        if isinstance(task_entry, bytes):
-            task = codec.decode(TaskRecord, task_entry)
-            if task.status == "cancelled":
-                return "cancelled"
-        if isinstance(run_entry, bytes):
-            run = codec.decode(RunRecord, run_entry)
-            if run.status == "cancelled":
-                return "cancelled"
-        return "run"
+        """``run``, or ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted).
 
-    @staticmethod
-    async def _get(kv: KeyValue, key: str) -> bytes | str | None:
+        Asked of the store, which answers from its own state: the runner reads none of the
+        store's buckets. With no store to answer (an election, a restart), run it: a cancel
+        sent later still reaches the run here, as it does once a run has started."""
+        if self.nc is None:
+            return "run"
+        request = codec.encode(api.RunRef(id=due.task_id, run_id=due.run_id))
         try:
-            entry = await kv.get(key)
-            return entry.value
-        except KeyNotFoundError as exc:
-            # nats-py reports a deleted key as "not found" with the delete operation attached
-            if exc.op is not None:
-                return "deleted"
-            return None  # never written yet: the store may not have flushed it
-        except Exception as exc:  # NATS trouble: run it; a later cancel still reaches us
-            log.debug("kv get %s: %s", key, exc)
-            return None
+            reply = await self.nc.request(subjects.RUN_VERDICT, request, timeout=VERDICT_TIMEOUT_SECONDS)
+            if reply.headers and subjects.HEADER_ERROR in reply.headers:
+                raise ValueError(reply.data[:200].decode(errors="replace"))
+            return codec.decode(api.RunVerdict, reply.data).verdict
+        except Exception as exc:  # no responders, a timeout, an error reply
+            log.info("run verdict not known (%s: %s); running it", type(exc).__name__, exc, extra={"run": due.run_id})
+            return "run"
 
     async def _execute(self, due: RunDue, active: ActiveRun, output: RunOutput) -> Outcome:
         try:

@@ -46,8 +46,6 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
             subjects.STREAM_DEAD_LETTERS,
         ):
             await natsio.wait_for_stream(js, stream, stop)
-        tasks_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_TASKS, stop)
-        runs_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_RUNS, stop)
         secrets_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_SECRETS, stop)
         if stop.is_set():
             return
@@ -70,7 +68,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         )
         stack.push_async_callback(http.close)
         resolver = SecretResolver(secrets_kv, settings.secret_keys())
-        executor = RunExecutor(js, tasks_kv, runs_kv, runner_id, settings, http, sandboxes, resolver, nc)
+        executor = RunExecutor(js, runner_id, settings, http, sandboxes, resolver, nc)
 
         async def on_cancel(msg: Msg) -> None:
             try:

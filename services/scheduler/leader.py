@@ -17,12 +17,13 @@ from datetime import datetime, timedelta
 from functools import partial
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from proto import codec, events, runs, subjects
+from proto import api, codec, events, runs, subjects
 from proto.flow import WaitingRun
 from proto.records import TaskRecord
 from proto.runs import ONCE_SLOT, RunFinished, ScheduleView, slot_for_fire
@@ -42,9 +43,15 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 BATCH = 256
+STORE_REQUEST_TIMEOUT_SECONDS = 5.0
+"""How long the store has to give a task's spec (a retry or a trigger); then the event is retried."""
 ENDED_REMEMBERED = 100_000
 """Cancelled or deleted tasks remembered, so a submission redelivered after its cancel arms nothing."""
 _timer_decoder = msgspec.json.Decoder(AnyTimer)
+
+
+class StoreUnavailable(nats_errors.Error):
+    """The store answered with an error it may not give next time (counted as transient)."""
 
 
 class Leader:
@@ -54,14 +61,12 @@ class Leader:
         self,
         js: JetStreamContext,
         timers_kv: KeyValue,
-        tasks_kv: KeyValue,
         settings: SchedulerSettings,
+        nc: Client,
         restarts: Counter[str] | None = None,
-        nc: Client | None = None,
     ) -> None:
         self.js = js
         self.nc = nc
-        self.tasks_kv = tasks_kv
         self.settings = settings
         self.publisher = Publisher(js, timers_kv)
         self.timers_kv = timers_kv
@@ -150,8 +155,7 @@ class Leader:
             asyncio.create_task(self._fire_loop(until), name="fire-loop"),
             asyncio.create_task(supervise("admission", partial(self.admission.pump, until), until, self.restarts)),
         ]
-        if self.nc is not None:
-            workers.append(asyncio.create_task(self.admission.serve(self.nc, until), name="limits-api"))
+        workers.append(asyncio.create_task(self.admission.serve(self.nc, until), name="limits-api"))
         try:
             await until.wait()
         finally:
@@ -287,12 +291,19 @@ class Leader:
             await self._save(msgspec.structs.replace(timer, active_runs=[*timer.active_runs, run_id][-100:]))
 
     async def _spec_of(self, task_id: str) -> TaskSpec | None:
-        """The spec of a live task, from the store's bucket; None once it is gone or finished."""
-        try:
-            entry = await self.tasks_kv.get(task_id)
-        except Exception:  # KeyNotFoundError: deleted
-            return None
-        task = codec.decode(TaskRecord, entry.value)
+        """The spec of a live task, asked of the store; None once it is gone or finished.
+
+        Raises when the store cannot answer now (no responders during its election, a timeout,
+        an error other than "not found"): the event is handled again after a delay."""
+        reply = await self.nc.request(
+            subjects.GET_TASK, codec.encode(api.TaskRef(id=task_id)), timeout=STORE_REQUEST_TIMEOUT_SECONDS
+        )
+        if reply.headers and subjects.HEADER_ERROR in reply.headers:
+            error = codec.error_reply(reply.data).error
+            if error.code == "not_found":
+                return None
+            raise StoreUnavailable(f"the store did not give task {task_id}: {error.code}: {error.message}")
+        task = codec.decode(TaskRecord, reply.data)
         if task.status in FINAL_STATUSES and task.task_type != "scheduled":
             return None
         if task.status in ("cancelled", "completed"):

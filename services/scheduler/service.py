@@ -35,7 +35,6 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         )
         for stream in (subjects.STREAM_TASKS, subjects.STREAM_EVENTS):
             await natsio.wait_for_stream(js, stream, stop)
-        tasks_kv = await natsio.wait_for_bucket(js, subjects.BUCKET_TASKS, stop)
         if stop.is_set():
             return
         for name in (subjects.CONSUMER_SCHEDULER_TASKS, subjects.CONSUMER_SCHEDULER_RUNS):
@@ -61,7 +60,7 @@ async def main(settings: SchedulerSettings, stop: asyncio.Event) -> None:
         log.info("scheduler standing by", extra={"instance": instance_id})
 
         async def lead(until: asyncio.Event) -> None:  # each leadership starts from what is stored
-            await Leader(js, owned[subjects.BUCKET_SCHEDULES], tasks_kv, settings, restarts, nc).run(until)
+            await Leader(js, owned[subjects.BUCKET_SCHEDULES], settings, nc, restarts).run(until)
 
         await stand_by_and_lead(nc, lease, subjects.scheduler_ping, lead, leading, changed, stop)
         await beats

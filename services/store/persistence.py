@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from proto import codec, streams, subjects
@@ -174,6 +175,14 @@ class Persistence:
         except msgspec.MsgspecError as exc:
             log.error("unreadable task record %s: %s", task_id, exc)
             return None
+
+    async def task_deleted(self, task_id: str) -> bool:
+        """Whether the tasks bucket holds a delete marker for the task (False: a record, or no key yet)."""
+        try:
+            await self.tasks.get(task_id)
+        except KeyNotFoundError as exc:
+            return exc.op is not None  # nats-py reports a deleted or purged key as "not found" with its operation
+        return False
 
     async def get_runs(self, state: StoreState, task_id: str, *, loading: bool = False) -> list[RunRecord]:
         """A task's runs from the runs bucket, in the order they were queued.

@@ -105,6 +105,33 @@ class Queries:
             raise TaskNotFound(f"task {request.id} has no run {request.run_id!r}", "run_id")
         return run
 
+    async def run_verdict(self, request: api.RunRef) -> api.RunVerdict:
+        """Whether a run about to start is still wanted; asked by the runner holding its delivery.
+
+        Answered from memory for a task in progress (every run about to start belongs to one,
+        bar a trigger of a finished task), with this store's latest word: what a KV read would
+        show only after the next flush."""
+        if request.id in self.state.uncatalogued_removals:
+            return api.RunVerdict(verdict="deleted")
+        if not self.state.is_retained(request.id):
+            # Deleted, or submitted and not yet applied here (the scheduler may be ahead of this
+            # store on TASKS): only a delete marker in KV says which.
+            deleted = await self.persistence.task_deleted(request.id)
+            return api.RunVerdict(verdict="deleted" if deleted else "run")
+        task = await self.task(request.id)
+        if task.status == "cancelled":
+            return api.RunVerdict(verdict="cancelled")
+        if request.id in self.state.tasks:
+            run = self.state.runs.get(request.id, {}).get(request.run_id)
+        else:
+            run = next((r for r in await self._runs(task) if r.run_id == request.run_id), None)
+        if (run is not None and run.status == "cancelled") or (
+            request.id,
+            request.run_id,
+        ) in self.state.run_book.early_cancels:
+            return api.RunVerdict(verdict="cancelled")
+        return api.RunVerdict(verdict="run")
+
     async def logs(self, request: api.GetLogsRequest) -> api.LogsReply:
         """Stored output of one run attempt (default: the latest run, its latest attempt)."""
         task = await self.task(request.id)

@@ -137,6 +137,15 @@ async def test_every_service_works_under_its_own_user_and_is_never_denied(
             "max_concurrency": 1,
         }
     )
+    retried = await secured_api.submit(  # a retry: the scheduler asks the store for the task's spec
+        {
+            "name": "retried",
+            "task_type": "immediate",
+            "api_url": f"{target.url}/status/500",
+            "max_retries": 1,
+            "retry_delay_seconds": 0.1,
+        }
+    )
     limit = await secured_api.client.put("/api/limits/k", json={"max_concurrency": 2})  # the leader answers
     assert limit.status_code == 200, limit.text
     assert (await secured_api.wait_final(limited["id"]))["status"] == "succeeded"
@@ -145,6 +154,8 @@ async def test_every_service_works_under_its_own_user_and_is_never_denied(
     assert (await secured_api.wait_final(delayed["id"]))["status"] == "succeeded"
     assert (await secured_api.wait_final(cron["id"]))["status"] == "completed"
     assert len(await secured_api.runs(cron["id"])) == 2
+    retried_task = await secured_api.wait_final(retried["id"])
+    assert (retried_task["status"], retried_task["last_run"]["attempt"]) == ("failed", 2), retried_task
     assert "GET" in await secured_api.log_text(immediate["id"])  # the store reads the logs bucket
     stats = await secured_api.get("/api/stats")  # the store reads WORK's consumer info
     assert stats is not None
@@ -247,7 +258,12 @@ async def _denied(server: ConfiguredNats, user: str, subject: str, payload: byte
         ("runner", "taskmesh.task.x.submitted"),
         ("runner", "taskmesh.work.api"),
         ("runner", "taskmesh.api.tasks.submit"),
+        # task and run records (results, inline headers) are the store's: a runner asks for a verdict
+        ("runner", "$JS.API.DIRECT.GET.KV_tasks.x"),
+        ("runner", "$JS.API.DIRECT.GET.KV_runs.x.y"),
+        ("runner", "taskmesh.api.tasks.get"),
         ("scheduler", "$KV.tasks.x"),
+        ("scheduler", "$JS.API.DIRECT.GET.KV_tasks.x"),
         ("scheduler", "taskmesh.task.x.cancelled"),
         ("scheduler", "$JS.API.STREAM.DELETE.WORK"),
         ("store", "taskmesh.work.code"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 
@@ -265,5 +266,30 @@ async def test_a_task_deleted_while_queued_never_runs(stack: Stack, api: Api, ta
     assert (await api.client.delete(f"/api/tasks/{created['id']}")).status_code == 200
     stack.start_service("runner", key="runner")
     stack.wait_ready()
-    await asyncio.sleep(2.0)
+    await _runner_says(stack, "run dropped: its task is deleted", created["id"])
     assert target.bodies == []
+
+
+async def test_a_task_cancelled_while_queued_is_reported_cancelled_and_never_runs(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    stack.services["runner"].stop()  # the run waits on the work queue
+    created = await api.submit(api_task(target, "cancelled in the queue", "/echo"))
+    await api.wait_for(created["id"], lambda t: t["status"] == "queued", timeout=10)
+    assert (await api.client.post(f"/api/tasks/{created['id']}/cancel")).status_code == 200
+    stack.start_service("runner", key="runner")
+    stack.wait_ready()
+    await _runner_says(stack, "run cancelled before it started", created["id"])
+    task = await api.wait_for(created["id"], lambda t: t["last_run"]["status"] == "cancelled", timeout=10)
+    assert task["status"] == "cancelled"
+    assert target.bodies == []
+
+
+async def _runner_says(stack: Stack, message: str, task_id: str, timeout: float = 15) -> None:
+    """Wait until the runner logs ``message`` about the task (its verdict on a queued run)."""
+    deadline = time.monotonic() + timeout
+    while not any(message in line and task_id in line for line in stack.services["runner"].log().splitlines()):
+        assert time.monotonic() < deadline, (
+            f"the runner never logged {message!r}:\n{stack.services['runner'].log()[-3000:]}"
+        )
+        await asyncio.sleep(0.1)

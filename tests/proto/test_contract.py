@@ -339,6 +339,7 @@ EXAMPLES: list[Any] = [
     api.ListRunsRequest(id=TASK_ID, limit=10, cursor=RUN_ID),
     api.RunPage(runs=[RUN_RECORD], next_cursor=None),
     api.RunRef(id=TASK_ID, run_id=RUN_ID),
+    api.RunVerdict(verdict="cancelled"),
     api.GetLogsRequest(id=TASK_ID, run_id=RUN_ID, attempt=2, after=10),
     api.LogsReply(task_id=TASK_ID, run_id=RUN_ID, attempt=1, chunks=[LOG_CHUNK], finished=True, truncated=True),
     api.ScheduleSummary(

@@ -59,9 +59,7 @@ async def _executor(js: JetStreamContext, http: CountingHttp) -> RunExecutor:
     await natsio.setup_owned(js, "store", 1)
     await natsio.setup_owned(js, "scheduler", 1)
     await natsio.ensure_consumer(js, subjects.CONSUMER_RUNNER_API)
-    tasks_kv = await js.key_value(subjects.BUCKET_TASKS)
-    runs_kv = await js.key_value(subjects.BUCKET_RUNS)
-    return RunExecutor(js, tasks_kv, runs_kv, "runner-test", RunnerSettings(), http, NoSandboxes())  # type: ignore[arg-type]
+    return RunExecutor(js, "runner-test", RunnerSettings(), http, NoSandboxes())  # type: ignore[arg-type]
 
 
 async def _publish_due(js: JetStreamContext, spec: TaskSpec, task_id: str = "task-1") -> RunDue:

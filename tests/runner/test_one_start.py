@@ -105,8 +105,6 @@ async def _runner(connect: Callable[[], Awaitable[Client]], runner_id: str, http
     js = nc.jetstream()
     executor = RunExecutor(
         js,
-        await js.key_value(subjects.BUCKET_TASKS),
-        await js.key_value(subjects.BUCKET_RUNS),
         runner_id,
         RunnerSettings(),
         http,  # type: ignore[arg-type]
