@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, replace
@@ -28,6 +29,7 @@ CLUSTER_FORMING_ERRORS = frozenset({10005, 10008, 10009})
 joining), JetStream temporarily unavailable, and no leader to handle the request."""
 STREAM_NAME_IN_USE = 10058
 FORMING_WARN_EVERY_SECONDS = 30.0
+CONSUMER_RESET_TIMEOUT_SECONDS = 5.0
 
 
 async def connect(
@@ -157,6 +159,33 @@ async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerS
             "from_sequence": start,
         },
     )
+
+
+async def redeliver_unacknowledged(nc: Client, name: str) -> None:
+    """Make what durable consumer ``name`` delivered but nobody acknowledged deliverable now.
+
+    A new leader calls this before it consumes: its predecessor, killed or cut off, held messages
+    that would otherwise come back only when the ack wait runs out, and until then the new leader
+    would answer from older state. The consumer is reset to its ack floor (nats-server 2.14+,
+    ADR-60); everything above the floor comes again, which consumers here apply idempotently.
+    Best effort: on an older server or an error the ack wait still brings them back.
+    """
+    spec = streams.CONSUMERS[name]
+    subject = f"$JS.API.CONSUMER.RESET.{spec.stream}.{name}"
+    try:
+        reply = await nc.request(subject, b"", timeout=CONSUMER_RESET_TIMEOUT_SECONDS)
+        answer = json.loads(reply.data or b"{}")
+    except Exception as exc:  # NATS away, a timeout: the ack wait will do it
+        log.warning("consumer %s not reset (%s); unacknowledged messages return after the ack wait", name, exc)
+        return
+    if "error" in answer:
+        log.warning(
+            "consumer %s not reset (%s); unacknowledged messages return after the ack wait",
+            name,
+            answer["error"].get("description", answer["error"]),
+        )
+        return
+    log.info("consumer reset to its ack floor", extra={"consumer": name, "from_sequence": answer.get("reset_seq")})
 
 
 async def ensure_bucket(js: JetStreamContext, spec: streams.BucketSpec) -> KeyValue:

@@ -32,7 +32,7 @@ from proto.tasks import FINAL_STATUSES, TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
 from services.common.lifecycle import supervise
-from services.common.natsio import fetch_until, read_bucket
+from services.common.natsio import fetch_until, read_bucket, redeliver_unacknowledged
 from services.common.poison import handling_failed, within_deadline
 from services.scheduler import planner
 from services.scheduler.admission import Admission
@@ -144,6 +144,8 @@ class Leader:
             (subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS, self._on_task_event),
             (subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS, self._on_run_finished),
         )
+        for _, durable, _ in consumers:
+            await redeliver_unacknowledged(self.nc, durable)  # what a dead leader held, now
         workers = [
             *(
                 asyncio.create_task(

@@ -110,6 +110,8 @@ async def _lead(
         )
         persistence = Persistence(js, buckets, fence=lease.check)
         await persistence.load(state)
+        for consumer in (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS):
+            await natsio.redeliver_unacknowledged(nc, consumer)  # what a dead leader held, now
         queries = Queries(js, state, persistence, registry)
         background: set[asyncio.Task[None]] = set()
 
