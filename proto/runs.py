@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from msgspec import Struct
 
@@ -134,6 +134,32 @@ class RunTimings(Struct, kw_only=True, omit_defaults=True):
     start_ms: float | None = None
     run_ms: float | None = None
     total_ms: float | None = None
+
+
+class Execution(Struct, kw_only=True, omit_defaults=True):
+    """What executing one attempt produced: its status and the facts of the execution.
+
+    The runner builds one; ``RunFinished`` carries it to the store, whose ``RunRecord`` keeps it.
+    Both carry the facts as flat fields, because their JSON is public (NATS subscribers, the HTTP
+    API) and msgspec cannot flatten a nested struct: they are copied by name
+    (``execution_facts``), and a contract test keeps every declaration equal to this one."""
+
+    status: OutcomeStatus
+    result: Any = None
+    error: RunError | None = None
+    exit_code: int | None = None
+    deps_cache_hit: bool | None = None
+    timings: RunTimings | None = None
+    output_truncated: bool = False
+
+
+EXECUTION_FACTS: Final = tuple(name for name in Execution.__struct_fields__ if name != "status")
+"""The facts of an execution, apart from its status (a run record's status is the run's own)."""
+
+
+def execution_facts(source: Execution | RunFinished) -> dict[str, Any]:
+    """The facts of an execution, by name, from an ``Execution`` or a ``RunFinished``."""
+    return {name: getattr(source, name) for name in EXECUTION_FACTS}
 
 
 class RunFinished(Event, frozen=True, tag="run_finished"):

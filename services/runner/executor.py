@@ -26,13 +26,13 @@ from nats.js.errors import NotFoundError
 from proto import api, codec, streams, subjects
 from proto.control import CancelRun
 from proto.retry import should_retry
-from proto.runs import DeadLetter, RunDue, RunError, RunFinished, RunStarted
+from proto.runs import DeadLetter, Execution, RunDue, RunError, RunFinished, RunStarted, execution_facts
 from services.common.clock import utcnow
 from services.common.poison import is_transient, within_deadline
 from services.common.secret_keys import SecretKeys
 from services.runner import claim
 from services.runner.http_task import HttpTasks
-from services.runner.outcome import Outcome, retry_at
+from services.runner.outcome import retry_at
 from services.runner.output import RunOutput
 from services.runner.sandbox.docker_sandbox import DockerSandboxes, SandboxJob
 from services.runner.secrets import SecretResolver, SecretUnavailable, hidden_outcome, unavailable
@@ -165,7 +165,7 @@ class RunExecutor:
             await self._report(
                 due,
                 attempt,
-                Outcome(
+                Execution(
                     status="cancelled",
                     error=RunError(type="cancelled", message=active.cancel_reason or "cancelled before it started"),
                 ),
@@ -179,7 +179,7 @@ class RunExecutor:
             await self._report(
                 due,
                 attempt,
-                Outcome(
+                Execution(
                     status="expired",
                     error=RunError(
                         type="expired",
@@ -201,7 +201,7 @@ class RunExecutor:
             outcome = await self._execute(due, active, output)
         except Exception as exc:  # a runner bug must not lose the run: report it as such
             log.exception("run %s failed inside the runner", due.run_id)
-            outcome = Outcome(
+            outcome = Execution(
                 status="failed", error=RunError(type="runner_error", message=f"{type(exc).__name__}: {exc}")
             )
         outcome = hidden_outcome(outcome, active.secret_values)
@@ -295,7 +295,7 @@ class RunExecutor:
         return not active.hand_back
 
     async def _report_once(
-        self, due: RunDue, attempt: int, outcome: Outcome, started_at: datetime | None, output: RunOutput
+        self, due: RunDue, attempt: int, outcome: Execution, started_at: datetime | None, output: RunOutput
     ) -> None:
         """Report the outcome of a run that has executed; whatever goes wrong, exactly one outcome
         is recorded (the user code must not run again because reporting it failed)."""
@@ -366,7 +366,7 @@ class RunExecutor:
             log.info("run verdict not known (%s: %s); running it", type(exc).__name__, exc, extra={"run": due.run_id})
             return "run"
 
-    async def _execute(self, due: RunDue, active: ActiveRun, output: RunOutput) -> Outcome:
+    async def _execute(self, due: RunDue, active: ActiveRun, output: RunOutput) -> Execution:
         try:
             resolved = await self.secrets.resolve(due.spec)
         except SecretUnavailable as exc:
@@ -391,7 +391,7 @@ class RunExecutor:
                 blocked = await self.http.egress_blocked(spec.api_url or "", spec.allow_hosts)
                 if blocked:
                     output.system(f"blocked: {blocked}")
-                    return Outcome(status="failed", error=RunError(type="egress_denied", message=blocked))
+                    return Execution(status="failed", error=RunError(type="egress_denied", message=blocked))
             return await self.sandboxes.run(job, output, active.cancelled)
         request = asyncio.create_task(self.http.execute(spec, output))
         stopper = asyncio.create_task(active.cancelled.wait())
@@ -404,7 +404,7 @@ class RunExecutor:
         request.cancel()
         await asyncio.gather(request, return_exceptions=True)
         output.system("cancelled: request aborted")
-        return Outcome(
+        return Execution(
             status="cancelled", error=RunError(type="cancelled", message=active.cancel_reason or "cancelled")
         )
 
@@ -412,7 +412,7 @@ class RunExecutor:
         self,
         due: RunDue,
         attempt: int,
-        outcome: Outcome,
+        outcome: Execution,
         started_at: datetime | None,
         log_bytes: int,
         log_chunks: int = 0,
@@ -432,12 +432,10 @@ class RunExecutor:
             slot=due.slot,
             scheduled_for=due.scheduled_for,
             started_at=started_at,
-            result=outcome.result,
-            error=outcome.error,
-            exit_code=outcome.exit_code,
-            deps_cache_hit=outcome.deps_cache_hit,
-            timings=outcome.timings,
-            output_truncated=outcome.output_truncated or log_bytes > self.settings.log_cap_bytes,
+            **(
+                execution_facts(outcome)
+                | {"output_truncated": outcome.output_truncated or log_bytes > self.settings.log_cap_bytes}
+            ),
             log_bytes=log_bytes,
             log_chunks=log_chunks,
             will_retry=will_retry,
@@ -500,6 +498,6 @@ class RunExecutor:
             headers={subjects.HEADER_MSG_ID: f"dl:{due.task_id}:{due.slot}:{due.attempt}"},
         )
         await self._report(
-            due, attempt, Outcome(status="failed", error=RunError(type="poison", message=reason)), None, 0
+            due, attempt, Execution(status="failed", error=RunError(type="poison", message=reason)), None, 0
         )
         log.warning("run dead-lettered", extra={"run": due.run_id, "deliveries": delivered})

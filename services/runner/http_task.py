@@ -11,11 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import msgspec
 
-from proto.runs import RunError
+from proto.runs import Execution, RunError
 from proto.tasks import TaskSpec, host_allowed
 from services.common.masking import MASK
 from services.runner.egress import EgressDenied, EgressPolicy, allow_for_this_request, reset_request_allowance
-from services.runner.outcome import Outcome, failed
+from services.runner.outcome import failed
 from services.runner.output import RunOutput
 
 
@@ -88,7 +88,7 @@ class HttpTasks:
                 return refusal, addresses
         return None, addresses
 
-    async def execute(self, spec: TaskSpec, output: RunOutput) -> Outcome:
+    async def execute(self, spec: TaskSpec, output: RunOutput) -> Execution:
         """Make the request; non-expected status codes fail the run but keep the response."""
         timeout = min(spec.timeout or self.default_timeout, self.max_timeout)
         url = spec.api_url or ""
@@ -115,7 +115,7 @@ class HttpTasks:
         except TimeoutError:
             elapsed = (time.perf_counter() - started) * 1000
             output.system(f"no response within {timeout:g} s")
-            return Outcome(
+            return Execution(
                 status="timed_out",
                 error=RunError(
                     type="timed_out", message=f"no complete response within {timeout:g} s ({elapsed:.0f} ms)"
@@ -207,13 +207,13 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return _cause(exc, kind) is not None
 
 
-def judge_response(result: dict[str, Any], reason: str, expected: list[int]) -> Outcome:
+def judge_response(result: dict[str, Any], reason: str, expected: list[int]) -> Execution:
     """Succeeded when the status is expected (default: any 2xx); failed otherwise, response kept."""
     status = result["status_code"]
     if (status in expected) if expected else 200 <= status < 300:
-        return Outcome(status="succeeded", result=result)
+        return Execution(status="succeeded", result=result)
     wanted = ", ".join(map(str, expected)) if expected else "2xx"
-    return Outcome(
+    return Execution(
         status="failed",
         result=result,
         error=RunError(type="http_status", status_code=status, message=f"HTTP {status} {reason} (expected {wanted})"),

@@ -1,36 +1,22 @@
-"""The outcome of executing one attempt, before it becomes a ``RunFinished`` event."""
+"""Helpers for an attempt's ``Execution``: a failed one, and when its retry is due."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from proto import bounds
 from proto.retry import backoff
-from proto.runs import OutcomeStatus, RunError, RunTimings
+from proto.runs import Execution, RunError
 from proto.tasks import TaskSpec
 
 MAX_RETRY_WAIT = timedelta(seconds=bounds.MAX_RETRY_DELAY_SECONDS)
 """Longest wait before a retry (proto's bound); larger (or overflowing) delays are clamped to it."""
 
 
-@dataclass
-class Outcome:
-    """Status, result or error, and the facts of the execution."""
-
-    status: OutcomeStatus
-    result: Any = None
-    error: RunError | None = None
-    exit_code: int | None = None
-    deps_cache_hit: bool | None = None
-    timings: RunTimings | None = None
-    output_truncated: bool = False
-
-
-def failed(error_type: str, message: str, **details: Any) -> Outcome:
+def failed(error_type: str, message: str, **details: Any) -> Execution:
     """A failed outcome with an error of ``error_type``."""
-    return Outcome(status="failed", error=RunError(type=error_type, message=message, **details))  # type: ignore[arg-type]  # callers pass known error types; RunError's Literal checks them on decode
+    return Execution(status="failed", error=RunError(type=error_type, message=message, **details))  # type: ignore[arg-type]  # callers pass known error types; RunError's Literal checks them on decode
 
 
 def retry_at(spec: TaskSpec, retry: int, now: datetime) -> datetime:

@@ -15,11 +15,10 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from proto import codec, secrets
-from proto.runs import RunError
+from proto.runs import Execution, RunError
 from proto.tasks import TaskSpec, secret_references
 from services.common.masking import MASK
 from services.common.secret_keys import SecretKeyError, SecretKeys
-from services.runner.outcome import Outcome
 
 
 class SecretUnavailable(Exception):
@@ -98,7 +97,7 @@ def hide_all(value: Any, values: list[str], depth: int = 0) -> Any:
     return value
 
 
-def hidden_outcome(outcome: Outcome, values: list[str]) -> Outcome:
+def hidden_outcome(outcome: Execution, values: list[str]) -> Execution:
     """The outcome with the values hidden in its result and its error."""
     if not values:
         return outcome
@@ -113,6 +112,6 @@ def hidden_outcome(outcome: Outcome, values: list[str]) -> Outcome:
     return outcome
 
 
-def unavailable(exc: SecretUnavailable) -> Outcome:
+def unavailable(exc: SecretUnavailable) -> Execution:
     """The failed outcome of a run whose secret cannot be had."""
-    return Outcome(status="failed", error=RunError(type=exc.error_type, message=exc.message))  # type: ignore[arg-type]  # secret_missing / secret_unreadable, both ErrorTypes
+    return Execution(status="failed", error=RunError(type=exc.error_type, message=exc.message))  # type: ignore[arg-type]  # secret_missing / secret_unreadable, both ErrorTypes

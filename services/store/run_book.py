@@ -161,11 +161,8 @@ class RunBook:
             return None  # this attempt's outcome is already in
         run.attempt = event.attempt
         run.runner_id = event.runner_id
-        run.result = event.result
-        run.exit_code = event.exit_code
-        run.deps_cache_hit = event.deps_cache_hit
-        run.timings = event.timings
-        run.output_truncated = event.output_truncated
+        for name, value in runs.execution_facts(event).items():
+            setattr(run, name, value)
         run.log_bytes = max(run.log_bytes, event.log_bytes)
         run.log_chunks = event.log_chunks
         run.started_at = event.started_at or run.started_at

@@ -245,6 +245,7 @@ EXAMPLES: list[Any] = [
         runner_id=INSTANCE_ID,
         scheduled_for=AT,
     ),
+    runs.Execution(status="succeeded", result={"rows": 3}, exit_code=0, deps_cache_hit=True, timings=TIMINGS),
     runs.RunFinished(
         event_id="e12",
         occurred_at=AT,
@@ -754,3 +755,13 @@ def test_the_committed_json_schemas_are_what_proto_generates_now() -> None:
         f"proto/schema is out of date (changed or missing: {stale}; no longer generated: {extra}); "
         "run `make schema` and commit the result"
     )
+
+
+def test_run_finished_and_run_record_declare_the_execution_facts_as_execution_does() -> None:
+    # They carry them flat (public JSON) and copy them by name: a fact added to one and not the
+    # others, or declared with another type or default, would be dropped on the way.
+    declared = {f.name: (f.type, f.default) for f in msgspec.structs.fields(runs.Execution)}
+    for carrier, names in ((runs.RunFinished, tuple(declared)), (records.RunRecord, runs.EXECUTION_FACTS)):
+        fields = {f.name: (f.type, f.default) for f in msgspec.structs.fields(carrier)}
+        for name in names:
+            assert fields.get(name) == declared[name], f"{carrier.__name__}.{name}"

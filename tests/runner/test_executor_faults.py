@@ -14,12 +14,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from proto import codec, runs, subjects
-from proto.runs import RunDue, RunFinished
+from proto.runs import Execution, RunDue, RunFinished
 from proto.tasks import TaskSpec
 from services.common import natsio
 from services.common.clock import utcnow
 from services.runner.executor import RunExecutor
-from services.runner.outcome import MAX_RETRY_WAIT, Outcome, failed, retry_at
+from services.runner.outcome import MAX_RETRY_WAIT, failed, retry_at
 from services.runner.output import RunOutput
 from services.runner.settings import RunnerSettings
 
@@ -38,11 +38,11 @@ HOSTILE = TaskSpec(
 class CountingHttp:
     """Stands in for the HTTP client: counts executions (the user's work) and returns ``outcome``."""
 
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: Execution) -> None:
         self.outcome = outcome
         self.calls = 0
 
-    async def execute(self, spec: TaskSpec, output: RunOutput) -> Outcome:
+    async def execute(self, spec: TaskSpec, output: RunOutput) -> Execution:
         self.calls += 1
         output.system("called")
         return self.outcome
@@ -134,7 +134,7 @@ async def test_a_run_whose_outcome_cannot_be_reported_runs_once_and_fails_as_int
     js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a runner that raises while building the outcome of a run that has executed
-    http = CountingHttp(Outcome(status="succeeded", result={"ok": True}))
+    http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)
 
     async def broken_report(*_: object, **__: object) -> None:
@@ -159,7 +159,7 @@ async def test_a_run_whose_start_cannot_be_recorded_is_not_run_until_it_can_be_a
     js: JetStreamContext,
 ) -> None:
     # Given EVENTS rejecting every message (its max_msg_size is tiny)
-    http = CountingHttp(Outcome(status="succeeded", result={"ok": True}))
+    http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)
     config = (await js.stream_info(subjects.STREAM_EVENTS)).config
     await js.update_stream(replace(config, max_msg_size=16))

@@ -19,13 +19,12 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 
 from proto import codec, runs, subjects
-from proto.runs import RunDue, RunFinished, RunStarted
+from proto.runs import Execution, RunDue, RunFinished, RunStarted
 from proto.tasks import TaskSpec
 from services.common import natsio
 from services.common.clock import utcnow
 from services.runner import claim
 from services.runner.executor import RunExecutor
-from services.runner.outcome import Outcome
 from services.runner.output import RunOutput
 from services.runner.settings import RunnerSettings
 from taskmesh.processes import NatsServer
@@ -43,10 +42,10 @@ class HeldHttp:
         self.calls = 0
         self.release = asyncio.Event()
 
-    async def execute(self, spec: TaskSpec, output: RunOutput) -> Outcome:
+    async def execute(self, spec: TaskSpec, output: RunOutput) -> Execution:
         self.calls += 1
         await self.release.wait()
-        return Outcome(status="succeeded", result={"calls": self.calls})
+        return Execution(status="succeeded", result={"calls": self.calls})
 
 
 class NoSandboxes:

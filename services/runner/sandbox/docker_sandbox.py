@@ -20,10 +20,10 @@ from docker.types import LogConfig, Ulimit
 from nats.aio.client import Client
 
 from proto.control import SandboxStatus
-from proto.runs import OutcomeStatus, RunError, RunTimings
+from proto.runs import Execution, OutcomeStatus, RunError, RunTimings
 from proto.tasks import TaskSpec
 from services.runner.http_task import judge_response, redacted
-from services.runner.outcome import Outcome, failed
+from services.runner.outcome import failed
 from services.runner.output import RunOutput
 from services.runner.sandbox.channel import FRAME_MARGIN_BYTES, STDERR, Channel, ResultScanner
 from services.runner.sandbox.deps import DependencyCache, DependencyInstallFailed, DepsConfig
@@ -341,7 +341,7 @@ class DockerSandboxes:
 
     # --- runs ---------------------------------------------------------------------------------
 
-    async def run(self, job: SandboxJob, output: RunOutput, cancelled: asyncio.Event) -> Outcome:
+    async def run(self, job: SandboxJob, output: RunOutput, cancelled: asyncio.Event) -> Execution:
         """Run ``job`` in a fresh container and return its outcome; the container is removed."""
         if not self.usable or self.deps is None or self.pool is None:
             output.system(f"sandbox unavailable: {self.detail}")
@@ -456,7 +456,9 @@ class DockerSandboxes:
     def _frame_cap(self) -> int:
         return self.settings.result_cap_bytes + FRAME_MARGIN_BYTES
 
-    async def _execute(self, sandbox: Sandbox, job: SandboxJob, output: RunOutput, cancelled: asyncio.Event) -> Outcome:
+    async def _execute(
+        self, sandbox: Sandbox, job: SandboxJob, output: RunOutput, cancelled: asyncio.Event
+    ) -> Execution:
         nonce = secrets.token_hex(16)
         scanner, stderr_end = ResultScanner(nonce, self._frame_cap()), ResultScanner(nonce, self._frame_cap())
         started = time.perf_counter()
@@ -502,13 +504,13 @@ class DockerSandboxes:
         await self.engine.remove(sandbox.container_id)
         if cancelled.is_set():
             output.system("cancelled: container killed")
-            return Outcome(
+            return Execution(
                 status="cancelled",
                 error=RunError(type="cancelled", message="cancelled while running"),
                 timings=RunTimings(run_ms=run_ms),
             )
         output.system(f"timed out after {job.timeout_seconds:g} s: container killed")
-        return Outcome(
+        return Execution(
             status="timed_out",
             timings=RunTimings(run_ms=run_ms),
             error=RunError(
@@ -516,11 +518,11 @@ class DockerSandboxes:
             ),
         )
 
-    def _from_frame(self, raw: bytes, job: SandboxJob, run_ms: float, output: RunOutput) -> Outcome:
+    def _from_frame(self, raw: bytes, job: SandboxJob, run_ms: float, output: RunOutput) -> Execution:
         try:
             frame = _frame_decoder.decode(raw)
         except msgspec.MsgspecError as exc:
-            return Outcome(
+            return Execution(
                 status="failed",
                 exit_code=0,
                 timings=RunTimings(run_ms=run_ms),
@@ -532,13 +534,13 @@ class DockerSandboxes:
             outcome.exit_code, outcome.timings = 0, timings
             return outcome
         if frame.ok:
-            return Outcome(status="succeeded", result=frame.result, exit_code=0, timings=timings)
+            return Execution(status="succeeded", result=frame.result, exit_code=0, timings=timings)
         error = frame.error or {}
         error_type = error.get("type", "exception")
         status: OutcomeStatus = "timed_out" if error_type == "timed_out" else "failed"
         if error.get("traceback"):
             output.write("stderr", error["traceback"].encode())
-        return Outcome(
+        return Execution(
             status=status,
             exit_code=0,
             timings=timings,
@@ -550,13 +552,13 @@ class DockerSandboxes:
             ),
         )
 
-    async def _frame_too_large(self, sandbox: Sandbox, output: RunOutput, run_ms: float) -> Outcome:
+    async def _frame_too_large(self, sandbox: Sandbox, output: RunOutput, run_ms: float) -> Execution:
         """The result frame outgrew its cap: stop reading it, kill the container, say so."""
         sandbox.channel.close()  # the engine's attach copy would block on the unread rest, and the kill with it
         await self.engine.remove(sandbox.container_id)
         cap = self._frame_cap()
         output.system(f"result frame larger than {cap} bytes: container killed")
-        return Outcome(
+        return Execution(
             status="failed",
             timings=RunTimings(run_ms=run_ms),
             error=RunError(
@@ -568,14 +570,14 @@ class DockerSandboxes:
             ),
         )
 
-    async def _died(self, sandbox: Sandbox, output: RunOutput, started: float) -> Outcome:
+    async def _died(self, sandbox: Sandbox, output: RunOutput, started: float) -> Execution:
         """The process ended without a result: find out how (OOM, signal, exit code)."""
         run_ms = round((time.perf_counter() - started) * 1000, 3)
         try:
             status = await asyncio.wait_for(self.engine.call("wait", sandbox.container_id), EXIT_WAIT_SECONDS)
             state = (await self.engine.call("inspect_container", sandbox.container_id))["State"]
         except Exception as exc:
-            return Outcome(
+            return Execution(
                 status="failed",
                 timings=RunTimings(run_ms=run_ms),
                 error=RunError(
@@ -586,7 +588,7 @@ class DockerSandboxes:
         timings = RunTimings(run_ms=run_ms)
         if state.get("OOMKilled"):
             output.system(f"killed: out of memory (limit {sandbox.shape.memory_mb} MB)")
-            return Outcome(
+            return Execution(
                 status="failed",
                 exit_code=code,
                 timings=timings,
@@ -597,7 +599,7 @@ class DockerSandboxes:
             )
         if code > 128:
             output.system(f"killed by signal {code - 128}")
-            return Outcome(
+            return Execution(
                 status="failed",
                 exit_code=code,
                 timings=timings,
@@ -606,7 +608,7 @@ class DockerSandboxes:
                 ),
             )
         output.system(f"exited with code {code} without a result")
-        return Outcome(
+        return Execution(
             status="failed",
             exit_code=code,
             timings=timings,
