@@ -177,33 +177,28 @@ class LeaderLease:
         """
         if not await self._know_ttl():
             return False
-        try:
-            entry = await self.kv.get(self.key)
-            if entry.value != dead_holder.encode() or entry.revision is None:
-                return False
-            started, connection_id = time.monotonic(), self._connection_id()
-            self.revision = await asyncio.wait_for(
-                self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds()
-            )
-        except Exception:  # renewed, taken, or NATS away
+        if not await self._write_over(dead_holder):
             self.revision = None
             return False
-        self._succeeded(started, connection_id)
         log.info("lease taken over from a holder that is gone", extra={"key": self.key, "from": dead_holder})
         return True
 
     async def _adopt_if_ours(self) -> bool:
         """True when the key holds our name and we could write it again (our write stood:
         we stopped leading for another reason, or a reply of ours was lost)."""
+        return await self._write_over(self.holder)
+
+    async def _write_over(self, expected_holder: str) -> bool:
+        """Write our name over the key's current revision if that revision names ``expected_holder``."""
         try:
             entry = await self.kv.get(self.key)
-            if entry.value != self.holder.encode():
+            if entry.value != expected_holder.encode() or entry.revision is None:
                 return False
             started, connection_id = time.monotonic(), self._connection_id()
             self.revision = await asyncio.wait_for(
                 self.kv.update(self.key, self.holder.encode(), last=entry.revision), ATTEMPT_TIMEOUT.total_seconds()
             )
-        except Exception:  # gone, taken, or NATS away: not ours now
+        except Exception:  # gone, renewed, taken, or NATS away
             return False
         self._succeeded(started, connection_id)
         return True

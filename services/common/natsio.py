@@ -19,6 +19,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnav
 from nats.js.kv import KV_DEL, KV_MARKER_REASON, KV_OP, KV_PURGE, KeyValue
 
 from proto import streams, subjects
+from services.common.lifecycle import sleep_or_stop
 from services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,9 @@ async def connect(
             return nc
         except Exception as exc:  # nats-py raises several types for "not there yet"
             log.warning("nats not reachable at %s (%s); retrying", settings.nats_url, exc or type(exc).__name__)
-            if stop is not None and stop.is_set():
-                raise
-            try:
-                await asyncio.wait_for(stop.wait(), delay) if stop else await asyncio.sleep(delay)
-            except TimeoutError:
-                pass
-            if stop is not None and stop.is_set():
+            if stop is None:
+                await asyncio.sleep(delay)
+            elif stop.is_set() or await sleep_or_stop(stop, delay):
                 raise ConnectionAbortedError("stopped before NATS was reachable") from None
             delay = min(delay * 2, 5.0)
 
@@ -272,11 +269,7 @@ async def while_forming(what: str, step: Callable[[], Awaitable[T]], stop: async
             if loop.time() >= warn_at:  # again now and then: "not yet" may be "never" (too few nodes)
                 log.warning("JetStream not ready for %s (%s); retrying", what, exc or type(exc).__name__)
                 warn_at = loop.time() + FORMING_WARN_EVERY_SECONDS
-        try:
-            await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass
-        if stop.is_set():
+        if await sleep_or_stop(stop, delay):
             raise ConnectionAbortedError(f"stopped before JetStream was ready for {what}")
         delay = min(delay * 2, 2.0)
 
