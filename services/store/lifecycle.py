@@ -65,7 +65,7 @@ class TaskLifecycle:
         match event:
             case events.ScheduleUpdated():
                 view = (event.next_run_at, event.fired_count, event.missed_count, event.skipped_count)
-                schedule_view.apply_view(task, *view)
+                schedule_view.apply_view(task, *view, paused=event.state == "paused")
             case events.SlotSkipped():
                 self.state.schedule_ledgers.add(task.id, schedule_view.skipped_entry(event))
             case events.SlotsMissed():

@@ -11,9 +11,12 @@ from proto.records import TaskRecord
 from services.store.write_back import PendingWrites
 
 
-def apply_view(task: TaskRecord, next_run_at: datetime | None, fired: int, missed: int, skipped: int) -> None:
+def apply_view(
+    task: TaskRecord, next_run_at: datetime | None, fired: int, missed: int, skipped: int, *, paused: bool = False
+) -> None:
     """Take the scheduler's view of the schedule: counters only ever grow; a paused one has no next fire;
-    a view older than one already taken leaves the next fire alone."""
+    a view older than one already taken leaves the next fire alone, and so does a view taken while
+    ``paused`` once the task is active again (a pause's view redelivered after the resume's)."""
     # Every due slot the scheduler handles is counted once (fired, missed or skipped), so the sum
     # orders its views without trusting clocks; a pause or resume counts nothing, so its view,
     # with the sum unchanged, still applies.
@@ -21,7 +24,7 @@ def apply_view(task: TaskRecord, next_run_at: datetime | None, fired: int, misse
     task.fired_count = max(task.fired_count, fired)
     task.missed_count = max(task.missed_count, missed)
     task.skipped_count = max(task.skipped_count, skipped)
-    if task.status == "active" and not older:
+    if task.status == "active" and not older and not paused:
         task.next_run_at = next_run_at
 
 

@@ -561,6 +561,12 @@ def test_a_resumed_schedule_shows_the_next_fire_planned_at_its_resume() -> None:
     # Then the next fire shows again
     assert (state.tasks[TASK].status, state.tasks[TASK].next_run_at) == ("active", at(7200))
 
+    # And the pause's view, redelivered after the resume's, leaves the next fire alone
+    state.apply_schedule_event(
+        events.ScheduleUpdated(event_id=eid(), occurred_at=at(4000), task_id=TASK, state="paused", fired_count=1)
+    )
+    assert (state.tasks[TASK].status, state.tasks[TASK].next_run_at) == ("active", at(7200))
+
 
 def test_a_schedule_update_to_completed_completes_the_task() -> None:
     state = fresh(HOURLY)
