@@ -8,6 +8,7 @@ import json
 import time
 
 import httpx
+import pytest
 
 from tests.support import Api, Stack, TargetServer
 
@@ -259,29 +260,27 @@ def test_tokens_are_required_when_configured_except_for_health(tmp_path, target:
         stack.stop()
 
 
-async def test_a_task_deleted_while_queued_never_runs(stack: Stack, api: Api, target: TargetServer) -> None:
-    stack.services["runner"].stop()  # the run waits on the work queue
-    created = await api.submit(api_task(target, "deleted in the queue", "/echo"))
-    await api.wait_for(created["id"], lambda t: t["status"] == "queued", timeout=10)
-    assert (await api.client.delete(f"/api/tasks/{created['id']}")).status_code == 200
-    stack.start_service("runner", key="runner")
-    stack.wait_ready()
-    await _runner_says(stack, "run dropped: its task is deleted", created["id"])
-    assert target.bodies == []
-
-
-async def test_a_task_cancelled_while_queued_is_reported_cancelled_and_never_runs(
-    stack: Stack, api: Api, target: TargetServer
+@pytest.mark.parametrize(
+    ("command", "verdict"),
+    [("delete", "run dropped: its task is deleted"), ("cancel", "run cancelled before it started")],
+)
+async def test_a_task_deleted_or_cancelled_while_queued_never_runs(
+    stack: Stack, api: Api, target: TargetServer, command: str, verdict: str
 ) -> None:
     stack.services["runner"].stop()  # the run waits on the work queue
-    created = await api.submit(api_task(target, "cancelled in the queue", "/echo"))
+    created = await api.submit(api_task(target, f"{command} in the queue", "/echo"))
     await api.wait_for(created["id"], lambda t: t["status"] == "queued", timeout=10)
-    assert (await api.client.post(f"/api/tasks/{created['id']}/cancel")).status_code == 200
+    if command == "delete":
+        response = await api.client.delete(f"/api/tasks/{created['id']}")
+    else:
+        response = await api.client.post(f"/api/tasks/{created['id']}/cancel")
+    assert response.status_code == 200, response.text
     stack.start_service("runner", key="runner")
     stack.wait_ready()
-    await _runner_says(stack, "run cancelled before it started", created["id"])
-    task = await api.wait_for(created["id"], lambda t: t["last_run"]["status"] == "cancelled", timeout=10)
-    assert task["status"] == "cancelled"
+    await _runner_says(stack, verdict, created["id"])  # the store's verdict, asked when the run came
+    if command == "cancel":  # reported as such, on the run and the task
+        task = await api.wait_for(created["id"], lambda t: t["last_run"]["status"] == "cancelled", timeout=10)
+        assert task["status"] == "cancelled"
     assert target.bodies == []
 
 
