@@ -7,6 +7,12 @@ page-cache memory bounded by a setting. The catalog is *derived* state: KV stays
 catalog is written behind it in batches (after the KV writes of the same batch), and it is
 rebuilt from KV when it is missing, corrupt, or of another schema version.
 
+Corruption is looked for without delaying a start: SQLite survives a killed process intact (WAL),
+so only a disk fault damages the file, and reading all of it (``PRAGMA quick_check``, seconds at a
+million tasks) would make a restart cost O(history). An unreadable header fails the open; a
+damaged page is found by ``check`` in the background after the store serves, or by the query
+that meets it. Either marks the file damaged (``mark_damaged``), and the next open makes it anew.
+
 One row per task: the columns lists filter on, nothing else (the records stay in KV). Counts by
 status, kind and trigger are kept by triggers in the same transactions, so reading them never
 scans. Task ids are UUIDv7 and sort by creation time: "newest first" is the primary key, descending.
@@ -90,6 +96,10 @@ class ListFilter:
     created_before: datetime | None = None
 
 
+def _damage_marker(path: Path) -> Path:
+    return Path(f"{path}.damaged")
+
+
 class CatalogUnusable(Exception):
     """The catalog file cannot be used (corrupt, another version): rebuild it from KV."""
 
@@ -120,8 +130,6 @@ class Catalog:
             elif version != SCHEMA_VERSION:
                 raise CatalogUnusable(f"catalog schema version {version}, this store uses {SCHEMA_VERSION}")
             else:
-                if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                    raise CatalogUnusable("catalog failed SQLite's quick_check")
                 self.created = False
         except sqlite3.DatabaseError as exc:
             db.close()
@@ -133,14 +141,38 @@ class Catalog:
 
     @classmethod
     def open_or_reset(cls, path: Path, cache_mb: int = 16) -> Catalog:
-        """Open the catalog; an unusable one is deleted and made anew (``created`` then says so)."""
+        """Open the catalog; an unusable or damaged one is deleted and made anew (``created`` then says so)."""
+        marker = _damage_marker(path)
         try:
+            if marker.exists():
+                raise CatalogUnusable(marker.read_text(errors="replace") or "marked damaged")
             return cls(path, cache_mb)
         except CatalogUnusable as exc:
             log.warning("catalog %s unusable (%s): rebuilding it from KV", path, exc)
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
             return cls(path, cache_mb)
+
+    def check(self) -> str | None:
+        """SQLite's ``quick_check`` of the whole file on a connection of its own (it reads every
+        page: run it off the event loop); None when sound, else what is wrong."""
+        if not isinstance(self.path, Path):
+            return None
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                found = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+            finally:
+                db.close()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if found == ["ok"] else "; ".join(found)
+
+    def mark_damaged(self, reason: str) -> None:
+        """Have the next open make the catalog anew (KV holds everything it derives from)."""
+        if isinstance(self.path, Path):
+            _damage_marker(self.path).write_text(reason)
 
     def close(self) -> None:
         """Close the file (safe twice)."""

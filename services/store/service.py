@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -109,7 +110,11 @@ async def _lead(
             run_history_limit=settings.run_history_limit, catalog=catalog, cache_bytes=settings.cache_mb * 1024 * 1024
         )
         persistence = Persistence(js, buckets, fence=lease.check)
-        await persistence.load(state)
+        try:
+            await persistence.load(state)
+        except sqlite3.DatabaseError as exc:  # a damaged page met while loading: lead again with it made anew
+            catalog.mark_damaged(str(exc))
+            raise
         for consumer in (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS):
             await natsio.redeliver_unacknowledged(nc, consumer)  # what a dead leader held, now
         queries = Queries(js, state, persistence, registry)
@@ -141,9 +146,12 @@ async def _lead(
             asyncio.create_task(consumers.run(until), name="consumers"),
             asyncio.create_task(_sweep_forever(commands, state, persistence, settings, until), name="retention"),
         ]
+        checking = asyncio.create_task(_check_catalog(catalog, until), name="catalog-check")
+        loops.append(checking)
         for loop_task in loops:
             loop_task.add_done_callback(_report_crash)
         await until.wait()
+        checking.cancel()  # its thread ends on its own; nothing waits for it
         lost = not stop.is_set()
         if lost:
             log.warning("lease lost: no more answers or writes; the next leader replays what is unwritten")
@@ -164,6 +172,17 @@ async def _lead(
                 "unknown_task_events": consumers.unknown_task_events,
             },
         )
+
+
+async def _check_catalog(catalog: Catalog, until: asyncio.Event) -> None:
+    """Read the whole catalog once, after the store serves (at start it would cost O(history));
+    a damaged one is marked, and leading starts over with the catalog made anew from KV."""
+    problem = await asyncio.to_thread(catalog.check)
+    if problem is None or until.is_set():
+        return
+    log.error("catalog damaged (%s): leading again with a catalog rebuilt from KV", problem)
+    catalog.mark_damaged(problem)
+    until.set()
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -176,3 +176,24 @@ def test_a_corrupt_catalog_file_is_made_anew(tmp_path: Path) -> None:
     fresh = Catalog.open_or_reset(path)
     fresh.commit([record()])
     assert fresh.created and len(fresh) == 1
+
+
+def test_a_damaged_page_is_found_by_the_check_and_the_next_open_makes_the_catalog_anew(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    catalog = Catalog(path)
+    catalog.commit([record(name=f"job-{n}") for n in range(3000)])
+    assert catalog.check() is None
+    catalog.close()
+    with path.open("r+b") as raw:  # a disk fault in the middle of the file, the header intact
+        raw.seek(raw.seek(0, 2) // 2 // 4096 * 4096)
+        raw.write(b"\xa5" * 4096)
+
+    damaged = Catalog(path)  # opening reads no table page: a start does not pay for the whole file
+    problem = damaged.check()
+    assert problem is not None
+    damaged.mark_damaged(problem)
+    damaged.close()
+
+    fresh = Catalog.open_or_reset(path)
+    assert fresh.created and len(fresh) == 0  # rebuilt from KV by the store
+    assert Catalog.open_or_reset(path).created is False  # the mark is gone with the old file

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,38 @@ async def test_a_deleted_catalog_is_rebuilt_and_lists_what_kv_holds(
     listed = {task["id"]: task["status"] for task in await list_everything(api)}
     assert listed == await kv_tasks(stack)
     assert len(listed) == 59
+
+
+async def test_a_catalog_damaged_on_disk_is_found_after_the_start_and_rebuilt_from_kv(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    ids = await submit_many(api, target, 300)
+    await wait_all_final(api, ids)
+    stack.services["store"].stop()
+    catalog = Path(stack.env()["TASKMESH_STORE_DIR"]) / "catalog.sqlite3"
+    with catalog.open("r+b") as raw:  # a disk fault in a table page; the header stays readable
+        raw.seek(raw.seek(0, 2) // 2 // 4096 * 4096)
+        raw.write(b"\xa5" * 4096)
+
+    stack.start_service("store", key="store")
+    stack.wait_ready()
+
+    deadline = time.monotonic() + 60
+    while "catalog rebuilt from KV" not in stack.services["store"].log():
+        assert time.monotonic() < deadline, stack.services["store"].log()[-3000:]
+        await asyncio.sleep(0.2)
+    assert "catalog damaged" in stack.services["store"].log() or "unusable" in stack.services["store"].log()
+    deadline = time.monotonic() + 30
+    while True:  # the store leads again with the rebuilt catalog
+        try:
+            listed = {task["id"]: task["status"] for task in await list_everything(api)}
+        except AssertionError:  # a 503 while it takes the lead again
+            listed = {}
+        if listed == await kv_tasks(stack):
+            break
+        assert time.monotonic() < deadline, f"{len(listed)} listed"
+        await asyncio.sleep(0.5)
+    assert len(listed) == 300
 
 
 async def test_a_cursor_from_before_a_restart_continues_the_same_listing(
