@@ -21,10 +21,11 @@ ErrorCode = Literal[
     "internal",
     "too_many_waiters",
     "forbidden",
+    "insufficient_storage",
 ]
 """``invalid_*`` → 400, ``unsupported_media_type`` → 415, ``payload_too_large`` → 413,
 ``unauthorized`` → 401, ``forbidden`` (the token lacks a scope) → 403, ``not_found`` → 404, ``conflict`` → 409, ``too_many_waiters`` → 429,
-``unavailable``/``timeout`` → 503."""
+``unavailable``/``timeout`` → 503, ``insufficient_storage`` (JetStream is full: no new tasks) → 507."""
 
 
 class ErrorDetail(Struct, kw_only=True, omit_defaults=True):

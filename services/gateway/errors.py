@@ -19,6 +19,7 @@ STATUS_OF: dict[str, int] = {
     "too_many_waiters": 429,
     "unavailable": 503,
     "timeout": 503,
+    "insufficient_storage": 507,
 }
 
 

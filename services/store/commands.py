@@ -22,7 +22,7 @@ from proto.tasks import FINAL_STATUSES, Limits, TaskSpec, check_spec, normalised
 from services.common.clock import utcnow
 from services.common.ids import new_event_id, new_task_id
 from services.common.publishing import publish_durably
-from services.store.errors import Conflict, TaskNotFound
+from services.store.errors import Conflict, StorageFull, TaskNotFound
 from services.store.state import Effects, StoreState
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Commands:
         self._in_flight: dict[str, asyncio.Future[str]] = {}
         self.fence = fence
         """Raises unless this store may publish (it leads)."""
+        self.storage_full: str | None = None
+        """Why new tasks are refused now (JetStream is full: ``storage.watch_storage``), or None."""
 
     async def _publish(self, event: events.TaskEvent, msg_id: str, payload: bytes | None = None) -> tuple[int, bool]:
         # repeated through an election with the same id (the task id when no key is given, drawn
@@ -107,6 +109,8 @@ class Commands:
                     if key is not None:
                         future.set_result(earlier.id)
                     return earlier
+            if self.storage_full is not None:
+                raise StorageFull(self.storage_full)
             # a submitter's own id makes its repeat a JetStream duplicate of the first publish
             task_id = submission_id or new_task_id()
             submitted = events.TaskSubmitted(

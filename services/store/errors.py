@@ -31,6 +31,12 @@ class Conflict(StoreError):
     code: ErrorCode = "conflict"
 
 
+class StorageFull(StoreError):
+    """JetStream holds as much as it may: new tasks are refused, what is accepted goes on."""
+
+    code: ErrorCode = "insufficient_storage"
+
+
 class NotReady(StoreError):
     """The store is still loading or JetStream did not take a write."""
 

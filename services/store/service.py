@@ -35,6 +35,7 @@ from services.store.queries import Queries
 from services.store.secrets import Secrets
 from services.store.settings import StoreSettings
 from services.store.state import Effects, StoreState
+from services.store.storage import watch_storage
 
 log = logging.getLogger(__name__)
 TOMBSTONE_MARKER_AGE = timedelta(hours=6)
@@ -145,6 +146,7 @@ async def _lead(
         loops = [
             asyncio.create_task(consumers.run(until), name="consumers"),
             asyncio.create_task(_sweep_forever(commands, state, persistence, settings, until), name="retention"),
+            asyncio.create_task(watch_storage(js, commands, settings.storage_limit_bytes, until), name="storage"),
         ]
         checking = asyncio.create_task(_check_catalog(catalog, until), name="catalog-check")
         loops.append(checking)

@@ -17,6 +17,10 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     retention_batch: int = 1000
     """Expired tasks a sweep reads from the catalog and deletes at a time (64 in flight), until none
     is left."""
+    storage_limit_bytes: int = 0
+    """Refuse new tasks (HTTP 507) while JetStream holds this many bytes or more, so a full disk
+    stops submissions before it stops writes of tasks already accepted. 0: the account's
+    JetStream storage limit when one is set, else no limit."""
     run_history_limit: int = 100
     """Runs kept per task (schedules fire forever); the oldest finished ones go first."""
     log_cap_bytes: int = 1024 * 1024
