@@ -55,7 +55,8 @@ submissions of 0.46 KB). WORK holds runs not yet done and refuses instead (disca
 scheduler sees the error and retries. max_bytes is a reservation: nats-server refuses to create
 a stream whose bound does not fit its storage limit (75 % of the free disk unless configured),
 so these stay small; the buckets (the truth, ~2.6 KB per finished API task) are not bounded
-here: a full bucket must turn into a 507 at submission first, not a stalled consumer."""
+here: before JetStream is full the store refuses new tasks with a 507 (``storage_limit_bytes``,
+``services/store/storage.py``), so a full disk never stalls the writes of accepted ones."""
 MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 """Largest stream message or KV value (a task record with a big spec and result fits)."""
 SERVER_MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
