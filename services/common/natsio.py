@@ -30,7 +30,9 @@ CLUSTER_FORMING_ERRORS = frozenset({10005, 10008, 10009})
 joining), JetStream temporarily unavailable, and no leader to handle the request."""
 STREAM_NAME_IN_USE = 10058
 FORMING_WARN_EVERY_SECONDS = 30.0
-CONSUMER_RESET_TIMEOUT_SECONDS = 5.0
+CONSUMER_RESET_TIMEOUT_SECONDS = 1.0
+"""A reset is an optimisation: in a degraded cluster a new leader must not wait on it (the ack
+wait still brings the messages back), so every reset of one leadership together costs at most this."""
 
 
 async def connect(
@@ -158,7 +160,12 @@ async def _recreate_from_ack_floor(js: JetStreamContext, spec: streams.ConsumerS
     )
 
 
-async def redeliver_unacknowledged(nc: Client, name: str) -> None:
+async def redeliver_unacknowledged(nc: Client, *names: str) -> None:
+    """``reset_to_ack_floor`` for each of ``names``, all at once."""
+    await asyncio.gather(*(reset_to_ack_floor(nc, name) for name in names))
+
+
+async def reset_to_ack_floor(nc: Client, name: str) -> None:
     """Make what durable consumer ``name`` delivered but nobody acknowledged deliverable now.
 
     A new leader calls this before it consumes: its predecessor, killed or cut off, held messages

@@ -144,8 +144,7 @@ class Leader:
             (subjects.STREAM_TASKS, subjects.CONSUMER_SCHEDULER_TASKS, self._on_task_event),
             (subjects.STREAM_EVENTS, subjects.CONSUMER_SCHEDULER_RUNS, self._on_run_finished),
         )
-        for _, durable, _ in consumers:
-            await redeliver_unacknowledged(self.nc, durable)  # what a dead leader held, now
+        await redeliver_unacknowledged(self.nc, *(durable for _, durable, _ in consumers))  # what a dead leader held
         workers = [
             *(
                 asyncio.create_task(

@@ -116,8 +116,9 @@ async def _lead(
         except sqlite3.DatabaseError as exc:  # a damaged page met while loading: lead again with it made anew
             catalog.mark_damaged(str(exc))
             raise
-        for consumer in (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS):
-            await natsio.redeliver_unacknowledged(nc, consumer)  # what a dead leader held, now
+        await natsio.redeliver_unacknowledged(  # what a dead leader held, now
+            nc, subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS
+        )
         queries = Queries(js, state, persistence, registry)
         background: set[asyncio.Task[None]] = set()
 
