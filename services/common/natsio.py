@@ -179,15 +179,11 @@ async def reset_to_ack_floor(nc: Client, name: str) -> None:
     try:
         reply = await nc.request(subject, b"", timeout=CONSUMER_RESET_TIMEOUT_SECONDS)
         answer = json.loads(reply.data or b"{}")
-    except Exception as exc:  # NATS away, a timeout: the ack wait will do it
-        log.warning("consumer %s not reset (%s); unacknowledged messages return after the ack wait", name, exc)
-        return
-    if "error" in answer:
-        log.warning(
-            "consumer %s not reset (%s); unacknowledged messages return after the ack wait",
-            name,
-            answer["error"].get("description", answer["error"]),
-        )
+        problem = answer["error"].get("description", answer["error"]) if "error" in answer else None
+    except Exception as exc:  # NATS away, a timeout, an unreadable answer: the ack wait will do it
+        problem = exc
+    if problem is not None:
+        log.warning("consumer %s not reset (%s); unacknowledged messages return after the ack wait", name, problem)
         return
     log.info("consumer reset to its ack floor", extra={"consumer": name, "from_sequence": answer.get("reset_seq")})
 

@@ -125,10 +125,8 @@ class Queries:
             run = self.state.runs.get(request.id, {}).get(request.run_id)
         else:
             run = next((r for r in await self._runs(task) if r.run_id == request.run_id), None)
-        if (run is not None and run.status == "cancelled") or (
-            request.id,
-            request.run_id,
-        ) in self.state.run_book.early_cancels:
+        cancelled_early = (request.id, request.run_id) in self.state.run_book.early_cancels
+        if cancelled_early or (run is not None and run.status == "cancelled"):
             return api.RunVerdict(verdict="cancelled")
         return api.RunVerdict(verdict="run")
 
