@@ -23,6 +23,8 @@ MESSAGES: dict[str, Any] = {
     "DeadLetter": runs.DeadLetter,
     "CancelRun": control.CancelRun,
     "Heartbeat": control.Heartbeat,
+    "RunnerPing": control.RunnerPing,
+    "RunnerPong": control.RunnerPong,
     "TaskRecord": records.TaskRecord,
     "RunRecord": records.RunRecord,
     "Timer": schedules.AnyTimer,

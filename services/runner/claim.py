@@ -11,24 +11,18 @@ that runner whether it still holds the run before it takes over.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from proto import codec, control, subjects
+from proto import codec, subjects
 from proto.runs import RunStarted
+from services.runner import pings
 
 log = logging.getLogger(__name__)
-
-ASK_TIMEOUT_SECONDS = 1.0
-"""How long a holder has to answer; silence counts as holding (it may be busy, not gone)."""
 
 
 @dataclass(frozen=True)
@@ -77,28 +71,9 @@ async def publish_start(js: JetStreamContext, subject: str, payload: bytes, msg_
 
 
 async def holder_busy(nc: Client | None, holder: str, run_id: str) -> bool:
-    """Whether runner ``holder`` still holds ``run_id``: waiting for it, running it or reporting it."""
+    """Whether runner ``holder`` still holds ``run_id``: waiting for it, running it or reporting it.
+
+    Only ``holder``'s signed answer counts (``pings``); unsure counts as busy."""
     if nc is None or not holder:
         return False
-    try:
-        reply = await nc.request(subjects.runner_ping(holder), run_id.encode(), timeout=ASK_TIMEOUT_SECONDS)
-    except NoRespondersError:
-        return False  # the runner is gone
-    except Exception:  # a timeout, a reconnect: unsure, so busy
-        return True
-    return reply.data != control.PING_FREE
-
-
-async def answer_pings(nc: Client, runner_id: str, holds: Callable[[str], bool]) -> Subscription:
-    """Answer this runner's pings: ``alive`` to an empty one, ``holding`` or ``free`` to a run id."""
-
-    async def pong(msg: Msg) -> None:
-        if not msg.reply:
-            return
-        if not msg.data:
-            answer = control.PING_ALIVE
-        else:
-            answer = control.PING_HOLDING if holds(msg.data.decode(errors="replace")) else control.PING_FREE
-        await nc.publish(msg.reply, answer)
-
-    return await nc.subscribe(subjects.runner_ping(runner_id), cb=pong)
+    return await pings.ask(nc, holder, run_id) not in ("free", "gone")

@@ -16,13 +16,13 @@ from proto.control import Heartbeat
 from services import VERSION
 from services.common import natsio
 from services.common.clock import utcnow
-from services.common.ids import new_instance_id
 from services.common.lifecycle import supervise
 from services.common.poison import handling_failed
 from services.common.presence import announce_forever, hostname
-from services.runner import claim
+from services.runner import pings
 from services.runner.executor import RunExecutor
 from services.runner.http_task import HttpTasks
+from services.runner.identity import RunnerIdentity
 from services.runner.sandbox.docker_sandbox import DockerSandboxes
 from services.runner.secrets import SecretResolver
 from services.runner.settings import RunnerSettings
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
     """Run one runner until ``stop``; then finish or hand back what it holds."""
-    runner_id = new_instance_id()
+    identity = RunnerIdentity.generate()
+    runner_id = identity.runner_id
     started_at = utcnow()
     async with AsyncExitStack() as stack:
         nc = await natsio.connect(settings, f"taskmesh-runner-{runner_id}", stop, user="runner")
@@ -54,7 +55,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
 
         executor: RunExecutor | None = None
         # Answer pings from the start: another runner reaping orphans must see us alive.
-        await claim.answer_pings(nc, runner_id, lambda run_id: executor is not None and executor.holds(run_id))
+        await pings.answer_pings(nc, identity, lambda run_id: executor is not None and executor.holds(run_id))
         sandboxes = DockerSandboxes(settings, runner_id, nc)
         await sandboxes.start(stop)
         stack.push_async_callback(sandboxes.close)

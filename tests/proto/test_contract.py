@@ -287,6 +287,9 @@ EXAMPLES: list[Any] = [
     # control
     control.CancelRun(task_id=TASK_ID, run_id=RUN_ID, reason="task deleted"),
     control.CancelRun(task_id=TASK_ID),
+    control.RunnerPing(nonce=bytes(range(control.PING_NONCE_BYTES)), run_id=RUN_ID),
+    control.RunnerPing(nonce=bytes(control.PING_NONCE_BYTES)),
+    control.RunnerPong(answer="holding", signature=bytes(control.PONG_SIGNATURE_BYTES)),
     HEARTBEAT,
     control.SlotUsage(total=4, busy=4),
     control.SandboxStatus(usable=False, detail="Docker客户端初始化失败"),

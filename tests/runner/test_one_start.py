@@ -23,8 +23,9 @@ from proto.runs import Execution, RunDue, RunFinished, RunStarted
 from proto.tasks import TaskSpec
 from services.common import natsio
 from services.common.clock import utcnow
-from services.runner import claim
+from services.runner import pings
 from services.runner.executor import RunExecutor
+from services.runner.identity import RunnerIdentity
 from services.runner.output import RunOutput
 from services.runner.settings import RunnerSettings
 from taskmesh.processes import NatsServer
@@ -56,8 +57,9 @@ class NoSandboxes:
 class Runner:
     """A runner's executor on its own connection, answering pings as a runner does."""
 
-    def __init__(self, nc: Client, executor: RunExecutor) -> None:
+    def __init__(self, nc: Client, identity: RunnerIdentity, executor: RunExecutor) -> None:
         self.nc = nc
+        self.runner_id = identity.runner_id
         self.executor = executor
         self.asked: list[str] = []
         """Run ids other runners asked about while this one held them."""
@@ -99,19 +101,20 @@ async def work(js: JetStreamContext) -> JetStreamContext:
     return js
 
 
-async def _runner(connect: Callable[[], Awaitable[Client]], runner_id: str, http: HeldHttp) -> Runner:
+async def _runner(connect: Callable[[], Awaitable[Client]], http: HeldHttp) -> Runner:
     nc = await connect()
     js = nc.jetstream()
+    identity = RunnerIdentity.generate()
     executor = RunExecutor(
         js,
-        runner_id,
+        identity.runner_id,
         RunnerSettings(),
         http,  # type: ignore[arg-type]
         NoSandboxes(),  # type: ignore[arg-type]
         nc=nc,
     )
-    runner = Runner(nc, executor)
-    await claim.answer_pings(nc, runner_id, runner.holds)
+    runner = Runner(nc, identity, executor)
+    await pings.answer_pings(nc, identity, runner.holds)
     return runner
 
 
@@ -170,7 +173,7 @@ async def test_a_run_handed_out_again_while_its_runner_holds_it_waits_and_runs_o
 ) -> None:
     # Given runner A running a run whose ack wait passes before A reports progress
     http = HeldHttp()
-    a, b = await _runner(connect, "runner-a", http), await _runner(connect, "runner-b", http)
+    a, b = await _runner(connect, http), await _runner(connect, http)
     due = await _publish_due(work)
     first = asyncio.create_task(a.executor.handle(await _fetch_one(work)))
     await _until(lambda: http.calls == 1, "A runs the user's work")
@@ -185,7 +188,7 @@ async def test_a_run_handed_out_again_while_its_runner_holds_it_waits_and_runs_o
     await asyncio.wait_for(asyncio.gather(first, second), 20)
     # and the work ran once, started once, finished by A, and nothing is left to deliver
     assert http.calls == 1
-    assert [start.runner_id for start in await _starts(work, due)] == ["runner-a"]
+    assert [start.runner_id for start in await _starts(work, due)] == [a.runner_id]
     assert (await _finished(work, due)).status == "succeeded"
     assert await _work_left(work) == 0
 
@@ -195,7 +198,7 @@ async def test_a_run_delivered_as_new_twice_to_two_runners_runs_once(
 ) -> None:
     # Given one run in the queue twice, each copy a first delivery (a consumer leader's lost record)
     http = HeldHttp()
-    a, b = await _runner(connect, "runner-a", http), await _runner(connect, "runner-b", http)
+    a, b = await _runner(connect, http), await _runner(connect, http)
     due = await _publish_due(work, copies=2)
     first = asyncio.create_task(a.executor.handle(await _fetch_one(work)))
     await _until(lambda: http.calls == 1, "A runs the user's work")
@@ -206,7 +209,7 @@ async def test_a_run_delivered_as_new_twice_to_two_runners_runs_once(
     await asyncio.wait_for(asyncio.gather(first, second), 20)
     # Then the work ran once and both copies are settled
     assert http.calls == 1
-    assert [start.runner_id for start in await _starts(work, due)] == ["runner-a"]
+    assert [start.runner_id for start in await _starts(work, due)] == [a.runner_id]
     assert await _work_left(work) == 0
 
 
@@ -214,7 +217,7 @@ async def test_a_run_handed_to_the_same_runner_twice_runs_once(
     work: JetStreamContext, connect: Callable[[], Awaitable[Client]]
 ) -> None:
     http = HeldHttp()
-    a = await _runner(connect, "runner-a", http)
+    a = await _runner(connect, http)
     due = await _publish_due(work, copies=2)
     first = asyncio.create_task(a.executor.handle(await _fetch_one(work)))
     await _until(lambda: http.calls == 1, "A runs the user's work")
@@ -233,7 +236,7 @@ async def test_a_run_started_by_a_runner_that_is_gone_is_started_again_and_runs(
     # Given a start recorded by a runner that no longer answers (killed after starting)
     http = HeldHttp()
     http.release.set()
-    a = await _runner(connect, "runner-a", http)
+    a = await _runner(connect, http)
     due = await _publish_due(work)
     gone = RunStarted(
         event_id="s:gone",
@@ -241,13 +244,13 @@ async def test_a_run_started_by_a_runner_that_is_gone_is_started_again_and_runs(
         task_id=due.task_id,
         run_id=due.run_id,
         attempt=1,
-        runner_id="runner-gone",
+        runner_id=RunnerIdentity.generate().runner_id,
     )
     await work.publish(subjects.run_event(due.task_id, due.run_id, "started"), codec.encode(gone))
     # When its run is delivered
     await asyncio.wait_for(a.executor.handle(await _fetch_one(work)), 20)
     # Then it runs: the gone runner's start does not block it
     assert http.calls == 1
-    assert [start.runner_id for start in await _starts(work, due)] == ["runner-gone", "runner-a"]
+    assert [start.runner_id for start in await _starts(work, due)] == [gone.runner_id, a.runner_id]
     assert (await _finished(work, due)).status == "succeeded"
     assert await _work_left(work) == 0

@@ -7,7 +7,7 @@ import logging
 
 from nats.aio.client import Client
 
-from proto import subjects
+from services.runner import pings
 from services.runner.sandbox.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,5 @@ async def reap_orphans(engine: Engine, nc: Client, instance: str, runner_id: str
 
 
 async def _alive(nc: Client, runner_id: str) -> bool:
-    if not runner_id:
-        return False
-    try:
-        await nc.request(subjects.runner_ping(runner_id), b"", timeout=1.0)
-        return True
-    except Exception as exc:  # NoRespondersError: gone; a timeout: unsure, leave its containers
-        return "NoResponders" not in type(exc).__name__
+    """Unsure (a timeout, an impostor's answer) counts as alive: its containers stay."""
+    return bool(runner_id) and await pings.ask(nc, runner_id) != "gone"
