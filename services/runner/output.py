@@ -76,37 +76,58 @@ class RunOutput:
     def _append(self, stream: LogStream, text: str) -> None:
         if not text:
             return
-        if self._buffer and self._buffer[-1][0] == stream:
-            self._buffer[-1] = (stream, self._buffer[-1][1] + text)
-        else:
-            self._buffer.append((stream, text))
         self._buffered += len(text)
+        unfinished = self._unfinished_line(stream)
+        if unfinished is not None:
+            # stdout and stderr come through separate pipes, so the other stream's text can arrive
+            # between a print's text and its newline: the line's end joins its beginning.
+            end = text.find("\n") + 1 or len(text)
+            self._buffer[unfinished] = (stream, self._buffer[unfinished][1] + text[:end])
+            text = text[end:]
+        if text and self._buffer and self._buffer[-1][0] == stream:
+            self._buffer[-1] = (stream, self._buffer[-1][1] + text)
+        elif text:
+            self._buffer.append((stream, text))
         if self._buffered >= CHUNK_BYTES:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_on_time)
 
+    def _unfinished_line(self, stream: LogStream) -> int | None:
+        """Index of the buffered entry holding ``stream``'s unfinished last line, if any.
+
+        Looks at the last few entries only (the other stream's and system lines between): each
+        append stays O(1) whatever a process interleaves."""
+        if stream == "system":
+            return None
+        for index in range(len(self._buffer) - 1, max(len(self._buffer) - 4, -1), -1):
+            entry_stream, text = self._buffer[index]
+            if entry_stream == stream:
+                return None if text.endswith("\n") else index
+        return None
+
     def _flush_on_time(self) -> None:
-        """The timer's flush: everything but an unfinished last line, unless it waited long enough."""
+        """The timer's flush: everything but each stream's unfinished last line, unless it waited long enough."""
         self._timer = None
-        held: tuple[LogStream, str] | None = None
-        if self._buffer and self._buffer[-1][0] != "system" and not self._buffer[-1][1].endswith("\n"):
-            stream, text = self._buffer[-1]
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        held: list[tuple[LogStream, str]] = []
+        partial = [i for i in (self._unfinished_line("stdout"), self._unfinished_line("stderr")) if i is not None]
+        if partial:
             self._partial_since = self._partial_since or loop.time()
             if loop.time() - self._partial_since < PARTIAL_LINE_SECONDS:
-                cut = text.rfind("\n") + 1
-                held = (stream, text[cut:])
-                self._buffer[-1] = (stream, text[:cut])
-                if not self._buffer[-1][1]:
-                    self._buffer.pop()
+                for index in sorted(partial):
+                    stream, text = self._buffer[index]
+                    cut = text.rfind("\n") + 1
+                    held.append((stream, text[cut:]))
+                    self._buffer[index] = (stream, text[:cut])
+                self._buffer = [(stream, text) for stream, text in self._buffer if text]
         since = self._partial_since
         self._flush()
-        if held is not None:
+        if held:
             self._partial_since = since
-            self._buffer.append(held)
-            self._buffered = len(held[1])
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_on_time)
+            self._buffer.extend(held)
+            self._buffered = sum(len(text) for _, text in held)
+            self._timer = loop.call_later(FLUSH_SECONDS, self._flush_on_time)
 
     def _hide(self, stream: LogStream, text: str, final: bool) -> str:
         """``text`` with secret values replaced; unless ``final``, a tail that may begin one is held back."""

@@ -65,3 +65,21 @@ async def test_a_secret_value_is_hidden_also_when_it_is_written_across_two_chunk
 
     text = "".join(c.data for c in await published(js, 2))
     assert text == "token: *** and ***\nthe end: s3"
+
+
+async def test_a_print_whose_newline_comes_after_the_other_streams_output_stays_one_line(
+    js: JetStreamContext,
+) -> None:
+    # stdout and stderr are separate pipes: a print's newline can reach the runner after stderr text
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+
+    output.write("stdout", b"first line")
+    output.write("stderr", b"a warning\n")
+    await asyncio.sleep(FLUSH_SECONDS * 3)  # a timed flush before the newline
+    output.write("stdout", b"\nsecond line\n")
+    output.end()
+    await output.settled()
+
+    chunks = await published(js, 2)
+    assert [(c.stream, c.data) for c in chunks] == [("stderr", "a warning\n"), ("stdout", "first line\nsecond line\n")]
