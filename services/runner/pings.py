@@ -19,10 +19,11 @@ from collections.abc import Callable
 from typing import Literal
 
 import msgspec
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import Header
 
 from proto import codec, control, subjects
 from services.runner.identity import RunnerIdentity, signed_by
@@ -35,8 +36,6 @@ ASK_TIMEOUT_SECONDS = 1.0
 Reply = control.PingAnswer | Literal["gone", "unsure"]
 """``gone``: nobody listens on the runner's subject (the server says so) and nothing signed by it
 came; ``unsure``: no answer signed by the runner in time."""
-
-_NO_RESPONDERS = "503"
 
 
 async def answer_pings(nc: Client, identity: RunnerIdentity, holds: Callable[[str], bool]) -> Subscription:
@@ -84,7 +83,7 @@ async def ask(nc: Client, runner_id: str, run_id: str | None = None, timeout: fl
                 msg = await inbox.next_msg(timeout=left)
             except NatsTimeoutError:
                 break
-            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
                 # The server says nobody listens, but an impostor who does listen can send the same
                 # status: it counts only if no signed answer follows before the deadline.
                 gone = True
