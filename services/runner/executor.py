@@ -160,6 +160,9 @@ class RunExecutor:
             log.info("run dropped: its task is deleted", extra={"task": due.task_id, "run": due.run_id})
             await within_deadline(message.ack())
             return
+        if active.hand_back:  # this runner stopped while it asked: the next runner decides, nobody cancelled it
+            await within_deadline(message.nak())
+            return
         if verdict == "cancelled" or active.cancelled.is_set():
             log.info("run cancelled before it started", extra={"task": due.task_id, "run": due.run_id})
             await self._report(

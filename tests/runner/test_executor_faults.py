@@ -7,13 +7,16 @@ import logging
 import time
 from dataclasses import replace
 from datetime import timedelta
+from typing import Literal
 
 import msgspec
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
-from proto import codec, runs, subjects
+from proto import api, codec, runs, subjects
 from proto.runs import Execution, RunDue, RunFinished
 from proto.tasks import TaskSpec
 from services.common import natsio
@@ -180,3 +183,49 @@ async def test_a_run_whose_start_cannot_be_recorded_is_not_run_until_it_can_be_a
     assert http.calls == 1
     finished = await _finished(js, due)
     assert finished.status == "succeeded"
+
+
+Verdict = Literal["run", "cancelled", "deleted"]
+
+
+class SlowVerdicts:
+    """Stands in for the store's run verdicts: answers ``verdict`` only once ``release`` is set."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict: Verdict = verdict
+        self.release = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def answer(self, msg: Msg) -> None:
+        self.asked.set()
+        await self.release.wait()
+        await msg.respond(codec.encode(api.RunVerdict(verdict=self.verdict)))
+
+
+async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_reported(
+    nc: Client, js: JetStreamContext
+) -> None:
+    # Given a runner waiting for the store's verdict on a run
+    http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
+    executor = await _executor(js, http)
+    executor.nc = nc
+    store = SlowVerdicts("run")
+    await nc.subscribe(subjects.RUN_VERDICT, cb=store.answer)
+    due = await _publish_due(js, TaskSpec(name="handed back", task_type="immediate", api_url="http://127.0.0.1:9/"))
+    subscription = await js.pull_subscribe_bind(durable=subjects.CONSUMER_RUNNER_API, stream=subjects.STREAM_WORK)
+    (message,) = await subscription.fetch(1, timeout=5)
+    handling = asyncio.create_task(executor.handle(message))
+    await asyncio.wait_for(store.asked.wait(), 10)
+    # When the runner stops and hands its runs back, then the verdict comes
+    assert executor.hand_back_all() == 1
+    store.release.set()
+    await asyncio.wait_for(handling, 10)
+    # Then the work did not run, no outcome was reported, and the run is delivered again
+    assert http.calls == 0
+    with pytest.raises(NotFoundError):
+        await js.get_last_msg(subjects.STREAM_EVENTS, subjects.run_event(due.task_id, due.run_id, "finished"))
+    (again,) = await subscription.fetch(1, timeout=10)
+    assert codec.run_due_decoder.decode(again.data).run_id == due.run_id
+    assert again.metadata.num_delivered == 2
+    await again.ack()
+    await subscription.unsubscribe()
