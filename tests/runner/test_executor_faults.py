@@ -7,7 +7,6 @@ import logging
 import time
 from dataclasses import replace
 from datetime import timedelta
-from typing import Literal
 
 import msgspec
 import pytest
@@ -185,21 +184,17 @@ async def test_a_run_whose_start_cannot_be_recorded_is_not_run_until_it_can_be_a
     assert finished.status == "succeeded"
 
 
-Verdict = Literal["run", "cancelled", "deleted"]
-
-
 class SlowVerdicts:
-    """Stands in for the store's run verdicts: answers ``verdict`` only once ``release`` is set."""
+    """Stands in for the store's run verdicts: answers "run" only once ``release`` is set."""
 
-    def __init__(self, verdict: Verdict) -> None:
-        self.verdict: Verdict = verdict
+    def __init__(self) -> None:
         self.release = asyncio.Event()
         self.asked = asyncio.Event()
 
     async def answer(self, msg: Msg) -> None:
         self.asked.set()
         await self.release.wait()
-        await msg.respond(codec.encode(api.RunVerdict(verdict=self.verdict)))
+        await msg.respond(codec.encode(api.RunVerdict(verdict="run")))
 
 
 async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_reported(
@@ -209,7 +204,7 @@ async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_r
     http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)
     executor.nc = nc
-    store = SlowVerdicts("run")
+    store = SlowVerdicts()
     await nc.subscribe(subjects.RUN_VERDICT, cb=store.answer)
     due = await _publish_due(js, TaskSpec(name="handed back", task_type="immediate", api_url="http://127.0.0.1:9/"))
     subscription = await js.pull_subscribe_bind(durable=subjects.CONSUMER_RUNNER_API, stream=subjects.STREAM_WORK)
@@ -223,7 +218,7 @@ async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_r
     # Then the work did not run, no outcome was reported, and the run is delivered again
     assert http.calls == 0
     with pytest.raises(NotFoundError):
-        await js.get_last_msg(subjects.STREAM_EVENTS, subjects.run_event(due.task_id, due.run_id, "finished"))
+        await _finished(js, due)
     (again,) = await subscription.fetch(1, timeout=10)
     assert codec.run_due_decoder.decode(again.data).run_id == due.run_id
     assert again.metadata.num_delivered == 2
