@@ -166,3 +166,60 @@ def test_a_function_that_ends_its_process_ends_the_bootstrap_the_same_way_withou
 
     assert done.returncode == exit_code
     assert nonce.encode() not in done.stdout + done.stderr
+
+
+AWAITABLES = "\n".join(
+    [
+        "import asyncio, types",
+        "async def coroutine():",
+        "    await asyncio.sleep(0)",
+        "    return 'coroutine'",
+        "class Ready:",
+        "    def __await__(self):",
+        "        return (yield from asyncio.sleep(0, 'custom').__await__())",
+        "def custom():",
+        "    return Ready()",
+        "@types.coroutine",
+        "def generator_based():",
+        "    yield from asyncio.sleep(0).__await__()",
+        "    return 'generator-based'",
+        "def generator():",
+        "    yield 1",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("function", "frame"),
+    [
+        pytest.param("coroutine", {"ok": True, "result": "coroutine"}, id="an-async-function"),
+        pytest.param("custom", {"ok": True, "result": "custom"}, id="an-object-with-__await__"),
+        pytest.param("generator_based", {"ok": True, "result": "generator-based"}, id="a-types-coroutine"),
+    ],
+)
+def test_a_function_returning_any_awaitable_gets_what_it_resolves_to(function: str, frame: dict[str, object]) -> None:
+    nonce = secrets.token_hex(16)
+
+    done = run_locally(nonce, AWAITABLES, function)
+
+    assert split(nonce, done.stdout)[1] == frame, done.stderr.decode(errors="replace")[-2000:]
+
+
+def test_a_plain_generator_is_a_result_not_an_awaitable() -> None:
+    nonce = secrets.token_hex(16)
+
+    done = run_locally(nonce, AWAITABLES, "generator")
+
+    _, frame = split(nonce, done.stdout)
+    assert frame is not None and frame["ok"] is False
+    assert frame["error"]["type"] == "invalid_result"
+
+
+def test_a_plain_function_runs_without_asyncio_loaded() -> None:
+    # asyncio, inspect and typing were a third of every sandbox's start-up CPU (bench/README, W5)
+    nonce = secrets.token_hex(16)
+    source = "import sys\ndef main():\n    return sorted({'asyncio', 'inspect', 'typing'} & set(sys.modules))\n"
+
+    done = run_locally(nonce, source)
+
+    assert split(nonce, done.stdout)[1] == {"ok": True, "result": []}
