@@ -25,7 +25,7 @@ class Params:
     w5_latency_runs: int = 50
     w5_pace_s: float = 0.5
     """Pause between sequential code tasks, so a warm pool is refilled as in steady use."""
-    w5_burst: int = 200
+    w5_burst: int = 600
     w5_import_runs: int = 5
     w6_tasks: int = 10_000
     scale_runners: tuple[int, ...] = (1, 2, 3)

@@ -7,7 +7,7 @@ import time
 
 from bench.celery_app.sandbox import CONTAINER_LABEL, SANDBOX_FLAGS
 from bench.stack import TaskmeshStack
-from bench.tmclient import TaskmeshClient, submit_all
+from bench.tmclient import FINISHED, TaskmeshClient, submit_all
 
 CODE = "def main():\n    return 1 + 1\n"
 
@@ -37,13 +37,23 @@ async def sequential(client: TaskmeshClient, spec: dict, n: int, pace_s: float) 
 
 
 async def burst(stack: TaskmeshStack, n: int, timeout_s: float = 600) -> dict:
-    """``n`` short code tasks submitted at once over NATS; rate from the first submit to the last stored."""
+    """``n`` short code tasks submitted at once over NATS; rate from the first submit to the last finished.
+
+    The end is the last run's finished event, not a poll of the store's counters: polling every
+    50 ms cost the store and nats-server ~15 ms of CPU per code run, CPU the engine then lacked
+    (the raw ``docker run`` reference pays nothing like it). The store's count is checked after.
+    """
     async with TaskmeshClient(stack.nats.url, stack.base_url) as client:  # type: ignore[union-attr]
         baseline = await client.count_status("succeeded")
+        finished = await client.watch(FINISHED, track=True)
         first = time.time()
-        await submit_all(client.submit_nats, [code_task(f"burst-{i}") for i in range(n)], 64)
-        stored = await client.wait_count("succeeded", baseline + n, timeout_s, interval_s=0.05)
-    return {"n": n, "completion_s": stored - first, "rate_per_s": n / (stored - first)}
+        started = time.perf_counter()
+        task_ids = await submit_all(client.submit_nats, [code_task(f"burst-{i}") for i in range(n)], 64)
+        deadline = started + timeout_s
+        last = max([await finished.arrival(task_id, max(1.0, deadline - time.perf_counter())) for task_id in task_ids])
+        await client.wait_count("succeeded", baseline + n, 60)  # every run succeeded, and the store has it
+    elapsed = last - started
+    return {"n": n, "completion_s": elapsed, "rate_per_s": n / elapsed, "first_submit": first}
 
 
 async def raw_docker(image: str, n: int, concurrency: int) -> dict:
