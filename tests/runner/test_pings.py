@@ -19,6 +19,9 @@ from services.runner.identity import RunnerIdentity, signed_by
 from taskmesh.processes import NatsServer
 
 RUN = "run-1"
+DEADLINE = 5.0
+"""The asker's deadline where the runner answers 0.3 s late: far beyond it, so that a test process
+stalled late in a long run (a CI run once took over 1 s here) still sees the signed answer in time."""
 
 
 @pytest.fixture
@@ -103,7 +106,7 @@ async def test_an_impostor_cannot_answer_free_for_a_runner_that_holds_the_run(
     # When another runner asks whether it still holds the run
     with caplog.at_level(logging.WARNING, logger=pings.__name__):
         busy = await claim.holder_busy(other, runner.runner_id, RUN)
-        answer = await pings.ask(other, runner.runner_id, RUN)
+        answer = await pings.ask(other, runner.runner_id, RUN, timeout=DEADLINE)
     # Then the runner's own answer counts, and the impostor's is logged and ignored
     assert busy
     assert answer == "holding"
@@ -128,7 +131,7 @@ async def test_a_forged_no_responders_status_does_not_make_a_live_runner_gone(
     await _impostor(impostor, runner.runner_id, b"", headers={"Status": "503"})
     await _slow_runner(nc, runner, "alive", delay=0.3)
     # When the runner is asked whether it is alive (the reaper's question), Then its signed answer wins
-    assert await pings.ask(other, runner.runner_id) == "alive"
+    assert await pings.ask(other, runner.runner_id, timeout=DEADLINE) == "alive"
 
 
 async def test_a_ping_that_does_not_decode_gets_no_answer_and_the_next_one_does(nc: Client, other: Client) -> None:
