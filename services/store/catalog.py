@@ -13,6 +13,12 @@ million tasks) would make a restart cost O(history). An unreadable header fails 
 damaged page is found by ``check`` in the background after the store serves, or by the query
 that meets it. Either marks the file damaged (``mark_damaged``), and the next open makes it anew.
 
+A row may run ahead of KV: a list or a count right after an answer shows what memory knows,
+before the flush writes it. Such rows are marked *unconfirmed* (with the status their row had
+before), and the flush that writes the same state to KV confirms them. A start checks every mark
+against KV: a store killed in between must not find a task final that KV still holds running
+(it would never load it, and would drop its replayed outcome as stale).
+
 One row per task: the columns lists filter on, nothing else (the records stay in KV). Counts by
 status, kind and trigger are kept by triggers in the same transactions, so reading them never
 scans. Task ids are UUIDv7 and sort by creation time: "newest first" is the primary key, descending.
@@ -71,6 +77,17 @@ CREATE TRIGGER tasks_move AFTER UPDATE OF status ON tasks WHEN OLD.status != NEW
     INSERT INTO counts VALUES ('status', NEW.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
 END;
 """
+
+_ADDED_IN_PLACE = """
+CREATE TABLE IF NOT EXISTS unconfirmed (id TEXT PRIMARY KEY, status TEXT) WITHOUT ROWID;
+"""
+"""Tables added after schema version 1 that an older catalog gains at open (no rebuild): the
+rows ahead of KV, each with the status its row had when it was last confirmed (NULL: no row)."""
+
+_MARK = "INSERT OR IGNORE INTO unconfirmed (id, status) VALUES (?, (SELECT status FROM tasks WHERE id = ?))"
+
+Row = tuple[object, ...]
+"""A task's catalog row (``catalog_row``)."""
 
 _UPSERT = """
 INSERT INTO tasks (id, name, status, kind, task_type, created_us, finished_us, final, idempotency_key)
@@ -131,6 +148,7 @@ class Catalog:
                 raise CatalogUnusable(f"catalog schema version {version}, this store uses {SCHEMA_VERSION}")
             else:
                 self.created = False
+            db.executescript(_ADDED_IN_PLACE)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise CatalogUnusable(str(exc)) from exc
@@ -181,18 +199,65 @@ class Catalog:
     # --- writing ------------------------------------------------------------------------------
 
     def commit(
-        self, tasks: Iterable[TaskRecord], removed: Iterable[str] = (), meta: dict[str, bytes] | None = None
+        self,
+        tasks: Iterable[TaskRecord] = (),
+        removed: Iterable[str] = (),
+        meta: dict[str, bytes] | None = None,
+        *,
+        rows: Iterable[Row] = (),
+        ahead: bool = False,
+        confirmed: Iterable[str] = (),
     ) -> None:
-        """Write a batch in one transaction: changed tasks, removed ids, and meta values."""
-        rows = [_row(task) for task in tasks]
+        """Write a batch in one transaction: changed tasks (as records or as ``rows``), removed
+        ids, and meta values.
+
+        ``ahead``: these tasks and removals are not in KV yet; each is marked unconfirmed.
+        ``confirmed``: ids whose state KV now holds as committed here; their marks go.
+        """
+        upserts = [*rows, *(catalog_row(task) for task in tasks)]
+        gone = [(task_id,) for task_id in removed]
         with _transaction(self.db):
-            if rows:
-                self.db.executemany(_UPSERT, rows)
-            gone = [(task_id,) for task_id in removed]
+            if ahead:
+                self.db.executemany(_MARK, [(row[0], row[0]) for row in upserts] + [(t, t) for (t,) in gone])
+            if upserts:
+                self.db.executemany(_UPSERT, upserts)
             if gone:
                 self.db.executemany("DELETE FROM tasks WHERE id = ?", gone)
                 now = _us(datetime.now(UTC))
                 self.db.executemany("INSERT OR IGNORE INTO deleted VALUES (?, ?)", [(t, now) for (t,) in gone])
+            marks = [(task_id,) for task_id in confirmed]
+            if marks:
+                self.db.executemany("DELETE FROM unconfirmed WHERE id = ?", marks)
+            for key, value in (meta or {}).items():
+                self.db.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value", (key, value)
+                )
+
+    def confirm_from_kv(
+        self,
+        found: Iterable[TaskRecord],
+        deleted: Iterable[str],
+        absent: Iterable[str],
+        meta: dict[str, bytes] | None = None,
+    ) -> None:
+        """Make every unconfirmed row what KV holds, in one transaction, and drop the marks.
+
+        ``found``: records KV holds; ``deleted``: ids KV holds a delete marker for; ``absent``:
+        ids KV never had (accepted and shown, not yet written when the store stopped).
+        """
+        rows = [catalog_row(task) for task in found]
+        with _transaction(self.db):
+            if rows:
+                self.db.executemany(_UPSERT, rows)
+                self.db.executemany("DELETE FROM deleted WHERE id = ?", [(row[0],) for row in rows])
+            now = _us(datetime.now(UTC))
+            for task_id in deleted:
+                self.db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+                self.db.execute("INSERT OR IGNORE INTO deleted VALUES (?, ?)", (task_id, now))
+            for task_id in absent:
+                self.db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+                self.db.execute("DELETE FROM deleted WHERE id = ?", (task_id,))
+            self.db.execute("DELETE FROM unconfirmed")
             for key, value in (meta or {}).items():
                 self.db.execute(
                     "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value", (key, value)
@@ -204,6 +269,7 @@ class Catalog:
             self.db.execute("DELETE FROM tasks")
             self.db.execute("DELETE FROM counts")
             self.db.execute("DELETE FROM meta")
+            self.db.execute("DELETE FROM unconfirmed")
 
     def deleted_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Deleted tasks whose delete markers in KV are older than ``cutoff``."""
@@ -239,6 +305,10 @@ class Catalog:
         """The task's status as catalogued, or None when the catalog does not know it."""
         row = self.db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row[0] if row else None
+
+    def unconfirmed(self) -> dict[str, str | None]:
+        """Rows ahead of KV, by id: the status each had when last confirmed (None: no row then)."""
+        return dict(self.db.execute("SELECT id, status FROM unconfirmed").fetchall())
 
     def task_for_key(self, idempotency_key: str) -> str | None:
         """The task submitted with this idempotency key, if one is retained."""
@@ -320,7 +390,8 @@ class _transaction:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
-def _row(task: TaskRecord) -> tuple[object, ...]:
+def catalog_row(task: TaskRecord) -> Row:
+    """The task's row as it is now (taken with the record's encoding, it is what KV will hold)."""
     final = task.status in FINAL_STATUSES
     expires = final and task.task_type != "scheduled" and task.finished_at is not None
     return (

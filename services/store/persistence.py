@@ -58,7 +58,6 @@ class Persistence:
         self.js = js
         self.fence = fence
         """Raises unless this store may write (it leads); called before every write."""
-        self._metrics_saved = -1
         self.tasks = buckets[subjects.BUCKET_TASKS]
         self.runs = buckets[subjects.BUCKET_RUNS]
         self.logs = buckets[subjects.BUCKET_LOGS]
@@ -101,7 +100,7 @@ class Persistence:
         if missing:  # catalogued but never written to KV (a crash in between): the catalog forgets them
             catalog.commit((), missing)
         state.finish_loading()
-        state.sync_catalog()
+        state.sync_catalog(ahead=False)
         log.info(
             "state loaded",
             extra={
@@ -134,10 +133,42 @@ class Persistence:
                 continue
             if message.data:
                 found.append(_task_decoder.decode(message.data))
+        marks = state.catalog.unconfirmed()
         for task in found:
-            _count_lost_outcome(state, task)
+            # a marked row ran ahead of KV: what the saved metrics counted is the status it had before
+            _count_lost_outcome(state, task, marks[task.id] if task.id in marks else state.catalog.status_of(task.id))
         state.catalog.commit(found, (), {KV_SEQ_KEY: str(last).encode(), METRICS_KEY: state.metrics.encode()})
+        if marks:
+            await self._confirm_from_kv(state, list(marks))
         return True
+
+    async def _confirm_from_kv(self, state: StoreState, task_ids: list[str]) -> None:
+        """Make the rows that ran ahead of KV what KV holds (a store stopped before writing them)."""
+        records: list[TaskRecord] = []
+        deleted: list[str] = []
+        absent: list[str] = []
+        for start in range(0, len(task_ids), LOAD_CONCURRENCY):
+            batch = task_ids[start : start + LOAD_CONCURRENCY]
+            for task_id, held in zip(batch, await asyncio.gather(*map(self._held, batch)), strict=True):
+                if isinstance(held, TaskRecord):
+                    records.append(held)
+                else:
+                    (deleted if held == "deleted" else absent).append(task_id)
+        state.catalog.confirm_from_kv(records, deleted, absent)
+        log.info(
+            "catalog rows ahead of KV made what KV holds",
+            extra={"rows": len(task_ids), "records": len(records), "deleted": len(deleted), "absent": len(absent)},
+        )
+
+    async def _held(self, task_id: str) -> TaskRecord | str:
+        """What the tasks bucket holds for a task: its record, "deleted" (a delete marker) or "absent"."""
+        try:
+            entry = await self.tasks.get(task_id)
+        except KeyNotFoundError as exc:
+            return "deleted" if exc.op is not None else "absent"
+        if not entry.value:
+            return "deleted"
+        return _task_decoder.decode(entry.value)
 
     async def rebuild_catalog(self, state: StoreState) -> None:
         """Make the catalog anew from every record in the tasks bucket (the catalog is derived)."""
@@ -243,11 +274,9 @@ class Persistence:
                 )
                 raise
             self.failed_writes = 0
-            # Saved with the same commit as the rows, whenever they changed: a restart neither loses
-            # nor recounts what this batch finished (a few KB; the recent sample is bounded).
-            save_metrics = state.metrics.changes != self._metrics_saved
-            self._metrics_saved = state.metrics.changes
-            state.sync_catalog({KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else None, save_metrics=save_metrics)
+            # The rows and metrics taken with the records, in one commit: a restart neither loses
+            # nor recounts what this batch finished (the metrics are a few KB; the sample is bounded).
+            state.commit_written(writes, {KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else {})
             return len(writes.tasks) + len(writes.runs)
 
     async def _write(self, writes: Writes) -> int:
@@ -346,16 +375,16 @@ async def _acknowledged(pending: list[asyncio.Future]) -> list:
                 future.exception()
 
 
-def _count_lost_outcome(state: StoreState, task: TaskRecord) -> None:
+def _count_lost_outcome(state: StoreState, task: TaskRecord, before: str | None) -> None:
     """Count a one-shot task's outcome that KV has but the saved aggregates missed.
 
     The aggregates are saved with the catalog, after the KV writes of the same flush: a store
     killed between the two finds the task final in KV here, while the catalog (and the counts)
     still knew it unfinished. Its outcome event comes back, but finds the task final and stale.
+    ``before`` is the task's status in the last row a flush committed (the one the aggregates match).
     """
     run = task.last_run
     if task.task_type == "scheduled" or run is None or run.status not in FINAL_RUN_STATUSES:
         return
-    before = state.catalog.status_of(task.id)
     if before is None or before not in FINAL_STATUSES:
         state.metrics.run_finished(run.status, run.finished_at, run.duration_ms)

@@ -57,6 +57,11 @@ class StoreState:
         self.uncatalogued: dict[str, TaskRecord] = {}
         """Tasks whose catalog row is behind (written with the next catalog commit)."""
         self.uncatalogued_removals: set[str] = set()
+        self.unconfirmed: set[str] = set()
+        """Ids whose catalog row runs ahead of KV (marked in the catalog until a flush confirms them)."""
+        self._metrics_taken = -1
+        self._catalog_backlog: Writes | None = None
+        """Rows and metrics of a flush whose catalog commit failed: committed with the next one."""
         self.pending = PendingWrites()
         self.run_book = RunBook(run_history_limit, self.metrics, self.pending)
         self.schedule_ledgers = Ledgers(ledger_limit, self.pending)
@@ -99,25 +104,60 @@ class StoreState:
         """The retained task submitted with this idempotency key."""
         return self.idempotency.get(idempotency_key) or self.catalog.task_for_key(idempotency_key)
 
-    def sync_catalog(self, meta: dict[str, bytes] | None = None, *, save_metrics: bool = False) -> int:
-        """Bring the catalog up to date with memory (and save the metrics if asked); returns rows written."""
+    def sync_catalog(self, *, ahead: bool = True) -> int:
+        """Show in the catalog what memory knows (a list or a count right after an answer); returns rows written.
+
+        Memory is ahead of KV here, so the rows are marked unconfirmed until the flush that writes
+        them commits its own rows (``commit_written``). ``ahead=False`` only where memory holds
+        what KV holds (just loaded).
+        """
         changed, removed = self.uncatalogued, self.uncatalogued_removals
-        if not changed and not removed and not meta and not save_metrics:
+        if not changed and not removed:
             return 0
         self.uncatalogued, self.uncatalogued_removals = {}, set()
-        meta = dict(meta or {})
-        if save_metrics:
-            meta[METRICS_KEY] = self.metrics.encode()
         try:
-            self.catalog.commit(changed.values(), removed, meta)
+            self.catalog.commit(changed.values(), removed, ahead=ahead)
         except BaseException:
             self.uncatalogued = {**changed, **self.uncatalogued}
             self.uncatalogued_removals |= removed
             raise
+        if ahead:
+            self.unconfirmed.update(changed.keys(), removed)
         for task in changed.values():
             if task.id not in self.tasks and task.idempotency_key:
                 self.idempotency.pop(task.idempotency_key, None)  # the catalog answers for it now
         return len(changed) + len(removed)
+
+    def commit_written(self, writes: Writes, meta: dict[str, bytes]) -> None:
+        """Once KV holds ``writes``: the catalog takes the rows and metrics taken with them (never
+        memory's newer state, which KV does not hold yet), and their marks go."""
+        backlog, self._catalog_backlog = self._catalog_backlog, None
+        if backlog is not None:  # older than these: these win where both have a row
+            writes = Writes(
+                removed_tasks=backlog.removed_tasks | writes.removed_tasks,
+                catalog_rows={**backlog.catalog_rows, **writes.catalog_rows},
+                metrics=writes.metrics or backlog.metrics,
+            )
+        meta = dict(meta)
+        if writes.metrics is not None:
+            meta[METRICS_KEY] = writes.metrics
+        confirmed = [t for t in (*writes.catalog_rows, *writes.removed_tasks) if t in self.unconfirmed]
+        try:
+            self.catalog.commit((), writes.removed_tasks, meta, rows=writes.catalog_rows.values(), confirmed=confirmed)
+        except BaseException:
+            self._catalog_backlog = writes
+            raise
+        self.unconfirmed.difference_update(confirmed)
+        self.uncatalogued_removals -= writes.removed_tasks
+        for task_id, row in writes.catalog_rows.items():
+            task = self.tasks.get(task_id)
+            if task_id not in self.pending.tasks:
+                self.uncatalogued.pop(task_id, None)  # the row committed is the task as it is
+            elif task is not None:
+                self.uncatalogued[task_id] = task  # changed since taken: shown again by the next sync
+            key = row[-1]
+            if task is None and key and self.idempotency.get(str(key)) == task_id:
+                self.idempotency.pop(str(key))  # the catalog answers for it now
 
     def runs_by_status(self) -> dict[str, int]:
         """Runs in progress (counted in memory) and finished runs by outcome (aggregates, all time)."""
@@ -166,9 +206,15 @@ class StoreState:
         return self.lifecycle.apply_run_event(event)
 
     def take_writes(self) -> Writes:
-        """Everything changed since the last call, encoded now (a snapshot), and removals."""
-        return self.write_back.take()
+        """Everything changed since the last call, encoded now (a snapshot), with its catalog rows
+        and the run metrics of the same moment, and removals."""
+        writes = self.write_back.take(lambda task_id: task_id in self.uncatalogued or task_id in self.unconfirmed)
+        if writes and self.metrics.changes != self._metrics_taken:
+            writes.metrics = self.metrics.encode()
+            self._metrics_taken = self.metrics.changes
+        return writes
 
     def requeue(self, writes: Writes) -> None:
         """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""
+        self._metrics_taken = -1  # the next take saves them again
         self.write_back.requeue(writes)

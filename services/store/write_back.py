@@ -3,12 +3,14 @@ finished task leaves memory for the cache (KV has its records from that flush on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proto import codec, subjects
 from proto.records import TaskRecord
 from proto.tasks import FINAL_STATUSES
 from services.store.cache import RecordCache
+from services.store.catalog import catalog_row
 from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ class PendingWrites:
         self.unwritten: dict[tuple[str, str], bytes] = {}
         """Encoded records of a failed write that left memory with it ((bucket, key) -> bytes):
         written as they are, since nothing can change them any more."""
+        self.unwritten_rows: dict[str, tuple[object, ...]] = {}
+        """The catalog rows of the unwritten task records, by task id."""
 
     def forget_task(self, task_id: str) -> None:
         """A deleted task's records are not written (they are removed instead)."""
@@ -39,6 +43,7 @@ class PendingWrites:
             for (bucket, key), value in self.unwritten.items()
             if key != task_id and not key.startswith(f"{task_id}.")
         }
+        self.unwritten_rows.pop(task_id, None)
 
 
 class WriteBack:
@@ -59,8 +64,10 @@ class WriteBack:
         self.cache = cache
         self.evicted = 0
 
-    def take(self) -> Writes:
-        """Everything changed since the last call, encoded now (a snapshot), and removals."""
+    def take(self, row_behind: Callable[[str], bool]) -> Writes:
+        """Everything changed since the last call, encoded now (a snapshot), and removals; with
+        the catalog rows, taken at the same moment, of the tasks whose row is behind or ahead of it
+        (``row_behind``)."""
         pending = self.pending
         writes = Writes()
         finished = []
@@ -69,6 +76,8 @@ class WriteBack:
             if task is not None:
                 encoded = codec.encode(task)
                 writes.tasks.append((task_id, encoded))
+                if row_behind(task_id):
+                    writes.catalog_rows[task_id] = catalog_row(task)
                 if task.status in FINAL_STATUSES and not self.run_book.active(task_id):
                     finished.append((task, encoded))
         for task_id, run_id in pending.runs:
@@ -82,7 +91,9 @@ class WriteBack:
             fresh = writes.tasks if bucket == subjects.BUCKET_TASKS else writes.runs
             if all(written != key for written, _ in fresh):
                 fresh.append((key, value))
-        pending.unwritten = {}
+                if bucket == subjects.BUCKET_TASKS and key in pending.unwritten_rows:
+                    writes.catalog_rows[key] = pending.unwritten_rows[key]
+        pending.unwritten, pending.unwritten_rows = {}, {}
         writes.removed_tasks = pending.removed_tasks
         writes.removed_runs = [subjects.run_key(t, r) for t, r in pending.removed_runs]
         pending.tasks, pending.runs, pending.ledgers = set(), set(), set()
@@ -109,6 +120,8 @@ class WriteBack:
                 pending.tasks.add(key)
             else:  # evicted from the cache meanwhile
                 pending.unwritten[(subjects.BUCKET_TASKS, key)] = value
+                if key in writes.catalog_rows:
+                    pending.unwritten_rows[key] = writes.catalog_rows[key]
         for key, value in writes.runs:
             task_id, _, run_id = key.partition(".")
             if run_id == LEDGER_RUN_ID and task_id in self.ledgers.entries:

@@ -15,6 +15,11 @@ class Writes:
     runs: list[tuple[str, bytes]] = field(default_factory=list)
     removed_tasks: set[str] = field(default_factory=set)
     removed_runs: list[str] = field(default_factory=list)
+    catalog_rows: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    """The catalog rows of ``tasks``, taken with their encoding: committed once KV has the records."""
+    metrics: bytes | None = None
+    """The run metrics as they were when the records were taken (None: unchanged since the last
+    take); saved with ``catalog_rows``, so a saved count and a final row always agree."""
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.runs or self.removed_tasks or self.removed_runs)
