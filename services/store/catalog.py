@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from proto.records import TaskRecord
 from proto.tasks import FINAL_STATUSES
@@ -86,8 +87,20 @@ rows ahead of KV, each with the status its row had when it was last confirmed (N
 
 _MARK = "INSERT OR IGNORE INTO unconfirmed (id, status) VALUES (?, (SELECT status FROM tasks WHERE id = ?))"
 
-Row = tuple[object, ...]
-"""A task's catalog row (``catalog_row``)."""
+
+class Row(NamedTuple):
+    """A task's row in the tasks table, in column order (``catalog_row``)."""
+
+    id: str
+    name: str
+    status: str
+    kind: str
+    task_type: str
+    created_us: int
+    finished_us: int | None
+    final: int
+    idempotency_key: str | None
+
 
 _UPSERT = """
 INSERT INTO tasks (id, name, status, kind, task_type, created_us, finished_us, final, idempotency_key)
@@ -218,7 +231,7 @@ class Catalog:
         gone = [(task_id,) for task_id in removed]
         with _transaction(self.db):
             if ahead:
-                self.db.executemany(_MARK, [(row[0], row[0]) for row in upserts] + [(t, t) for (t,) in gone])
+                self.db.executemany(_MARK, [(row.id, row.id) for row in upserts] + [(t, t) for (t,) in gone])
             if upserts:
                 self.db.executemany(_UPSERT, upserts)
             if gone:
@@ -238,7 +251,6 @@ class Catalog:
         found: Iterable[TaskRecord],
         deleted: Iterable[str],
         absent: Iterable[str],
-        meta: dict[str, bytes] | None = None,
     ) -> None:
         """Make every unconfirmed row what KV holds, in one transaction, and drop the marks.
 
@@ -249,7 +261,7 @@ class Catalog:
         with _transaction(self.db):
             if rows:
                 self.db.executemany(_UPSERT, rows)
-                self.db.executemany("DELETE FROM deleted WHERE id = ?", [(row[0],) for row in rows])
+                self.db.executemany("DELETE FROM deleted WHERE id = ?", [(row.id,) for row in rows])
             now = _us(datetime.now(UTC))
             for task_id in deleted:
                 self.db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
@@ -258,10 +270,6 @@ class Catalog:
                 self.db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 self.db.execute("DELETE FROM deleted WHERE id = ?", (task_id,))
             self.db.execute("DELETE FROM unconfirmed")
-            for key, value in (meta or {}).items():
-                self.db.execute(
-                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT DO UPDATE SET value = excluded.value", (key, value)
-                )
 
     def clear(self) -> None:
         """Forget every task (before a rebuild); deletions still marked in KV are kept."""
@@ -394,7 +402,7 @@ def catalog_row(task: TaskRecord) -> Row:
     """The task's row as it is now (taken with the record's encoding, it is what KV will hold)."""
     final = task.status in FINAL_STATUSES
     expires = final and task.task_type != "scheduled" and task.finished_at is not None
-    return (
+    return Row(
         task.id,
         task.name,
         task.status,

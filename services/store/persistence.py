@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.js import JetStreamContext
@@ -43,6 +43,8 @@ REMOVAL_CONCURRENCY = 64
 """Purges in flight at once. One by one, each waits a JetStream round trip: a retention sweep of
 1,000 tasks (3 purges each) held the flush lock for seconds and deleted ~50 tasks a second."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Held = Literal["deleted", "absent", "unreadable"]
+"""What the tasks bucket holds for a task besides a readable record."""
 WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
 """Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
 a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
@@ -152,23 +154,13 @@ class Persistence:
             for task_id, held in zip(batch, await asyncio.gather(*map(self._held, batch)), strict=True):
                 if isinstance(held, TaskRecord):
                     records.append(held)
-                else:
+                elif held != "unreadable":  # that row stays as it is
                     (deleted if held == "deleted" else absent).append(task_id)
         state.catalog.confirm_from_kv(records, deleted, absent)
         log.info(
             "catalog rows ahead of KV made what KV holds",
             extra={"rows": len(task_ids), "records": len(records), "deleted": len(deleted), "absent": len(absent)},
         )
-
-    async def _held(self, task_id: str) -> TaskRecord | str:
-        """What the tasks bucket holds for a task: its record, "deleted" (a delete marker) or "absent"."""
-        try:
-            entry = await self.tasks.get(task_id)
-        except KeyNotFoundError as exc:
-            return "deleted" if exc.op is not None else "absent"
-        if not entry.value:
-            return "deleted"
-        return _task_decoder.decode(entry.value)
 
     async def rebuild_catalog(self, state: StoreState) -> None:
         """Make the catalog anew from every record in the tasks bucket (the catalog is derived)."""
@@ -196,24 +188,28 @@ class Persistence:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         """A task's record from the tasks bucket, or None."""
         try:
+            held = await self._held(task_id)
+        except Exception:  # a key NATS cannot take
+            return None
+        return held if isinstance(held, TaskRecord) else None
+
+    async def task_deleted(self, task_id: str) -> bool:
+        """Whether the tasks bucket holds a delete marker for the task (False: a record, or no key yet)."""
+        return await self._held(task_id) == "deleted"
+
+    async def _held(self, task_id: str) -> TaskRecord | Held:
+        """What the tasks bucket holds for a task: its record, a delete marker, no key, or a record it cannot read."""
+        try:
             entry = await self.tasks.get(task_id)
-        except Exception:  # not found, deleted, or a key NATS cannot take
-            return None
+        except KeyNotFoundError as exc:
+            return "deleted" if exc.op is not None else "absent"  # nats-py: a deleted or purged key has its op
         if not entry.value:
-            return None
+            return "deleted"
         try:
             return _task_decoder.decode(entry.value)
         except msgspec.MsgspecError as exc:
             log.error("unreadable task record %s: %s", task_id, exc)
-            return None
-
-    async def task_deleted(self, task_id: str) -> bool:
-        """Whether the tasks bucket holds a delete marker for the task (False: a record, or no key yet)."""
-        try:
-            await self.tasks.get(task_id)
-        except KeyNotFoundError as exc:
-            return exc.op is not None  # nats-py reports a deleted or purged key as "not found" with its operation
-        return False
+            return "unreadable"
 
     async def get_runs(self, state: StoreState, task_id: str, *, loading: bool = False) -> list[RunRecord]:
         """A task's runs from the runs bucket, in the order they were queued.

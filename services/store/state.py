@@ -155,9 +155,9 @@ class StoreState:
                 self.uncatalogued.pop(task_id, None)  # the row committed is the task as it is
             elif task is not None:
                 self.uncatalogued[task_id] = task  # changed since taken: shown again by the next sync
-            key = row[-1]
-            if task is None and key and self.idempotency.get(str(key)) == task_id:
-                self.idempotency.pop(str(key))  # the catalog answers for it now
+            key = row.idempotency_key
+            if task is None and key and self.idempotency.get(key) == task_id:
+                self.idempotency.pop(key)  # the catalog answers for it now
 
     def runs_by_status(self) -> dict[str, int]:
         """Runs in progress (counted in memory) and finished runs by outcome (aggregates, all time)."""

@@ -10,7 +10,7 @@ from proto import codec, subjects
 from proto.records import TaskRecord
 from proto.tasks import FINAL_STATUSES
 from services.store.cache import RecordCache
-from services.store.catalog import catalog_row
+from services.store.catalog import Row, catalog_row
 from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class PendingWrites:
         self.unwritten: dict[tuple[str, str], bytes] = {}
         """Encoded records of a failed write that left memory with it ((bucket, key) -> bytes):
         written as they are, since nothing can change them any more."""
-        self.unwritten_rows: dict[str, tuple[object, ...]] = {}
+        self.unwritten_rows: dict[str, Row] = {}
         """The catalog rows of the unwritten task records, by task id."""
 
     def forget_task(self, task_id: str) -> None:
@@ -64,10 +64,10 @@ class WriteBack:
         self.cache = cache
         self.evicted = 0
 
-    def take(self, row_behind: Callable[[str], bool]) -> Writes:
+    def take(self, needs_row: Callable[[str], bool]) -> Writes:
         """Everything changed since the last call, encoded now (a snapshot), and removals; with
-        the catalog rows, taken at the same moment, of the tasks whose row is behind or ahead of it
-        (``row_behind``)."""
+        the catalog rows, taken at the same moment, of the tasks whose catalog row may differ
+        from the record (``needs_row``)."""
         pending = self.pending
         writes = Writes()
         finished = []
@@ -76,7 +76,7 @@ class WriteBack:
             if task is not None:
                 encoded = codec.encode(task)
                 writes.tasks.append((task_id, encoded))
-                if row_behind(task_id):
+                if needs_row(task_id):
                     writes.catalog_rows[task_id] = catalog_row(task)
                 if task.status in FINAL_STATUSES and not self.run_book.active(task_id):
                     finished.append((task, encoded))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from proto import subjects
+from services.store.catalog import Row
 
 
 @dataclass
@@ -15,7 +16,7 @@ class Writes:
     runs: list[tuple[str, bytes]] = field(default_factory=list)
     removed_tasks: set[str] = field(default_factory=set)
     removed_runs: list[str] = field(default_factory=list)
-    catalog_rows: dict[str, tuple[object, ...]] = field(default_factory=dict)
+    catalog_rows: dict[str, Row] = field(default_factory=dict)
     """The catalog rows of ``tasks``, taken with their encoding: committed once KV has the records."""
     metrics: bytes | None = None
     """The run metrics as they were when the records were taken (None: unchanged since the last

@@ -31,6 +31,12 @@ def _run(task_id: str) -> str:
     return runs.run_id_for(task_id, runs.ONCE_SLOT)
 
 
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    """The catalog file the store and its successor share."""
+    return tmp_path / "catalog.sqlite3"
+
+
 async def _store(js: JetStreamContext, catalog: Path) -> tuple[StoreState, Persistence]:
     buckets = await natsio.setup_owned(js, "store", 1)
     return StoreState(catalog=Catalog.open_or_reset(catalog)), Persistence(js, buckets)
@@ -63,9 +69,8 @@ def _running(state: StoreState, task_id: str = TASK) -> None:
 
 
 async def test_an_outcome_applied_while_its_flush_was_writing_is_loaded_and_counted_once_after_a_kill(
-    js: JetStreamContext, tmp_path: Path
+    js: JetStreamContext, catalog: Path
 ) -> None:
-    catalog = tmp_path / "catalog.sqlite3"
     state, persistence = await _store(js, catalog)
     _running(state)
     flushing = asyncio.create_task(persistence.flush(state))
@@ -86,9 +91,8 @@ async def test_an_outcome_applied_while_its_flush_was_writing_is_loaded_and_coun
 
 
 async def test_what_a_list_showed_before_kv_had_it_is_taken_back_to_what_kv_holds_after_a_kill(
-    js: JetStreamContext, tmp_path: Path
+    js: JetStreamContext, catalog: Path
 ) -> None:
-    catalog = tmp_path / "catalog.sqlite3"
     state, persistence = await _store(js, catalog)
     _running(state)
     _running(state, OTHER)
@@ -112,9 +116,8 @@ async def test_what_a_list_showed_before_kv_had_it_is_taken_back_to_what_kv_hold
 
 
 async def test_a_task_listed_but_never_written_leaves_the_catalog_without_a_rebuild(
-    js: JetStreamContext, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    js: JetStreamContext, catalog: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    catalog = tmp_path / "catalog.sqlite3"
     state, persistence = await _store(js, catalog)
     _running(state)
     await persistence.flush(state)
