@@ -13,11 +13,12 @@ import binascii
 import hashlib
 import os
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from proto.secrets import SealedValue
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -51,8 +52,19 @@ class SecretKeys:
     """The keyring: seal with the first key, open with whichever key sealed."""
 
     def __init__(self, keys: list[bytes]) -> None:
-        self._sealing = keys[0] if keys else None
-        self._by_id = {key_id(key): AESGCM(key) for key in keys}
+        self._sealing_id = key_id(keys[0]) if keys else None
+        self._keys_by_id = {key_id(key): key for key in keys}
+        self._ciphers: dict[str, AESGCM] = {}
+
+    def _cipher(self, kid: str) -> AESGCM | None:
+        # ``cryptography`` is imported on the first seal or open, not at start: it is ~6 MiB of
+        # RSS, and a gateway that never handles a secret should not carry it.
+        cipher = self._ciphers.get(kid)
+        if cipher is None and kid in self._keys_by_id:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            cipher = self._ciphers[kid] = AESGCM(self._keys_by_id[kid])
+        return cipher
 
     @classmethod
     def configured(cls, inline: list[str], path: str | None) -> SecretKeys:
@@ -71,23 +83,26 @@ class SecretKeys:
     @property
     def usable(self) -> bool:
         """Whether there is a key to seal with."""
-        return self._sealing is not None
+        return self._sealing_id is not None
 
     def seal(self, name: str, value: str) -> SealedValue:
         """Encrypt ``value`` for the secret ``name`` (the name is bound in: no swapping values)."""
-        if self._sealing is None:
+        cipher = self._cipher(self._sealing_id) if self._sealing_id else None
+        if self._sealing_id is None or cipher is None:
             raise SecretKeyError("no secrets key is configured (TASKMESH_SECRETS_KEY or TASKMESH_SECRETS_KEY_FILE)")
         nonce = os.urandom(NONCE_BYTES)
-        ciphertext = AESGCM(self._sealing).encrypt(nonce, value.encode(), name.encode())
-        return SealedValue(key_id=key_id(self._sealing), nonce=nonce, ciphertext=ciphertext)
+        ciphertext = cipher.encrypt(nonce, value.encode(), name.encode())
+        return SealedValue(key_id=self._sealing_id, nonce=nonce, ciphertext=ciphertext)
 
     def open(self, name: str, sealed: SealedValue) -> str:
         """The value, or SecretKeyError when no key here sealed it (or it was tampered with)."""
-        cipher = self._by_id.get(sealed.key_id)
+        cipher = self._cipher(sealed.key_id)
         if cipher is None:
             raise SecretKeyError(
                 f"secret {name!r} is sealed with key {sealed.key_id}, which this service does not have"
             )
+        from cryptography.exceptions import InvalidTag
+
         try:
             return cipher.decrypt(sealed.nonce, sealed.ciphertext, name.encode()).decode()
         except (InvalidTag, UnicodeDecodeError):

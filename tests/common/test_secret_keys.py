@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -65,3 +67,21 @@ def test_a_malformed_key_stops_the_service_at_start_naming_the_variable_not_the_
     with pytest.raises(SettingsError) as caught:
         load_settings(settings, {"TASKMESH_SECRETS_KEY": "c2hvcnQta2V5"})
     assert "TASKMESH_SECRETS_KEY" in str(caught.value) and "c2hvcnQta2V5" not in str(caught.value)
+
+
+def test_a_gateway_with_a_key_configured_does_not_load_cryptography_until_a_secret_is_sealed() -> None:
+    # cryptography is ~6 MiB of RSS per process; a gateway that never sees a secret should not pay it.
+    probe = (
+        "import sys\n"
+        "from services.common.settings import load_settings\n"
+        "from services.gateway.app import main\n"
+        "from services.gateway.settings import GatewaySettings\n"
+        "settings = load_settings(GatewaySettings, {'TASKMESH_SECRETS_KEY': sys.argv[1]})\n"
+        "print('cryptography' in sys.modules)\n"
+        "settings.secret_keys().seal('A', 'v')\n"
+        "print('cryptography' in sys.modules)\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe, new_key()], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert shown == ["False", "True"]
