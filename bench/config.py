@@ -18,7 +18,7 @@ class Params:
     w2_tasks: int = 500
     w3_sizes: tuple[int, ...] = (10_000, 100_000)
     w3_delay_min_s: float = 2.0
-    w3_delay_max_s: float = 30.0
+    w3_delay_max_s: float = 100.0
     w4_schedules: int = 1_000
     w4_window_s: float = 60.0
     w4_warmup_s: float = 3.0
