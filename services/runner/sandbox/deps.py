@@ -187,8 +187,7 @@ class DependencyCache:
             "--",
             *requirements,
         ]
-        host_config = await self.engine.call(
-            "create_host_config",
+        host_config = await self.engine.host_config(
             binds=binds,
             network_mode=self.config.network,
             init=True,

@@ -265,8 +265,7 @@ class DockerSandboxes:
             environment["TASKMESH_DEPS"] = shape.deps_in_sandbox or "/deps"
         if shape.network != "none":
             environment.update(self._proxy_environment())
-        host_config = await self.engine.call(
-            "create_host_config",
+        host_config = await self.engine.host_config(
             network_mode=shape.network,
             mem_limit=f"{shape.memory_mb}m",
             memswap_limit=f"{shape.memory_mb}m",

@@ -3,6 +3,11 @@
 The SDK is blocking (requests over the engine's socket); every call runs on a dedicated thread
 pool so the event loop never waits on it. The attach socket of a container is taken out of the
 SDK and driven by the event loop directly.
+
+On a Unix socket the SDK keeps one connection pool per URL, and every container has URLs of its
+own (``/containers/<id>/start``, ``…/attach``): each call of a run opened a new connection, and
+the pools of the last 25 URLs were closed as they aged out. Here the calls share one pool per
+socket, so a run's calls reuse kept-alive connections.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+from docker.transport.unixconn import UnixHTTPAdapter
 from docker.utils import kwargs_from_env
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,25 @@ def explain(exc: BaseException, where: str) -> str:
     return f"Docker engine at {where} not usable: {text}"
 
 
+class _OnePoolPerSocket(UnixHTTPAdapter):
+    """The SDK's Unix-socket adapter with one connection pool for every URL (see the module doc)."""
+
+    def get_connection(self, url: str | bytes, proxies: Any = None) -> Any:
+        return super().get_connection(f"http+unix://{self.socket_path}", proxies)
+
+
+def _share_one_pool(client: docker.APIClient) -> None:
+    adapter = client.get_adapter(client.base_url)
+    if type(adapter) is not UnixHTTPAdapter:  # TCP, TLS or SSH: the SDK's own pooling stays
+        return
+    shared = _OnePoolPerSocket(
+        f"http+unix://{adapter.socket_path}", timeout=adapter.timeout, max_pool_size=adapter.max_pool_size
+    )
+    client.mount("http+docker://", shared)
+    client._custom_adapter = shared  # type: ignore[attr-defined]  # private in the SDK: its get_adapter falls back to it
+    adapter.close()
+
+
 class Engine:
     """Async facade over ``docker.APIClient``."""
 
@@ -75,13 +100,21 @@ class Engine:
                 options = kwargs_from_env()
                 if self.base_url:
                     options["base_url"] = self.base_url
-                return docker.APIClient(version="auto", timeout=60, max_pool_size=self._threads, **options)
+                client = docker.APIClient(version="auto", timeout=60, max_pool_size=self._threads, **options)
+                _share_one_pool(client)
+                return client
 
             try:
                 self._client = await asyncio.get_running_loop().run_in_executor(self._executor, make)
             except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
                 raise EngineUnavailable(explain(exc.__cause__ or exc, self.where)) from exc
         return self._client
+
+    async def host_config(self, **options: Any) -> dict[str, Any]:
+        """``APIClient.create_host_config``: built here, it asks the engine nothing (no thread needed)."""
+        client = await self.client()
+        config: dict[str, Any] = client.create_host_config(**options)
+        return config
 
     async def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers."""
