@@ -16,7 +16,8 @@ from bench.tmclient import MISSED, QUEUED, STARTED, TaskmeshClient, api_task, de
 NAME = "W4"
 CRON = "*/1 * * * * *"
 """Six fields, seconds first: every second."""
-GOAL_P99_MS = 5.0
+GOAL_P99_MS = 20.0
+"""Issue 20 (issue 9 asked for 5 ms)."""
 
 
 def grace_s(window_s: float) -> float:
