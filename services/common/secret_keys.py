@@ -56,11 +56,12 @@ class SecretKeys:
         self._keys_by_id = {key_id(key): key for key in keys}
         self._ciphers: dict[str, AESGCM] = {}
 
-    def _cipher(self, kid: str) -> AESGCM | None:
+    def _cipher(self, kid: str) -> AESGCM:
+        """The cipher of a key in the ring (built on first use)."""
         # ``cryptography`` is imported on the first seal or open, not at start: it is ~6 MiB of
         # RSS, and a gateway that never handles a secret should not carry it.
         cipher = self._ciphers.get(kid)
-        if cipher is None and kid in self._keys_by_id:
+        if cipher is None:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
             cipher = self._ciphers[kid] = AESGCM(self._keys_by_id[kid])
@@ -87,24 +88,22 @@ class SecretKeys:
 
     def seal(self, name: str, value: str) -> SealedValue:
         """Encrypt ``value`` for the secret ``name`` (the name is bound in: no swapping values)."""
-        cipher = self._cipher(self._sealing_id) if self._sealing_id else None
-        if self._sealing_id is None or cipher is None:
+        if self._sealing_id is None:
             raise SecretKeyError("no secrets key is configured (TASKMESH_SECRETS_KEY or TASKMESH_SECRETS_KEY_FILE)")
         nonce = os.urandom(NONCE_BYTES)
-        ciphertext = cipher.encrypt(nonce, value.encode(), name.encode())
+        ciphertext = self._cipher(self._sealing_id).encrypt(nonce, value.encode(), name.encode())
         return SealedValue(key_id=self._sealing_id, nonce=nonce, ciphertext=ciphertext)
 
     def open(self, name: str, sealed: SealedValue) -> str:
         """The value, or SecretKeyError when no key here sealed it (or it was tampered with)."""
-        cipher = self._cipher(sealed.key_id)
-        if cipher is None:
+        if sealed.key_id not in self._keys_by_id:
             raise SecretKeyError(
                 f"secret {name!r} is sealed with key {sealed.key_id}, which this service does not have"
             )
         from cryptography.exceptions import InvalidTag
 
         try:
-            return cipher.decrypt(sealed.nonce, sealed.ciphertext, name.encode()).decode()
+            return self._cipher(sealed.key_id).decrypt(sealed.nonce, sealed.ciphertext, name.encode()).decode()
         except (InvalidTag, UnicodeDecodeError):
             raise SecretKeyError(f"secret {name!r} does not open with key {sealed.key_id}") from None
 
