@@ -106,3 +106,49 @@ async def publish_durably(
                 extra={"subject": subject, "attempts": attempts, "duplicate": bool(ack.duplicate)},
             )
         return ack
+
+
+async def publish_async(
+    js: JetStreamContext, subject: str, payload: bytes, *, seconds: float, headers: dict[str, str] | None = None
+) -> asyncio.Future[js_api.PubAck]:
+    """Hand one message to nats-py's asynchronous publishing; returns the future of its acknowledgement.
+
+    nats-py bounds its wait for room in its window of unacknowledged publishes (``wait_stall``) with
+    ``asyncio.wait_for``, which runs the wait as a new task: every publish then yielded to the event
+    loop, and nats-py's flusher wrote each to the socket on its own (the store's write-back: five
+    writes a task). A timeout scope bounds the same wait without a task, so publishes made one after
+    another go out in one write. Raises TimeoutError when there is no room within ``seconds``.
+    """
+    scope = asyncio.timeout(seconds)
+    try:
+        async with scope:
+            return await js.publish_async(subject, payload, headers=headers)
+    except js_errors.TooManyStalledMsgsError:  # nats-py reports any cancellation of its wait as this
+        if not scope.expired():
+            raise asyncio.CancelledError from None  # not our deadline: the caller is being cancelled
+        raise TimeoutError(f"no room to publish to {subject} within {seconds:g} s") from None
+
+
+async def acknowledged(futures: list[asyncio.Future[js_api.PubAck]], seconds: float) -> list[js_api.PubAck]:
+    """The acknowledgements of ``futures``, waited for at most ``seconds`` in all (then TimeoutError).
+
+    nats-py never resolves the future of a publish answered by a JetStream API error (nats.py #985):
+    without the deadline one such publish would hold its caller for good. Whatever happens, none of
+    the futures is left pending (they hold slots of nats-py's window) or with an unretrieved error.
+    """
+    if not futures:
+        return []
+    try:
+        async with asyncio.timeout(seconds):
+            return await asyncio.gather(*futures)
+    finally:
+        abandon(futures)
+
+
+def abandon(futures: list[asyncio.Future[js_api.PubAck]]) -> None:
+    """Cancel the futures still pending (freeing their slots) and retrieve the errors of the others."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()

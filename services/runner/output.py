@@ -12,6 +12,7 @@ from proto import codec, subjects
 from proto.runs import LogChunk, LogStream
 from services.common.clock import utcnow
 from services.common.masking import MASK
+from services.common.publishing import publish_async
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ FLUSH_SECONDS = 0.1
 PARTIAL_LINE_SECONDS = 1.0
 """How long a timed flush may hold back an unfinished last line (a ``print`` is often two writes:
 the text, then its newline); a line without end (a progress bar) still goes out after this."""
+SETTLE_SECONDS = 10.0
+"""Longest wait for room to publish a chunk, and for all of a run's chunks to be acknowledged."""
 
 
 class RunOutput:
@@ -181,7 +184,7 @@ class RunOutput:
     async def _publish_in_order(self) -> None:
         while (payload := await self._outbox.get()) is not None:
             try:
-                self._acks.append(await self.js.publish_async(self.subject, payload))
+                self._acks.append(await publish_async(self.js, self.subject, payload, seconds=SETTLE_SECONDS))
             except Exception as exc:  # output is best effort; the outcome is not
                 log.warning("log chunk not published: %s", exc)
 
@@ -201,6 +204,6 @@ class RunOutput:
             return
         await self._worker
         try:
-            await asyncio.wait_for(asyncio.gather(*self._acks, return_exceptions=True), 10)
+            await asyncio.wait_for(asyncio.gather(*self._acks, return_exceptions=True), SETTLE_SECONDS)
         except TimeoutError:
             log.warning("log chunks of run %s not all acknowledged", self.run_id)

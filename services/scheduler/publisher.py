@@ -21,6 +21,7 @@ from proto.schedules import AnyTimer, CronTimer
 from proto.tasks import TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
+from services.common.publishing import abandon, acknowledged, publish_async
 
 PUBLISH_TIMEOUT_SECONDS = 10.0
 log = logging.getLogger(__name__)
@@ -35,17 +36,12 @@ class Publisher:
         self.fired = 0
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future:
-        return await self.js.publish_async(
-            subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, wait_stall=PUBLISH_TIMEOUT_SECONDS
+        return await publish_async(
+            self.js, subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, seconds=PUBLISH_TIMEOUT_SECONDS
         )
 
     async def _settle(self, *futures: asyncio.Future) -> None:
-        try:
-            await asyncio.wait_for(asyncio.gather(*futures), PUBLISH_TIMEOUT_SECONDS)
-        finally:
-            for future in futures:  # one failed: the others must not linger unresolved (nats.py #985)
-                if not future.done():
-                    future.cancel()
+        await acknowledged(list(futures), PUBLISH_TIMEOUT_SECONDS)
 
     async def fire(
         self,
@@ -81,13 +77,27 @@ class Publisher:
         first = await self._publish(
             subjects.run_event(task_id, run_id, "queued"), codec.encode(queued), queued.event_id
         )
+        try:
+            second = await self._publish_fired(spec, identity, queued, now, deadline)
+        except BaseException:
+            abandon([first])
+            raise
+        await self._settle(first, second)
+        self.fired += 1
+        return run_id
+
+    async def _publish_fired(
+        self, spec: TaskSpec, identity: str, queued: RunQueued, now: datetime, deadline: datetime | None
+    ) -> asyncio.Future:
+        """The run on WORK, or its end as expired when its start deadline has passed."""
+        task_id, run_id, slot, scheduled_for = queued.task_id, queued.run_id, queued.slot, queued.scheduled_for
         if deadline is not None and now > deadline:
             expired = RunFinished(
                 event_id=f"x:{identity}",
                 occurred_at=now,
                 task_id=task_id,
                 run_id=run_id,
-                attempt=attempt,
+                attempt=queued.attempt,
                 runner_id="scheduler",
                 status="expired",
                 slot=slot,
@@ -100,26 +110,22 @@ class Publisher:
                     ),
                 ),
             )
-            second = await self._publish(
+            return await self._publish(
                 subjects.run_event(task_id, run_id, "finished"), codec.encode(expired), expired.event_id
             )
-        else:
-            due = RunDue(
-                task_id=task_id,
-                run_id=run_id,
-                slot=slot,
-                spec=spec,
-                scheduled_for=scheduled_for,
-                queued_at=now,
-                attempt=attempt,
-                retry=retry,
-                deadline_at=deadline,
-            )
-            work = subjects.WORK_CODE if spec.sandboxed else subjects.WORK_API
-            second = await self._publish(work, codec.encode(due), identity)
-        await self._settle(first, second)
-        self.fired += 1
-        return run_id
+        due = RunDue(
+            task_id=task_id,
+            run_id=run_id,
+            slot=slot,
+            spec=spec,
+            scheduled_for=scheduled_for,
+            queued_at=now,
+            attempt=queued.attempt,
+            retry=queued.retry,
+            deadline_at=deadline,
+        )
+        work = subjects.WORK_CODE if spec.sandboxed else subjects.WORK_API
+        return await self._publish(work, codec.encode(due), identity)
 
     async def waiting(self, run: WaitingRun, reason: str) -> None:
         """Tell the store a run is queued but held back by flow control, and why."""
@@ -172,8 +178,11 @@ class Publisher:
         Losing it (a crash right now) only repeats the fire at a takeover, and a repeated fire
         lands once (its message id); waiting would hold every other fire of the moment.
         """
-        future = await self.js.publish_async(
-            f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}", codec.encode(timer), wait_stall=PUBLISH_TIMEOUT_SECONDS
+        future = await publish_async(
+            self.js,
+            f"$KV.{subjects.BUCKET_SCHEDULES}.{timer.key}",
+            codec.encode(timer),
+            seconds=PUBLISH_TIMEOUT_SECONDS,
         )
         # nats-py never resolves a publish answered by an API error (nats.py #985): do not let it linger
         asyncio.get_running_loop().call_later(PUBLISH_TIMEOUT_SECONDS, future.cancel)

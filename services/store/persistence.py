@@ -26,6 +26,7 @@ from proto.records import RunRecord, TaskRecord
 from proto.runs import FINAL_RUN_STATUSES, LogChunk, run_id_for
 from proto.tasks import FINAL_STATUSES
 from services.common.natsio import read_bucket
+from services.common.publishing import abandon, acknowledged, publish_async
 from services.store.state import METRICS_KEY, StoreState
 from services.store.writes import LEDGER_RUN_ID, Writes
 
@@ -277,13 +278,17 @@ class Persistence:
 
     async def _write(self, writes: Writes) -> int:
         """Write the batch; returns the highest tasks-bucket sequence written (0: none)."""
-        pending = []
-        for key, value in writes.tasks:
-            pending.append(await self._publish(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
-        task_writes = len(pending)
-        for key, value in writes.runs:
-            pending.append(await self._publish(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
-        acks = await _acknowledged(pending)
+        pending: list[asyncio.Future] = []
+        try:
+            for key, value in writes.tasks:
+                pending.append(await self._publish(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
+            for key, value in writes.runs:
+                pending.append(await self._publish(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
+        except BaseException:
+            abandon(pending)
+            raise
+        task_writes = len(writes.tasks)
+        acks = await acknowledged(pending, WRITE_DEADLINE_SECONDS)
         kv_seq = max((ack.seq for ack in acks[:task_writes]), default=0)
         removals = [*(self.remove_task(t) for t in writes.removed_tasks), *map(self._remove_run, writes.removed_runs)]
         await in_batches(removals, REMOVAL_CONCURRENCY)
@@ -322,17 +327,19 @@ class Persistence:
 
     async def put_log_chunks(self, chunks: list[LogChunk]) -> None:
         """File log chunks under their (task, run, attempt, seq) keys."""
-        pending = [
-            await self._publish(
-                f"$KV.{subjects.BUCKET_LOGS}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}", codec.encode(c)
-            )
-            for c in chunks
-        ]
-        await _acknowledged(pending)
+        pending: list[asyncio.Future] = []
+        try:
+            for c in chunks:
+                key = subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)
+                pending.append(await self._publish(f"$KV.{subjects.BUCKET_LOGS}.{key}", codec.encode(c)))
+        except BaseException:
+            abandon(pending)
+            raise
+        await acknowledged(pending, WRITE_DEADLINE_SECONDS)
 
     async def _publish(self, subject: str, payload: bytes) -> asyncio.Future:
         self.fence()
-        return await self.js.publish_async(subject, payload, wait_stall=WRITE_DEADLINE_SECONDS)
+        return await publish_async(self.js, subject, payload, seconds=WRITE_DEADLINE_SECONDS)
 
     async def read_log_chunks(self, task_id: str, run_id: str, attempt: int) -> list[LogChunk]:
         """Every stored chunk of one run attempt, in order."""
@@ -355,20 +362,6 @@ async def in_batches(calls: list[Coroutine[Any, Any, None]], size: int) -> None:
                 failure = result
     if failure is not None:
         raise failure
-
-
-async def _acknowledged(pending: list[asyncio.Future]) -> list:
-    """Every write's acknowledgement, waited for at most ``WRITE_DEADLINE_SECONDS`` (then raise)."""
-    if not pending:
-        return []
-    try:
-        return await asyncio.wait_for(asyncio.gather(*pending), WRITE_DEADLINE_SECONDS)
-    finally:
-        for future in pending:  # a failed write leaves the others: retrieve them, free their slots
-            if not future.done():
-                future.cancel()
-            elif not future.cancelled():
-                future.exception()
 
 
 def _count_lost_outcome(state: StoreState, task: TaskRecord, before: str | None) -> None:

@@ -13,7 +13,14 @@ from nats.js import api as js_api
 from nats.js.errors import BadRequestError
 
 from proto import streams
-from services.common.publishing import PublishFailed, RetryPolicy, publish_durably
+from services.common.publishing import (
+    PublishFailed,
+    RetryPolicy,
+    abandon,
+    acknowledged,
+    publish_async,
+    publish_durably,
+)
 from taskmesh.processes import NatsServer
 
 QUICK = RetryPolicy(within=timedelta(seconds=12), attempt_timeout=timedelta(seconds=1))
@@ -87,3 +94,37 @@ def test_the_retry_window_is_shorter_than_every_duplicate_window_and_at_least_on
     assert window >= 10
     for spec in streams.streams().values():
         assert window < (spec.config.duplicate_window or 120.0), spec.config.name
+
+
+async def test_publishes_made_back_to_back_never_yield_and_are_all_acknowledged_in_order(js: JetStreamContext) -> None:
+    await _stream(js)
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    futures = [await publish_async(js, f"t.{number}", b"x", seconds=5) for number in range(300)]
+    # Not one publish gave the loop a turn, so nats-py's flusher writes all of them at once.
+    assert not turned
+    acks = await acknowledged(futures, 10)
+    assert [ack.seq for ack in acks] == list(range(1, 301))
+    assert (await js.stream_info("T")).state.messages == 300
+
+
+async def test_no_room_for_a_publish_within_its_deadline_raises_and_abandoned_publishes_free_their_room(
+    nc: Client,
+) -> None:
+    await nc.subscribe("silent.>", cb=_never_answer)  # a responder that never acknowledges
+    js = nc.jetstream(publish_async_max_pending=1)
+    held = await publish_async(js, "silent.one", b"x", seconds=1)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await publish_async(js, "silent.two", b"x", seconds=0.2)
+    with pytest.raises(TimeoutError):
+        await acknowledged([held], 0.2)
+    assert time.monotonic() - started < 5
+    assert held.cancelled()  # given up: its room is free again
+    again = await publish_async(js, "silent.three", b"x", seconds=1)
+    abandon([again])
+    assert again.cancelled()
+
+
+async def _never_answer(_: object) -> None:
+    return None
