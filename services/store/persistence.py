@@ -46,6 +46,13 @@ REMOVAL_CONCURRENCY = 64
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Held = Literal["deleted", "absent", "unreadable"]
 """What the tasks bucket holds for a task besides a readable record."""
+FLUSH_INTERVAL_SECONDS = 0.02
+"""Least time between the starts of two flushes that have something to write. Without it, at a
+moderate rate every event was a flush of its own: a KV write, a catalog transaction and a socket
+write for its acknowledgement, five times a task. Waiting lets the events of that time share
+one; a task's records then usually go out once, in their state at the end of the wait. Nothing
+a client waits for waits on a flush (replies, ``?wait`` and verdicts are answered from memory):
+the wait delays only acknowledgements, and what a crash makes the store apply again."""
 WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
 """Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
 a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
@@ -65,6 +72,7 @@ class Persistence:
         self.runs = buckets[subjects.BUCKET_RUNS]
         self.logs = buckets[subjects.BUCKET_LOGS]
         self._lock = asyncio.Lock()
+        self._last_flush = 0.0
         self.failed_writes = 0
         """Flushes that failed since the last one that succeeded (their records wait to be written again)."""
 
@@ -253,6 +261,11 @@ class Persistence:
         snapshot of a record is never overtaken by an older one.
         """
         async with self._lock:
+            if state.pending:
+                wait = self._last_flush + FLUSH_INTERVAL_SECONDS - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._last_flush = time.monotonic()
             self.fence()
             writes = state.take_writes()
             if not writes:

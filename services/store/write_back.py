@@ -33,6 +33,12 @@ class PendingWrites:
         self.unwritten_rows: dict[str, Row] = {}
         """The catalog rows of the unwritten task records, by task id."""
 
+    def __bool__(self) -> bool:
+        """Anything to write or remove."""
+        return bool(
+            self.tasks or self.runs or self.ledgers or self.removed_tasks or self.removed_runs or self.unwritten
+        )
+
     def forget_task(self, task_id: str) -> None:
         """A deleted task's records are not written (they are removed instead)."""
         self.tasks.discard(task_id)
