@@ -86,3 +86,33 @@ async def supervise(
         if await sleep_or_stop(stop, delay):
             return
         delay = min(delay * 2, 5.0)
+
+
+async def stop_within(tasks: list[asyncio.Task], seconds: float, why: str) -> None:
+    """Wait for ``tasks`` to end, at most ``seconds``; then cancel the ones still running, each
+    logged with where it waits (the await chain), and wait for them to go."""
+    if not tasks:
+        return
+    _, stuck = await asyncio.wait(tasks, timeout=seconds)
+    for task in stuck:
+        log.warning(
+            "%s still running %.0f s after %s; cancelled",
+            task.get_name(),
+            seconds,
+            why,
+            extra={"waiting_in": awaiting(task)},
+        )
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def awaiting(task: asyncio.Task) -> str:
+    """Where a suspended task waits: its chain of awaits, outermost first (``file:line function``)."""
+    steps: list[str] = []
+    awaitable: object = task.get_coro()
+    while awaitable is not None and len(steps) < 40:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is not None:
+            steps.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return " > ".join(steps)

@@ -23,7 +23,7 @@ from services.common import natsio
 from services.common.clock import utcnow
 from services.common.ids import new_instance_id
 from services.common.lease import LeaderLease, stand_by_and_lead
-from services.common.lifecycle import sleep_or_stop
+from services.common.lifecycle import sleep_or_stop, stop_within
 from services.common.presence import ServiceRegistry, announce_forever, hostname
 from services.store.catalog import Catalog
 from services.store.commands import Commands
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 TOMBSTONE_MARKER_AGE = timedelta(hours=6)
 """How long a deleted task's marker stays in the tasks bucket (runners tell "deleted" by it)."""
 RETENTION_CONCURRENCY = 64
+LOST_LEASE_STOP_SECONDS = 5.0
+"""After losing the lease, the longest wait for the loops to stop before they are cancelled: a
+loop stuck in a NATS call during an election kept a store from standing by (and from leading
+again) for longer than a client waits."""
 """Deletions in flight at once: each waits for its event's acknowledgement, so one by one a sweep
 deleted ~50 tasks a second, fewer than a busy install finishes."""
 
@@ -160,8 +164,13 @@ async def _lead(
             log.warning("lease lost: no more answers or writes; the next leader replays what is unwritten")
         else:
             log.info("stopping: finishing requests in progress")
-        await handlers.stop(0.0 if lost else settings.shutdown_grace.total_seconds())
-        await asyncio.gather(*loops, return_exceptions=True)
+        if lost:  # its writes are fenced off, so nothing is lost by cancelling: stand by, lead again
+            stopping = asyncio.create_task(handlers.stop(0.0), name="requests")
+            await stop_within([stopping], LOST_LEASE_STOP_SECONDS, "the lease was lost")
+            await stop_within(loops, LOST_LEASE_STOP_SECONDS, "the lease was lost")
+        else:
+            await handlers.stop(settings.shutdown_grace.total_seconds())
+            await asyncio.gather(*loops, return_exceptions=True)
         if not lost:
             try:
                 await persistence.flush(state)
