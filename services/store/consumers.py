@@ -33,8 +33,10 @@ from services.store.state import Effects, StoreState
 log = logging.getLogger(__name__)
 
 BATCH = 512
-MAX_UNWRITTEN_BATCHES = 4
-"""Batches applied but not yet written back; more waits (backpressure on the fetching)."""
+MAX_UNWRITTEN_MESSAGES = 4 * BATCH
+"""Messages applied but not yet written back; more waits (backpressure on the fetching). Counted
+in messages, not batches: while a flush waits its turn (``FLUSH_INTERVAL_SECONDS``) many small
+batches come, and fetching them must go on (a waiter learns of an outcome when it is applied)."""
 EARLY_EVENT_DELAY_SECONDS = 2.0
 EARLY_EVENT_DELIVERIES = 8
 """A run event can arrive before its task: a new leader's catch-up of TASKS ends while the
@@ -119,7 +121,8 @@ class EventConsumers:
 
     async def _loop(self, stream: str, durable: str, apply: Apply, commit: Commit, stop: asyncio.Event) -> None:
         subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
-        unwritten: deque[asyncio.Task[None]] = deque()
+        unwritten: deque[tuple[asyncio.Task[None], int]] = deque()
+        held = 0  # messages in ``unwritten``
         try:
             while not stop.is_set():
                 try:
@@ -130,15 +133,20 @@ class EventConsumers:
                     continue
                 if not messages:
                     if self.persistence.failed_writes:  # nothing new to carry them: write them again now
-                        unwritten.append(asyncio.create_task(self._committed(durable, commit, [], Applied())))
+                        unwritten.append((asyncio.create_task(self._committed(durable, commit, [], Applied())), 0))
                     continue
                 applied = apply(messages)
-                unwritten.append(asyncio.create_task(self._committed(durable, commit, messages, applied)))
-                while unwritten and (unwritten[0].done() or len(unwritten) > MAX_UNWRITTEN_BATCHES):
-                    await unwritten.popleft()
+                unwritten.append(
+                    (asyncio.create_task(self._committed(durable, commit, messages, applied)), len(messages))
+                )
+                held += len(messages)
+                while unwritten and (unwritten[0][0].done() or held > MAX_UNWRITTEN_MESSAGES):
+                    committing, count = unwritten.popleft()
+                    held -= count
+                    await committing
         finally:
             if unwritten:
-                await asyncio.gather(*unwritten, return_exceptions=True)
+                await asyncio.gather(*(committing for committing, _ in unwritten), return_exceptions=True)
             try:
                 await subscription.unsubscribe()
             except Exception:  # connection already closing

@@ -73,6 +73,8 @@ class Persistence:
         self.logs = buckets[subjects.BUCKET_LOGS]
         self._lock = asyncio.Lock()
         self._last_flush = 0.0
+        self._next: asyncio.Future[int] | None = None
+        """The next flush, while it waits for its turn (callers join it)."""
         self.failed_writes = 0
         """Flushes that failed since the last one that succeeded (their records wait to be written again)."""
 
@@ -255,39 +257,61 @@ class Persistence:
         return _ledger_decoder.decode(entry.value) if entry.value else []
 
     async def flush(self, state: StoreState) -> int:
-        """Write everything changed in ``state``; returns how many records were written.
+        """Write everything changed in ``state`` so far; returns how many records that flush wrote.
 
-        Records are encoded when taken (a snapshot), and flushes are serialised, so a newer
+        Callers share flushes: one that comes while the next flush waits for its turn joins it (that
+        flush will take its changes), so every batch applied during the wait completes with it, at
+        once. Records are encoded when taken (a snapshot), and flushes are serialised, so a newer
         snapshot of a record is never overtaken by an older one.
         """
-        async with self._lock:
-            if state.pending:
-                wait = self._last_flush + FLUSH_INTERVAL_SECONDS - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+        if self._next is not None:
+            return await asyncio.shield(self._next)
+        done = self._next = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieved)  # every joiner may have gone meanwhile
+        try:
+            async with self._lock:
+                if state.pending:
+                    wait = self._last_flush + FLUSH_INTERVAL_SECONDS - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 self._last_flush = time.monotonic()
-            self.fence()
-            writes = state.take_writes()
-            if not writes:
-                return 0
-            try:
-                kv_seq = await self._write(writes)
-            except BaseException as exc:
-                # Nothing was acknowledged; the same changes must be written by the next flush.
-                state.requeue(writes)
-                self.failed_writes += 1
-                log.warning(
-                    "records not written (%s: %s); written again by the next flush",
-                    type(exc).__name__,
-                    exc,
-                    extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes},
-                )
-                raise
-            self.failed_writes = 0
-            # The rows and metrics taken with the records, in one commit: a restart neither loses
-            # nor recounts what this batch finished (the metrics are a few KB; the sample is bounded).
-            state.commit_written(writes, {KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else {})
-            return len(writes.tasks) + len(writes.runs)
+                self._next = None  # changes from here on are the next flush's (taken below, no await between)
+                written = await self._flush_now(state)
+        except BaseException as exc:
+            if self._next is done:
+                self._next = None
+            # A cancelled flush (its caller stops) fails its joiners like any failed flush: their
+            # batches stay unacknowledged and come again.
+            failure = RuntimeError("flush cancelled") if isinstance(exc, asyncio.CancelledError) else exc
+            done.set_exception(failure)
+            raise
+        done.set_result(written)
+        return written
+
+    async def _flush_now(self, state: StoreState) -> int:
+        """One flush (the caller holds the lock)."""
+        self.fence()
+        writes = state.take_writes()
+        if not writes:
+            return 0
+        try:
+            kv_seq = await self._write(writes)
+        except BaseException as exc:
+            # Nothing was acknowledged; the same changes must be written by the next flush.
+            state.requeue(writes)
+            self.failed_writes += 1
+            log.warning(
+                "records not written (%s: %s); written again by the next flush",
+                type(exc).__name__,
+                exc,
+                extra={"records": len(writes.tasks) + len(writes.runs), "failed": self.failed_writes},
+            )
+            raise
+        self.failed_writes = 0
+        # The rows and metrics taken with the records, in one commit: a restart neither loses
+        # nor recounts what this batch finished (the metrics are a few KB; the sample is bounded).
+        state.commit_written(writes, {KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else {})
+        return len(writes.tasks) + len(writes.runs)
 
     async def _write(self, writes: Writes) -> int:
         """Write the batch; returns the highest tasks-bucket sequence written (0: none)."""
@@ -363,6 +387,11 @@ class Persistence:
         ]
         chunks.sort(key=lambda c: c.seq)
         return chunks
+
+
+def _retrieved(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def in_batches(calls: list[Coroutine[Any, Any, None]], size: int) -> None:

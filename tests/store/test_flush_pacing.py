@@ -51,3 +51,24 @@ async def test_a_change_made_while_a_flush_waits_its_turn_is_written_by_that_flu
     record = await persistence.get_task("task-1")
     assert record is not None and record.status == "running"
     assert not state.pending
+
+
+async def test_callers_that_come_while_a_flush_waits_its_turn_share_it(js: JetStreamContext) -> None:
+    persistence = Persistence(js, await natsio.setup_owned(js, "store", 1))
+    state = StoreState()
+    state.apply_task_event(events.TaskSubmitted(event_id="e-0", occurred_at=utcnow(), task_id="task-0", spec=SPEC), 1)
+    await persistence.flush(state)
+
+    # Two batches are applied, each asking for a flush, while the next flush waits its turn
+    callers = []
+    for number in (1, 2):
+        submitted = events.TaskSubmitted(
+            event_id=f"e-{number}", occurred_at=utcnow(), task_id=f"task-{number}", spec=SPEC
+        )
+        state.apply_task_event(submitted, number + 1)
+        callers.append(asyncio.create_task(persistence.flush(state)))
+        await asyncio.sleep(0)
+
+    # Then one flush writes both, and both callers learn of it from that flush
+    assert await asyncio.gather(*callers) == [2, 2]
+    assert {key async for key, _ in natsio.read_bucket(js, subjects.BUCKET_TASKS)} == {"task-0", "task-1", "task-2"}
