@@ -4,6 +4,10 @@ nats-py never retries a publish. While a stream elects a new leader (4-9 s after
 ``js.publish`` raises no-responders or 503, and a request in flight on a dying connection times
 out. Retrying with the same ``Nats-Msg-Id`` is safe inside the stream's duplicate window: the
 server stores the message once and acknowledges the repeat as a duplicate.
+
+Also JetStream publishing in batches (``publish_async``, ``acknowledged``, ``abandon``): many
+publishes handed over without yielding, so they leave in one socket write, and their
+acknowledgements awaited with one deadline.
 """
 
 from __future__ import annotations
