@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from nats import errors as nats_errors
 from nats.js import JetStreamContext
@@ -149,7 +150,7 @@ async def acknowledged(futures: list[asyncio.Future[js_api.PubAck]], seconds: fl
         abandon(futures)
 
 
-def abandon(futures: list[asyncio.Future[js_api.PubAck]]) -> None:
+def abandon(futures: list[asyncio.Future[Any]]) -> None:
     """Cancel the futures still pending (freeing their slots) and retrieve the errors of the others."""
     for future in futures:
         if not future.done():

@@ -267,7 +267,7 @@ class Persistence:
         if self._next is not None:
             return await asyncio.shield(self._next)
         done = self._next = asyncio.get_running_loop().create_future()
-        done.add_done_callback(_retrieved)  # every joiner may have gone meanwhile
+        done.add_done_callback(lambda future: abandon([future]))  # retrieved: every joiner may be gone
         try:
             async with self._lock:
                 if state.pending:
@@ -315,15 +315,12 @@ class Persistence:
 
     async def _write(self, writes: Writes) -> int:
         """Write the batch; returns the highest tasks-bucket sequence written (0: none)."""
-        pending: list[asyncio.Future] = []
-        try:
-            for key, value in writes.tasks:
-                pending.append(await self._publish(f"$KV.{subjects.BUCKET_TASKS}.{key}", value))
-            for key, value in writes.runs:
-                pending.append(await self._publish(f"$KV.{subjects.BUCKET_RUNS}.{key}", value))
-        except BaseException:
-            abandon(pending)
-            raise
+        pending = await self._publish_all(
+            [
+                *((f"$KV.{subjects.BUCKET_TASKS}.{key}", value) for key, value in writes.tasks),
+                *((f"$KV.{subjects.BUCKET_RUNS}.{key}", value) for key, value in writes.runs),
+            ]
+        )
         task_writes = len(writes.tasks)
         acks = await acknowledged(pending, WRITE_DEADLINE_SECONDS)
         kv_seq = max((ack.seq for ack in acks[:task_writes]), default=0)
@@ -364,19 +361,27 @@ class Persistence:
 
     async def put_log_chunks(self, chunks: list[LogChunk]) -> None:
         """File log chunks under their (task, run, attempt, seq) keys."""
+        bucket = subjects.BUCKET_LOGS
+        pending = await self._publish_all(
+            [
+                (f"$KV.{bucket}.{subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)}", codec.encode(c))
+                for c in chunks
+            ]
+        )
+        await acknowledged(pending, WRITE_DEADLINE_SECONDS)
+
+    async def _publish_all(self, messages: list[tuple[str, bytes]]) -> list[asyncio.Future]:
+        """Hand every (subject, payload) over without yielding (one socket write); their ack futures.
+        When one cannot be handed over, those already are abandoned."""
         pending: list[asyncio.Future] = []
         try:
-            for c in chunks:
-                key = subjects.log_key(c.task_id, c.run_id, c.attempt, c.seq)
-                pending.append(await self._publish(f"$KV.{subjects.BUCKET_LOGS}.{key}", codec.encode(c)))
+            for subject, payload in messages:
+                self.fence()
+                pending.append(await publish_async(self.js, subject, payload, seconds=WRITE_DEADLINE_SECONDS))
         except BaseException:
             abandon(pending)
             raise
-        await acknowledged(pending, WRITE_DEADLINE_SECONDS)
-
-    async def _publish(self, subject: str, payload: bytes) -> asyncio.Future:
-        self.fence()
-        return await publish_async(self.js, subject, payload, seconds=WRITE_DEADLINE_SECONDS)
+        return pending
 
     async def read_log_chunks(self, task_id: str, run_id: str, attempt: int) -> list[LogChunk]:
         """Every stored chunk of one run attempt, in order."""
@@ -387,11 +392,6 @@ class Persistence:
         ]
         chunks.sort(key=lambda c: c.seq)
         return chunks
-
-
-def _retrieved(future: asyncio.Future[int]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 async def in_batches(calls: list[Coroutine[Any, Any, None]], size: int) -> None:

@@ -41,12 +41,12 @@ log = logging.getLogger(__name__)
 TOMBSTONE_MARKER_AGE = timedelta(hours=6)
 """How long a deleted task's marker stays in the tasks bucket (runners tell "deleted" by it)."""
 RETENTION_CONCURRENCY = 64
+"""Deletions in flight at once: each waits for its event's acknowledgement, so one by one a sweep
+deleted ~50 tasks a second, fewer than a busy install finishes."""
 LOST_LEASE_STOP_SECONDS = 5.0
 """After losing the lease, the longest wait for the loops to stop before they are cancelled: a
 loop stuck in a NATS call during an election kept a store from standing by (and from leading
 again) for longer than a client waits."""
-"""Deletions in flight at once: each waits for its event's acknowledgement, so one by one a sweep
-deleted ~50 tasks a second, fewer than a busy install finishes."""
 
 
 STORE_CONSUMERS = (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS)
@@ -159,19 +159,15 @@ async def _lead(
             loop_task.add_done_callback(_report_crash)
         await until.wait()
         checking.cancel()  # its thread ends on its own; nothing waits for it
-        lost = not stop.is_set()
-        if lost:
+        if not stop.is_set():  # lost: writes are fenced off, so cancelling loses nothing; stand by, lead again
             log.warning("lease lost: no more answers or writes; the next leader replays what is unwritten")
-        else:
-            log.info("stopping: finishing requests in progress")
-        if lost:  # its writes are fenced off, so nothing is lost by cancelling: stand by, lead again
             stopping = asyncio.create_task(handlers.stop(0.0), name="requests")
             await stop_within([stopping], LOST_LEASE_STOP_SECONDS, "the lease was lost")
             await stop_within(loops, LOST_LEASE_STOP_SECONDS, "the lease was lost")
         else:
+            log.info("stopping: finishing requests in progress")
             await handlers.stop(settings.shutdown_grace.total_seconds())
             await asyncio.gather(*loops, return_exceptions=True)
-        if not lost:
             try:
                 await persistence.flush(state)
             except Exception as exc:  # replayed from the streams at the next start
