@@ -32,8 +32,9 @@ from proto.tasks import FINAL_STATUSES, TaskSpec
 from services.common.clock import utcnow
 from services.common.ids import new_event_id
 from services.common.lifecycle import supervise
-from services.common.natsio import fetch_until, read_bucket, redeliver_unacknowledged
+from services.common.natsio import read_bucket, redeliver_unacknowledged
 from services.common.poison import handling_failed, within_deadline
+from services.common.pulling import ContinuousPull
 from services.scheduler import planner
 from services.scheduler.admission import Admission
 from services.scheduler.heap import TimerHeap
@@ -43,6 +44,7 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 BATCH = 256
+IDLE_SECONDS = 5.0
 STORE_REQUEST_TIMEOUT_SECONDS = 5.0
 """How long the store has to give a task's spec (a retry or a trigger); then the event is retried."""
 ENDED_REMEMBERED = 100_000
@@ -167,24 +169,16 @@ class Leader:
     async def _consume(
         self, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]], until: asyncio.Event
     ) -> None:
-        subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        pull = await ContinuousPull(self.nc, stream, durable, BATCH).start(until)
         try:
             while not until.is_set():
-                try:
-                    messages = await fetch_until(subscription, BATCH, 5.0, until)
-                except Exception as exc:  # reconnecting
-                    log.debug("fetch from %s failed: %s", durable, exc)
-                    await asyncio.sleep(0.5)
-                    continue
+                messages = await pull.next_batch(IDLE_SECONDS)
                 by_task: dict[str, list[Msg]] = defaultdict(list)
                 for message in messages:
                     by_task[message.subject.split(".")[2]].append(message)
                 await asyncio.gather(*(self._in_order(group, handle) for group in by_task.values()))
         finally:
-            try:
-                await subscription.unsubscribe()
-            except Exception:  # connection closing
-                pass
+            await pull.close()
 
     async def _in_order(self, messages: list[Msg], handle: Callable[[Msg], Awaitable[None]]) -> None:
         for message in messages:

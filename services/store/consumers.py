@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from proto import codec, runs, subjects
 from proto.runs import LogChunk
-from services.common.lifecycle import sleep_or_stop, supervise
-from services.common.natsio import fetch_until
+from services.common.lifecycle import supervise
 from services.common.poison import handling_failed, within_deadline
+from services.common.pulling import ContinuousPull
 from services.store.persistence import Persistence
 from services.store.state import Effects, StoreState
 
@@ -37,6 +38,8 @@ MAX_UNWRITTEN_MESSAGES = 4 * BATCH
 """Messages applied but not yet written back; more waits (backpressure on the fetching). Counted
 in messages, not batches: while a flush waits its turn (``FLUSH_INTERVAL_SECONDS``) many small
 batches come, and fetching them must go on (a waiter learns of an outcome when it is applied)."""
+IDLE_SECONDS = 5.0
+"""How long a loop waits for messages before it looks at writes that failed and need carrying."""
 EARLY_EVENT_DELAY_SECONDS = 2.0
 EARLY_EVENT_DELIVERIES = 8
 """A run event can arrive before its task: a new leader's catch-up of TASKS ends while the
@@ -64,6 +67,7 @@ class EventConsumers:
 
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         state: StoreState,
         persistence: Persistence,
@@ -71,6 +75,7 @@ class EventConsumers:
         log_cap_bytes: int,
         restarts: Counter[str] | None = None,
     ) -> None:
+        self.nc = nc
         self.js = js
         self.state = state
         self.persistence = persistence
@@ -120,17 +125,12 @@ class EventConsumers:
         )
 
     async def _loop(self, stream: str, durable: str, apply: Apply, commit: Commit, stop: asyncio.Event) -> None:
-        subscription = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         unwritten: deque[tuple[asyncio.Task[None], int]] = deque()
         held = 0  # messages in ``unwritten``
+        pull = await ContinuousPull(self.nc, stream, durable, BATCH).start(stop)
         try:
             while not stop.is_set():
-                try:
-                    messages = await fetch_until(subscription, BATCH, 5.0, stop)
-                except Exception as exc:  # NATS reconnecting: try again shortly
-                    log.debug("fetch from %s failed: %s", durable, exc)
-                    await sleep_or_stop(stop, 0.5)
-                    continue
+                messages = await pull.next_batch(IDLE_SECONDS)
                 if not messages:
                     if self.persistence.failed_writes:  # nothing new to carry them: write them again now
                         unwritten.append((asyncio.create_task(self._committed(durable, commit, [], Applied())), 0))
@@ -145,12 +145,9 @@ class EventConsumers:
                     held -= count
                     await committing
         finally:
+            await pull.close()
             if unwritten:
                 await asyncio.gather(*(committing for committing, _ in unwritten), return_exceptions=True)
-            try:
-                await subscription.unsubscribe()
-            except Exception:  # connection already closing
-                pass
 
     @staticmethod
     async def _committed(durable: str, commit: Commit, messages: list[Msg], applied: Applied) -> None:

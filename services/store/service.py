@@ -138,7 +138,7 @@ async def _lead(
         commands = Commands(
             js, state, settings.limits(), after_apply, queries.task, secret_store.check_references, fence=lease.check
         )
-        consumers = EventConsumers(js, state, persistence, after_apply, settings.log_cap_bytes, restarts)
+        consumers = EventConsumers(nc, js, state, persistence, after_apply, settings.log_cap_bytes, restarts)
         caught_up = await consumers.catch_up_tasks()
         handlers = ApiHandlers(
             nc, commands, queries, settings.max_concurrent_requests, settings.store_max_waiters, secret_store

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -24,20 +25,24 @@ SPEC = TaskSpec(name="ping", task_type="immediate", api_url="http://127.0.0.1:9/
 
 
 async def _store_parts(
-    js: JetStreamContext, after_apply: Callable[[Effects], None] = lambda _: None, state: StoreState | None = None
+    nc: Client,
+    js: JetStreamContext,
+    after_apply: Callable[[Effects], None] = lambda _: None,
+    state: StoreState | None = None,
 ) -> tuple[StoreState, EventConsumers]:
     buckets = await natsio.setup_owned(js, "store", 1)
     for name in (subjects.CONSUMER_STORE_TASKS, subjects.CONSUMER_STORE_EVENTS, subjects.CONSUMER_STORE_LOGS):
         await natsio.ensure_consumer(js, name)
     state = state or StoreState()
-    consumers = EventConsumers(js, state, Persistence(js, buckets), after_apply, log_cap_bytes=1 << 20)
+    consumers = EventConsumers(nc, js, state, Persistence(js, buckets), after_apply, log_cap_bytes=1 << 20)
     return state, consumers
 
 
 async def test_submissions_delivered_to_a_killed_store_are_not_acknowledged_by_its_successor(
+    nc: Client,
     js: JetStreamContext,
 ) -> None:
-    state, consumers = await _store_parts(js)
+    state, consumers = await _store_parts(nc, js)
     ids = [f"task-{n}" for n in range(5)]
     for task_id in ids:
         event = events.TaskSubmitted(event_id=f"e-{task_id}", occurred_at=utcnow(), task_id=task_id, spec=SPEC)
@@ -81,6 +86,7 @@ async def _stored_tasks(js: JetStreamContext) -> set[str]:
 
 
 async def test_an_event_whose_applying_raises_is_given_up_while_the_rest_of_its_batch_is_written(
+    nc: Client,
     js: JetStreamContext,
 ) -> None:
     # Given a store whose applying raises for one task's events (a bug met by one message)
@@ -90,7 +96,7 @@ async def test_an_event_whose_applying_raises_is_given_up_while_the_rest_of_its_
             state.uncatalogued.pop("task-bad", None)
             raise RuntimeError("boom")
 
-    state, consumers = await _store_parts(js, after_apply)
+    state, consumers = await _store_parts(nc, js, after_apply)
     # When it is delivered in one batch with good ones
     for task_id in ("task-1", "task-bad", "task-2"):
         await _submit(js, task_id)
@@ -123,10 +129,11 @@ async def test_an_event_whose_applying_raises_is_given_up_while_the_rest_of_its_
 
 
 async def test_a_kv_write_answered_by_an_api_error_is_retried_and_the_consumer_keeps_going(
+    nc: Client,
     js: JetStreamContext,
 ) -> None:
     # Given the tasks bucket rejecting every write (its stream's max_msg_size is tiny)
-    state, consumers = await _store_parts(js)
+    state, consumers = await _store_parts(nc, js)
     stream = f"KV_{subjects.BUCKET_TASKS}"
     config = (await js.stream_info(stream)).config
     await js.update_stream(replace(config, max_msg_size=16))
@@ -179,10 +186,10 @@ async def _wait_for_letters(js: JetStreamContext, count: int, timeout: float) ->
 
 
 async def test_a_consumer_loop_that_dies_is_restarted_and_counted(
-    js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    nc: Client, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a store whose log loop meets an error outside any one message (a bug in the loop itself)
-    state, consumers = await _store_parts(js)
+    state, consumers = await _store_parts(nc, js)
     await _submit(js, "task-1")
     deaths = []
 
@@ -221,9 +228,11 @@ async def _log_keys(js: JetStreamContext, seq: int) -> bool:
     return subjects.log_key("task-1", "run-1", 1, seq) in keys
 
 
-async def test_a_run_event_that_arrives_before_its_task_is_applied_once_the_task_is(js: JetStreamContext) -> None:
+async def test_a_run_event_that_arrives_before_its_task_is_applied_once_the_task_is(
+    nc: Client, js: JetStreamContext
+) -> None:
     # Given a submission a killed store took and never wrote (it comes back after the ack wait)
-    state, consumers = await _store_parts(js)
+    state, consumers = await _store_parts(nc, js)
     await _submit(js, "task-early")
     dead = await js.pull_subscribe_bind(durable=subjects.CONSUMER_STORE_TASKS, stream=subjects.STREAM_TASKS)
     assert len(await dead.fetch(1, timeout=2)) == 1
