@@ -334,32 +334,6 @@ def _is_delete_marker(message: Msg) -> bool:
     return headers.get(KV_OP) in (KV_DEL, KV_PURGE) or KV_MARKER_REASON in headers
 
 
-async def fetch_until(
-    subscription: JetStreamContext.PullSubscription, batch: int, timeout: float, stop: asyncio.Event
-) -> list[Msg]:
-    """Up to ``batch`` messages, or [] when ``timeout`` passes or ``stop`` is set first.
-
-    A stop does not wait for the pull to expire; whatever the server sends afterwards stays
-    unacknowledged and is redelivered (to another consumer) after the ack wait.
-    """
-    fetch = asyncio.ensure_future(subscription.fetch(batch, timeout=timeout))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not fetch.done():
-            fetch.cancel()
-            # retrieve its outcome whenever it comes, so nothing is reported as never retrieved
-            fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
-    if fetch.cancelled():
-        return []
-    try:
-        return fetch.result()
-    except TimeoutError:
-        return []
-
-
 async def close(nc: Client) -> None:
     """Drain (finish what is in flight, then close); a connection already gone just closes."""
     try:

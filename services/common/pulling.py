@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -35,6 +36,7 @@ EXPIRY_GRACE_SECONDS = 1.0
 STATUS = "Status"
 PENDING_MESSAGES = "Nats-Pending-Messages"
 HEARTBEAT = "100"
+NAK_SECONDS = 1.0
 
 
 class OpenRequest:
@@ -57,11 +59,15 @@ class ContinuousPull:
         durable: str,
         batch: int,
         *,
+        capacity: Callable[[], int] | None = None,
         expires: float = REQUEST_EXPIRES_SECONDS,
         heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.nc = nc
         self.batch = batch
+        self.capacity = capacity
+        """How many more messages the caller can take on now (a runner's free slots); asked for
+        and held messages together never exceed it, so nothing waits here for a slot."""
         self.expires = expires
         self.heartbeat = heartbeat
         self.requests_sent = 0
@@ -90,6 +96,7 @@ class ContinuousPull:
         return self
 
     async def close(self) -> None:
+        """Stop asking; what is held and not taken goes back to the server for redelivery now."""
         subscription, self._subscription = self._subscription, None
         self._wake()
         if self._stop_watch is not None:
@@ -98,6 +105,13 @@ class ContinuousPull:
             try:
                 await subscription.unsubscribe()
             except Exception:  # the connection is closing
+                pass
+        while self._buffer:
+            message = self._buffer.popleft()
+            try:
+                async with asyncio.timeout(NAK_SECONDS):
+                    await message.nak()
+            except Exception:  # redelivered after the ack wait instead
                 pass
 
     @property
@@ -110,18 +124,19 @@ class ContinuousPull:
         """Messages asked for and not yet delivered."""
         return sum(request.owed for request in self._open)
 
-    async def next_batch(self, timeout: float) -> list[Msg]:
-        """Up to ``batch`` messages as soon as there is one; [] after ``timeout``, on stop, or
-        once closed."""
+    async def next_batch(self, timeout: float, limit: int | None = None) -> list[Msg]:
+        """Up to ``batch`` (and ``limit``) messages as soon as there is one; [] after ``timeout``,
+        on stop, or once closed."""
         deadline = self._loop.time() + timeout
+        await self._ask()  # what the last call returned is the caller's by now
         while not self._buffer:
             if self._subscription is None or (self._stop is not None and self._stop.is_set()):
                 return []
             now = self._loop.time()
             if now >= deadline:
                 return []
-            self._check_silence(now)
-            await self._ask()
+            if self._check_silence(now):
+                await self._ask()
             self._arrived = self._loop.create_future()
             try:
                 async with asyncio.timeout(min(deadline - now, self.heartbeat)):
@@ -130,9 +145,10 @@ class ContinuousPull:
                 pass
             finally:
                 self._arrived = None
-        taken = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
-        await self._ask()
-        return taken
+        most = self.batch if limit is None else max(0, min(limit, self.batch))
+        # No asking here: the caller has not yet taken these on (a runner's slots), so the
+        # capacity would still count them as free. The next call asks, before it waits.
+        return [self._buffer.popleft() for _ in range(min(most, len(self._buffer)))]
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -166,14 +182,17 @@ class ContinuousPull:
         await self._ask()
 
     async def _ask(self) -> None:
-        """Ask for what is missing to a full batch, when that is at least half a batch."""
+        """Ask for what is missing to a full batch: when nothing is asked for, or when half a
+        batch is missing (fewer, larger requests)."""
         if self._subscription is None:
             return
         now = self._loop.time()
         while self._open and self._open[0].expires_at + EXPIRY_GRACE_SECONDS < now:
             self._open.popleft()
-        missing = self.batch - self.owed - len(self._buffer)
-        if missing < max(1, self.batch // 2):
+        room = self.batch if self.capacity is None else min(self.batch, self.capacity())
+        owed = self.owed
+        missing = room - owed - len(self._buffer)
+        if missing < 1 or (owed and missing < self.batch // 2):
             return
         request = {
             "batch": missing,
@@ -187,11 +206,14 @@ class ContinuousPull:
         except Exception as exc:  # disconnected: the silence check asks again
             log.debug("pull request on %s not sent: %s", self._next_subject, exc)
 
-    def _check_silence(self, now: float) -> None:
+    def _check_silence(self, now: float) -> bool:
+        """Forget the open requests when nothing was heard on them for a while; True if it did."""
         if self._open and now - self._last_heard > SILENT_HEARTBEATS * self.heartbeat:
             log.debug("pull requests on %s went silent; asking again", self._next_subject)
             self._open.clear()
             self._last_heard = now
+            return True
+        return False
 
     def _wake(self) -> None:
         if self._arrived is not None and not self._arrived.done():

@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from functools import partial
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -19,6 +20,7 @@ from services.common.clock import utcnow
 from services.common.lifecycle import supervise
 from services.common.poison import handling_failed
 from services.common.presence import announce_forever, hostname
+from services.common.pulling import ContinuousPull
 from services.runner import pings
 from services.runner.executor import RunExecutor
 from services.runner.http_task import HttpTasks
@@ -29,6 +31,8 @@ from services.runner.settings import RunnerSettings
 from services.runner.slots import Slots
 
 log = logging.getLogger(__name__)
+IDLE_SECONDS = 5.0
+"""How long one wait for work lasts before the loop looks at its slots and the stop again."""
 
 
 async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
@@ -101,7 +105,9 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
         in_flight: set[asyncio.Task[None]] = set()
         pullers = [
             asyncio.create_task(
-                supervise(durable, partial(_pull, js, durable, pools[pool], executor, in_flight, stop), stop, restarts)
+                supervise(
+                    durable, partial(_pull, nc, js, durable, pools[pool], executor, in_flight, stop), stop, restarts
+                )
             )
             for durable, pool in ((subjects.CONSUMER_RUNNER_CODE, "code"), (subjects.CONSUMER_RUNNER_API, "api"))
         ]
@@ -128,6 +134,7 @@ async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
 
 
 async def _pull(
+    nc: Client,
     js: JetStreamContext,
     durable: str,
     slots: Slots,
@@ -135,28 +142,21 @@ async def _pull(
     in_flight: set[asyncio.Task[None]],
     stop: asyncio.Event,
 ) -> None:
-    subscription = await js.pull_subscribe_bind(durable=durable, stream=subjects.STREAM_WORK)
+    # Asks for no more than the free slots: a run is never held here waiting for one.
+    pull = ContinuousPull(nc, subjects.STREAM_WORK, durable, slots.total, capacity=lambda: slots.free)
+    await pull.start(stop)
     try:
         while not stop.is_set():
             if slots.free == 0:
                 await slots.wait_free(stop)
                 continue
-            try:
-                messages = await natsio.fetch_until(subscription, slots.free, 5.0, stop)
-            except Exception as exc:  # NATS reconnecting
-                log.debug("fetch from %s failed: %s", durable, exc)
-                await asyncio.sleep(0.5)
-                continue
-            for message in messages:
+            for message in await pull.next_batch(IDLE_SECONDS, limit=slots.free):
                 slots.take()
                 task = asyncio.create_task(_run(js, executor, message, slots))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
     finally:
-        try:
-            await subscription.unsubscribe()
-        except Exception:  # connection closing
-            pass
+        await pull.close()
 
 
 async def _run(js: JetStreamContext, executor: RunExecutor, message: Msg, slots: Slots) -> None:

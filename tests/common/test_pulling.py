@@ -136,3 +136,40 @@ async def test_a_stop_returns_a_waiting_next_batch_at_once(nc: Client, js: JetSt
         assert await asyncio.wait_for(waiting, 2.0) == []
     finally:
         await pull.close()
+
+
+async def test_with_a_capacity_no_more_is_asked_for_than_can_be_taken_on(nc: Client, js: JetStreamContext) -> None:
+    await _consumer(js)
+    for i in range(10):
+        await js.publish("p.x", str(i).encode())
+    free = [3]
+    pull = await ContinuousPull(nc, "P", "d", 8, capacity=lambda: free[0]).start()
+    try:
+        await _until(lambda: pull.held == 3)
+        taken = await pull.next_batch(5.0, limit=free[0])
+        free[0] = 0  # every slot busy: nothing more may be delivered here
+        assert [m.data for m in taken] == [b"0", b"1", b"2"]
+        assert await pull.next_batch(0.3) == []
+        assert (await js.consumer_info("P", "d")).num_ack_pending == 3
+        free[0] = 2
+        taken += await pull.next_batch(5.0)
+        assert [m.data for m in taken] == [str(i).encode() for i in range(len(taken))] and len(taken) <= 5
+    finally:
+        await pull.close()
+
+
+async def test_messages_held_but_not_taken_are_handed_back_on_close(nc: Client, js: JetStreamContext) -> None:
+    await _consumer(js)
+    for i in range(5):
+        await js.publish("p.x", str(i).encode())
+    pull = await ContinuousPull(nc, "P", "d", 8).start()
+    await _until(lambda: pull.held == 5)
+    await pull.close()
+    # Redelivered now, not after the 30 s ack wait.
+    again = await ContinuousPull(nc, "P", "d", 8).start()
+    try:
+        taken = await again.next_batch(5.0)
+        assert sorted(m.data for m in taken) == [str(i).encode() for i in range(5)]
+        assert all(m.metadata.num_delivered == 2 for m in taken)
+    finally:
+        await again.close()
