@@ -36,6 +36,7 @@ EXPIRY_GRACE_SECONDS = 1.0
 STATUS = "Status"
 PENDING_MESSAGES = "Nats-Pending-Messages"
 HEARTBEAT = "100"
+ACK_PREFIX = "$JS.ACK."
 NAK_SECONDS = 1.0
 
 
@@ -159,7 +160,10 @@ class ContinuousPull:
     async def _on_message(self, message: Msg) -> None:
         self._last_heard = self._loop.time()
         headers = message.headers
-        status = headers.get(STATUS) if headers and not message.data else None
+        # A stored message always carries its ack subject; a status never does. Anyone may publish
+        # an empty message with a Status header onto a stream: it is a message like any other.
+        is_status = not message.data and not message.reply.startswith(ACK_PREFIX)
+        status = headers.get(STATUS) if headers and is_status else None
         if status is None:
             if self._open:
                 self._open[0].owed -= 1

@@ -173,3 +173,20 @@ async def test_messages_held_but_not_taken_are_handed_back_on_close(nc: Client, 
         assert all(m.metadata.num_delivered == 2 for m in taken)
     finally:
         await again.close()
+
+
+async def test_a_stored_message_that_looks_like_a_status_is_delivered_like_any_other(
+    nc: Client, js: JetStreamContext
+) -> None:
+    await _consumer(js)
+    await js.publish("p.x", b"", headers={"Status": "408", "Nats-Pending-Messages": "5"})
+    await js.publish("p.x", b"next")
+    pull = await ContinuousPull(nc, "P", "d", 8).start()
+    try:
+        taken = await pull.next_batch(5.0)
+        while len(taken) < 2:
+            taken += await pull.next_batch(5.0)
+        assert [m.data for m in taken] == [b"", b"next"]
+        assert taken[0].headers is not None and taken[0].headers.get("Status") == "408"
+    finally:
+        await pull.close()
