@@ -7,7 +7,7 @@ Request bodies forbid unknown fields so a typo is an error, not a silently ignor
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from msgspec import Meta, Struct
 
@@ -124,6 +124,22 @@ class RunVerdict(Struct, kw_only=True):
     cancelled: report it so) or ``deleted`` (the task is gone: drop the run without a trace)."""
 
     verdict: Literal["run", "cancelled", "deleted"]
+
+
+MAX_VERDICTS_PER_REQUEST: Final = 256
+"""Runs one ``RUN_VERDICTS`` request may name (a runner's pulled batch is at most its free slots)."""
+
+
+class RunVerdictsRequest(Request):
+    """Several runs about to start, asked at once: a runner asks for a pulled batch together."""
+
+    runs: Annotated[list[RunRef], Meta(min_length=1, max_length=MAX_VERDICTS_PER_REQUEST)]
+
+
+class RunVerdicts(Struct, kw_only=True):
+    """One verdict per run of a ``RunVerdictsRequest``, in its order."""
+
+    verdicts: list[RunVerdict]
 
 
 class GetLogsRequest(Request):

@@ -42,6 +42,8 @@ MESSAGES: dict[str, Any] = {
     "RunPage": api.RunPage,
     "RunRef": api.RunRef,
     "RunVerdict": api.RunVerdict,
+    "RunVerdictsRequest": api.RunVerdictsRequest,
+    "RunVerdicts": api.RunVerdicts,
     "GetLogsRequest": api.GetLogsRequest,
     "LogsReply": api.LogsReply,
     "ScheduleList": api.ScheduleList,

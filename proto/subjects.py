@@ -28,6 +28,9 @@ GET_RUN: Final = "taskmesh.api.runs.get"
 RUN_VERDICT: Final = "taskmesh.api.runs.verdict"
 """Whether a run about to start is still wanted (``api.RunVerdict``): runners ask it instead of
 reading the store's buckets, and the store answers from its own state, flushed or not."""
+RUN_VERDICTS: Final = "taskmesh.api.runs.verdicts"
+"""``RUN_VERDICT`` for several runs in one request (``api.RunVerdicts``): a runner asks for a
+pulled batch at once."""
 GET_LOGS: Final = "taskmesh.api.logs.get"
 """Stored log lines of a task's latest run, or of one run."""
 LIST_SCHEDULES: Final = "taskmesh.api.schedules.list"
@@ -266,6 +269,7 @@ ALL_SUBJECT_CONSTANTS: Final = (
     LIST_RUNS,
     GET_RUN,
     RUN_VERDICT,
+    RUN_VERDICTS,
     GET_LOGS,
     LIST_SCHEDULES,
     PAUSE_SCHEDULE,

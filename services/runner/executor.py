@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from proto import api, codec, streams, subjects
+from proto import codec, streams, subjects
 from proto.control import CancelRun
 from proto.retry import should_retry
 from proto.runs import DeadLetter, Execution, RunDue, RunError, RunFinished, RunStarted, execution_facts
@@ -37,6 +37,7 @@ from services.runner.output import RunOutput
 from services.runner.sandbox.docker_sandbox import DockerSandboxes, SandboxJob
 from services.runner.secrets import SecretResolver, SecretUnavailable, hidden_outcome, unavailable
 from services.runner.settings import RunnerSettings
+from services.runner.verdicts import VerdictAsker
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class RunExecutor:
         self.nc = nc
         """Asks the store whether a run is still wanted, and other runners whether they still
         hold a run (None: neither; every run is wanted and never waits for another runner)."""
+        self.verdicts = None if nc is None else VerdictAsker(nc, VERDICT_TIMEOUT_SECONDS)
         self.active: dict[str, ActiveRun] = {}
         self.finished = 0
 
@@ -352,22 +354,11 @@ class RunExecutor:
         return finished.attempt >= due.attempt
 
     async def _still_wanted(self, due: RunDue) -> str:
-        """``run``, or ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted).
-
-        Asked of the store, which answers from its own state: the runner reads none of the
-        store's buckets. With no store to answer (an election, a restart), run it: a cancel
-        sent later still reaches the run here, as it does once a run has started."""
-        if self.nc is None:
+        """``run``, or ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted), as the
+        store says (``services.runner.verdicts``); with no connection to ask on, ``run``."""
+        if self.verdicts is None:
             return "run"
-        request = codec.encode(api.RunRef(id=due.task_id, run_id=due.run_id))
-        try:
-            reply = await self.nc.request(subjects.RUN_VERDICT, request, timeout=VERDICT_TIMEOUT_SECONDS)
-            if reply.headers and subjects.HEADER_ERROR in reply.headers:
-                raise ValueError(reply.data[:200].decode(errors="replace"))
-            return codec.decode(api.RunVerdict, reply.data).verdict
-        except Exception as exc:  # no responders, a timeout, an error reply
-            log.info("run verdict not known (%s: %s); running it", type(exc).__name__, exc, extra={"run": due.run_id})
-            return "run"
+        return await self.verdicts.verdict(due.task_id, due.run_id)
 
     async def _execute(self, due: RunDue, active: ActiveRun, output: RunOutput) -> Execution:
         try:

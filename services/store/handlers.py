@@ -57,6 +57,7 @@ class ApiHandlers:
             subjects.LIST_RUNS: lambda m: self._async(m, api.ListRunsRequest, queries.list_runs),
             subjects.GET_RUN: lambda m: self._async(m, api.RunRef, queries.run),
             subjects.RUN_VERDICT: lambda m: self._async(m, api.RunRef, queries.run_verdict),
+            subjects.RUN_VERDICTS: lambda m: self._async(m, api.RunVerdictsRequest, queries.run_verdicts),
             subjects.GET_LOGS: lambda m: self._async(m, api.GetLogsRequest, queries.logs),
             subjects.LIST_SCHEDULES: lambda m: self._async(m, api.StatsRequest, lambda _: queries.schedules()),
             subjects.PAUSE_SCHEDULE: lambda m: self._async(m, api.TaskRef, lambda r: commands.pause(r.id)),

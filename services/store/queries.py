@@ -130,6 +130,10 @@ class Queries:
             return api.RunVerdict(verdict="cancelled")
         return api.RunVerdict(verdict="run")
 
+    async def run_verdicts(self, request: api.RunVerdictsRequest) -> api.RunVerdicts:
+        """``run_verdict`` for each run of a runner's pulled batch, in order."""
+        return api.RunVerdicts(verdicts=[await self.run_verdict(run) for run in request.runs])
+
     async def logs(self, request: api.GetLogsRequest) -> api.LogsReply:
         """Stored output of one run attempt (default: the latest run, its latest attempt)."""
         task = await self.task(request.id)

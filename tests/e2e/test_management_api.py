@@ -8,8 +8,10 @@ import json
 import time
 
 import httpx
+import nats
 import pytest
 
+from proto import subjects
 from tests.support import Api, Stack, TargetServer
 
 
@@ -292,3 +294,27 @@ async def _runner_says(stack: Stack, message: str, task_id: str, timeout: float 
             f"the runner never logged {message!r}:\n{stack.services['runner'].log()[-3000:]}"
         )
         await asyncio.sleep(0.1)
+
+
+async def test_the_store_gives_each_run_of_a_batch_its_own_verdict_in_order(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    stack.services["runner"].stop()  # the runs wait on the work queue
+    created = [await api.submit(api_task(target, f"batch {i}", "/echo")) for i in range(3)]
+    refs = []
+    for task in created:
+        queued = await api.wait_for(task["id"], lambda t: t["status"] == "queued", timeout=10)
+        refs.append({"id": queued["id"], "run_id": (await api.runs(queued["id"]))[0]["run_id"]})
+    assert (await api.client.post(f"/api/tasks/{created[0]['id']}/cancel")).status_code == 200
+    assert (await api.client.delete(f"/api/tasks/{created[1]['id']}")).status_code == 200
+    nc = await nats.connect(stack.nats.url if stack.nats else "")
+    try:
+        reply = await nc.request(subjects.RUN_VERDICTS, json.dumps({"runs": refs}).encode(), timeout=5)
+        assert json.loads(reply.data) == {
+            "verdicts": [{"verdict": "cancelled"}, {"verdict": "deleted"}, {"verdict": "run"}]
+        }
+        too_many = await nc.request(subjects.RUN_VERDICTS, json.dumps({"runs": refs * 100}).encode(), timeout=5)
+        assert too_many.headers and subjects.HEADER_ERROR in too_many.headers
+        assert json.loads(too_many.data)["error"]["field"] == "runs"
+    finally:
+        await nc.close()

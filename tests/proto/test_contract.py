@@ -344,6 +344,8 @@ EXAMPLES: list[Any] = [
     api.RunPage(runs=[RUN_RECORD], next_cursor=None),
     api.RunRef(id=TASK_ID, run_id=RUN_ID),
     api.RunVerdict(verdict="cancelled"),
+    api.RunVerdictsRequest(runs=[api.RunRef(id="t-1", run_id="once"), api.RunRef(id="t-2", run_id="once")]),
+    api.RunVerdicts(verdicts=[api.RunVerdict(verdict="run"), api.RunVerdict(verdict="deleted")]),
     api.GetLogsRequest(id=TASK_ID, run_id=RUN_ID, attempt=2, after=10),
     api.LogsReply(task_id=TASK_ID, run_id=RUN_ID, attempt=1, chunks=[LOG_CHUNK], finished=True, truncated=True),
     api.ScheduleSummary(

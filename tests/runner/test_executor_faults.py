@@ -24,6 +24,7 @@ from services.runner.executor import RunExecutor
 from services.runner.outcome import MAX_RETRY_WAIT, failed, retry_at
 from services.runner.output import RunOutput
 from services.runner.settings import RunnerSettings
+from services.runner.verdicts import VerdictAsker
 
 HOSTILE = TaskSpec(
     name="hostile",
@@ -204,6 +205,7 @@ async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_r
     http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)
     executor.nc = nc
+    executor.verdicts = VerdictAsker(nc, 5.0)
     store = SlowVerdicts()
     await nc.subscribe(subjects.RUN_VERDICT, cb=store.answer)
     due = await _publish_due(js, TaskSpec(name="handed back", task_type="immediate", api_url="http://127.0.0.1:9/"))
