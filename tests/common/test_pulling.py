@@ -23,6 +23,13 @@ async def _consumer(js: JetStreamContext) -> None:
     )
 
 
+async def _stream_of(js: JetStreamContext, count: int) -> None:
+    """The consumer, with ``count`` messages "0", "1", … waiting for it."""
+    await _consumer(js)
+    for i in range(count):
+        await js.publish("p.x", str(i).encode())
+
+
 async def _pull_requests(nc: Client) -> list[Msg]:
     """Every pull request the server is sent for the consumer, as a client would see it."""
     seen: list[Msg] = []
@@ -65,9 +72,7 @@ async def test_messages_published_one_at_a_time_flow_through_the_open_request(nc
 
 
 async def test_no_more_than_a_batch_is_delivered_before_it_is_taken(nc: Client, js: JetStreamContext) -> None:
-    await _consumer(js)
-    for i in range(50):
-        await js.publish("p.x", str(i).encode())
+    await _stream_of(js, 50)
     pull = await ContinuousPull(nc, "P", "d", 8).start()
     try:
         await _until(lambda: pull.held == 8)
@@ -139,9 +144,7 @@ async def test_a_stop_returns_a_waiting_next_batch_at_once(nc: Client, js: JetSt
 
 
 async def test_with_a_capacity_no_more_is_asked_for_than_can_be_taken_on(nc: Client, js: JetStreamContext) -> None:
-    await _consumer(js)
-    for i in range(10):
-        await js.publish("p.x", str(i).encode())
+    await _stream_of(js, 10)
     free = [3]
     pull = await ContinuousPull(nc, "P", "d", 8, capacity=lambda: free[0]).start()
     try:
@@ -159,9 +162,7 @@ async def test_with_a_capacity_no_more_is_asked_for_than_can_be_taken_on(nc: Cli
 
 
 async def test_messages_held_but_not_taken_are_handed_back_on_close(nc: Client, js: JetStreamContext) -> None:
-    await _consumer(js)
-    for i in range(5):
-        await js.publish("p.x", str(i).encode())
+    await _stream_of(js, 5)
     pull = await ContinuousPull(nc, "P", "d", 8).start()
     await _until(lambda: pull.held == 5)
     await pull.close()
