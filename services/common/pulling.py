@@ -9,8 +9,9 @@ a request. What is held here is bounded by one batch.
 
 Requests can vanish without a word (a reconnect, the consumer's leader moving): the server sends
 an idle heartbeat on each open request, and silence for a few heartbeats counts them as gone.
-Messages buffered here when the pull closes are not acknowledged: they come back after the ack
-wait, or at once when the next holder resets the consumer to its ack floor.
+Messages held here when the pull closes are naked, so they are delivered again at once; those
+still on their way come back after the ack wait (or when the next holder resets the consumer to
+its ack floor).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from nats.aio.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
+WAIT_SECONDS = 5.0
+"""How long one :meth:`ContinuousPull.next_batch` waits for a message, by default, before it
+returns empty so its caller can look around (its slots, a stop, writes to carry)."""
 REQUEST_EXPIRES_SECONDS = 30.0
 HEARTBEAT_SECONDS = 1.0
 SILENT_HEARTBEATS = 3
@@ -71,7 +75,6 @@ class ContinuousPull:
         and held messages together never exceed it, so nothing waits here for a slot."""
         self.expires = expires
         self.heartbeat = heartbeat
-        self.requests_sent = 0
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._inbox = nc.new_inbox()
         self._buffer: deque[Msg] = deque()
@@ -125,7 +128,7 @@ class ContinuousPull:
         """Messages asked for and not yet delivered."""
         return sum(request.owed for request in self._open)
 
-    async def next_batch(self, timeout: float, limit: int | None = None) -> list[Msg]:
+    async def next_batch(self, timeout: float = WAIT_SECONDS, limit: int | None = None) -> list[Msg]:
         """Up to ``batch`` (and ``limit``) messages as soon as there is one; [] after ``timeout``,
         on stop, or once closed."""
         deadline = self._loop.time() + timeout
@@ -204,7 +207,6 @@ class ContinuousPull:
             "idle_heartbeat": int(self.heartbeat * 1e9),
         }
         self._open.append(OpenRequest(now + self.expires, missing))
-        self.requests_sent += 1
         try:
             await self.nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._inbox)
         except Exception as exc:  # disconnected: the silence check asks again

@@ -31,8 +31,6 @@ from services.runner.settings import RunnerSettings
 from services.runner.slots import Slots
 
 log = logging.getLogger(__name__)
-IDLE_SECONDS = 5.0
-"""How long one wait for work lasts before the loop looks at its slots and the stop again."""
 
 
 async def main(settings: RunnerSettings, stop: asyncio.Event) -> None:
@@ -150,7 +148,7 @@ async def _pull(
             if slots.free == 0:
                 await slots.wait_free(stop)
                 continue
-            for message in await pull.next_batch(IDLE_SECONDS, limit=slots.free):
+            for message in await pull.next_batch(limit=slots.free):
                 slots.take()
                 task = asyncio.create_task(_run(js, executor, message, slots))
                 in_flight.add(task)

@@ -29,7 +29,6 @@ class VerdictAsker:
     def __init__(self, nc: Client, timeout: float) -> None:
         self.nc = nc
         self.timeout = timeout
-        self.requests_sent = 0
         self._waiting: list[tuple[api.RunRef, asyncio.Future[Verdict]]] = []
         self._asking: set[asyncio.Task[None]] = set()
 
@@ -68,7 +67,6 @@ class VerdictAsker:
 
     async def _ask_together(self, refs: list[api.RunRef]) -> list[Verdict]:
         request = codec.encode(api.RunVerdictsRequest(runs=refs))
-        self.requests_sent += 1
         reply = await self.nc.request(subjects.RUN_VERDICTS, request, timeout=self.timeout)
         if reply.headers and subjects.HEADER_ERROR in reply.headers:
             raise ValueError(reply.data[:200].decode(errors="replace"))
@@ -81,7 +79,6 @@ class VerdictAsker:
         """Asked of the store, which answers from its own state: the runner reads none of the
         store's buckets. With no store to answer (an election, a restart), run it: a cancel sent
         later still reaches the run here, as it does once a run has started."""
-        self.requests_sent += 1
         try:
             reply = await self.nc.request(subjects.RUN_VERDICT, codec.encode(ref), timeout=self.timeout)
             if reply.headers and subjects.HEADER_ERROR in reply.headers:

@@ -44,7 +44,6 @@ from services.scheduler.settings import SchedulerSettings
 log = logging.getLogger(__name__)
 
 BATCH = 256
-IDLE_SECONDS = 5.0
 STORE_REQUEST_TIMEOUT_SECONDS = 5.0
 """How long the store has to give a task's spec (a retry or a trigger); then the event is retried."""
 ENDED_REMEMBERED = 100_000
@@ -172,7 +171,7 @@ class Leader:
         pull = await ContinuousPull(self.nc, stream, durable, BATCH).start(until)
         try:
             while not until.is_set():
-                messages = await pull.next_batch(IDLE_SECONDS)
+                messages = await pull.next_batch()
                 by_task: dict[str, list[Msg]] = defaultdict(list)
                 for message in messages:
                     by_task[message.subject.split(".")[2]].append(message)
