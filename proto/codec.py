@@ -89,7 +89,7 @@ def decode_spec(data: bytes) -> TaskSpec:
         raise FieldError(None, "the request body is nested too deeply") from None
 
 
-def accepted_event(event: events.TaskEvent) -> tuple[bytes, events.TaskEvent]:
+def accepted_event(event: events.TaskSubmitted) -> tuple[bytes, events.TaskSubmitted]:
     """The event as it will be published and as every consumer will read it back.
 
     What is accepted must be decodable: FieldError (the client's fault) when it does not read back.
@@ -103,9 +103,12 @@ def accepted_event(event: events.TaskEvent) -> tuple[bytes, events.TaskEvent]:
             None, f"the task is {len(data)} bytes as stored, more than {bounds.MAX_EVENT_BYTES}", "payload_too_large"
         )
     try:
-        return data, task_event_decoder.decode(data)
+        decoded = task_event_decoder.decode(data)
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise FieldError(None, f"the task would not read back as sent: {type(exc).__name__}: {exc}") from None
+    if not isinstance(decoded, events.TaskSubmitted):
+        raise FieldError(None, f"the task would read back as {type(decoded).__name__}, not TaskSubmitted")
+    return data, decoded
 
 
 def decode_request(kind: type[T], data: bytes) -> T:

@@ -22,6 +22,7 @@ from proto.tasks import FINAL_STATUSES, Limits, TaskSpec, check_spec, normalised
 from services.common.clock import utcnow
 from services.common.ids import new_event_id, new_task_id
 from services.common.publishing import publish_durably
+from services.store import transitions
 from services.store.errors import Conflict, StorageFull, TaskNotFound
 from services.store.state import Effects, StoreState
 
@@ -117,17 +118,21 @@ class Commands:
                 event_id=task_id, occurred_at=utcnow(), task_id=task_id, spec=spec, idempotency_key=key
             )
             # applied as the consumers will read it, and refused (400) if they could not
-            payload, event = codec.accepted_event(submitted)
-            seq, duplicate = await self._publish(event, f"submit:{key}" if key else task_id, payload)
+            payload, accepted = codec.accepted_event(submitted)
+            seq, duplicate = await self._publish(accepted, f"submit:{key}" if key else task_id, payload)
             if duplicate:
                 # The key or submission id was used moments ago (a lost reply, a store restart): the first event stands.
                 original = await self.js.get_msg(subjects.STREAM_TASKS, seq)
                 event = codec.task_event_decoder.decode(original.data or b"")
-                task_id = event.task_id
-            self._apply(event, seq)
+                self._apply(event, seq)
+                task = self.task(event.task_id)
+            else:
+                self._apply(accepted, seq)
+                # What this submission made. The live record may be further on already: while the
+                # ack was on its way, the consumers can apply the event and queue its first run.
+                task = transitions.submitted_task(accepted, seq)
             if key is not None:
-                future.set_result(task_id)
-            task = self.task(task_id)
+                future.set_result(task.id)
             return SubmitAccepted(id=task.id, status=task.status, task=task, replayed=duplicate)
         except BaseException as exc:
             if key is not None and not future.done():

@@ -7,11 +7,13 @@ import json
 import pytest
 from nats.js import JetStreamContext
 
-from proto import bounds, codec, events, subjects
+from proto import bounds, codec, events, runs, subjects
 from proto.errors import FieldError
 from proto.records import TaskRecord
 from proto.tasks import Limits
 from services.common import natsio
+from services.common.clock import utcnow
+from services.common.ids import new_event_id
 from services.store.commands import Commands
 from services.store.errors import TaskNotFound
 from services.store.state import StoreState
@@ -79,3 +81,36 @@ async def test_the_published_event_is_the_one_applied(js: JetStreamContext) -> N
     event = codec.task_event_decoder.decode(stored.data)
     assert isinstance(event, events.TaskSubmitted) and event.task_id == accepted.id
     assert commands.state.tasks[accepted.id].spec == event.spec
+
+
+async def test_the_reply_describes_the_submission_even_when_its_run_was_queued_before_the_ack(
+    js: JetStreamContext,
+) -> None:
+    # The race a fast scheduler wins: while the submit's ack is on its way back, the store's
+    # consumers apply the TaskSubmitted and then the RunQueued of its first run.
+    commands = await _commands(js)
+    publish = commands._publish
+
+    async def publish_then_queue(event: events.TaskEvent, msg_id: str, payload: bytes | None = None):
+        seq, duplicate = await publish(event, msg_id, payload)
+        commands.state.apply_task_event(event, seq)
+        commands.state.apply_run_event(
+            runs.RunQueued(
+                event_id=new_event_id(),
+                occurred_at=utcnow(),
+                task_id=event.task_id,
+                run_id=runs.run_id_for(event.task_id, runs.ONCE_SLOT),
+                slot=runs.ONCE_SLOT,
+                scheduled_for=utcnow(),
+            )
+        )
+        return seq, duplicate
+
+    commands._publish = publish_then_queue  # type: ignore[method-assign]
+    body = json.dumps({"name": "raced", "task_type": "immediate", "api_url": "http://a/"}).encode()
+
+    accepted = await commands.submit(body, None)
+
+    assert commands.state.tasks[accepted.id].status == "queued"  # the race did happen
+    assert (accepted.status, accepted.task.status) == ("pending", "pending")
+    assert accepted.task.id == accepted.id and not accepted.replayed
