@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from proto import codec, streams, subjects
@@ -98,7 +98,10 @@ class Persistence:
         active = catalog.active_ids()
         runs = 0
         for start in range(0, len(active), LOAD_CONCURRENCY):
-            for task in await asyncio.gather(*(self.get_task(t) for t in active[start : start + LOAD_CONCURRENCY])):
+            batch = active[start : start + LOAD_CONCURRENCY]
+            for task_id, task in zip(batch, await asyncio.gather(*map(self.get_task, batch)), strict=True):
+                if task is None:  # read from a replica that may be behind: the leader decides
+                    task = await self._task_at_leader(task_id)
                 if task is not None:
                     state.load_task(task)
         for task_id in active:
@@ -200,9 +203,29 @@ class Persistence:
         """A task's record from the tasks bucket, or None."""
         try:
             held = await self._held(task_id)
-        except Exception:  # a key NATS cannot take
-            return None
+        except InvalidKeyError:  # a key NATS cannot take. Any other error is raised: a record that
+            return None  # cannot be read now is not absent (a load would forget its task for good)
         return held if isinstance(held, TaskRecord) else None
+
+    async def _task_at_leader(self, task_id: str) -> TaskRecord | None:
+        """A task's record as the bucket's leader holds it, or None.
+
+        Reads are direct, so any replica answers, and one that is behind after an election may
+        not have a record written just before it: a load would take the task as never written.
+        """
+        try:
+            message = await self.js.get_last_msg(
+                f"KV_{subjects.BUCKET_TASKS}", f"$KV.{subjects.BUCKET_TASKS}.{task_id}"
+            )
+        except NotFoundError:
+            return None
+        if not message.data:  # a delete or purge marker
+            return None
+        try:
+            return _task_decoder.decode(message.data)
+        except msgspec.MsgspecError as exc:
+            log.error("unreadable task record %s: %s", task_id, exc)
+            return None
 
     async def task_deleted(self, task_id: str) -> bool:
         """Whether the tasks bucket holds a delete marker for the task (False: a record, or no key yet)."""
@@ -235,8 +258,8 @@ class Persistence:
                 entry = await self.runs.get(subjects.run_key(task_id, run_id_for(task_id, "once")))
                 if entry.value:
                     found.append(_run_decoder.decode(entry.value))
-            except Exception:  # no run yet
-                pass
+            except KeyNotFoundError:  # no run yet (an unreadable bucket raises: a run missed here
+                pass  # would be written back without its history)
         else:
             async for key, value in read_bucket(self.js, subjects.BUCKET_RUNS, f"{task_id}.*"):
                 if key.endswith("." + LEDGER_RUN_ID):
@@ -252,7 +275,7 @@ class Persistence:
         """A schedule's ledger of skipped and missed slots."""
         try:
             entry = await self.runs.get(subjects.run_key(task_id, LEDGER_RUN_ID))
-        except Exception:
+        except KeyNotFoundError:
             return []
         return _ledger_decoder.decode(entry.value) if entry.value else []
 
