@@ -153,14 +153,28 @@ class Api:
             assert time.monotonic() < deadline, f"task {task_id} not final after {timeout} s: {body}"
 
     async def wait_for(
-        self, task_id: str, predicate: Any, timeout: float = 30.0, interval: float = 0.1
+        self,
+        task_id: str,
+        predicate: Any,
+        timeout: float = 30.0,
+        interval: float = 0.1,
+        *,
+        unavailable_ok: bool = False,
     ) -> dict[str, Any]:
-        """Poll the task until ``predicate(task)`` holds."""
+        """Poll the task until ``predicate(task)`` holds.
+
+        ``unavailable_ok``: a 503 is "not yet" (a fault test, while a store takes over), not a failure.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            task = await self.task(task_id)
-            if predicate(task):
-                return task
+            response = await self.client.get(f"/api/tasks/{task_id}")
+            if unavailable_ok and response.status_code == 503:
+                task: Any = response.json()
+            else:
+                assert response.status_code == 200, response.text
+                task = response.json()
+                if predicate(task):
+                    return task
             assert time.monotonic() < deadline, f"condition not met for {task_id} after {timeout} s: {task}"
             await asyncio.sleep(interval)
 
