@@ -254,12 +254,16 @@ class Persistence:
         task = state.tasks.get(task_id) if loading else None
         found: list[RunRecord] = []
         if task is not None and task.task_type != "scheduled":
+            key = subjects.run_key(task_id, run_id_for(task_id, "once"))
             try:
-                entry = await self.runs.get(subjects.run_key(task_id, run_id_for(task_id, "once")))
-                if entry.value:
+                entry = await self.runs.get(key)
+            except KeyNotFoundError:  # no run yet (a bucket that does not answer raises: a run
+                entry = None  # missed here would be written back without its history)
+            if entry is not None and entry.value:
+                try:
                     found.append(_run_decoder.decode(entry.value))
-            except KeyNotFoundError:  # no run yet (an unreadable bucket raises: a run missed here
-                pass  # would be written back without its history)
+                except msgspec.MsgspecError as exc:
+                    log.error("unreadable run record %s skipped: %s", key, exc)
         else:
             async for key, value in read_bucket(self.js, subjects.BUCKET_RUNS, f"{task_id}.*"):
                 if key.endswith("." + LEDGER_RUN_ID):
@@ -273,11 +277,16 @@ class Persistence:
 
     async def get_ledger(self, task_id: str) -> list[LedgerEntry]:
         """A schedule's ledger of skipped and missed slots."""
+        key = subjects.run_key(task_id, LEDGER_RUN_ID)
         try:
-            entry = await self.runs.get(subjects.run_key(task_id, LEDGER_RUN_ID))
+            entry = await self.runs.get(key)
         except KeyNotFoundError:
             return []
-        return _ledger_decoder.decode(entry.value) if entry.value else []
+        try:
+            return _ledger_decoder.decode(entry.value) if entry.value else []
+        except msgspec.MsgspecError as exc:
+            log.error("unreadable ledger %s skipped: %s", key, exc)
+            return []
 
     async def flush(self, state: StoreState) -> int:
         """Write everything changed in ``state`` so far; returns how many records that flush wrote.

@@ -17,12 +17,14 @@ from contextlib import contextmanager
 import pytest
 from nats.aio.client import Client
 
-from proto import events
+from proto import events, subjects
+from proto.runs import ONCE_SLOT, run_id_for
 from proto.tasks import TaskSpec
 from services.common import natsio
 from services.common.clock import utcnow
 from services.store.persistence import Persistence
 from services.store.state import StoreState
+from services.store.writes import ledger_key
 from taskmesh.processes import NatsServer
 
 SPEC = TaskSpec(name="kept", task_type="immediate", api_url="http://127.0.0.1:9/")
@@ -61,3 +63,18 @@ async def test_reads_that_get_no_answer_raise_and_keys_that_are_not_there_read_a
             await persistence.get_ledger("t-1")
     found = await persistence.get_task("t-1")
     assert found is not None and found.status == "pending"
+
+
+async def test_a_run_record_or_ledger_that_does_not_decode_is_skipped_not_raised(nc: Client) -> None:
+    # Raising here would fail every load: one damaged record must not keep the store from leading.
+    js = nc.jetstream(timeout=READ_TIMEOUT_SECONDS)
+    buckets = await natsio.setup_owned(js, "store", 1)
+    persistence = Persistence(js, buckets)
+    state = StoreState()
+    state.apply_task_event(events.TaskSubmitted(event_id="e-1", occurred_at=utcnow(), task_id="t-1", spec=SPEC), 1)
+    runs_bucket = buckets[subjects.BUCKET_RUNS]
+    await runs_bucket.put(subjects.run_key("t-1", run_id_for("t-1", ONCE_SLOT)), b"{not a run")
+    await runs_bucket.put(ledger_key("t-1"), b"[{not a ledger")
+
+    assert await persistence.get_runs(state, "t-1", loading=True) == []
+    assert await persistence.get_ledger("t-1") == []
