@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -18,6 +19,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from proto import api, codec, subjects
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Verdict = str
 """``run``, ``cancelled`` (task or run cancelled) or ``deleted`` (task deleted)."""
@@ -65,12 +67,16 @@ class VerdictAsker:
             if not future.done():
                 future.set_result(verdict)
 
-    async def _ask_together(self, refs: list[api.RunRef]) -> list[Verdict]:
-        request = codec.encode(api.RunVerdictsRequest(runs=refs))
-        reply = await self.nc.request(subjects.RUN_VERDICTS, request, timeout=self.timeout)
+    async def _request(self, subject: str, request: object, reply_type: type[T]) -> T:
+        """The store's reply to ``request``; raises on an error reply, as on no reply."""
+        reply = await self.nc.request(subject, codec.encode(request), timeout=self.timeout)
         if reply.headers and subjects.HEADER_ERROR in reply.headers:
             raise ValueError(reply.data[:200].decode(errors="replace"))
-        verdicts: list[Verdict] = [v.verdict for v in codec.decode(api.RunVerdicts, reply.data).verdicts]
+        return codec.decode(reply_type, reply.data)
+
+    async def _ask_together(self, refs: list[api.RunRef]) -> list[Verdict]:
+        reply = await self._request(subjects.RUN_VERDICTS, api.RunVerdictsRequest(runs=refs), api.RunVerdicts)
+        verdicts: list[Verdict] = [v.verdict for v in reply.verdicts]
         if len(verdicts) != len(refs):
             raise ValueError(f"{len(verdicts)} verdicts for {len(refs)} runs")
         return verdicts
@@ -80,10 +86,7 @@ class VerdictAsker:
         store's buckets. With no store to answer (an election, a restart), run it: a cancel sent
         later still reaches the run here, as it does once a run has started."""
         try:
-            reply = await self.nc.request(subjects.RUN_VERDICT, codec.encode(ref), timeout=self.timeout)
-            if reply.headers and subjects.HEADER_ERROR in reply.headers:
-                raise ValueError(reply.data[:200].decode(errors="replace"))
-            return codec.decode(api.RunVerdict, reply.data).verdict
+            return (await self._request(subjects.RUN_VERDICT, ref, api.RunVerdict)).verdict
         except Exception as exc:  # no responders, a timeout, an error reply
             log.info("run verdict not known (%s: %s); running it", type(exc).__name__, exc, extra={"run": ref.run_id})
             return "run"

@@ -221,11 +221,8 @@ class Persistence:
             return None
         if not message.data:  # a delete or purge marker
             return None
-        try:
-            return _task_decoder.decode(message.data)
-        except msgspec.MsgspecError as exc:
-            log.error("unreadable task record %s: %s", task_id, exc)
-            return None
+        task = _decoded_task(task_id, message.data)
+        return task if isinstance(task, TaskRecord) else None
 
     async def task_deleted(self, task_id: str) -> bool:
         """Whether the tasks bucket holds a delete marker for the task (False: a record, or no key yet)."""
@@ -239,11 +236,7 @@ class Persistence:
             return "deleted" if exc.op is not None else "absent"  # nats-py: a deleted or purged key has its op
         if not entry.value:
             return "deleted"
-        try:
-            return _task_decoder.decode(entry.value)
-        except msgspec.MsgspecError as exc:
-            log.error("unreadable task record %s: %s", task_id, exc)
-            return "unreadable"
+        return _decoded_task(task_id, entry.value)
 
     async def get_runs(self, state: StoreState, task_id: str, *, loading: bool = False) -> list[RunRecord]:
         """A task's runs from the runs bucket, in the order they were queued.
@@ -424,6 +417,14 @@ class Persistence:
         ]
         chunks.sort(key=lambda c: c.seq)
         return chunks
+
+
+def _decoded_task(task_id: str, data: bytes) -> TaskRecord | Literal["unreadable"]:
+    try:
+        return _task_decoder.decode(data)
+    except msgspec.MsgspecError as exc:
+        log.error("unreadable task record %s: %s", task_id, exc)
+        return "unreadable"
 
 
 async def in_batches(calls: list[Coroutine[Any, Any, None]], size: int) -> None:

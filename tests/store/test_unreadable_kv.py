@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
 from proto import events, subjects
 from proto.runs import ONCE_SLOT, run_id_for
@@ -42,13 +43,19 @@ def paused(server: NatsServer) -> Iterator[None]:
         os.kill(server.process.pid, signal.SIGCONT)
 
 
+async def _one_task(nc: Client) -> tuple[Persistence, StoreState, dict[str, KeyValue]]:
+    """A store's persistence (reads time out after 0.5 s) and a state holding task ``t-1``, not yet written."""
+    js = nc.jetstream(timeout=READ_TIMEOUT_SECONDS)
+    buckets = await natsio.setup_owned(js, "store", 1)
+    state = StoreState()
+    state.apply_task_event(events.TaskSubmitted(event_id="e-1", occurred_at=utcnow(), task_id="t-1", spec=SPEC), 1)
+    return Persistence(js, buckets), state, buckets
+
+
 async def test_reads_that_get_no_answer_raise_and_keys_that_are_not_there_read_as_absent(
     nats_server: NatsServer, nc: Client
 ) -> None:
-    js = nc.jetstream(timeout=READ_TIMEOUT_SECONDS)
-    persistence = Persistence(js, await natsio.setup_owned(js, "store", 1))
-    state = StoreState()
-    state.apply_task_event(events.TaskSubmitted(event_id="e-1", occurred_at=utcnow(), task_id="t-1", spec=SPEC), 1)
+    persistence, state, _ = await _one_task(nc)
     await persistence.flush(state)
 
     assert await persistence.get_task("never-submitted") is None
@@ -67,11 +74,7 @@ async def test_reads_that_get_no_answer_raise_and_keys_that_are_not_there_read_a
 
 async def test_a_run_record_or_ledger_that_does_not_decode_is_skipped_not_raised(nc: Client) -> None:
     # Raising here would fail every load: one damaged record must not keep the store from leading.
-    js = nc.jetstream(timeout=READ_TIMEOUT_SECONDS)
-    buckets = await natsio.setup_owned(js, "store", 1)
-    persistence = Persistence(js, buckets)
-    state = StoreState()
-    state.apply_task_event(events.TaskSubmitted(event_id="e-1", occurred_at=utcnow(), task_id="t-1", spec=SPEC), 1)
+    persistence, state, buckets = await _one_task(nc)
     runs_bucket = buckets[subjects.BUCKET_RUNS]
     await runs_bucket.put(subjects.run_key("t-1", run_id_for("t-1", ONCE_SLOT)), b"{not a run")
     await runs_bucket.put(ledger_key("t-1"), b"[{not a ledger")
