@@ -197,12 +197,23 @@ class Leader:
             log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
 
     async def _fire_loop(self, until: asyncio.Event) -> None:
+        # At ~1,000 fires a second a round held one fire, and every hop downstream (WORK, the
+        # runner's verdict and start, the store's writes) then paid its per-message cost per run:
+        # spacing rounds 5 ms apart cut the CPU of a run by about a quarter (bench/README).
+        spacing = self.settings.fire_round_spacing.total_seconds()
+        last_round = float("-inf")
         while not until.is_set():
-            keys = self.heap.pop_due(time.time())
-            if keys:
+            next_due = self.heap.next_due()
+            if next_due is not None and next_due <= time.time():
+                pause = last_round + spacing - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)  # what comes due meanwhile joins this round
+                    if until.is_set():
+                        break
+                last_round = time.monotonic()
+                keys = self.heap.pop_due(time.time())
                 await asyncio.gather(*(self._fire(key) for key in keys))
                 continue
-            next_due = self.heap.next_due()
             delay = 1.0 if next_due is None else min(1.0, max(0.0, next_due - time.time()))
             self._wakeup.clear()
             try:

@@ -15,3 +15,6 @@ class SchedulerSettings(ServiceSettings, kw_only=True, forbid_unknown_fields=Tru
     run_all_limit: int = 100
     """At most this many missed fires are caught up under misfire policy ``run_all``."""
     fire_concurrency: int = 512
+    fire_round_spacing: timedelta = timedelta(milliseconds=5)
+    """Under load, rounds of fires start at least this far apart, so the fires of that moment share
+    their writes downstream; a fire waits at most this long, and a timer due alone fires on time."""
