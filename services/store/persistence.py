@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from nats.js import JetStreamContext
@@ -32,6 +32,7 @@ from services.store.writes import LEDGER_RUN_ID, Writes
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _ledger_decoder = msgspec.json.Decoder(list[LedgerEntry])
 _task_decoder = codec.decoder(TaskRecord)
 _run_decoder = codec.decoder(RunRecord)
@@ -184,11 +185,10 @@ class Persistence:
         last = (await self.js.stream_info(f"KV_{subjects.BUCKET_TASKS}")).state.last_seq
         batch: list[TaskRecord] = []
         total = 0
-        async for _, value in read_bucket(self.js, subjects.BUCKET_TASKS):
-            try:
-                batch.append(_task_decoder.decode(value))
-            except msgspec.MsgspecError as exc:
-                log.error("unreadable task record skipped: %s", exc)
+        async for key, value in read_bucket(self.js, subjects.BUCKET_TASKS):
+            task = _decoded(_task_decoder, "task record", key, value)
+            if task is not None:
+                batch.append(task)
             if len(batch) >= 5000:
                 catalog.commit(batch)
                 total += len(batch)
@@ -221,8 +221,7 @@ class Persistence:
             return None
         if not message.data:  # a delete or purge marker
             return None
-        task = _decoded_task(task_id, message.data)
-        return task if isinstance(task, TaskRecord) else None
+        return _decoded(_task_decoder, "task record", task_id, message.data)
 
     async def task_deleted(self, task_id: str) -> bool:
         """Whether the tasks bucket holds a delete marker for the task (False: a record, or no key yet)."""
@@ -236,7 +235,8 @@ class Persistence:
             return "deleted" if exc.op is not None else "absent"  # nats-py: a deleted or purged key has its op
         if not entry.value:
             return "deleted"
-        return _decoded_task(task_id, entry.value)
+        task = _decoded(_task_decoder, "task record", task_id, entry.value)
+        return "unreadable" if task is None else task
 
     async def get_runs(self, state: StoreState, task_id: str, *, loading: bool = False) -> list[RunRecord]:
         """A task's runs from the runs bucket, in the order they were queued.
@@ -252,19 +252,16 @@ class Persistence:
                 entry = await self.runs.get(key)
             except KeyNotFoundError:  # no run yet (a bucket that does not answer raises: a run
                 entry = None  # missed here would be written back without its history)
-            if entry is not None and entry.value:
-                try:
-                    found.append(_run_decoder.decode(entry.value))
-                except msgspec.MsgspecError as exc:
-                    log.error("unreadable run record %s skipped: %s", key, exc)
+            run = _decoded(_run_decoder, "run record", key, entry.value) if entry is not None and entry.value else None
+            if run is not None:
+                found.append(run)
         else:
             async for key, value in read_bucket(self.js, subjects.BUCKET_RUNS, f"{task_id}.*"):
                 if key.endswith("." + LEDGER_RUN_ID):
                     continue
-                try:
-                    found.append(_run_decoder.decode(value))
-                except msgspec.MsgspecError as exc:
-                    log.error("unreadable run record %s skipped: %s", key, exc)
+                run = _decoded(_run_decoder, "run record", key, value)
+                if run is not None:
+                    found.append(run)
         found.sort(key=lambda r: (r.queued_at or r.started_at or r.finished_at or _EPOCH, r.run_id))
         return found
 
@@ -275,11 +272,7 @@ class Persistence:
             entry = await self.runs.get(key)
         except KeyNotFoundError:
             return []
-        try:
-            return _ledger_decoder.decode(entry.value) if entry.value else []
-        except msgspec.MsgspecError as exc:
-            log.error("unreadable ledger %s skipped: %s", key, exc)
-            return []
+        return (_decoded(_ledger_decoder, "ledger", key, entry.value) or []) if entry.value else []
 
     async def flush(self, state: StoreState) -> int:
         """Write everything changed in ``state`` so far; returns how many records that flush wrote.
@@ -419,12 +412,14 @@ class Persistence:
         return chunks
 
 
-def _decoded_task(task_id: str, data: bytes) -> TaskRecord | Literal["unreadable"]:
+def _decoded(decoder: msgspec.json.Decoder[T], what: str, key: str, data: bytes) -> T | None:
+    """``data`` decoded, or None with an error log: one damaged record is skipped, never raised
+    (a raise here would fail every load, and the store could not lead)."""
     try:
-        return _task_decoder.decode(data)
+        return decoder.decode(data)
     except msgspec.MsgspecError as exc:
-        log.error("unreadable task record %s: %s", task_id, exc)
-        return "unreadable"
+        log.error("unreadable %s %s skipped: %s", what, key, exc)
+        return None
 
 
 async def in_batches(calls: list[Coroutine[Any, Any, None]], size: int) -> None:
