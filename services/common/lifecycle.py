@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from services.common.collector import tune_collector
 from services.common.logs import configure_logging
 from services.common.settings import ServiceSettings, SettingsError, load_settings
 
@@ -31,6 +32,7 @@ def run_service(name: str, settings_type: type[S], main: Callable[[S, asyncio.Ev
         runner: Callable[..., object] = asyncio.run
     else:
         runner = uvloop.run
+    tune_collector()
     runner(_supervise(name, settings, main))
 
 
