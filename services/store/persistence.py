@@ -272,7 +272,9 @@ class Persistence:
             entry = await self.runs.get(key)
         except KeyNotFoundError:
             return []
-        return (_decoded(_ledger_decoder, "ledger", key, entry.value) or []) if entry.value else []
+        if not entry.value:
+            return []
+        return _decoded(_ledger_decoder, "ledger", key, entry.value) or []
 
     async def flush(self, state: StoreState) -> int:
         """Write everything changed in ``state`` so far; returns how many records that flush wrote.
