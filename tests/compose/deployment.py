@@ -43,6 +43,8 @@ def base_image() -> str:
             return os.environ[name]
     for label in ("org.taskmesh.recipe", "org.taskmesh.sandbox"):
         found = docker("images", "--filter", f"label={label}", "--format", "{{.Repository}}:{{.Tag}}").split()
+        # the images built here inherit the label: building on them would build on a built image
+        found = [name for name in found if name not in (SERVICE_IMAGE, SANDBOX_IMAGE)]
         if found:
             return found[0]
     return "python:3.12-slim"
