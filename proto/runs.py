@@ -183,7 +183,12 @@ class RunFinished(Event, frozen=True, tag="run_finished"):
     output_truncated: bool = False
     log_bytes: int = 0
     log_chunks: int = 0
-    """How many LogChunks this attempt published (the store knows when it has them all)."""
+    """How many LogChunks this attempt made, those in ``log`` included (the store knows when it
+    has them all)."""
+    log: list[LogChunk] = []
+    """The attempt's whole output when it is small and none of it was published on LOGS yet (an
+    API task's two lines, a quick code task): it travels here and the store files it like chunks
+    from LOGS, which saves the chunk a message of its own, a delivery and an acknowledgement."""
     will_retry: bool = False
     retry: int = 0
     retry_at: datetime | None = None
@@ -205,6 +210,8 @@ RunEvent = RunQueued | RunStarted | RunFinished | RunCancelRequested
 # --- Output -----------------------------------------------------------------------------------
 
 LogStream = Literal["stdout", "stderr", "system"]
+MAX_INLINE_LOG_BYTES: Final = 4096
+"""Most text a ``RunFinished`` carries in ``log``; more goes on LOGS as chunks."""
 
 
 class LogChunk(Struct, kw_only=True):

@@ -131,10 +131,10 @@ class _Follower:
 async def follow_logs(request: web.Request, query: api.GetLogsRequest) -> web.StreamResponse:
     """Stored chunks first, then live ones, each exactly once and in order, until the run ends.
 
-    Live chunks and the end come from core subscriptions made before the stored ones are read;
-    while the stream is quiet (or a live chunk is ahead of the stored ones) the store is asked
-    again, because chunks travel on their own stream and may reach the store after the run's end
-    (or the end may precede the subscription).
+    Live chunks and the end come from core subscriptions made before the stored ones are read (a
+    short output comes with the end, in ``RunFinished.log``); while the stream is quiet (or a live
+    chunk is ahead of the stored ones) the store is asked again, because chunks travel on their own
+    stream and may reach the store after the run's end (or the end may precede the subscription).
     """
     gateway = request.app[GATEWAY]
     nc, store = gateway.nc, gateway.store
@@ -201,6 +201,9 @@ async def _follow_live(
             finished = codec.decode(RunFinished, data)
         except msgspec.MsgspecError:
             continue
+        if follower.run_id in (None, finished.run_id):
+            for chunk in finished.log:  # a short output travels in the outcome, not on LOGS
+                await follower.offer(chunk)
         if follower.run_id not in (None, finished.run_id) or finished.will_retry:
             continue
         follower.run_id = finished.run_id

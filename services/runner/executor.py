@@ -211,8 +211,9 @@ class RunExecutor:
             )
         outcome = hidden_outcome(outcome, active.secret_values)
         # The outcome does not wait for the last log chunks to be acknowledged: the store tells a
-        # complete log by the chunk count the outcome carries.
-        output.end()
+        # complete log by the chunk count the outcome carries. A short output travels in the
+        # outcome itself, unless the run is handed back (then there is no outcome to carry it).
+        output.end(inline=not active.hand_back)
         if active.hand_back:
             await output.settled()
             await within_deadline(message.nak())
@@ -305,11 +306,12 @@ class RunExecutor:
         """Report the outcome of a run that has executed; whatever goes wrong, exactly one outcome
         is recorded (the user code must not run again because reporting it failed)."""
         try:
-            await self._report(due, attempt, outcome, started_at, output.bytes_seen, output.chunks)
+            await self._report(due, attempt, outcome, started_at, output.bytes_seen, output.chunks, output)
         except Exception as exc:
             if is_transient(exc):
                 raise  # _report waited out its patience: redelivered, and the redelivery fences the run
             log.exception("outcome of run %s could not be reported", due.run_id)
+            output.publish_inline()
             reason = f"the runner could not report the outcome ({type(exc).__name__}: {exc})"
             finished = RunFinished(
                 event_id=f"f:{due.task_id}:{due.slot}:{attempt}",
@@ -410,8 +412,10 @@ class RunExecutor:
         started_at: datetime | None,
         log_bytes: int,
         log_chunks: int = 0,
+        output: RunOutput | None = None,
     ) -> None:
-        """Publish the attempt's ``RunFinished`` and wait until JetStream has it."""
+        """Publish the attempt's ``RunFinished`` and wait until JetStream has it; it carries the
+        output ``output`` kept for it (``RunOutput.end``), or that output goes on LOGS."""
         poison = outcome.error is not None and outcome.error.type == "poison"
         will_retry = should_retry(due.spec, outcome.status, due.retry) and not poison
         now = utcnow()
@@ -432,11 +436,16 @@ class RunExecutor:
             ),
             log_bytes=log_bytes,
             log_chunks=log_chunks,
+            log=output.inline if output is not None else [],
             will_retry=will_retry,
             retry=due.retry,
             retry_at=retry_at(due.spec, due.retry + 1, now) if will_retry else None,
         )
         payload = codec.encode(finished)
+        if output is not None and finished.log and len(payload) > streams.MAX_PAYLOAD_BYTES - 4096:
+            output.publish_inline()  # the result needs the room
+            finished = msgspec.structs.replace(finished, log=[])
+            payload = codec.encode(finished)
         if len(payload) > streams.MAX_PAYLOAD_BYTES - 4096:
             finished = msgspec.structs.replace(
                 finished,

@@ -9,7 +9,7 @@ import logging
 from nats.js import JetStreamContext
 
 from proto import codec, subjects
-from proto.runs import LogChunk, LogStream
+from proto.runs import MAX_INLINE_LOG_BYTES, LogChunk, LogStream
 from services.common.clock import utcnow
 from services.common.masking import MASK
 from services.common.publishing import publish_async
@@ -50,6 +50,8 @@ class RunOutput:
         """Secret values this run uses: replaced by ``***`` in every chunk, also one written across
         two chunks (text that may begin a value waits for what follows it)."""
         self._held_back: dict[LogStream, str] = {}
+        self.inline: list[LogChunk] = []
+        """The whole output, kept by ``end`` for the outcome to carry (not published on LOGS)."""
 
     @property
     def chunks(self) -> int:
@@ -156,6 +158,10 @@ class RunOutput:
         return longest
 
     def _flush(self, final: bool = False) -> None:
+        self._publish(self._take_chunks(final))
+
+    def _take_chunks(self, final: bool) -> list[LogChunk]:
+        """The buffered text as the next chunks, one per stream run (secret values hidden)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -166,19 +172,26 @@ class RunOutput:
             held = [(s, "") for s in self._held_back if final and s not in streams]
             buffered = [(s, self._hide(s, t, final)) for s, t in [*buffered, *held]]
             buffered = [(s, t) for s, t in buffered if t]
+        chunks = []
         for stream, text in buffered:
-            chunk = LogChunk(
-                task_id=self.task_id,
-                run_id=self.run_id,
-                attempt=self.attempt,
-                seq=self._seq,
-                stream=stream,
-                data=text,
-                at=utcnow(),
+            chunks.append(
+                LogChunk(
+                    task_id=self.task_id,
+                    run_id=self.run_id,
+                    attempt=self.attempt,
+                    seq=self._seq,
+                    stream=stream,
+                    data=text,
+                    at=utcnow(),
+                )
             )
             self._seq += 1
+        return chunks
+
+    def _publish(self, chunks: list[LogChunk]) -> None:
+        for chunk in chunks:
             self._outbox.put_nowait(codec.encode(chunk))
-        if self._worker is None and buffered:
+        if self._worker is None and chunks:
             self._worker = asyncio.create_task(self._publish_in_order())
 
     async def _publish_in_order(self) -> None:
@@ -188,14 +201,28 @@ class RunOutput:
             except Exception as exc:  # output is best effort; the outcome is not
                 log.warning("log chunk not published: %s", exc)
 
-    def end(self) -> None:
-        """No more output: publish what is buffered (``settled`` waits for it)."""
+    def end(self, inline: bool = False) -> None:
+        """No more output: publish what is buffered (``settled`` waits for it).
+
+        ``inline``: when none of the output has been published yet and all of it fits in
+        ``MAX_INLINE_LOG_BYTES``, keep it in ``inline`` for the outcome to carry instead."""
         for stream, decoder in self._decoders.items():
             tail = decoder.decode(b"", final=True)
             if tail:
                 self._append(stream, tail)  # type: ignore[arg-type]  # the decoders' keys are stdout and stderr
-        self._flush(final=True)
+        chunks = self._take_chunks(final=True)
+        if inline and self._worker is None and sum(len(c.data.encode()) for c in chunks) <= MAX_INLINE_LOG_BYTES:
+            self.inline = chunks
+        else:
+            self._publish(chunks)
         if self._worker is not None:
+            self._outbox.put_nowait(None)
+
+    def publish_inline(self) -> None:
+        """Publish on LOGS what ``end`` kept for the outcome (an outcome that cannot carry it)."""
+        chunks, self.inline = self.inline, []
+        if chunks:
+            self._publish(chunks)
             self._outbox.put_nowait(None)
 
     async def settled(self) -> None:

@@ -56,6 +56,8 @@ class Applied:
     failed: dict[int, Exception] = field(default_factory=dict)
     early: set[int] = field(default_factory=set)
     """Run events whose task this store does not know yet: offered again a little later."""
+    logs: list[LogChunk] = field(default_factory=list)
+    """Output carried by outcomes (``RunFinished.log``): filed before the batch is acknowledged."""
 
 
 Apply = Callable[[list[Msg]], Applied]
@@ -159,6 +161,8 @@ class EventConsumers:
     async def _commit(self, messages: list[Msg], applied: Applied) -> None:
         """Write what the batch changed, then settle each message on its own: acknowledge it,
         terminate it (unreadable), or redeliver it later / give it up (its handling raised)."""
+        if applied.logs:
+            await self.persistence.put_log_chunks(applied.logs)
         await self.persistence.flush(self.state)
         for message in messages:
             try:
@@ -201,6 +205,8 @@ class EventConsumers:
                 known = self._apply_event(event, message.metadata.num_delivered < EARLY_EVENT_DELIVERIES)
                 if not known:
                     applied.early.add(id(message))
+                elif isinstance(event, runs.RunFinished) and event.log:
+                    applied.logs.extend(chunk for chunk in event.log if _of(event, chunk) and self._keep(chunk))
             except Exception as exc:  # a bug met by this one event: the others still apply
                 log.exception("event on %s not applied", message.subject)
                 applied.failed[id(message)] = exc
@@ -221,6 +227,19 @@ class EventConsumers:
         self.after_apply(effects)
         return True
 
+    def _keep(self, chunk: LogChunk) -> bool:
+        """Whether to file ``chunk``: its task is retained and its attempt's output within bounds."""
+        if not self.state.is_retained(chunk.task_id):  # deleted (or never known): nothing to file it under
+            return False
+        key = (chunk.task_id, chunk.run_id, chunk.attempt)
+        used = self._log_bytes.get(key, 0)
+        if used > self.log_cap_bytes + 64 * 1024:  # the runner caps; this only guards the bucket
+            return False
+        if len(self._log_bytes) >= 50_000:
+            self._log_bytes.clear()
+        self._log_bytes[key] = used + len(chunk.data)
+        return True
+
     async def _commit_logs(self, messages: list[Msg], _: Applied) -> None:
         keep: list[LogChunk] = []
         for message in messages:
@@ -228,22 +247,19 @@ class EventConsumers:
                 chunk = codec.log_chunk_decoder.decode(message.data)
             except msgspec.MsgspecError:
                 continue
-            if not self.state.is_retained(chunk.task_id):  # deleted (or never known): nothing to file it under
-                continue
-            key = (chunk.task_id, chunk.run_id, chunk.attempt)
-            used = self._log_bytes.get(key, 0)
-            if used > self.log_cap_bytes + 64 * 1024:  # the runner caps; this only guards the bucket
-                continue
-            self._log_bytes[key] = used + len(chunk.data)
-            keep.append(chunk)
-        if len(self._log_bytes) > 50_000:
-            self._log_bytes.clear()
+            if self._keep(chunk):
+                keep.append(chunk)
         await self.persistence.put_log_chunks(keep)
         for message in messages:
             try:
                 await within_deadline(message.ack())
             except Exception as exc:  # redelivered after the ack wait; filing a chunk again is harmless
                 log.debug("log chunk not acknowledged: %s", exc)
+
+
+def _of(finished: runs.RunFinished, chunk: LogChunk) -> bool:
+    """Whether ``chunk`` is output of the attempt ``finished`` ends (an outcome files no other)."""
+    return (chunk.task_id, chunk.run_id, chunk.attempt) == (finished.task_id, finished.run_id, finished.attempt)
 
 
 def _nothing_to_apply(_: list[Msg]) -> Applied:

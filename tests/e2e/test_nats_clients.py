@@ -3,6 +3,7 @@ language would see exactly these subjects and JSON bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -148,5 +149,42 @@ async def test_a_repeat_with_the_same_submission_id_gets_the_same_task_and_other
             error = (await submit(refused_body, submission_id))["error"]
             assert error["field"] == "Taskmesh-Submission-Id" and words in error["message"], error
         assert (await js.stream_info("TASKS")).state.messages == 1
+    finally:
+        await nc.close()
+
+
+async def test_a_short_api_runs_log_comes_with_its_outcome_and_is_served_by_the_store(
+    stack: Stack, target: TargetServer
+) -> None:
+    assert stack.nats is not None
+    nc = await nats.connect(stack.nats.url)
+    try:
+        finished = await nc.subscribe("taskmesh.run.*.*.finished")
+        chunks = await nc.subscribe("taskmesh.log.>")
+        body = {"name": "short log", "task_type": "immediate", "api_url": f"{target.url}/echo", "timeout": 30}
+        task_id = json.loads(
+            (await nc.request("taskmesh.api.tasks.submit", json.dumps(body).encode(), timeout=5)).data
+        )["id"]
+
+        # the outcome carries the run's log (its two lines) and counts it in its chunks
+        event = json.loads((await finished.next_msg(timeout=20)).data)
+        assert event["task_id"] == task_id and event["status"] == "succeeded"
+        carried = [chunk["data"] for chunk in event["log"]]
+        assert len(carried) == event["log_chunks"] >= 1
+        lines = "".join(carried).splitlines()
+        assert len(lines) == 2 and lines[0].startswith(f"GET {target.url}/echo") and lines[1].startswith("200 OK")
+        # nothing of it went out as a chunk of its own
+        assert chunks.pending_msgs == 0
+
+        # and the store serves the same lines as the run's log
+        deadline = time.monotonic() + 10
+        while True:
+            reply = json.loads(
+                (await nc.request("taskmesh.api.logs.get", json.dumps({"id": task_id}).encode(), timeout=5)).data
+            )
+            if [chunk["data"] for chunk in reply["chunks"]] == carried or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert [chunk["data"] for chunk in reply["chunks"]] == carried and reply["finished"] is True
     finally:
         await nc.close()

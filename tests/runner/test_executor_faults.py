@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from proto import api, codec, runs, subjects
+from proto import api, codec, runs, streams, subjects
 from proto.runs import Execution, RunDue, RunFinished
 from proto.tasks import TaskSpec
 from services.common import natsio
@@ -226,3 +226,30 @@ async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_r
     assert again.metadata.num_delivered == 2
     await again.ack()
     await subscription.unsubscribe()
+
+
+class LoudHttp(CountingHttp):
+    """Writes a long line of output before returning ``outcome``."""
+
+    async def execute(self, spec: TaskSpec, output: RunOutput) -> Execution:
+        self.calls += 1
+        output.system("x" * 3000)
+        return self.outcome
+
+
+async def test_output_that_would_push_a_large_result_past_the_limit_goes_on_logs_and_the_result_stays(
+    js: JetStreamContext,
+) -> None:
+    # Given a run whose result leaves too little room in its outcome for its output
+    size = streams.MAX_PAYLOAD_BYTES - 4096 - 600 - 1500
+    http = LoudHttp(Execution(status="succeeded", result="r" * size))
+    executor = await _executor(js, http)
+    due = await _publish_due(js, TaskSpec(name="big", task_type="immediate", api_url="http://127.0.0.1:9/"))
+    # When a runner runs it
+    await _pull_until_done(js, executor, timeout=25)
+    # Then the outcome keeps the result, and the output is a chunk on LOGS the outcome counts
+    finished = await _finished(js, due)
+    assert finished.status == "succeeded" and finished.result == "r" * size
+    assert finished.log == [] and finished.log_chunks == 1
+    chunk = await js.get_last_msg(subjects.STREAM_LOGS, subjects.log_chunks(due.task_id, due.run_id))
+    assert codec.log_chunk_decoder.decode(chunk.data).data == "x" * 3000 + "\n"

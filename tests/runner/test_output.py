@@ -7,7 +7,7 @@ import asyncio
 from nats.js import JetStreamContext
 
 from proto import codec, subjects
-from proto.runs import LogChunk
+from proto.runs import MAX_INLINE_LOG_BYTES, LogChunk
 from services.common import natsio
 from services.runner.output import FLUSH_SECONDS, PARTIAL_LINE_SECONDS, RunOutput
 
@@ -83,3 +83,60 @@ async def test_a_print_whose_newline_comes_after_the_other_streams_output_stays_
 
     chunks = await published(js, 2)
     assert [(c.stream, c.data) for c in chunks] == [("stderr", "a warning\n"), ("stdout", "first line\nsecond line\n")]
+
+
+async def test_a_short_output_is_kept_for_the_outcome_and_not_published(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+    output.hidden = ["s3cr3t-value"]
+
+    output.system("GET http://example.test/ (timeout 30 s)")
+    output.write("stdout", b"token s3cr3t-value\n")
+    output.end(inline=True)
+    await output.settled()
+
+    assert [(c.seq, c.stream, c.data) for c in output.inline] == [
+        (0, "system", "GET http://example.test/ (timeout 30 s)\n"),
+        (1, "stdout", "token ***\n"),
+    ]
+    assert output.chunks == 2
+    assert await published(js, 1, timeout=1.0) == []
+
+
+async def test_output_too_long_for_the_outcome_is_published(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=64 * 1024)
+
+    output.write("stdout", b"x" * (MAX_INLINE_LOG_BYTES + 1))
+    output.end(inline=True)
+    await output.settled()
+
+    assert output.inline == []
+    assert [len(c.data) for c in await published(js, 1)] == [MAX_INLINE_LOG_BYTES + 1]
+
+
+async def test_output_already_partly_published_is_not_kept_for_the_outcome(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+
+    output.write("stdout", b"first\n")
+    await asyncio.sleep(FLUSH_SECONDS * 3)  # a timed flush publishes the first line
+    output.write("stdout", b"second\n")
+    output.end(inline=True)
+    await output.settled()
+
+    assert output.inline == []
+    assert [c.data for c in await published(js, 2)] == ["first\n", "second\n"]
+
+
+async def test_output_kept_for_an_outcome_that_cannot_carry_it_is_published(js: JetStreamContext) -> None:
+    await natsio.setup_owned(js, "store", 1)
+    output = RunOutput(js, "t", "r", 1, cap_bytes=1024)
+
+    output.system("200 OK in 1.0 ms, 11 bytes")
+    output.end(inline=True)
+    output.publish_inline()
+    await output.settled()
+
+    assert output.inline == []
+    assert [c.data for c in await published(js, 1)] == ["200 OK in 1.0 ms, 11 bytes\n"]

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -259,6 +260,58 @@ async def test_a_run_event_that_arrives_before_its_task_is_applied_once_the_task
 
         await _wait(lambda: _true(is_queued()), streams.STORE_ACK_WAIT.total_seconds() + 15, "task-early queued")
         assert consumers.unknown_task_events == 0
+    finally:
+        stop.set()
+        await running
+
+
+async def test_output_carried_by_an_outcome_is_filed_before_the_outcome_is_acknowledged(
+    nc: Client, js: JetStreamContext
+) -> None:
+    # Given a task and the outcome of its run carrying the run's whole output (and, from a broken
+    # or hostile publisher, a chunk of another task)
+    state, consumers = await _store_parts(nc, js)
+    await _submit(js, "task-1")
+    await _submit(js, "task-2")
+    run_id = runs.run_id_for("task-1", "once")
+    lines = ["GET http://127.0.0.1:9/ (timeout 30 s)\n", "200 OK in 1.2 ms, 2 bytes\n"]
+    log = [
+        runs.LogChunk(task_id="task-1", run_id=run_id, attempt=1, seq=seq, stream="system", data=line, at=utcnow())
+        for seq, line in enumerate(lines)
+    ]
+    log.append(
+        msgspec.structs.replace(log[0], task_id="task-2", run_id=runs.run_id_for("task-2", "once"), data="not mine\n")
+    )
+    finished = runs.RunFinished(
+        event_id="f-1",
+        occurred_at=utcnow(),
+        task_id="task-1",
+        run_id=run_id,
+        attempt=1,
+        runner_id="runner-1",
+        status="succeeded",
+        slot="once",
+        log_chunks=2,
+        log=log,
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumers.run(stop))
+    try:
+        await _wait(lambda: _true({"task-1", "task-2"} <= set(state.tasks)), 10, "the tasks applied")
+        await js.publish(subjects.run_event("task-1", run_id, finished.subject_kind), codec.encode(finished))
+
+        # When the store has acknowledged the outcome
+        async def settled() -> bool:
+            info = await js.consumer_info(subjects.STREAM_EVENTS, subjects.CONSUMER_STORE_EVENTS)
+            return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
+
+        await _wait(settled, 10, "the outcome acknowledged")
+        # Then its output is in the logs bucket, in order, as if it had come on LOGS; nothing else is
+        stored = sorted(
+            [codec.log_chunk_decoder.decode(value) async for _, value in natsio.read_bucket(js, subjects.BUCKET_LOGS)],
+            key=lambda chunk: chunk.seq,
+        )
+        assert [chunk.data for chunk in stored] == lines
     finally:
         stop.set()
         await running
