@@ -175,7 +175,6 @@ class RunExecutor:
                     error=RunError(type="cancelled", message=active.cancel_reason or "cancelled before it started"),
                 ),
                 None,
-                0,
             )
             await within_deadline(message.ack())
             return
@@ -192,7 +191,6 @@ class RunExecutor:
                     ),
                 ),
                 None,
-                0,
             )
             await within_deadline(message.ack())
             return
@@ -306,7 +304,7 @@ class RunExecutor:
         """Report the outcome of a run that has executed; whatever goes wrong, exactly one outcome
         is recorded (the user code must not run again because reporting it failed)."""
         try:
-            await self._report(due, attempt, outcome, started_at, output.bytes_seen, output.chunks, output)
+            await self._report(due, attempt, outcome, started_at, output)
         except Exception as exc:
             if is_transient(exc):
                 raise  # _report waited out its patience: redelivered, and the redelivery fences the run
@@ -410,12 +408,13 @@ class RunExecutor:
         attempt: int,
         outcome: Execution,
         started_at: datetime | None,
-        log_bytes: int,
-        log_chunks: int = 0,
         output: RunOutput | None = None,
     ) -> None:
-        """Publish the attempt's ``RunFinished`` and wait until JetStream has it; it carries the
-        output ``output`` kept for it (``RunOutput.end``), or that output goes on LOGS."""
+        """Publish the attempt's ``RunFinished`` and wait until JetStream has it; it counts the
+        attempt's ``output`` (None: it made none) and carries what ``RunOutput.end`` kept for it,
+        or that goes on LOGS."""
+        log_bytes = output.bytes_seen if output is not None else 0
+        log_chunks = output.chunks if output is not None else 0
         poison = outcome.error is not None and outcome.error.type == "poison"
         will_retry = should_retry(due.spec, outcome.status, due.retry) and not poison
         now = utcnow()
@@ -501,6 +500,6 @@ class RunExecutor:
             headers={subjects.HEADER_MSG_ID: f"dl:{due.task_id}:{due.slot}:{due.attempt}"},
         )
         await self._report(
-            due, attempt, Execution(status="failed", error=RunError(type="poison", message=reason)), None, 0
+            due, attempt, Execution(status="failed", error=RunError(type="poison", message=reason)), None
         )
         log.warning("run dead-lettered", extra={"run": due.run_id, "deliveries": delivered})

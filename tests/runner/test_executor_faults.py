@@ -126,7 +126,7 @@ async def test_the_outcome_of_a_run_with_hostile_retry_numbers_is_reported_with_
         queued_at=utcnow(),
     )
     # When the runner reports it
-    await executor._report(due, 1, failed("http_status", "HTTP 500"), None, 0)
+    await executor._report(due, 1, failed("http_status", "HTTP 500"), None)
     # Then its outcome is recorded, its retry at the longest wait allowed
     finished = await _finished(js, due)
     assert finished.status == "failed" and finished.will_retry and finished.retry_at is not None
