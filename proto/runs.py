@@ -125,6 +125,9 @@ class RunStarted(Event, frozen=True, tag="run_started"):
     attempt: int
     runner_id: str
     scheduled_for: datetime | None = None
+    queued_at: datetime | None = None
+    """When the run was queued (its ``RunDue``'s): the store shows it even if this start overtook
+    the ``RunQueued`` (None from runners that predate the field)."""
 
 
 class RunTimings(Struct, kw_only=True, omit_defaults=True):

@@ -263,6 +263,7 @@ class RunExecutor:
                     attempt=active.attempt,
                     runner_id=self.runner_id,
                     scheduled_for=due.scheduled_for,
+                    queued_at=due.queued_at,
                 )
                 payload = codec.encode(started)
                 mine[payload] = now

@@ -114,8 +114,12 @@ class TaskLifecycle:
         self.state.pending.tasks.add(task.id)
 
     def _queue_view(self, task: TaskRecord, event: runs.RunQueued) -> None:
-        """What a queued event says of the task besides its run: flow control's hold, a cron fire's view."""
+        """What a queued event says of the task besides its run: flow control's hold, a cron fire's view,
+        and the queue time a start that overtook this event did not carry."""
         run = self.state.run_book.of(task.id)[event.run_id]
+        if task.queued_at is None and run.queued_at is not None:
+            task.queued_at = run.queued_at
+            self.state.pending.tasks.add(task.id)
         # The hold (or its release) is the run's only while it still waits at this attempt: a
         # repeat of it after the start, or one of an older attempt, is stale.
         waiting = run.status == "queued" and run.attempt == event.attempt
@@ -146,7 +150,8 @@ class TaskLifecycle:
         run = step.run
         match effect:
             case Effect.NOTE_QUEUED:
-                task.queued_at = task.queued_at or step.at
+                # the run's queue time: a start that overtook its queued event carries it too
+                task.queued_at = task.queued_at or (run.queued_at if run is not None else step.at)
             case Effect.NOTE_STARTED:
                 task.started_at = task.started_at or step.at
             case Effect.CLEAR_RETRY:

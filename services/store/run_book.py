@@ -131,6 +131,7 @@ class RunBook:
         run.attempt = event.attempt
         run.runner_id = event.runner_id
         run.scheduled_for = run.scheduled_for or event.scheduled_for
+        run.queued_at = run.queued_at or event.queued_at
         first_start = run.started_at is None
         run.started_at = event.occurred_at
         run.finished_at = None

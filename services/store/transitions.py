@@ -90,7 +90,7 @@ OUTCOME_KINDS: dict[OutcomeStatus, EventKind] = {
 class Effect(StrEnum):
     """What a transition does besides setting the status (some add follow-ups to the caller's ``Effects``)."""
 
-    NOTE_QUEUED = "note_queued"  # the task's first queue time
+    NOTE_QUEUED = "note_queued"  # the task's first queue time (its run's, if known)
     NOTE_STARTED = "note_started"  # the task's first start time
     CLEAR_RETRY = "clear_retry"  # no retry is due any more
     AWAIT_RETRY = "await_retry"  # the run's retry time and error show on the task
@@ -142,7 +142,8 @@ def _each(statuses: frozenset[TaskStatus], kind: EventKind, transition: Transiti
 TRANSITIONS: dict[tuple[TaskStatus, EventKind], Transition] = {
     # A one-shot task: pending → queued → running → its run's outcome, retrying between attempts.
     **_each(ONE_SHOT_WAITING, "run_queued", Transition("queued", (Effect.CLEAR_RETRY, Effect.NOTE_QUEUED))),
-    **_each(ONE_SHOT_IN_PROGRESS, "run_started", Transition("running", (Effect.NOTE_STARTED,))),
+    # A start notes the queue time too: the scheduler's queued event can reach the store after it.
+    **_each(ONE_SHOT_IN_PROGRESS, "run_started", Transition("running", (Effect.NOTE_QUEUED, Effect.NOTE_STARTED))),
     **_each(ONE_SHOT_IN_PROGRESS, "run_will_retry", Transition("retrying", (Effect.AWAIT_RETRY,))),
     **{
         (status, kind): Transition(outcome, (Effect.RECORD_OUTCOME,))
@@ -152,6 +153,7 @@ TRANSITIONS: dict[tuple[TaskStatus, EventKind], Transition] = {
     # Anywhere else a queued run only notes the first queue time (a schedule's fires run on
     # after it completed: completing means no more fires, not fewer runs).
     **_each(STATUSES - ONE_SHOT_WAITING - {"cancelled"}, "run_queued", Transition(None, (Effect.NOTE_QUEUED,))),
+    **_each(SCHEDULE_LIVE, "run_started", Transition(None, (Effect.NOTE_QUEUED,))),  # (a start overtook it)
     # A schedule: active ⇄ paused, until the scheduler completes it.
     ("active", "pause"): Transition("paused", (Effect.CLEAR_NEXT_RUN,)),
     ("paused", "resume"): Transition("active"),

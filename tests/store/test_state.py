@@ -63,9 +63,22 @@ def queued(
     )
 
 
-def started(run_id: str = RUN, attempt: int = 1, when: float = 2, task_id: str = TASK, runner: str = "runner-a"):
+def started(
+    run_id: str = RUN,
+    attempt: int = 1,
+    when: float = 2,
+    task_id: str = TASK,
+    runner: str = "runner-a",
+    queued_at: float | None = None,
+):
     return runs.RunStarted(
-        event_id=eid(), occurred_at=at(when), task_id=task_id, run_id=run_id, attempt=attempt, runner_id=runner
+        event_id=eid(),
+        occurred_at=at(when),
+        task_id=task_id,
+        run_id=run_id,
+        attempt=attempt,
+        runner_id=runner,
+        queued_at=None if queued_at is None else at(queued_at),
     )
 
 
@@ -256,6 +269,32 @@ def test_a_start_before_its_queued_event_still_runs_and_gets_its_slot() -> None:
     task, run = state.tasks[TASK], state.runs[TASK][RUN]
     assert (task.status, run.status, run.slot, run.queued_at) == ("running", "running", runs.ONCE_SLOT, at(1))
     assert counts(state) == {"running": 1}
+
+
+def test_a_task_that_ran_before_its_queued_event_arrived_shows_when_it_was_queued() -> None:
+    # Given the scheduler's queued event is late (it reached the store before the submission did)
+    state = fresh()
+
+    # When the start, carrying the run's queue time, and the outcome are applied first
+    apply_runs(state, started(when=2, queued_at=1), finished(when=3))
+
+    # Then the finished task and its run already show when the run was queued
+    task, run = state.tasks[TASK], state.runs[TASK][RUN]
+    assert (task.status, task.queued_at, run.queued_at) == ("succeeded", at(1), at(1))
+
+    # And the late queued event changes neither
+    apply_runs(state, queued(when=1))
+    assert (task.status, task.queued_at, state.runs[TASK][RUN].queued_at) == ("succeeded", at(1), at(1))
+
+
+def test_a_start_without_a_queue_time_leaves_it_to_the_queued_event() -> None:
+    state = fresh()
+
+    apply_runs(state, started(when=2))
+    assert state.tasks[TASK].queued_at is None, "a start is not its own queue time"
+
+    apply_runs(state, queued(when=1))
+    assert state.tasks[TASK].queued_at == at(1)
 
 
 # --- fencing attempts ---------------------------------------------------------------------------------
