@@ -157,46 +157,44 @@ class RunExecutor:
                 await self._dead_letter(due, attempt, delivered)
                 await within_deadline(message.ack())
                 return
-        verdict = await self._still_wanted(due)
-        if verdict == "deleted":
-            log.info("run dropped: its task is deleted", extra={"task": due.task_id, "run": due.run_id})
-            await within_deadline(message.ack())
-            return
-        if active.hand_back:  # this runner stopped while it asked: the next runner decides, nobody cancelled it
-            await within_deadline(message.nak())
-            return
-        if verdict == "cancelled" or active.cancelled.is_set():
-            log.info("run cancelled before it started", extra={"task": due.task_id, "run": due.run_id})
-            await self._report(
-                due,
-                attempt,
-                Execution(
-                    status="cancelled",
-                    error=RunError(type="cancelled", message=active.cancel_reason or "cancelled before it started"),
-                ),
-                None,
-            )
-            await within_deadline(message.ack())
-            return
-        now = utcnow()
-        if due.deadline_at is not None and now > due.deadline_at:
-            await self._report(
-                due,
-                attempt,
-                Execution(
-                    status="expired",
-                    error=RunError(
-                        type="expired",
-                        message=f"waited in the queue past its start deadline {due.deadline_at.isoformat()}",
+        expired = due.deadline_at is not None and utcnow() > due.deadline_at
+        if delivered == 1 and due.attempt == 1 and not expired:
+            # A first start reads nothing before it publishes: record it while the store is asked
+            # whether the run is still wanted, rather than after (one round trip less before the
+            # run). A run the store says is not wanted then ends right after its start.
+            asking = asyncio.ensure_future(self._still_wanted(due))
+            try:
+                started_at = await self._start(message, due, delivered, active)
+            except BaseException:
+                asking.cancel()
+                raise
+            if started_at is None:
+                asking.cancel()
+                return
+            if await self._settled_unwanted(message, due, attempt, active, await asking):
+                return
+        else:
+            if await self._settled_unwanted(message, due, attempt, active, await self._still_wanted(due)):
+                return
+            if expired:
+                assert due.deadline_at is not None
+                await self._report(
+                    due,
+                    attempt,
+                    Execution(
+                        status="expired",
+                        error=RunError(
+                            type="expired",
+                            message=f"waited in the queue past its start deadline {due.deadline_at.isoformat()}",
+                        ),
                     ),
-                ),
-                None,
-            )
-            await within_deadline(message.ack())
-            return
-        started_at = await self._start(message, due, delivered, active)
-        if started_at is None:
-            return
+                    None,
+                )
+                await within_deadline(message.ack())
+                return
+            started_at = await self._start(message, due, delivered, active)
+            if started_at is None:
+                return
         output = RunOutput(self.js, due.task_id, due.run_id, attempt, self.settings.log_cap_bytes)
         if delivered > 1:
             output.system(f"attempt {attempt}: delivered again (the previous runner stopped without an outcome)")
@@ -220,6 +218,31 @@ class RunExecutor:
         await self._report_once(due, attempt, outcome, started_at, output)
         await output.settled()
         await within_deadline(message.ack())
+
+    async def _settled_unwanted(self, message: Msg, due: RunDue, attempt: int, active: ActiveRun, verdict: str) -> bool:
+        """Settle a delivery that must not run: its task deleted, the runner stopping, the run
+        cancelled. False: it runs."""
+        if verdict == "deleted":
+            log.info("run dropped: its task is deleted", extra={"task": due.task_id, "run": due.run_id})
+            await within_deadline(message.ack())
+            return True
+        if active.hand_back:  # this runner stopped while it asked: the next runner decides, nobody cancelled it
+            await within_deadline(message.nak())
+            return True
+        if verdict == "cancelled" or active.cancelled.is_set():
+            log.info("run cancelled before it started", extra={"task": due.task_id, "run": due.run_id})
+            await self._report(
+                due,
+                attempt,
+                Execution(
+                    status="cancelled",
+                    error=RunError(type="cancelled", message=active.cancel_reason or "cancelled before it started"),
+                ),
+                None,
+            )
+            await within_deadline(message.ack())
+            return True
+        return False
 
     async def _start(self, message: Msg, due: RunDue, delivered: int, active: ActiveRun) -> datetime | None:
         """Record this delivery as the run's one start and return when it started; None when it

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -186,16 +187,61 @@ async def test_a_run_whose_start_cannot_be_recorded_is_not_run_until_it_can_be_a
 
 
 class SlowVerdicts:
-    """Stands in for the store's run verdicts: answers "run" only once ``release`` is set."""
+    """Stands in for the store's run verdicts: answers ``verdict`` only once ``release`` is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, verdict: str = "run") -> None:
+        self.verdict = verdict
         self.release = asyncio.Event()
         self.asked = asyncio.Event()
 
     async def answer(self, msg: Msg) -> None:
         self.asked.set()
         await self.release.wait()
-        await msg.respond(codec.encode(api.RunVerdict(verdict="run")))
+        await msg.respond(codec.encode(api.RunVerdict(verdict=self.verdict)))  # type: ignore[arg-type]
+
+
+async def _start_recorded(js: JetStreamContext, due: RunDue, seconds: float) -> runs.RunStarted:
+    """The run's start on EVENTS, waited for up to ``seconds``."""
+    subject = subjects.run_event(due.task_id, due.run_id, "started")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return codec.decode(runs.RunStarted, (await js.get_last_msg(subjects.STREAM_EVENTS, subject)).data)
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_a_first_start_is_recorded_while_the_store_is_asked_and_a_cancelled_run_still_never_runs(
+    nc: Client, js: JetStreamContext
+) -> None:
+    # Given a runner whose store takes its time to say the run was cancelled
+    http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
+    executor = await _executor(js, http)
+    executor.nc = nc
+    executor.verdicts = VerdictAsker(nc, 5.0)
+    store = SlowVerdicts("cancelled")
+    await nc.subscribe(subjects.RUN_VERDICT, cb=store.answer)
+    due = await _publish_due(js, TaskSpec(name="cancelled", task_type="immediate", api_url="http://127.0.0.1:9/"))
+    subscription = await js.pull_subscribe_bind(durable=subjects.CONSUMER_RUNNER_API, stream=subjects.STREAM_WORK)
+    (message,) = await subscription.fetch(1, timeout=5)
+    handling = asyncio.create_task(executor.handle(message))
+    # When it takes the run: its start is recorded before the verdict comes, with the run's queue time
+    await asyncio.wait_for(store.asked.wait(), 10)
+    started = await _start_recorded(js, due, 10)
+    assert (started.runner_id, started.queued_at) == ("runner-test", due.queued_at)
+    assert http.calls == 0
+    store.release.set()
+    await asyncio.wait_for(handling, 10)
+    # Then the work never ran, the run ended cancelled, and the message is settled
+    assert http.calls == 0
+    finished = await _finished(js, due)
+    assert finished.status == "cancelled" and finished.error is not None
+    assert finished.error.message == "cancelled before it started"
+    with pytest.raises(nats.errors.TimeoutError):
+        await subscription.fetch(1, timeout=1)
+    await subscription.unsubscribe()
 
 
 async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_reported(
