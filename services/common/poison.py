@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats import errors as nats_errors
@@ -35,6 +35,31 @@ async def within_deadline(call: Awaitable[object], seconds: float = DEADLINE_SEC
     """
     async with asyncio.timeout(seconds):
         await call
+
+
+async def settle_each(
+    messages: list[Msg], settle: Callable[[Msg], Awaitable[object]], seconds: float = DEADLINE_SECONDS
+) -> int:
+    """Settle each message (ack, nak, term) on its own, within one deadline for them all; returns
+    how many were settled. A message whose settling raises, or that the deadline leaves, is not
+    settled: JetStream delivers it again after the ack wait.
+
+    One timeout scope per batch, not per message: an ack only buffers, and the scope's timer was
+    most of an ack's cost (a store batch is up to 512 messages)."""
+    settled = 0
+    try:
+        async with asyncio.timeout(seconds):
+            for message in messages:
+                try:
+                    await settle(message)
+                    settled += 1
+                except Exception as exc:  # this message only
+                    log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
+    except TimeoutError:
+        log.warning(
+            "%d of %d messages not settled in time; they will be redelivered", len(messages) - settled, len(messages)
+        )
+    return settled
 
 
 def retry_delay_seconds(delivered: int) -> float:

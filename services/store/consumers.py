@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 from proto import codec, runs, subjects
 from proto.runs import LogChunk
 from services.common.lifecycle import supervise
-from services.common.poison import handling_failed, within_deadline
+from services.common.poison import handling_failed, settle_each
 from services.common.pulling import ContinuousPull
 from services.store.persistence import Persistence
 from services.store.state import Effects, StoreState
@@ -164,17 +164,20 @@ class EventConsumers:
         if applied.logs:
             await self.persistence.put_log_chunks(applied.logs)
         await self.persistence.flush(self.state)
-        for message in messages:
-            try:
-                failure = applied.failed.get(id(message))
-                if failure is not None:
-                    await handling_failed(self.js, message, failure, "store")
-                elif id(message) in applied.early:
-                    await within_deadline(message.nak(delay=EARLY_EVENT_DELAY_SECONDS))
-                else:
-                    await within_deadline(message.term() if id(message) in applied.unusable else message.ack())
-            except Exception as exc:  # left unacknowledged: redelivered after the ack wait
-                log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
+
+        async def settle(message: Msg) -> None:
+            failure = applied.failed.get(id(message))
+            if failure is not None:
+                await handling_failed(self.js, message, failure, "store")
+            elif id(message) in applied.early:
+                await message.nak(delay=EARLY_EVENT_DELAY_SECONDS)
+            elif id(message) in applied.unusable:
+                await message.term()
+            else:
+                await message.ack()
+
+        # the failed last: giving one up publishes and waits, and must not hold the others' acks
+        await settle_each(sorted(messages, key=lambda message: id(message) in applied.failed), settle)
 
     def _apply_tasks(self, messages: list[Msg]) -> Applied:
         applied = Applied()
@@ -202,7 +205,7 @@ class EventConsumers:
                 applied.unusable.add(id(message))
                 continue
             try:
-                known = self._apply_event(event, message.metadata.num_delivered < EARLY_EVENT_DELIVERIES)
+                known = self._apply_event(event, partial(_may_wait, message))
                 if not known:
                     applied.early.add(id(message))
                 elif isinstance(event, runs.RunFinished) and event.log:
@@ -212,14 +215,15 @@ class EventConsumers:
                 applied.failed[id(message)] = exc
         return applied
 
-    def _apply_event(self, event: runs.RunEvent | object, may_wait: bool) -> bool:
-        """Apply one event; False when its task is unknown and the event should come back later."""
+    def _apply_event(self, event: runs.RunEvent | object, may_wait: Callable[[], bool]) -> bool:
+        """Apply one event; False when its task is unknown and the event should come back later
+        (``may_wait``: asked only then, as it parses the message's metadata)."""
         if isinstance(event, (runs.RunQueued, runs.RunStarted, runs.RunFinished, runs.RunCancelRequested)):
             effects = self.state.apply_run_event(event)
         else:
             effects = self.state.apply_schedule_event(event)  # type: ignore[arg-type]  # run events are handled above; what is left is a schedule event
         if effects.unknown_task:
-            if may_wait:
+            if may_wait():
                 return False
             # Its task was never seen (or deleted before a restart): nothing to attach it to.
             self.unknown_task_events += 1
@@ -250,11 +254,12 @@ class EventConsumers:
             if self._keep(chunk):
                 keep.append(chunk)
         await self.persistence.put_log_chunks(keep)
-        for message in messages:
-            try:
-                await within_deadline(message.ack())
-            except Exception as exc:  # redelivered after the ack wait; filing a chunk again is harmless
-                log.debug("log chunk not acknowledged: %s", exc)
+        await settle_each(messages, Msg.ack)  # one not acknowledged is filed again: harmless
+
+
+def _may_wait(message: Msg) -> bool:
+    """Whether an event of a task not known yet may come back once more."""
+    return message.metadata.num_delivered < EARLY_EVENT_DELIVERIES
 
 
 def _of(finished: runs.RunFinished, chunk: LogChunk) -> bool:
