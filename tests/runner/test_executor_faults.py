@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -213,65 +214,72 @@ async def _start_recorded(js: JetStreamContext, due: RunDue, seconds: float) -> 
             await asyncio.sleep(0.05)
 
 
-async def test_a_first_start_is_recorded_while_the_store_is_asked_and_a_cancelled_run_still_never_runs(
-    nc: Client, js: JetStreamContext
-) -> None:
-    # Given a runner whose store takes its time to say the run was cancelled
+@dataclass
+class HeldForVerdict:
+    """A runner that took a run and waits for the store's verdict on it (``store.release`` answers)."""
+
+    executor: RunExecutor
+    http: CountingHttp
+    store: SlowVerdicts
+    due: RunDue
+    subscription: Any
+    handling: asyncio.Task[None]
+
+
+async def _held_for_verdict(nc: Client, js: JetStreamContext, verdict: str, name: str) -> HeldForVerdict:
     http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
     executor = await _executor(js, http)
     executor.nc = nc
     executor.verdicts = VerdictAsker(nc, 5.0)
-    store = SlowVerdicts("cancelled")
+    store = SlowVerdicts(verdict)
     await nc.subscribe(subjects.RUN_VERDICT, cb=store.answer)
-    due = await _publish_due(js, TaskSpec(name="cancelled", task_type="immediate", api_url="http://127.0.0.1:9/"))
+    due = await _publish_due(js, TaskSpec(name=name, task_type="immediate", api_url="http://127.0.0.1:9/"))
     subscription = await js.pull_subscribe_bind(durable=subjects.CONSUMER_RUNNER_API, stream=subjects.STREAM_WORK)
     (message,) = await subscription.fetch(1, timeout=5)
     handling = asyncio.create_task(executor.handle(message))
-    # When it takes the run: its start is recorded before the verdict comes, with the run's queue time
     await asyncio.wait_for(store.asked.wait(), 10)
-    started = await _start_recorded(js, due, 10)
-    assert (started.runner_id, started.queued_at) == ("runner-test", due.queued_at)
-    assert http.calls == 0
-    store.release.set()
-    await asyncio.wait_for(handling, 10)
+    return HeldForVerdict(executor, http, store, due, subscription, handling)
+
+
+async def test_a_first_start_is_recorded_while_the_store_is_asked_and_a_cancelled_run_still_never_runs(
+    nc: Client, js: JetStreamContext
+) -> None:
+    # Given a runner whose store takes its time to say the run was cancelled
+    held = await _held_for_verdict(nc, js, "cancelled", "cancelled")
+    # When it takes the run: its start is recorded before the verdict comes, with the run's queue time
+    started = await _start_recorded(js, held.due, 10)
+    assert (started.runner_id, started.queued_at) == ("runner-test", held.due.queued_at)
+    assert held.http.calls == 0
+    held.store.release.set()
+    await asyncio.wait_for(held.handling, 10)
     # Then the work never ran, the run ended cancelled, and the message is settled
-    assert http.calls == 0
-    finished = await _finished(js, due)
+    assert held.http.calls == 0
+    finished = await _finished(js, held.due)
     assert finished.status == "cancelled" and finished.error is not None
     assert finished.error.message == "cancelled before it started"
     with pytest.raises(nats.errors.TimeoutError):
-        await subscription.fetch(1, timeout=1)
-    await subscription.unsubscribe()
+        await held.subscription.fetch(1, timeout=1)
+    await held.subscription.unsubscribe()
 
 
 async def test_a_run_handed_back_while_its_verdict_is_asked_is_neither_run_nor_reported(
     nc: Client, js: JetStreamContext
 ) -> None:
     # Given a runner waiting for the store's verdict on a run
-    http = CountingHttp(Execution(status="succeeded", result={"ok": True}))
-    executor = await _executor(js, http)
-    executor.nc = nc
-    executor.verdicts = VerdictAsker(nc, 5.0)
-    store = SlowVerdicts()
-    await nc.subscribe(subjects.RUN_VERDICT, cb=store.answer)
-    due = await _publish_due(js, TaskSpec(name="handed back", task_type="immediate", api_url="http://127.0.0.1:9/"))
-    subscription = await js.pull_subscribe_bind(durable=subjects.CONSUMER_RUNNER_API, stream=subjects.STREAM_WORK)
-    (message,) = await subscription.fetch(1, timeout=5)
-    handling = asyncio.create_task(executor.handle(message))
-    await asyncio.wait_for(store.asked.wait(), 10)
+    held = await _held_for_verdict(nc, js, "run", "handed back")
     # When the runner stops and hands its runs back, then the verdict comes
-    assert executor.hand_back_all() == 1
-    store.release.set()
-    await asyncio.wait_for(handling, 10)
+    assert held.executor.hand_back_all() == 1
+    held.store.release.set()
+    await asyncio.wait_for(held.handling, 10)
     # Then the work did not run, no outcome was reported, and the run is delivered again
-    assert http.calls == 0
+    assert held.http.calls == 0
     with pytest.raises(NotFoundError):
-        await _finished(js, due)
-    (again,) = await subscription.fetch(1, timeout=10)
-    assert codec.run_due_decoder.decode(again.data).run_id == due.run_id
+        await _finished(js, held.due)
+    (again,) = await held.subscription.fetch(1, timeout=10)
+    assert codec.run_due_decoder.decode(again.data).run_id == held.due.run_id
     assert again.metadata.num_delivered == 2
     await again.ack()
-    await subscription.unsubscribe()
+    await held.subscription.unsubscribe()
 
 
 class LoudHttp(CountingHttp):
