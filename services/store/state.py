@@ -129,8 +129,10 @@ class StoreState:
         return len(changed) + len(removed)
 
     def commit_written(self, writes: Writes, meta: dict[str, bytes]) -> None:
-        """Once KV holds ``writes``: the catalog takes the rows and metrics taken with them (never
-        memory's newer state, which KV does not hold yet), and their marks go."""
+        """Once KV holds ``writes``: their finished tasks leave memory, and the catalog takes the
+        rows and metrics taken with them (never memory's newer state, which KV does not hold
+        yet), and their marks go."""
+        self.write_back.written(writes)  # first: a task out of memory has its idempotency key in the catalog
         backlog, self._catalog_backlog = self._catalog_backlog, None
         if backlog is not None:  # older than these: these win where both have a row
             writes = Writes(

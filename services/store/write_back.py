@@ -1,5 +1,8 @@
-"""Write-back: what changed in memory since the last flush, taken as encoded records; then a
-finished task leaves memory for the cache (KV has its records from that flush on)."""
+"""Write-back: what changed in memory since the last flush, taken as encoded records; then, once
+they are written, a finished task leaves memory for the cache (KV has its records from then on).
+
+A task leaves only after the write, not when its records are taken: until KV holds its final run,
+a read of its runs must still find them in memory (a finished task's runs are read from KV)."""
 
 from __future__ import annotations
 
@@ -76,7 +79,6 @@ class WriteBack:
         from the record (``needs_row``)."""
         pending = self.pending
         writes = Writes()
-        finished = []
         for task_id in pending.tasks:
             task = self.tasks.get(task_id)
             if task is not None:
@@ -85,7 +87,7 @@ class WriteBack:
                 if needs_row(task_id):
                     writes.catalog_rows[task_id] = catalog_row(task)
                 if task.status in FINAL_STATUSES and not self.run_book.active(task_id):
-                    finished.append((task, encoded))
+                    writes.leaving.append((task_id, encoded))
         for task_id, run_id in pending.runs:
             run = self.run_book.of(task_id).get(run_id)
             if run is not None:
@@ -104,17 +106,26 @@ class WriteBack:
         writes.removed_runs = [subjects.run_key(t, r) for t, r in pending.removed_runs]
         pending.tasks, pending.runs, pending.ledgers = set(), set(), set()
         pending.removed_tasks, pending.removed_runs = set(), set()
-        for task, encoded in finished:
-            self._evict(task, encoded)
         return writes
 
-    def _evict(self, task: TaskRecord, encoded: bytes) -> None:
-        """A final task with nothing left to run leaves memory for the cache (its records are written)."""
-        del self.tasks[task.id]
-        self.run_book.forget(task.id)
-        self.ledgers.forget(task.id)
-        self.cache.put(task.id, encoded)
-        self.evicted += 1
+    def written(self, writes: Writes) -> None:
+        """KV holds ``writes``: their finished tasks leave memory for the cache, unless one changed
+        since it was taken (a late event, a delete: a later flush writes it, and then it leaves)."""
+        if not writes.leaving:
+            return
+        pending = self.pending
+        changed = pending.tasks | pending.ledgers | {task_id for task_id, _ in pending.runs}
+        for task_id, encoded in writes.leaving:
+            if task_id not in self.tasks:
+                continue  # deleted meanwhile
+            if task_id in changed:
+                pending.tasks.add(task_id)  # the next flush takes it again, and it leaves after that write
+                continue
+            del self.tasks[task_id]
+            self.run_book.forget(task_id)
+            self.ledgers.forget(task_id)
+            self.cache.put(task_id, encoded)
+            self.evicted += 1
 
     def requeue(self, writes: Writes) -> None:
         """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""

@@ -21,6 +21,8 @@ class Writes:
     metrics: bytes | None = None
     """The run metrics as they were when the records were taken (None: unchanged since the last
     take); saved with ``catalog_rows``, so a saved count and a final row always agree."""
+    leaving: list[tuple[str, bytes]] = field(default_factory=list)
+    """Finished tasks among ``tasks`` (id, encoded record): they leave memory once these are written."""
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.runs or self.removed_tasks or self.removed_runs)

@@ -15,7 +15,7 @@ from proto.records import TaskRecord
 from proto.runs import RunError
 from proto.tasks import TaskSpec
 from services.store.state import StoreState
-from services.store.writes import ledger_key
+from services.store.writes import Writes, ledger_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = "0195f3a2-7c41-7d3e-9a10-4b2c8e6f1a23"
@@ -117,6 +117,13 @@ def fresh(spec: TaskSpec = CODE, **limits: int) -> StoreState:
 
 def apply_runs(state: StoreState, *run_events: Any) -> list:
     return [state.apply_run_event(event) for event in run_events]
+
+
+def flushed(state: StoreState) -> Writes:
+    """A flush that succeeds: the changes taken, then (KV holding them) committed."""
+    writes = state.take_writes()
+    state.commit_written(writes, {})
+    return writes
 
 
 def counts(state: StoreState) -> dict[str, int]:
@@ -232,7 +239,7 @@ def test_the_same_run_events_applied_twice_change_nothing_and_count_once() -> No
     state = fresh()
     sequence = [queued(), started(), finished(result=7)]
     apply_runs(state, *sequence)
-    state.take_writes()
+    flushed(state)
     before = snapshot(state)
 
     apply_runs(state, *sequence)
@@ -762,11 +769,11 @@ def test_a_failed_write_is_requeued_and_written_again() -> None:
 
 
 def test_a_failed_write_of_a_finished_task_writes_its_last_run_again() -> None:
-    # Given a task whose run finished: the flush takes its records and it leaves memory
+    # Given a task whose run finished: the flush takes its records (it stays in memory until they are written)
     state = fresh()
     apply_runs(state, queued(), started(), finished())
     writes = state.take_writes()
-    assert TASK not in state.tasks
+    assert TASK in state.tasks
 
     # When that write fails and is requeued
     state.requeue(writes)
@@ -776,7 +783,44 @@ def test_a_failed_write_of_a_finished_task_writes_its_last_run_again() -> None:
     assert sorted(k for k, _ in again.tasks) == [TASK]
     assert dict(again.runs) == dict(writes.runs)
     assert b'"status":"succeeded"' in dict(again.runs)[f"{TASK}.{RUN}"]
+    state.commit_written(again, {})
+    assert TASK not in state.tasks and state.get(TASK) is not None
     assert not state.take_writes()
+
+
+def test_a_finished_task_keeps_its_runs_in_memory_until_its_records_are_written() -> None:
+    # Given a task whose run finished, written once while it ran
+    state = fresh()
+    apply_runs(state, queued(), started())
+    flushed(state)
+    apply_runs(state, finished(result=7))
+
+    # When the flush takes its final records, and their write is still on its way
+    writes = state.take_writes()
+
+    # Then its runs are still read from memory, as they ended (KV holds them as running)
+    assert TASK in state.tasks and state.runs[TASK][RUN].status == "succeeded"
+
+    # And once the write is done, the task leaves memory for the cache
+    state.commit_written(writes, {})
+    assert TASK not in state.tasks and TASK not in state.runs
+    assert state.get(TASK).status == "succeeded"  # type: ignore[union-attr]
+
+
+def test_a_finished_task_that_changed_while_its_write_was_on_its_way_leaves_memory_with_the_next_one() -> None:
+    # Given a task whose run finished before its queued event came, and a flush taking its records
+    state = fresh()
+    apply_runs(state, started(queued_at=1), finished())
+    writes = state.take_writes()
+
+    # When the late queued event changes its run while that write is on its way
+    apply_runs(state, queued(when=1, scheduled_for=0.5))
+    state.commit_written(writes, {})
+
+    # Then it stays in memory (its newer run is not written yet), and leaves with the next write
+    assert TASK in state.tasks
+    assert [key for key, _ in flushed(state).runs] == [f"{TASK}.{RUN}"]
+    assert TASK not in state.tasks
 
 
 def test_a_requeued_record_of_a_task_deleted_meanwhile_is_not_written() -> None:
