@@ -150,8 +150,8 @@ class TaskLifecycle:
         run = step.run
         match effect:
             case Effect.NOTE_QUEUED:
-                # the run's queue time: a start that overtook its queued event carries it too
-                task.queued_at = task.queued_at or (run.queued_at if run is not None else step.at)
+                assert run is not None  # only run steps note it: the run's queue time (a start carries it too)
+                task.queued_at = task.queued_at or run.queued_at
             case Effect.NOTE_STARTED:
                 task.started_at = task.started_at or step.at
             case Effect.CLEAR_RETRY:

@@ -114,11 +114,11 @@ class WriteBack:
         if not writes.leaving:
             return
         pending = self.pending
-        changed = pending.tasks | pending.ledgers | {task_id for task_id, _ in pending.runs}
+        runs_changed = {task_id for task_id, _ in pending.runs}
         for task_id, encoded in writes.leaving:
             if task_id not in self.tasks:
                 continue  # deleted meanwhile
-            if task_id in changed:
+            if task_id in pending.tasks or task_id in pending.ledgers or task_id in runs_changed:
                 pending.tasks.add(task_id)  # the next flush takes it again, and it leaves after that write
                 continue
             del self.tasks[task_id]
@@ -128,7 +128,8 @@ class WriteBack:
             self.evicted += 1
 
     def requeue(self, writes: Writes) -> None:
-        """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""
+        """Mark the records of a failed write dirty again (its finished tasks are still in memory:
+        they leave only after a write that succeeds)."""
         pending = self.pending
         for key, value in writes.tasks:
             if key not in self.tasks and (cached := self.cache.pop(key)) is not None:
