@@ -27,6 +27,10 @@ WAIT_STEP_SECONDS = 1.0
 """How long one ``/wait`` request may block in ``Gateway.wait``: short, so a spinner shows each change."""
 SUBMIT_RETRY_SECONDS = 30.0
 """How long a submission is retried (same idempotency key) while the gateway answers 503 or is away."""
+UNANSWERED_RETRY_SECONDS = 2.0
+"""The budget instead while the gateway has never answered this client: most likely it is not
+running (or the URL is wrong), and a user should hear so at once rather than after 30 s. A
+gateway that has answered before and then refuses is restarting; that gets the whole budget."""
 FINAL_STATUSES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "expired", "completed"})
 
 
@@ -91,13 +95,26 @@ def retryable(exc: GatewayError) -> bool:
     return (isinstance(exc, GatewayUnreachable) and exc.transient) or (isinstance(exc, ApiError) and exc.status == 503)
 
 
-def retry_delays(total_seconds: float) -> Iterator[float]:
-    """Jittered, growing pauses between submission attempts, until ``total_seconds`` have passed."""
-    deadline = time.monotonic() + total_seconds
-    delay = 0.1
-    while (left := deadline - time.monotonic()) > 0:
-        yield min(left, delay * random.uniform(0.5, 1.0))
-        delay = min(delay * 2, 2.0)
+class SubmitRetries:
+    """Jittered, growing pauses between the attempts of one submission, while they are worth it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+        self.delay = 0.1
+
+    def pause(self, exc: GatewayError, answered: bool) -> float | None:
+        """How long to wait before the next attempt after ``exc``; None: give up and raise it.
+
+        ``answered``: the gateway has answered this client before (see UNANSWERED_RETRY_SECONDS).
+        """
+        budget = self.seconds if answered else min(self.seconds, UNANSWERED_RETRY_SECONDS)
+        left = self.started + budget - time.monotonic()
+        if not retryable(exc) or left <= 0:
+            return None
+        pause = min(left, self.delay * random.uniform(0.5, 1.0))
+        self.delay = min(self.delay * 2, 2.0)
+        return pause
 
 
 def server_sent_events(lines: Iterable[str]) -> Iterator[LogEvent]:
@@ -148,6 +165,7 @@ class Gateway:
     ) -> None:
         self.url = url.rstrip("/")
         self.submit_retry_seconds = submit_retry_seconds
+        self.answered = False
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             self.http = httpx.Client(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
@@ -179,6 +197,7 @@ class Gateway:
             response = self.http.request(method, path, params=query(params), json=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise unreachable(self.url, exc) from None
+        self.answered = True
         if response.status_code >= 400 and response.status_code not in accept:
             raise api_error(response)
         return response
@@ -198,14 +217,14 @@ class Gateway:
     def submit_response(self, spec: dict[str, Any], idempotency_key: str | None = None) -> httpx.Response:
         """Submit a task, retrying with the same idempotency key (made up if not given) while it is worth it."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        delays = retry_delays(self.submit_retry_seconds)
+        retries = SubmitRetries(self.submit_retry_seconds)
         while True:
             try:
                 return self.request("POST", submit_path(spec), body=spec, headers=headers)
             except GatewayError as exc:
-                if not retryable(exc) or (delay := next(delays, None)) is None:
+                if (pause := retries.pause(exc, self.answered)) is None:
                     raise
-                time.sleep(delay)
+                time.sleep(pause)
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         """Submit a task to the endpoint its spec calls for; returns the task record."""
@@ -273,6 +292,7 @@ class AsyncGateway:
     ) -> None:
         self.url = url.rstrip("/")
         self.submit_retry_seconds = submit_retry_seconds
+        self.answered = False
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
@@ -298,6 +318,7 @@ class AsyncGateway:
             response = await self.http.request(method, path, params=query(params), json=body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise unreachable(self.url, exc) from None
+        self.answered = True
         if response.status_code >= 400 and response.status_code not in accept:
             raise api_error(response)
         return response
@@ -305,14 +326,14 @@ class AsyncGateway:
     async def submit_response(self, spec: dict[str, Any], idempotency_key: str | None = None) -> httpx.Response:
         """Submit a task, retrying with the same idempotency key (made up if not given) while it is worth it."""
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        delays = retry_delays(self.submit_retry_seconds)
+        retries = SubmitRetries(self.submit_retry_seconds)
         while True:
             try:
                 return await self.request("POST", submit_path(spec), body=spec, headers=headers)
             except GatewayError as exc:
-                if not retryable(exc) or (delay := next(delays, None)) is None:
+                if (pause := retries.pause(exc, self.answered)) is None:
                     raise
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause)
 
     async def wait_response(self, task_id: str, seconds: float) -> httpx.Response:
         """One ``/wait`` of at most ``seconds``: 200 when the task is done, 202 when the wait ended first."""

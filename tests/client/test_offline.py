@@ -11,7 +11,7 @@ import pytest
 
 import taskmesh
 from taskmesh import functions
-from taskmesh._http import LogEvent, server_sent_events
+from taskmesh._http import UNANSWERED_RETRY_SECONDS, LogEvent, server_sent_events
 from tests.client import tasks
 
 NOWHERE = "http://127.0.0.1:9"
@@ -125,6 +125,14 @@ def test_an_unreachable_gateway_is_one_clear_error_after_the_retries() -> None:
         tm.function(tasks.mean).submit([1])
     with pytest.raises(taskmesh.GatewayUnreachable):
         tm.tasks()
+
+
+def test_a_gateway_that_never_answered_is_an_error_within_seconds_not_the_whole_retry_budget() -> None:
+    tm = taskmesh.Client(NOWHERE, submit_retry_seconds=60)
+    started = time.monotonic()
+    with pytest.raises(taskmesh.GatewayUnreachable, match="is `taskmesh up` running"):
+        tm.http("http://127.0.0.1:9/")
+    assert time.monotonic() - started < UNANSWERED_RETRY_SECONDS + 5
 
 
 def test_a_url_that_can_never_work_fails_at_once_without_retries() -> None:

@@ -1,4 +1,4 @@
-"""A submission made while the gateway answers 503 (NATS down) is retried with one idempotency key: one task."""
+"""A submission made while the gateway answers 503 (NATS down) or restarts is retried with one idempotency key: one task."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 import httpx
 
 import taskmesh
+from taskmesh._http import UNANSWERED_RETRY_SECONDS
 from taskmesh.processes import NatsServer
 from tests.support import Stack, TargetServer
 
@@ -64,3 +65,24 @@ async def test_the_async_client_retries_a_submission_through_a_nats_outage_too(
         run = await asyncio.wait_for(submission, 90)
         assert (await run.result(timeout=60))["status_code"] == 200
         assert [task.id for task in await atm.tasks(name="async-through-outage", limit=500)] == [run.id]
+
+
+async def test_a_submission_while_the_gateway_restarts_waits_for_it_and_creates_one_task(
+    stack: Stack, target: TargetServer
+) -> None:
+    tm = taskmesh.Client(stack.base_url, submit_retry_seconds=90)
+    assert tm.tasks(limit=1) is not None  # this client has had an answer from the gateway
+    stack.services["gateway"].stop()
+
+    submission = asyncio.create_task(asyncio.to_thread(tm.http, f"{target.url}/hello", name="through-restart"))
+    refused_until = time.monotonic() + UNANSWERED_RETRY_SECONDS + 1.0
+    while time.monotonic() < refused_until:  # refused for longer than a never-answered gateway would get
+        assert not submission.done(), submission
+        await asyncio.sleep(0.1)
+    stack.start_service("gateway")
+
+    run = await asyncio.wait_for(submission, 90)
+    assert (await asyncio.to_thread(run.result, 60))["status_code"] == 200
+    assert [task.id for task in await asyncio.to_thread(tm.tasks, name="through-restart", limit=500)] == [run.id]
+    assert target.hits["/hello"] == 1
+    tm.close()
