@@ -217,6 +217,6 @@ class StoreState:
         return writes
 
     def requeue(self, writes: Writes) -> None:
-        """Mark the records of a failed write dirty again (an evicted task comes back from the cache)."""
+        """Mark the records of a failed write dirty again (and save the metrics again)."""
         self._metrics_taken = -1  # the next take saves them again
         self.write_back.requeue(writes)

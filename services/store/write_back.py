@@ -13,7 +13,7 @@ from proto import codec, subjects
 from proto.records import TaskRecord
 from proto.tasks import FINAL_STATUSES
 from services.store.cache import RecordCache
-from services.store.catalog import Row, catalog_row
+from services.store.catalog import catalog_row
 from services.store.writes import LEDGER_RUN_ID, Writes, ledger_key
 
 if TYPE_CHECKING:
@@ -30,29 +30,16 @@ class PendingWrites:
         self.ledgers: set[str] = set()
         self.removed_tasks: set[str] = set()
         self.removed_runs: set[tuple[str, str]] = set()
-        self.unwritten: dict[tuple[str, str], bytes] = {}
-        """Encoded records of a failed write that left memory with it ((bucket, key) -> bytes):
-        written as they are, since nothing can change them any more."""
-        self.unwritten_rows: dict[str, Row] = {}
-        """The catalog rows of the unwritten task records, by task id."""
 
     def __bool__(self) -> bool:
         """Anything to write or remove."""
-        return bool(
-            self.tasks or self.runs or self.ledgers or self.removed_tasks or self.removed_runs or self.unwritten
-        )
+        return bool(self.tasks or self.runs or self.ledgers or self.removed_tasks or self.removed_runs)
 
     def forget_task(self, task_id: str) -> None:
         """A deleted task's records are not written (they are removed instead)."""
         self.tasks.discard(task_id)
         self.ledgers.discard(task_id)
         self.runs = {key for key in self.runs if key[0] != task_id}
-        self.unwritten = {
-            (bucket, key): value
-            for (bucket, key), value in self.unwritten.items()
-            if key != task_id and not key.startswith(f"{task_id}.")
-        }
-        self.unwritten_rows.pop(task_id, None)
 
 
 class WriteBack:
@@ -95,13 +82,6 @@ class WriteBack:
         for task_id in pending.ledgers:
             if task_id in self.ledgers.entries:
                 writes.runs.append((ledger_key(task_id), codec.encode(self.ledgers.entries[task_id])))
-        for (bucket, key), value in pending.unwritten.items():
-            fresh = writes.tasks if bucket == subjects.BUCKET_TASKS else writes.runs
-            if all(written != key for written, _ in fresh):
-                fresh.append((key, value))
-                if bucket == subjects.BUCKET_TASKS and key in pending.unwritten_rows:
-                    writes.catalog_rows[key] = pending.unwritten_rows[key]
-        pending.unwritten, pending.unwritten_rows = {}, {}
         writes.removed_tasks = pending.removed_tasks
         writes.removed_runs = [subjects.run_key(t, r) for t, r in pending.removed_runs]
         pending.tasks, pending.runs, pending.ledgers = set(), set(), set()
@@ -128,26 +108,18 @@ class WriteBack:
             self.evicted += 1
 
     def requeue(self, writes: Writes) -> None:
-        """Mark the records of a failed write dirty again (its finished tasks are still in memory:
-        they leave only after a write that succeeds)."""
+        """Mark the records of a failed write dirty again. Its tasks are all still in memory (they
+        leave only after a write that succeeds) unless deleted meanwhile; a record of a deleted
+        task, or of a run dropped past the history limit, is not written: its removal is pending."""
         pending = self.pending
-        for key, value in writes.tasks:
-            if key not in self.tasks and (cached := self.cache.pop(key)) is not None:
-                self.tasks[key] = cached
-            if key in self.tasks:
-                pending.tasks.add(key)
-            else:  # evicted from the cache meanwhile
-                pending.unwritten[(subjects.BUCKET_TASKS, key)] = value
-                if key in writes.catalog_rows:
-                    pending.unwritten_rows[key] = writes.catalog_rows[key]
-        for key, value in writes.runs:
+        pending.tasks.update(key for key, _ in writes.tasks if key in self.tasks)
+        for key, _ in writes.runs:
             task_id, _, run_id = key.partition(".")
-            if run_id == LEDGER_RUN_ID and task_id in self.ledgers.entries:
-                pending.ledgers.add(task_id)
-            elif run_id != LEDGER_RUN_ID and run_id in self.run_book.of(task_id):
+            if run_id == LEDGER_RUN_ID:
+                if task_id in self.ledgers.entries:
+                    pending.ledgers.add(task_id)
+            elif run_id in self.run_book.of(task_id):
                 pending.runs.add((task_id, run_id))
-            else:  # its task finished and left memory with this write: the bytes are all there is
-                pending.unwritten[(subjects.BUCKET_RUNS, key)] = value
         pending.removed_tasks |= writes.removed_tasks
         for key in writes.removed_runs:
             task_id, _, run_id = key.partition(".")

@@ -836,6 +836,22 @@ def test_a_requeued_record_of_a_task_deleted_meanwhile_is_not_written() -> None:
     assert again.removed_tasks == {TASK}
 
 
+def test_a_task_deleted_while_its_write_was_failing_is_removed_not_written_again() -> None:
+    # Given a flush that took a finished task's records, and the task deleted while that write was on its way
+    state = fresh()
+    apply_runs(state, queued(), started(), finished())
+    writes = state.take_writes()
+    state.apply_task_event(events.TaskDeleted(event_id=eid(), occurred_at=at(9), task_id=TASK), seq=3)
+
+    # When the write fails
+    state.requeue(writes)
+
+    # Then the next flush removes the task and writes none of its records
+    again = state.take_writes()
+    assert again.runs == [] and again.tasks == []
+    assert again.removed_tasks == {TASK}
+
+
 # --- races between a cancel and a run that is already on its way ------------------------------------
 
 
