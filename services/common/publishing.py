@@ -6,26 +6,33 @@ out. Retrying with the same ``Nats-Msg-Id`` is safe inside the stream's duplicat
 server stores the message once and acknowledges the repeat as a duplicate.
 
 Also JetStream publishing in batches (``publish_async``, ``acknowledged``, ``abandon``): many
-publishes handed over without yielding, so they leave in one socket write, and their
-acknowledgements awaited with one deadline.
+publishes handed over without yielding, so they leave in one socket write, their acknowledgements
+taken by one subscription (``AckedPublishes``) and awaited with one deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from nats import errors as nats_errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js import errors as js_errors
 
 from proto import streams, subjects
+
+NO_RESPONDERS_STATUS = "503"
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,7 @@ async def publish_durably(
     *,
     headers: dict[str, str] | None = None,
     policy: RetryPolicy = RetryPolicy(),
-) -> js_api.PubAck:
+) -> Ack:
     """Publish with ``Nats-Msg-Id: msg_id``, repeating on election and reconnect failures.
 
     Raises PublishFailed when the window passes, and any other error (a permission violation,
@@ -88,11 +95,12 @@ async def publish_durably(
         attempts += 1
         remaining = deadline - time.monotonic()
         try:
-            ack = await js.publish(
+            ack = await publish(
+                js,
                 subject,
                 payload,
                 headers=all_headers,
-                timeout=max(0.05, min(policy.attempt_timeout.total_seconds(), remaining)),
+                seconds=max(0.05, min(policy.attempt_timeout.total_seconds(), remaining)),
             )
         except RETRYABLE as exc:
             remaining = deadline - time.monotonic()
@@ -113,33 +121,146 @@ async def publish_durably(
         return ack
 
 
+class Ack(msgspec.Struct):
+    """JetStream's acknowledgement of one publish (``error`` only ever set on a refusal, which
+    the publish's future raises instead)."""
+
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    error: dict[str, Any] | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(Ack)
+MAX_PENDING_PUBLISHES = 4096
+"""Publishes of one connection awaiting their acknowledgement; past it a publish waits for room."""
+ROOM_SWEEP_SECONDS = 0.05
+"""How often a publish waiting for room looks for publishes given up on."""
+
+
+class AckedPublishes:
+    """JetStream publishes whose acknowledgements come back on one subscription of this connection.
+
+    nats-py's ``publish_async`` does the same with more on each message (a random token, a
+    semaphore, a done callback, ``json.loads`` and a dataclass for the acknowledgement): 28 µs
+    of the publisher's CPU a message against 16 µs here (20,000 KV puts of 600 B in batches of
+    100, nats-server's CPU the same). It also never resolves a publish answered with an API
+    error (nats.py #985); here the error is the future's exception.
+    """
+
+    def __init__(self, nc: Client, max_pending: int = MAX_PENDING_PUBLISHES) -> None:
+        self.nc = nc
+        self.max_pending = max_pending
+        self.pending: dict[str, asyncio.Future[Ack]] = {}
+        self._prefix = ""
+        self._next = 0
+        self._room = asyncio.Event()
+        self._subscribing = asyncio.Lock()
+
+    async def publish(
+        self, subject: str, payload: bytes, *, seconds: float, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[Ack]:
+        """Hand one message over; returns the future of its acknowledgement.
+
+        With room in the window it never yields, so publishes made one after another leave in one
+        socket write. Raises TimeoutError when there is no room within ``seconds``.
+        """
+        if not self._prefix:
+            await self._subscribe()
+        if len(self.pending) >= self.max_pending:
+            await self._wait_for_room(subject, seconds)
+        self._next += 1
+        token = str(self._next)
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self.pending[token] = future  # leaves when answered, or (given up on) at the next sweep
+        try:
+            await self.nc.publish(subject, payload, reply=f"{self._prefix}.{token}", headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    async def _subscribe(self) -> None:
+        async with self._subscribing:
+            if not self._prefix:
+                prefix = self.nc.new_inbox()
+                await self.nc.subscribe(f"{prefix}.*", cb=self._on_ack)
+                self._prefix = prefix
+
+    async def _wait_for_room(self, subject: str, seconds: float) -> None:
+        """Wait until the window has room: an answer makes some, so does a publish given up on
+        (found by a sweep, since nothing tells when a caller abandons a future)."""
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    self.pending = {token: future for token, future in self.pending.items() if not future.done()}
+                    if len(self.pending) < self.max_pending:
+                        return
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), ROOM_SWEEP_SECONDS)
+        except TimeoutError:
+            raise TimeoutError(f"no room to publish to {subject} within {seconds:g} s") from None
+
+    async def _on_ack(self, msg: Msg) -> None:
+        future = self.pending.pop(msg.subject.rpartition(".")[2], None)
+        if not self._room.is_set():
+            self._room.set()
+        if future is None or future.done():
+            return  # given up on, or an answer from before a reconnect
+        if msg.headers and msg.headers.get(js_api.Header.STATUS) == NO_RESPONDERS_STATUS:
+            future.set_exception(js_errors.NoStreamResponseError())
+            return
+        try:
+            reply = _ack_decoder.decode(msg.data)
+        except msgspec.MsgspecError as exc:
+            future.set_exception(ValueError(f"not a JetStream acknowledgement: {exc}"))
+            return
+        if reply.error is not None:
+            try:
+                js_errors.APIError.from_error(reply.error)  # raises the error as its own class
+            except Exception as exc:  # not an APIError: a body without the usual fields
+                odd = not isinstance(exc, js_errors.APIError)
+                future.set_exception(js_errors.APIError(description=str(reply.error)) if odd else exc)
+            return
+        future.set_result(reply)
+
+
+_publishes: weakref.WeakKeyDictionary[JetStreamContext, AckedPublishes] = weakref.WeakKeyDictionary()
+
+
 async def publish_async(
     js: JetStreamContext, subject: str, payload: bytes, *, seconds: float, headers: dict[str, str] | None = None
-) -> asyncio.Future[js_api.PubAck]:
-    """Hand one message to nats-py's asynchronous publishing; returns the future of its acknowledgement.
+) -> asyncio.Future[Ack]:
+    """Publish to JetStream without waiting; returns the future of the acknowledgement.
 
-    nats-py bounds its wait for room in its window of unacknowledged publishes (``wait_stall``) with
-    ``asyncio.wait_for``, which runs the wait as a new task: every publish then yielded to the event
-    loop, and nats-py's flusher wrote each to the socket on its own (the store's write-back: five
-    writes a task). A timeout scope bounds the same wait without a task, so publishes made one after
-    another go out in one write. Raises TimeoutError when there is no room within ``seconds``.
+    Through the ``AckedPublishes`` of ``js``'s connection (made on first use). Raises TimeoutError
+    when the window of unacknowledged publishes has no room within ``seconds``.
     """
-    scope = asyncio.timeout(seconds)
-    try:
-        async with scope:
-            return await js.publish_async(subject, payload, headers=headers)
-    except js_errors.TooManyStalledMsgsError:  # nats-py reports any cancellation of its wait as this
-        if not scope.expired():
-            raise asyncio.CancelledError from None  # not our deadline: the caller is being cancelled
-        raise TimeoutError(f"no room to publish to {subject} within {seconds:g} s") from None
+    publishes = _publishes.get(js)
+    if publishes is None:
+        publishes = _publishes[js] = AckedPublishes(js._nc)  # nats-py keeps the connection only there
+    return await publishes.publish(subject, payload, seconds=seconds, headers=headers)
 
 
-async def acknowledged(futures: list[asyncio.Future[js_api.PubAck]], seconds: float) -> list[js_api.PubAck]:
+async def publish(
+    js: JetStreamContext, subject: str, payload: bytes, *, seconds: float, headers: dict[str, str] | None = None
+) -> Ack:
+    """Publish to JetStream and return its acknowledgement: ``js.publish`` through ``AckedPublishes``.
+
+    Raises what the stream answers (an ``APIError``, ``NoStreamResponseError``) and TimeoutError
+    when no acknowledgement comes within ``seconds``."""
+    future = await publish_async(js, subject, payload, seconds=seconds, headers=headers)
+    async with asyncio.timeout(seconds):
+        return await future  # a timeout or a cancel cancels the future too: its room is freed
+
+
+async def acknowledged(futures: list[asyncio.Future[Ack]], seconds: float) -> list[Ack]:
     """The acknowledgements of ``futures``, waited for at most ``seconds`` in all (then TimeoutError).
 
-    nats-py never resolves the future of a publish answered by a JetStream API error (nats.py #985):
-    without the deadline one such publish would hold its caller for good. Whatever happens, none of
-    the futures is left pending (they hold slots of nats-py's window) or with an unretrieved error.
+    An acknowledgement lost with a connection never comes: without the deadline such a publish
+    would hold its caller for good. Whatever happens, none of the futures is left pending (they
+    hold room in the window) or with an unretrieved error.
     """
     if not futures:
         return []

@@ -20,6 +20,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from proto import codec, subjects
 from proto.runs import RunStarted
+from services.common import publishing
 from services.runner import pings
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ async def publish_start(js: JetStreamContext, subject: str, payload: bytes, msg_
     """
     headers = {subjects.HEADER_MSG_ID: msg_id, subjects.HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE: str(after_seq)}
     try:
-        ack = await js.publish(subject, payload, headers=headers, timeout=5)
+        ack = await publishing.publish(js, subject, payload, headers=headers, seconds=5)
     except APIError as exc:
         if exc.err_code == subjects.ERR_WRONG_LAST_SEQUENCE:
             raise StartTaken(str(exc)) from exc

@@ -27,6 +27,7 @@ from proto import codec, streams, subjects
 from proto.control import CancelRun
 from proto.retry import should_retry
 from proto.runs import DeadLetter, Execution, RunDue, RunError, RunFinished, RunStarted, execution_facts
+from services.common import publishing
 from services.common.clock import utcnow
 from services.common.poison import is_transient, within_deadline
 from services.common.secret_keys import SecretKeys
@@ -494,7 +495,7 @@ class RunExecutor:
         deadline = loop.time() + patience_seconds
         while True:
             try:
-                await self.js.publish(subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, timeout=5)
+                await publishing.publish(self.js, subject, payload, headers={subjects.HEADER_MSG_ID: msg_id}, seconds=5)
                 return
             except Exception as exc:  # disconnected, timed out, no responders while JetStream restarts
                 if loop.time() + delay > deadline:

@@ -184,7 +184,7 @@ class Publisher:
             codec.encode(timer),
             seconds=PUBLISH_TIMEOUT_SECONDS,
         )
-        # nats-py never resolves a publish answered by an API error (nats.py #985): do not let it linger
+        # an acknowledgement lost with a connection never comes: do not let it hold room for good
         asyncio.get_running_loop().call_later(PUBLISH_TIMEOUT_SECONDS, future.cancel)
         future.add_done_callback(_log_failed_save)
 

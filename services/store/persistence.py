@@ -55,9 +55,8 @@ one; a task's records then usually go out once, in their state at the end of the
 a client waits for waits on a flush (replies, ``?wait`` and verdicts are answered from memory):
 the wait delays only acknowledgements, and what a crash makes the store apply again."""
 WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
-"""Longest wait for a batch of KV writes to be acknowledged. nats-py never resolves the future of
-a publish answered by a JetStream API error (nats.py #985): without a deadline one such write
-would hold every later flush."""
+"""Longest wait for a batch of KV writes to be acknowledged. An acknowledgement lost with a
+connection never comes: without a deadline one such write would hold every later flush."""
 
 
 class Persistence:

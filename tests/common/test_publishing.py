@@ -1,4 +1,5 @@
-"""publish_durably against a real nats-server that is stopped and started again mid-retry."""
+"""publish_durably against a real nats-server that is stopped and started again mid-retry; publish_async's
+acknowledgements, refusals and window."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from proto import streams
 from services.common.publishing import (
+    AckedPublishes,
     PublishFailed,
     RetryPolicy,
     abandon,
@@ -112,18 +114,35 @@ async def test_no_room_for_a_publish_within_its_deadline_raises_and_abandoned_pu
     nc: Client,
 ) -> None:
     await nc.subscribe("silent.>", cb=_never_answer)  # a responder that never acknowledges
-    js = nc.jetstream(publish_async_max_pending=1)
-    held = await publish_async(js, "silent.one", b"x", seconds=1)
+    publishes = AckedPublishes(nc, max_pending=1)
+    held = await publishes.publish("silent.one", b"x", seconds=1)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await publish_async(js, "silent.two", b"x", seconds=0.2)
+        await publishes.publish("silent.two", b"x", seconds=0.2)
     with pytest.raises(TimeoutError):
         await acknowledged([held], 0.2)
     assert time.monotonic() - started < 5
     assert held.cancelled()  # given up: its room is free again
-    again = await publish_async(js, "silent.three", b"x", seconds=1)
+    again = await publishes.publish("silent.three", b"x", seconds=1)
     abandon([again])
     assert again.cancelled()
+    abandon([await publishes.publish("silent.four", b"x", seconds=1)])  # its room came back too
+
+
+async def test_a_publish_the_stream_refuses_fails_with_the_error_at_once_and_never_hangs(js: JetStreamContext) -> None:
+    await _stream(js)
+    refused = await publish_async(js, "t.refused", b"x", seconds=5, headers={"Nats-Expected-Stream": "OTHER"})
+    taken = await publish_async(js, "t.taken", b"x", seconds=5)
+    started = time.monotonic()
+    with pytest.raises(BadRequestError, match="expected stream"):
+        await acknowledged([refused, taken], 10)
+    assert time.monotonic() - started < 5  # the refusal is an answer, not a wait for the deadline
+    assert (await taken).seq == 1 and (await js.stream_info("T")).state.messages == 1
+
+
+async def test_a_publish_to_a_subject_no_stream_takes_fails_as_no_responders(js: JetStreamContext) -> None:
+    with pytest.raises(NoStreamResponseError):
+        await acknowledged([await publish_async(js, "nowhere.at.all", b"x", seconds=5)], 10)
 
 
 async def _never_answer(_: object) -> None:
