@@ -109,6 +109,7 @@ class TaskLifecycle:
         task = transitions.submitted_task(event, seq)
         self.state.tasks[task.id] = task
         self.state.uncatalogued[task.id] = task
+        self.state.rowless.add(task.id)
         if event.idempotency_key:
             self.state.idempotency[event.idempotency_key] = task.id
         self.state.pending.tasks.add(task.id)
@@ -217,6 +218,7 @@ class TaskLifecycle:
         """Forget a task that is no longer in memory: its records go from KV, its row from the catalog."""
         self.state.cache.pop(task_id)
         self.state.uncatalogued.pop(task_id, None)
+        self.state.rowless.discard(task_id)
         self.state.uncatalogued_removals.add(task_id)
         self.state.tombstones[task_id] = None
         while len(self.state.tombstones) > TOMBSTONES_KEPT:

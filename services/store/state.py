@@ -23,6 +23,7 @@ from proto import events
 from proto.api import LedgerEntry
 from proto.records import RunRecord, TaskRecord
 from proto.runs import RunEvent
+from proto.tasks import FINAL_STATUSES
 from services.store.cache import RecordCache
 from services.store.catalog import Catalog
 from services.store.effects import Effects  # callers import it from here
@@ -55,7 +56,10 @@ class StoreState:
         self.metrics = RunMetrics()
         self.tombstones: OrderedDict[str, None] = OrderedDict()
         self.uncatalogued: dict[str, TaskRecord] = {}
-        """Tasks whose catalog row is behind (written with the next catalog commit)."""
+        """Tasks whose catalog row is behind: written by the next list or count (``sync_catalog``),
+        or by a flush when the task has no row yet or has come to its end (``catalog_row_due``)."""
+        self.rowless: set[str] = set()
+        """Accepted tasks the catalog has no row for yet."""
         self.uncatalogued_removals: set[str] = set()
         self.unconfirmed: set[str] = set()
         """Ids whose catalog row runs ahead of KV (marked in the catalog until a flush confirms them)."""
@@ -123,6 +127,7 @@ class StoreState:
             raise
         if ahead:
             self.unconfirmed.update(changed.keys(), removed)
+        self.rowless.difference_update(changed)
         for task in changed.values():
             if task.id not in self.tasks and task.idempotency_key:
                 self.idempotency.pop(task.idempotency_key, None)  # the catalog answers for it now
@@ -151,6 +156,7 @@ class StoreState:
             raise
         self.unconfirmed.difference_update(confirmed)
         self.uncatalogued_removals -= writes.removed_tasks
+        self.rowless.difference_update(writes.catalog_rows)
         for task_id, row in writes.catalog_rows.items():
             task = self.tasks.get(task_id)
             if task_id not in self.pending.tasks:
@@ -207,10 +213,24 @@ class StoreState:
         """Apply a run event; stale and repeated events change nothing."""
         return self.lifecycle.apply_run_event(event)
 
+    def catalog_row_due(self, task_id: str) -> bool:
+        """Whether a flush writes the task's catalog row with its record.
+
+        A row marked ahead of KV is confirmed by it; a new task needs one (a start finds the tasks
+        in progress by their rows), and so does a task at its end (it leaves memory, and lists,
+        counts and the retention sweep then read only its row). The steps between (queued,
+        running) are not written by flushes: every list and count syncs the catalog first, and a
+        start reads tasks in progress back from KV. Half the row writes of a task.
+        """
+        if task_id in self.unconfirmed:
+            return True
+        task = self.uncatalogued.get(task_id)
+        return task is not None and (task_id in self.rowless or task.status in FINAL_STATUSES)
+
     def take_writes(self) -> Writes:
         """Everything changed since the last call, encoded now (a snapshot), with its catalog rows
         and the run metrics of the same moment, and removals."""
-        writes = self.write_back.take(lambda task_id: task_id in self.uncatalogued or task_id in self.unconfirmed)
+        writes = self.write_back.take(self.catalog_row_due)
         if writes and self.metrics.changes != self._metrics_taken:
             writes.metrics = self.metrics.encode()
             self._metrics_taken = self.metrics.changes

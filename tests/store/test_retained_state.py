@@ -228,3 +228,30 @@ async def test_a_store_killed_mid_burst_has_a_catalog_that_agrees_with_kv_after_
     while not await settled():
         assert asyncio.get_running_loop().time() < deadline, "catalog and KV never agreed"
         await asyncio.sleep(0.5)
+
+
+async def test_tasks_running_when_the_store_is_killed_are_listed_and_counted_as_running_after_restart(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    # Given three runs in progress, written to KV as running (flushes write no catalog row for that step)
+    ids = [
+        (await api.submit({"name": f"long-{i}", "task_type": "immediate", "api_url": f"{target.url}/slow?seconds=12"}))[
+            "id"
+        ]
+        for i in range(3)
+    ]
+    deadline = time.monotonic() + 30
+    while [(await kv_tasks(stack)).get(task_id) for task_id in ids] != ["running"] * 3:
+        assert time.monotonic() < deadline, await kv_tasks(stack)
+        await asyncio.sleep(0.1)
+
+    # When the store is killed and started again
+    restart_store(stack, kill=True)
+
+    # Then lists and counts show them running, and their outcomes land as usual
+    assert (await api.get("/api/stats"))["tasks_by_status"] == {"running": 3}
+    assert sorted(task["id"] for task in await list_everything(api, status="running")) == sorted(ids)
+    assert await list_everything(api, status="pending") == []
+    for task_id in ids:
+        assert (await api.wait_final(task_id, timeout=60))["status"] == "succeeded"
+    assert (await api.get("/api/stats"))["tasks_by_status"] == {"succeeded": 3}

@@ -753,6 +753,20 @@ def test_take_writes_is_a_snapshot_of_the_moment_it_was_taken() -> None:
     assert [key for key, _ in state.take_writes().tasks] == [TASK]
 
 
+def test_a_flush_writes_a_tasks_catalog_row_when_it_is_new_and_when_it_ends_not_for_the_steps_between() -> None:
+    state = fresh()
+    assert list(flushed(state).catalog_rows) == [TASK]  # new: a start finds it by its row
+    apply_runs(state, queued())
+    assert flushed(state).catalog_rows == {}
+    apply_runs(state, started())
+    assert flushed(state).catalog_rows == {}
+    assert state.catalog.status_of(TASK) == "pending"  # behind memory, until a list or a count syncs it
+    assert catalogued(state) == {"running": 1}
+    apply_runs(state, finished())
+    assert [row.status for row in flushed(state).catalog_rows.values()] == ["succeeded"]
+    assert state.catalog.status_of(TASK) == "succeeded" and TASK not in state.uncatalogued
+
+
 def test_a_failed_write_is_requeued_and_written_again() -> None:
     state = fresh(HOURLY)
     state.apply_schedule_event(
