@@ -33,7 +33,7 @@ from services.common.clock import utcnow
 from services.common.ids import new_event_id
 from services.common.lifecycle import supervise
 from services.common.natsio import read_bucket, redeliver_unacknowledged
-from services.common.poison import handling_failed, within_deadline
+from services.common.poison import handling_failed, settle_each
 from services.common.pulling import ContinuousPull
 from services.scheduler import planner
 from services.scheduler.admission import Admission
@@ -175,11 +175,17 @@ class Leader:
                 by_task: dict[str, list[Msg]] = defaultdict(list)
                 for message in messages:
                     by_task[message.subject.split(".")[2]].append(message)
-                await asyncio.gather(*(self._in_order(group, handle) for group in by_task.values()))
+                handled: list[Msg] = []
+                await asyncio.gather(*(self._in_order(group, handle, handled) for group in by_task.values()))
+                # the next batch waits for this one anyway: one deadline for all its acks, not one each
+                await settle_each(handled, Msg.ack)
         finally:
             await pull.close()
 
-    async def _in_order(self, messages: list[Msg], handle: Callable[[Msg], Awaitable[None]]) -> None:
+    async def _in_order(
+        self, messages: list[Msg], handle: Callable[[Msg], Awaitable[None]], handled: list[Msg]
+    ) -> None:
+        """Handle one task's messages in order; those handled join ``handled`` to be acknowledged."""
         for message in messages:
             try:
                 await handle(message)
@@ -187,7 +193,7 @@ class Leader:
                 log.exception("event on %s not handled", message.subject)
                 await self._settle(handling_failed(self.js, message, exc, "scheduler"), message)
                 continue
-            await self._settle(within_deadline(message.ack()), message)
+            handled.append(message)
 
     @staticmethod
     async def _settle(settling: Awaitable[object], message: Msg) -> None:

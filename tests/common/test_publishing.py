@@ -20,6 +20,7 @@ from services.common.publishing import (
     RetryPolicy,
     abandon,
     acknowledged,
+    publish,
     publish_async,
     publish_durably,
 )
@@ -143,6 +144,17 @@ async def test_a_publish_the_stream_refuses_fails_with_the_error_at_once_and_nev
 async def test_a_publish_to_a_subject_no_stream_takes_fails_as_no_responders(js: JetStreamContext) -> None:
     with pytest.raises(NoStreamResponseError):
         await acknowledged([await publish_async(js, "nowhere.at.all", b"x", seconds=5)], 10)
+
+
+async def test_a_publish_never_acknowledged_fails_at_its_deadline(nc: Client) -> None:
+    await nc.subscribe("silent.>", cb=_never_answer)
+    js = nc.jetstream()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await publish(js, "silent.one", b"x", seconds=0.3)
+    assert 0.3 <= time.monotonic() - started < 2
+    await _stream(js)
+    assert (await publish(js, "t.after", b"x", seconds=5)).seq == 1  # the connection's publishing goes on
 
 
 async def _never_answer(_: object) -> None:
