@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 from typing import Any, ClassVar, Final, Literal
@@ -53,8 +54,18 @@ class RunError(Struct, kw_only=True, omit_defaults=True):
 
 
 def run_id_for(task_id: str, slot: str) -> str:
-    """The run id of a fire slot: deterministic, so a repeated fire names the same run."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"taskmesh:{task_id}:{slot}"))
+    """The run id of a fire slot: deterministic, so a repeated fire names the same run.
+
+    ``str(uuid.uuid5(uuid.NAMESPACE_URL, f"taskmesh:{task_id}:{slot}"))``, computed without the
+    UUID object (a third of the cost; the scheduler makes one or two a fire)."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + f"taskmesh:{task_id}:{slot}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
 def slot_for_fire(scheduled_for: datetime) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -770,3 +771,16 @@ def test_run_finished_and_run_record_declare_the_execution_facts_as_execution_do
         fields = {f.name: (f.type, f.default) for f in msgspec.structs.fields(carrier)}
         for name in names:
             assert fields.get(name) == declared[name], f"{carrier.__name__}.{name}"
+
+
+@pytest.mark.parametrize(
+    ("task_id", "slot"),
+    [
+        (TASK_ID, runs.ONCE_SLOT),
+        ("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "cron:1764979200000"),
+        ("t", "trigger:évènement ✓"),
+        ("", ""),
+    ],
+)
+def test_a_run_id_is_the_uuid5_of_its_task_and_slot_as_every_earlier_version_named_it(task_id: str, slot: str) -> None:
+    assert runs.run_id_for(task_id, slot) == str(uuid.uuid5(uuid.NAMESPACE_URL, f"taskmesh:{task_id}:{slot}"))
