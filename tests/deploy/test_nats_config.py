@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from proto import streams
 from taskmesh import processes
@@ -55,10 +56,17 @@ async def test_three_nodes_from_cluster_conf_form_one_cluster_with_r3_streams_an
         seen: set[str] = set()
         inbox = system.new_inbox()
         subscription = await system.subscribe(inbox)
-        await system.publish("$SYS.REQ.SERVER.PING", b"", reply=inbox)
-        while len(seen) < 3:
-            message = await subscription.next_msg(timeout=5)
-            seen.add(message.data.decode().split('"name":"', 1)[1].split('"', 1)[0])
+        # A node answers the ping once its system-account route is up, which can come after the
+        # JetStream health the fixture waits for: ask again until all three answered.
+        deadline = time.monotonic() + 30
+        while len(seen) < 3 and time.monotonic() < deadline:
+            await system.publish("$SYS.REQ.SERVER.PING", b"", reply=inbox)
+            try:
+                while len(seen) < 3:
+                    message = await subscription.next_msg(timeout=1)
+                    seen.add(message.data.decode().split('"name":"', 1)[1].split('"', 1)[0])
+            except NatsTimeoutError:
+                continue
         assert seen == {"nats-1", "nats-2", "nats-3"}
     finally:
         await system.close()
