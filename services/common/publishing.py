@@ -25,15 +25,13 @@ from typing import Any
 
 import msgspec
 from nats import errors as nats_errors
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js import errors as js_errors
 
 from proto import streams, subjects
-
-NO_RESPONDERS_STATUS = "503"
 
 log = logging.getLogger(__name__)
 
