@@ -54,6 +54,20 @@ write for its acknowledgement, five times a task. Waiting lets the events of tha
 one; a task's records then usually go out once, in their state at the end of the wait. Nothing
 a client waits for waits on a flush (replies, ``?wait`` and verdicts are answered from memory):
 the wait delays only acknowledgements, and what a crash makes the store apply again."""
+MAX_FLUSH_INTERVAL_SECONDS = 0.1
+RECORDS_PER_INTERVAL = 64
+"""Past this many records a flush, the next one waits longer, in proportion, up to
+MAX_FLUSH_INTERVAL_SECONDS (``next_flush_interval``). Under a burst more of a task's states then
+fall into one flush (2,000 API tasks by NATS: 6.1 → 4.3 KV writes a task); a task alone (W2)
+never gets there, so its acknowledgements are not held longer (a fixed 100 ms made W2's p99
+worse)."""
+
+
+def next_flush_interval(written: int) -> float:
+    """The least time before the next flush, after one that wrote ``written`` records."""
+    return min(MAX_FLUSH_INTERVAL_SECONDS, FLUSH_INTERVAL_SECONDS * max(1.0, written / RECORDS_PER_INTERVAL))
+
+
 WRITE_DEADLINE_SECONDS = streams.NATS_CALL_DEADLINE.total_seconds() / 2
 """Longest wait for a batch of KV writes to be acknowledged. An acknowledgement lost with a
 connection never comes: without a deadline one such write would hold every later flush."""
@@ -73,6 +87,7 @@ class Persistence:
         self.logs = buckets[subjects.BUCKET_LOGS]
         self._lock = asyncio.Lock()
         self._last_flush = 0.0
+        self._interval = FLUSH_INTERVAL_SECONDS
         self._next: asyncio.Future[int] | None = None
         """The next flush, while it waits for its turn (callers join it)."""
         self.failed_writes = 0
@@ -290,12 +305,13 @@ class Persistence:
         try:
             async with self._lock:
                 if state.pending:
-                    wait = self._last_flush + FLUSH_INTERVAL_SECONDS - time.monotonic()
+                    wait = self._last_flush + self._interval - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
                 self._last_flush = time.monotonic()
                 self._next = None  # changes from here on are the next flush's (taken below, no await between)
                 written = await self._flush_now(state)
+                self._interval = next_flush_interval(written)
         except BaseException as exc:
             if self._next is done:
                 self._next = None

@@ -10,7 +10,13 @@ from proto import events, runs, subjects
 from proto.tasks import TaskSpec
 from services.common import natsio
 from services.common.clock import utcnow
-from services.store.persistence import Persistence
+from services.store.persistence import (
+    FLUSH_INTERVAL_SECONDS,
+    MAX_FLUSH_INTERVAL_SECONDS,
+    RECORDS_PER_INTERVAL,
+    Persistence,
+    next_flush_interval,
+)
 from services.store.state import StoreState
 
 SPEC = TaskSpec(name="ping", task_type="immediate", api_url="http://127.0.0.1:9/")
@@ -72,3 +78,10 @@ async def test_callers_that_come_while_a_flush_waits_its_turn_share_it(js: JetSt
     # Then one flush writes both, and both callers learn of it from that flush
     assert await asyncio.gather(*callers) == [2, 2]
     assert {key async for key, _ in natsio.read_bucket(js, subjects.BUCKET_TASKS)} == {"task-0", "task-1", "task-2"}
+
+
+def test_the_wait_before_a_flush_grows_with_what_the_last_one_wrote_up_to_its_ceiling() -> None:
+    # a task alone (a few records a flush) keeps the shortest wait: its acknowledgements are not held
+    assert next_flush_interval(0) == next_flush_interval(RECORDS_PER_INTERVAL) == FLUSH_INTERVAL_SECONDS
+    assert FLUSH_INTERVAL_SECONDS < next_flush_interval(2 * RECORDS_PER_INTERVAL) < MAX_FLUSH_INTERVAL_SECONDS
+    assert next_flush_interval(100_000) == MAX_FLUSH_INTERVAL_SECONDS
