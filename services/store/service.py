@@ -25,7 +25,7 @@ from services.common.ids import new_instance_id
 from services.common.lease import LeaderLease, stand_by_and_lead
 from services.common.lifecycle import sleep_or_stop, stop_within
 from services.common.presence import ServiceRegistry, announce_forever, hostname
-from services.store.catalog import Catalog
+from services.store.catalog import CHECKPOINT_SECONDS, Catalog
 from services.store.commands import Commands
 from services.store.consumers import EventConsumers
 from services.store.errors import TaskNotFound
@@ -155,6 +155,7 @@ async def _lead(
         ]
         checking = asyncio.create_task(_check_catalog(catalog, until), name="catalog-check")
         loops.append(checking)
+        loops.append(asyncio.create_task(_checkpoint_forever(catalog, until), name="catalog-checkpoint"))
         for loop_task in loops:
             loop_task.add_done_callback(_report_crash)
         await until.wait()
@@ -191,6 +192,16 @@ async def _check_catalog(catalog: Catalog, until: asyncio.Event) -> None:
     log.error("catalog damaged (%s): leading again with a catalog rebuilt from KV", problem)
     catalog.mark_damaged(problem)
     until.set()
+
+
+async def _checkpoint_forever(catalog: Catalog, stop: asyncio.Event) -> None:
+    """Copy the catalog's WAL into its file every CHECKPOINT_SECONDS, in a worker thread: SQLite
+    does it inside a commit otherwise, and the commit runs on the event loop."""
+    while not await sleep_or_stop(stop, CHECKPOINT_SECONDS):
+        try:
+            await asyncio.to_thread(catalog.checkpoint)
+        except sqlite3.Error as exc:  # the next one tries again; the WAL only grows meanwhile
+            log.warning("catalog checkpoint failed: %s", exc)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

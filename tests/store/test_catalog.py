@@ -197,3 +197,36 @@ def test_a_damaged_page_is_found_by_the_check_and_the_next_open_makes_the_catalo
     fresh = Catalog.open_or_reset(path)
     assert fresh.created and len(fresh) == 0  # rebuilt from KV by the store
     assert Catalog.open_or_reset(path).created is False  # the mark is gone with the old file
+
+
+def test_commits_leave_the_wal_to_checkpoint_which_copies_all_of_it_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    catalog = Catalog(path)
+    written = []
+    for _ in range(300):  # far past the 1,000 pages after which SQLite would checkpoint in a commit
+        batch = [record() for _ in range(20)]
+        catalog.commit(batch)
+        written += batch
+    wal_pages = (path.parent / "catalog.db-wal").stat().st_size // 4096
+    assert wal_pages > 1000  # no commit checkpointed (each would have started the WAL over)
+
+    frames, copied = catalog.checkpoint()
+    assert frames > 1000 and copied == frames
+    catalog.commit([record(name="after")])
+    assert catalog.checkpoint()[0] < 100  # the WAL started over after the full copy
+    catalog.close()
+
+    reopened = Catalog(path)
+    try:
+        assert len(reopened) == len(written) + 1
+    finally:
+        reopened.close()
+
+
+def test_a_checkpoint_after_close_does_nothing_and_close_is_safe_twice(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.db")
+    catalog.commit([record()])
+    assert catalog.checkpoint()[0] > 0
+    catalog.close()
+    assert catalog.checkpoint() == (0, 0)
+    catalog.close()

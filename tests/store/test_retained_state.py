@@ -258,3 +258,19 @@ async def test_tasks_running_when_the_store_is_killed_are_listed_and_counted_as_
     for task_id in ids:
         assert (await api.wait_final(task_id, timeout=60))["status"] == "succeeded"
     assert (await api.get("/api/stats"))["tasks_by_status"] == {"succeeded": 3}
+
+
+async def test_the_running_store_copies_the_catalogs_wal_into_its_file(
+    stack: Stack, api: Api, target: TargetServer
+) -> None:
+    # Commits leave the WAL alone (a checkpoint inside one stopped the event loop); a task of the
+    # store's copies it into the database file while it runs, so the file grows without a restart.
+    catalog = Path(stack.env()["TASKMESH_STORE_DIR"]) / "catalog.sqlite3"
+    before = catalog.stat().st_size
+    ids = await submit_many(api, target, 150)
+    await wait_all_final(api, ids)
+    deadline = time.monotonic() + 15
+    while catalog.stat().st_size <= before and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert catalog.stat().st_size > before
+    assert len(await list_everything(api, limit=100)) == 150
