@@ -142,15 +142,20 @@ class Queries:
             return api.LogsReply(
                 task_id=task.id, run_id=None, attempt=None, chunks=[], finished=task.status in FINAL_STATUSES
             )
-        run = await self.run(api.RunRef(id=task.id, run_id=run_id))
+        ref = api.RunRef(id=task.id, run_id=run_id)
+        run = await self.run(ref)
         attempt = request.attempt or run.attempt
+        chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
+        if run.status not in FINAL_RUN_STATUSES:
+            # As it is after the read: an outcome applied meanwhile has filed the chunks it carries,
+            # and judged by the run as it was, the whole log would come as unfinished.
+            run = await self.run(ref)
         ended = (
             run.status in FINAL_RUN_STATUSES
             or attempt < run.attempt
             or (run.status == "retrying" and attempt <= run.attempt)
         )
         expected = next((a.log_chunks for a in run.attempts if a.attempt == attempt), run.log_chunks)
-        chunks = await self.persistence.read_log_chunks(task.id, run_id, attempt)
         # Chunks travel on their own stream and may reach us just after the outcome: once a run has
         # ended, wait briefly for them, so "finished" reliably means "the whole log".
         loop = asyncio.get_running_loop()
