@@ -30,6 +30,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +136,10 @@ class CatalogUnusable(Exception):
     """The catalog file cannot be used (corrupt, another version): rebuild it from KV."""
 
 
+class CatalogClosed(Exception):
+    """A write came after ``close`` (a flush's commit in a worker thread as the store stops)."""
+
+
 CHECKPOINT_SECONDS = 1.0
 """How often the store copies the WAL into the database file (``checkpoint``), off its event loop.
 SQLite's own checkpoint (every 1,000 pages, inside the commit that crosses them) stopped the
@@ -148,10 +153,28 @@ class Catalog:
         self.path = Path(path) if path != ":memory:" else path
         self.cache_mb = cache_mb
         self.db = self._open()
+        """The connection that writes (from one thread at a time: ``_writing``)."""
+        try:
+            self.reader = self._open_reader() if self.on_disk else self.db
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise CatalogUnusable(str(exc)) from exc
+        """The connection every read uses. A file's has its own, so that a read never waits for a
+        commit in a worker thread, nor sees one half done: WAL gives it the last committed state."""
+        self._writing = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
         """A connection of ``checkpoint``'s own, used by one thread at a time (``_checkpointing``)."""
         self._checkpointing = threading.Lock()
         self._closed = False
+
+    @property
+    def on_disk(self) -> bool:
+        """A file (its commits may run in a worker thread), not a database in memory (tests)."""
+        return isinstance(self.path, Path)
+
+    def _cache_kib(self) -> int:
+        # a file's budget is shared by its two connections (the writer and the reader)
+        return self.cache_mb * 1024 // (2 if self.on_disk else 1)
 
     def _open(self) -> sqlite3.Connection:
         if isinstance(self.path, Path):
@@ -161,7 +184,7 @@ class Catalog:
             db.execute("PRAGMA journal_mode = WAL")
             # NORMAL: a power cut may lose the last transactions, never corrupt; the catalog trails KV anyway.
             db.execute("PRAGMA synchronous = NORMAL")
-            db.execute(f"PRAGMA cache_size = -{self.cache_mb * 1024}")
+            db.execute(f"PRAGMA cache_size = -{self._cache_kib()}")
             db.execute("PRAGMA temp_store = MEMORY")
             # commits never checkpoint: the store calls checkpoint() from a worker thread instead
             db.execute("PRAGMA wal_autocheckpoint = 0")
@@ -182,6 +205,12 @@ class Catalog:
             db.close()
             raise
         return db
+
+    def _open_reader(self) -> sqlite3.Connection:
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute(f"PRAGMA cache_size = -{self._cache_kib()}")
+        reader.execute("PRAGMA temp_store = MEMORY")
+        return reader
 
     @classmethod
     def open_or_reset(cls, path: Path, cache_mb: int = 16) -> Catalog:
@@ -234,14 +263,31 @@ class Catalog:
 
     def close(self) -> None:
         """Close the file (safe twice; closing the last connection checkpoints what is left).
-        Waits for a checkpoint in progress: its thread must not find its connection closed."""
-        with self._checkpointing:
+        Waits for a commit or checkpoint in progress: its thread must not find its connection closed."""
+        with self._writing, self._checkpointing:
             self._closed = True
             if self._checkpointer is not None:
                 self._checkpointer.close()
-        self.db.close()
+            if self.reader is not self.db:
+                self.reader.close()
+            self.db.close()
 
     # --- writing ------------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN … COMMIT, or ROLLBACK on an error (the connection is in autocommit mode), by one
+        thread at a time: the store commits from a worker thread, and the loop may write too."""
+        with self._writing:
+            if self._closed:
+                raise CatalogClosed("the catalog is closed")
+            self.db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def commit(
         self,
@@ -261,7 +307,7 @@ class Catalog:
         """
         upserts = [*rows, *(catalog_row(task) for task in tasks)]
         gone = [(task_id,) for task_id in removed]
-        with _transaction(self.db):
+        with self._transaction():
             if ahead:
                 self.db.executemany(_MARK, [(row.id, row.id) for row in upserts] + [(t, t) for (t,) in gone])
             if upserts:
@@ -290,7 +336,7 @@ class Catalog:
         ids KV never had (accepted and shown, not yet written when the store stopped).
         """
         rows = [catalog_row(task) for task in found]
-        with _transaction(self.db):
+        with self._transaction():
             if rows:
                 self.db.executemany(_UPSERT, rows)
                 self.db.executemany("DELETE FROM deleted WHERE id = ?", [(row.id,) for row in rows])
@@ -305,7 +351,7 @@ class Catalog:
 
     def clear(self) -> None:
         """Forget every task (before a rebuild); deletions still marked in KV are kept."""
-        with _transaction(self.db):
+        with self._transaction():
             self.db.execute("DELETE FROM tasks")
             self.db.execute("DELETE FROM counts")
             self.db.execute("DELETE FROM meta")
@@ -313,24 +359,24 @@ class Catalog:
 
     def deleted_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Deleted tasks whose delete markers in KV are older than ``cutoff``."""
-        rows = self.db.execute(
+        rows = self.reader.execute(
             "SELECT id FROM deleted WHERE deleted_us < ? ORDER BY deleted_us LIMIT ?", (_us(cutoff), limit)
         )
         return [row[0] for row in rows]
 
     def forget_deleted(self, task_ids: Iterable[str]) -> None:
         """The delete markers of these tasks are gone from KV."""
-        with _transaction(self.db):
+        with self._transaction():
             self.db.executemany("DELETE FROM deleted WHERE id = ?", [(t,) for t in task_ids])
 
     def deleted_count(self) -> int:
         """Deleted tasks whose markers KV still holds."""
-        return self.db.execute("SELECT count(*) FROM deleted").fetchone()[0]
+        return self.reader.execute("SELECT count(*) FROM deleted").fetchone()[0]
 
     # --- reading ------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> bytes | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self.reader.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     def __len__(self) -> int:
@@ -338,38 +384,40 @@ class Catalog:
 
     def counts(self, dimension: str) -> dict[str, int]:
         """Tasks per status, kind or trigger (``dimension``), from the kept counts."""
-        rows = self.db.execute("SELECT value, n FROM counts WHERE dimension = ? AND n > 0 ORDER BY value", (dimension,))
+        rows = self.reader.execute(
+            "SELECT value, n FROM counts WHERE dimension = ? AND n > 0 ORDER BY value", (dimension,)
+        )
         return dict(rows.fetchall())
 
     def status_of(self, task_id: str) -> str | None:
         """The task's status as catalogued, or None when the catalog does not know it."""
-        row = self.db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        row = self.reader.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row[0] if row else None
 
     def unconfirmed(self) -> dict[str, str | None]:
         """Rows ahead of KV, by id: the status each had when last confirmed (None: no row then)."""
-        return dict(self.db.execute("SELECT id, status FROM unconfirmed").fetchall())
+        return dict(self.reader.execute("SELECT id, status FROM unconfirmed").fetchall())
 
     def task_for_key(self, idempotency_key: str) -> str | None:
         """The task submitted with this idempotency key, if one is retained."""
-        row = self.db.execute(
+        row = self.reader.execute(
             "SELECT id FROM tasks WHERE idempotency_key = ? ORDER BY id LIMIT 1", (idempotency_key,)
         ).fetchone()
         return row[0] if row else None
 
     def active_ids(self) -> list[str]:
         """Tasks that are not final (what the store keeps in memory)."""
-        return [row[0] for row in self.db.execute("SELECT id FROM tasks WHERE final = 0")]
+        return [row[0] for row in self.reader.execute("SELECT id FROM tasks WHERE final = 0")]
 
     def schedule_ids(self) -> list[str]:
         """Every retained scheduled task, newest first."""
         return [
-            row[0] for row in self.db.execute("SELECT id FROM tasks WHERE task_type = 'scheduled' ORDER BY id DESC")
+            row[0] for row in self.reader.execute("SELECT id FROM tasks WHERE task_type = 'scheduled' ORDER BY id DESC")
         ]
 
     def finished_before(self, cutoff: datetime, limit: int) -> list[str]:
         """Up to ``limit`` one-shot tasks that finished before ``cutoff``, oldest first."""
-        rows = self.db.execute(
+        rows = self.reader.execute(
             "SELECT id FROM tasks WHERE finished_us IS NOT NULL AND finished_us < ? ORDER BY finished_us LIMIT ?",
             (_us(cutoff), limit),
         )
@@ -401,33 +449,20 @@ class Catalog:
             params += [low] + ([high] if high is not None else [])
         sql = "SELECT id FROM tasks" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         sql += " ORDER BY id DESC LIMIT ?"
-        ids = [row[0] for row in self.db.execute(sql, (*params, limit + 1))]
+        ids = [row[0] for row in self.reader.execute(sql, (*params, limit + 1))]
         if len(ids) > limit:
             return ids[:limit], ids[limit - 1]
         return ids, None
 
     def _matches_at_most(self, low: str, high: str | None, bound: int) -> bool:
         sql = "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE name >= ?" + (" AND name < ?" if high else "")
-        found = self.db.execute(sql + " LIMIT ?)", (low, *([high] if high else []), bound + 1)).fetchone()[0]
+        found = self.reader.execute(sql + " LIMIT ?)", (low, *([high] if high else []), bound + 1)).fetchone()[0]
         return found <= bound
 
     def ids(self) -> Iterator[str]:
         """Every catalogued id (for checks against KV)."""
-        for row in self.db.execute("SELECT id FROM tasks"):
+        for row in self.reader.execute("SELECT id FROM tasks"):
             yield row[0]
-
-
-class _transaction:
-    """BEGIN … COMMIT, or ROLLBACK on an error (the connection is in autocommit mode)."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN")
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
 
 
 def catalog_row(task: TaskRecord) -> Row:

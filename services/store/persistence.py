@@ -131,7 +131,7 @@ class Persistence:
         if missing:  # catalogued but never written to KV (a crash in between): the catalog forgets them
             catalog.commit((), missing)
         state.finish_loading()
-        state.sync_catalog(ahead=False)
+        await state.sync_catalog(ahead=False)
         log.info(
             "state loaded",
             extra={
@@ -345,7 +345,7 @@ class Persistence:
         self.failed_writes = 0
         # The rows and metrics taken with the records, in one commit: a restart neither loses
         # nor recounts what this batch finished (the metrics are a few KB; the sample is bounded).
-        state.commit_written(writes, {KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else {})
+        await state.commit_written(writes, {KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else {})
         return len(writes.tasks) + len(writes.runs)
 
     async def _write(self, writes: Writes) -> int:

@@ -61,7 +61,7 @@ class Queries:
 
     async def list_tasks(self, request: api.ListTasksRequest) -> api.TaskPage:
         """Newest first, from the catalog; the cursor is the id of the last task of the previous page."""
-        self.state.sync_catalog()  # what was just accepted is listed too
+        await self.state.sync_catalog()  # what was just accepted is listed too
         where = ListFilter(
             status=request.status,
             kind=request.kind,
@@ -186,7 +186,7 @@ class Queries:
 
     async def schedules(self) -> api.ScheduleList:
         """Every retained schedule, newest first."""
-        self.state.sync_catalog()
+        await self.state.sync_catalog()
         found = []
         for task in await self._tasks(self.state.catalog.schedule_ids()):
             found.append(
@@ -247,7 +247,7 @@ class Queries:
                 setattr(queue, flight_field, info.num_ack_pending or 0)
             except Exception as exc:  # no runner yet, or JetStream busy: depth unknown
                 log.debug("queue depth of %s unknown: %s", consumer, exc)
-        self.state.sync_catalog()
+        await self.state.sync_catalog()
         catalog = self.state.catalog
         runs_by_status = self.state.runs_by_status()
         by_trigger = catalog.counts("trigger")

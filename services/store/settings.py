@@ -32,7 +32,7 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     store_dir: str = ".taskmesh/store"
     """Where the store keeps its catalog (an SQLite file: derived from KV, rebuilt when lost)."""
     catalog_cache_mb: int = 16
-    """SQLite page cache of the catalog."""
+    """SQLite page cache of the catalog (shared by its reading and its writing connection)."""
     cache_mb: int = 32
     """Finished task records kept in memory for fast reads (least recently used go first)."""
 

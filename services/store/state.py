@@ -17,7 +17,9 @@ counters and ledger; ``write_back`` hands what changed to the flush.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
+from typing import Any
 
 from proto import events
 from proto.api import LedgerEntry
@@ -25,7 +27,7 @@ from proto.records import RunRecord, TaskRecord
 from proto.runs import RunEvent
 from proto.tasks import FINAL_STATUSES
 from services.store.cache import RecordCache
-from services.store.catalog import Catalog
+from services.store.catalog import Catalog, catalog_row
 from services.store.effects import Effects  # callers import it from here
 from services.store.lifecycle import TaskLifecycle
 from services.store.metrics import RunMetrics
@@ -66,6 +68,8 @@ class StoreState:
         self._metrics_taken = -1
         self._catalog_backlog: Writes | None = None
         """Rows and metrics of a flush whose catalog commit failed: committed with the next one."""
+        self._catalog_writes = asyncio.Lock()
+        """Held across a catalog commit (it awaits a worker thread): commits keep their order."""
         self.pending = PendingWrites()
         self.run_book = RunBook(run_history_limit, self.metrics, self.pending)
         self.schedule_ledgers = Ledgers(ledger_limit, self.pending)
@@ -108,64 +112,82 @@ class StoreState:
         """The retained task submitted with this idempotency key."""
         return self.idempotency.get(idempotency_key) or self.catalog.task_for_key(idempotency_key)
 
-    def sync_catalog(self, *, ahead: bool = True) -> int:
+    async def sync_catalog(self, *, ahead: bool = True) -> int:
         """Show in the catalog what memory knows (a list or a count right after an answer); returns rows written.
 
         Memory is ahead of KV here, so the rows are marked unconfirmed until the flush that writes
         them commits its own rows (``commit_written``). ``ahead=False`` only where memory holds
-        what KV holds (just loaded).
+        what KV holds (just loaded). Until the commit is done the tasks stay in ``uncatalogued``
+        (a lookup meanwhile answers from memory); a task whose row changed meanwhile stays there.
         """
-        changed, removed = self.uncatalogued, self.uncatalogued_removals
-        if not changed and not removed:
-            return 0
-        self.uncatalogued, self.uncatalogued_removals = {}, set()
-        try:
-            self.catalog.commit(changed.values(), removed, ahead=ahead)
-        except BaseException:
-            self.uncatalogued = {**changed, **self.uncatalogued}
-            self.uncatalogued_removals |= removed
-            raise
-        if ahead:
-            self.unconfirmed.update(changed.keys(), removed)
-        self.rowless.difference_update(changed)
-        for task in changed.values():
-            if task.id not in self.tasks and task.idempotency_key:
-                self.idempotency.pop(task.idempotency_key, None)  # the catalog answers for it now
-        return len(changed) + len(removed)
+        async with self._catalog_writes:
+            changed, removed = dict(self.uncatalogued), set(self.uncatalogued_removals)
+            if not changed and not removed:
+                return 0
+            rows = {task_id: catalog_row(task) for task_id, task in changed.items()}
+            await self._in_catalog((), removed, rows=rows.values(), ahead=ahead)
+            for task_id, row in rows.items():
+                task = self.uncatalogued.get(task_id)
+                if task is not None and catalog_row(task) == row:
+                    del self.uncatalogued[task_id]
+            self.uncatalogued_removals -= removed
+            if ahead:
+                self.unconfirmed.update(rows.keys(), removed)
+            self.rowless.difference_update(rows)
+            for task_id, task in changed.items():
+                key = task.idempotency_key
+                if task_id not in self.tasks and key and self.idempotency.get(key) == task_id:
+                    self.idempotency.pop(key)  # the catalog answers for it now
+            return len(rows) + len(removed)
 
-    def commit_written(self, writes: Writes, meta: dict[str, bytes]) -> None:
-        """Once KV holds ``writes``: their finished tasks leave memory, and the catalog takes the
-        rows and metrics taken with them (never memory's newer state, which KV does not hold
-        yet), and their marks go."""
-        self.write_back.written(writes)  # first: a task out of memory has its idempotency key in the catalog
-        backlog, self._catalog_backlog = self._catalog_backlog, None
-        if backlog is not None:  # older than these: these win where both have a row
-            writes = Writes(
-                removed_tasks=backlog.removed_tasks | writes.removed_tasks,
-                catalog_rows={**backlog.catalog_rows, **writes.catalog_rows},
-                metrics=writes.metrics or backlog.metrics,
-            )
-        meta = dict(meta)
-        if writes.metrics is not None:
-            meta[METRICS_KEY] = writes.metrics
-        confirmed = [t for t in (*writes.catalog_rows, *writes.removed_tasks) if t in self.unconfirmed]
-        try:
-            self.catalog.commit((), writes.removed_tasks, meta, rows=writes.catalog_rows.values(), confirmed=confirmed)
-        except BaseException:
-            self._catalog_backlog = writes
-            raise
-        self.unconfirmed.difference_update(confirmed)
-        self.uncatalogued_removals -= writes.removed_tasks
-        self.rowless.difference_update(writes.catalog_rows)
-        for task_id, row in writes.catalog_rows.items():
-            task = self.tasks.get(task_id)
-            if task_id not in self.pending.tasks:
-                self.uncatalogued.pop(task_id, None)  # the row committed is the task as it is
-            elif task is not None:
-                self.uncatalogued[task_id] = task  # changed since taken: shown again by the next sync
-            key = row.idempotency_key
-            if task is None and key and self.idempotency.get(key) == task_id:
-                self.idempotency.pop(key)  # the catalog answers for it now
+    async def commit_written(self, writes: Writes, meta: dict[str, bytes]) -> None:
+        """Once KV holds ``writes``: the catalog takes the rows and metrics taken with them (never
+        memory's newer state, which KV does not hold yet), their marks go, and their finished
+        tasks leave memory (after the commit: until then a lookup finds them in memory)."""
+        async with self._catalog_writes:
+            backlog, self._catalog_backlog = self._catalog_backlog, None
+            rows = writes
+            if backlog is not None:  # older than these: these win where both have a row
+                rows = Writes(
+                    removed_tasks=backlog.removed_tasks | writes.removed_tasks,
+                    catalog_rows={**backlog.catalog_rows, **writes.catalog_rows},
+                    metrics=writes.metrics or backlog.metrics,
+                )
+            meta = dict(meta)
+            if rows.metrics is not None:
+                meta[METRICS_KEY] = rows.metrics
+            confirmed = [t for t in (*rows.catalog_rows, *rows.removed_tasks) if t in self.unconfirmed]
+            try:
+                await self._in_catalog(
+                    (), rows.removed_tasks, meta, rows=rows.catalog_rows.values(), confirmed=confirmed
+                )
+            except BaseException:
+                self._catalog_backlog = rows
+                self.write_back.written(writes)  # KV holds them: they leave memory all the same
+                raise
+            self.write_back.written(writes)  # first: a task out of memory has its idempotency key in the catalog
+            self.unconfirmed.difference_update(confirmed)
+            self.uncatalogued_removals -= rows.removed_tasks
+            self.rowless.difference_update(rows.catalog_rows)
+            for task_id, row in rows.catalog_rows.items():
+                task = self.tasks.get(task_id)
+                if task_id not in self.pending.tasks:
+                    self.uncatalogued.pop(task_id, None)  # the row committed is the task as it is
+                elif task is not None:
+                    self.uncatalogued[task_id] = task  # changed since taken: shown again by the next sync
+                key = row.idempotency_key
+                if task is None and key and self.idempotency.get(key) == task_id:
+                    self.idempotency.pop(key)  # the catalog answers for it now
+
+    async def _in_catalog(self, *args: Any, **kwargs: Any) -> None:
+        """One catalog commit. A file's runs in a worker thread: SQLite releases the GIL while it
+        writes, and a commit of a few hundred rows (milliseconds under load) would otherwise stop
+        the event loop; commits are serialised by ``_catalog_writes``, reads use their own
+        connection and see each commit whole."""
+        if self.catalog.on_disk:
+            await asyncio.to_thread(self.catalog.commit, *args, **kwargs)
+        else:
+            self.catalog.commit(*args, **kwargs)
 
     def runs_by_status(self) -> dict[str, int]:
         """Runs in progress (counted in memory) and finished runs by outcome (aggregates, all time)."""

@@ -100,7 +100,7 @@ async def test_what_a_list_showed_before_kv_had_it_is_taken_back_to_what_kv_hold
     outcome, deletion = finished(run_id=_run(TASK)), deleted(task_id=OTHER)
     state.apply_run_event(outcome)
     state.apply_task_event(deletion, seq=3)
-    state.sync_catalog()  # a list right after the answers shows them at once
+    await state.sync_catalog()  # a list right after the answers shows them at once
     assert state.catalog.status_of(TASK) == "succeeded"
     assert state.catalog.status_of(OTHER) is None
 
@@ -122,7 +122,7 @@ async def test_a_task_listed_but_never_written_leaves_the_catalog_without_a_rebu
     _running(state)
     await persistence.flush(state)
     state.apply_task_event(submitted(OTHER), seq=2)
-    state.sync_catalog()
+    await state.sync_catalog()
     assert len(state.catalog) == 2
 
     with caplog.at_level(logging.INFO, logger="services.store.persistence"):

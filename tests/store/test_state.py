@@ -119,10 +119,10 @@ def apply_runs(state: StoreState, *run_events: Any) -> list:
     return [state.apply_run_event(event) for event in run_events]
 
 
-def flushed(state: StoreState) -> Writes:
+async def flushed(state: StoreState) -> Writes:
     """A flush that succeeds: the changes taken, then (KV holding them) committed."""
     writes = state.take_writes()
-    state.commit_written(writes, {})
+    await state.commit_written(writes, {})
     return writes
 
 
@@ -131,13 +131,13 @@ def counts(state: StoreState) -> dict[str, int]:
     return state.runs_by_status()
 
 
-def catalogued(state: StoreState) -> dict[str, int]:
+async def catalogued(state: StoreState) -> dict[str, int]:
     """Tasks per status as the catalog counts them, once it has caught up with memory."""
-    state.sync_catalog()
+    await state.sync_catalog()
     return state.catalog.counts("status")
 
 
-def snapshot(state: StoreState) -> tuple:
+async def snapshot(state: StoreState) -> tuple:
     """Everything an apply may change, comparable."""
     return (
         {task_id: codec.encode(task) for task_id, task in state.tasks.items()},
@@ -151,7 +151,7 @@ def snapshot(state: StoreState) -> tuple:
         state.metrics.durations.count,
         state.metrics.lag.count,
         state.metrics.stale_outcomes_rejected,
-        catalogued(state),
+        await catalogued(state),
     )
 
 
@@ -171,7 +171,9 @@ def snapshot(state: StoreState) -> tuple:
         pytest.param(HOURLY, "active", at(3600), id="scheduled"),
     ],
 )
-def test_a_submitted_task_is_recorded_with_its_first_status(spec: TaskSpec, status: str, next_run_at: Any) -> None:
+async def test_a_submitted_task_is_recorded_with_its_first_status(
+    spec: TaskSpec, status: str, next_run_at: Any
+) -> None:
     state = fresh(spec)
 
     task = state.tasks[TASK]
@@ -182,18 +184,18 @@ def test_a_submitted_task_is_recorded_with_its_first_status(spec: TaskSpec, stat
         next_run_at,
     )
     assert task.created_at == task.updated_at == at(0)
-    assert catalogued(state) == {status: 1}
+    assert await catalogued(state) == {status: 1}
 
 
-def test_a_submission_applied_twice_is_recorded_once() -> None:
+async def test_a_submission_applied_twice_is_recorded_once() -> None:
     state = StoreState()
     event = submitted(key="order-42")
 
     state.apply_task_event(event, seq=1)
-    before = snapshot(state)
+    before = await snapshot(state)
     state.apply_task_event(event, seq=1)
 
-    assert snapshot(state) == before
+    assert await snapshot(state) == before
     assert state.idempotency == {"order-42": TASK}
 
 
@@ -235,16 +237,16 @@ def test_a_final_outcome_without_retry_ends_the_task_with_its_error(status: str)
     assert state.metrics.outcomes == {status: 1}
 
 
-def test_the_same_run_events_applied_twice_change_nothing_and_count_once() -> None:
+async def test_the_same_run_events_applied_twice_change_nothing_and_count_once() -> None:
     state = fresh()
     sequence = [queued(), started(), finished(result=7)]
     apply_runs(state, *sequence)
-    flushed(state)
-    before = snapshot(state)
+    await flushed(state)
+    before = await snapshot(state)
 
     apply_runs(state, *sequence)
 
-    assert snapshot(state) == before
+    assert await snapshot(state) == before
     assert counts(state) == {"succeeded": 1}
     assert state.metrics.outcomes == {"succeeded": 1}
     assert state.metrics.durations.count == 1 and state.metrics.lag.count == 1
@@ -381,15 +383,15 @@ def test_a_failed_attempt_that_will_retry_leaves_the_task_retrying_until_the_ret
     assert task.run_count == 1
 
 
-def test_a_repeated_will_retry_outcome_changes_nothing() -> None:
+async def test_a_repeated_will_retry_outcome_changes_nothing() -> None:
     state = fresh()
     outcome = finished(status="failed", will_retry=True, retry=1, retry_at=at(5))
     apply_runs(state, queued(), started(), outcome)
-    before = snapshot(state)
+    before = await snapshot(state)
 
     state.apply_run_event(outcome)
 
-    assert snapshot(state) == before
+    assert await snapshot(state) == before
 
 
 # --- cancel ----------------------------------------------------------------------------------------------
@@ -425,16 +427,16 @@ def test_cancelling_a_task_with_a_running_run_asks_the_runner_to_kill_it() -> No
     assert state.metrics.outcomes == {"cancelled": 1}
 
 
-def test_a_cancel_applied_twice_changes_nothing() -> None:
+async def test_a_cancel_applied_twice_changes_nothing() -> None:
     state = fresh()
     state.apply_run_event(queued())
     event = cancelled()
     state.apply_task_event(event, seq=2)
-    before = snapshot(state)
+    before = await snapshot(state)
 
     effects = state.apply_task_event(event, seq=2)
 
-    assert snapshot(state) == before
+    assert await snapshot(state) == before
     assert effects.cancels == []
 
 
@@ -463,7 +465,7 @@ def test_a_cancelled_task_is_not_cancelled_again_after_it_succeeded() -> None:
 # --- delete ---------------------------------------------------------------------------------------------
 
 
-def test_deleting_a_task_removes_everything_and_ignores_its_later_events() -> None:
+async def test_deleting_a_task_removes_everything_and_ignores_its_later_events() -> None:
     state = fresh()
     apply_runs(state, queued(), started())
     state.take_writes()
@@ -472,7 +474,7 @@ def test_deleting_a_task_removes_everything_and_ignores_its_later_events() -> No
 
     assert effects.cancels == [CancelRun(task_id=TASK, run_id=RUN, reason="task deleted")]
     assert TASK not in state.tasks and TASK not in state.runs
-    assert catalogued(state) == {} and len(state.catalog) == 0
+    assert await catalogued(state) == {} and len(state.catalog) == 0
     assert counts(state) == {}
     writes = state.take_writes()
     assert writes.removed_tasks == {TASK}
@@ -753,17 +755,17 @@ def test_take_writes_is_a_snapshot_of_the_moment_it_was_taken() -> None:
     assert [key for key, _ in state.take_writes().tasks] == [TASK]
 
 
-def test_a_flush_writes_a_tasks_catalog_row_when_it_is_new_and_when_it_ends_not_for_the_steps_between() -> None:
+async def test_a_flush_writes_a_tasks_catalog_row_when_it_is_new_and_when_it_ends_not_for_the_steps_between() -> None:
     state = fresh()
-    assert list(flushed(state).catalog_rows) == [TASK]  # new: a start finds it by its row
+    assert list((await flushed(state)).catalog_rows) == [TASK]  # new: a start finds it by its row
     apply_runs(state, queued())
-    assert flushed(state).catalog_rows == {}
+    assert (await flushed(state)).catalog_rows == {}
     apply_runs(state, started())
-    assert flushed(state).catalog_rows == {}
+    assert (await flushed(state)).catalog_rows == {}
     assert state.catalog.status_of(TASK) == "pending"  # behind memory, until a list or a count syncs it
-    assert catalogued(state) == {"running": 1}
+    assert await catalogued(state) == {"running": 1}
     apply_runs(state, finished())
-    assert [row.status for row in flushed(state).catalog_rows.values()] == ["succeeded"]
+    assert [row.status for row in (await flushed(state)).catalog_rows.values()] == ["succeeded"]
     assert state.catalog.status_of(TASK) == "succeeded" and TASK not in state.uncatalogued
 
 
@@ -782,7 +784,7 @@ def test_a_failed_write_is_requeued_and_written_again() -> None:
     assert sorted(k for k, _ in again.runs) == sorted(k for k, _ in writes.runs)
 
 
-def test_a_failed_write_of_a_finished_task_writes_its_last_run_again() -> None:
+async def test_a_failed_write_of_a_finished_task_writes_its_last_run_again() -> None:
     # Given a task whose run finished: the flush takes its records (it stays in memory until they are written)
     state = fresh()
     apply_runs(state, queued(), started(), finished())
@@ -797,16 +799,16 @@ def test_a_failed_write_of_a_finished_task_writes_its_last_run_again() -> None:
     assert sorted(k for k, _ in again.tasks) == [TASK]
     assert dict(again.runs) == dict(writes.runs)
     assert b'"status":"succeeded"' in dict(again.runs)[f"{TASK}.{RUN}"]
-    state.commit_written(again, {})
+    await state.commit_written(again, {})
     assert TASK not in state.tasks and state.get(TASK) is not None
     assert not state.take_writes()
 
 
-def test_a_finished_task_keeps_its_runs_in_memory_until_its_records_are_written() -> None:
+async def test_a_finished_task_keeps_its_runs_in_memory_until_its_records_are_written() -> None:
     # Given a task whose run finished, written once while it ran
     state = fresh()
     apply_runs(state, queued(), started())
-    flushed(state)
+    await flushed(state)
     apply_runs(state, finished(result=7))
 
     # When the flush takes its final records, and their write is still on its way
@@ -816,12 +818,12 @@ def test_a_finished_task_keeps_its_runs_in_memory_until_its_records_are_written(
     assert TASK in state.tasks and state.runs[TASK][RUN].status == "succeeded"
 
     # And once the write is done, the task leaves memory for the cache
-    state.commit_written(writes, {})
+    await state.commit_written(writes, {})
     assert TASK not in state.tasks and TASK not in state.runs
     assert state.get(TASK).status == "succeeded"  # type: ignore[union-attr]
 
 
-def test_a_finished_task_that_changed_while_its_write_was_on_its_way_leaves_memory_with_the_next_one() -> None:
+async def test_a_finished_task_that_changed_while_its_write_was_on_its_way_leaves_memory_with_the_next_one() -> None:
     # Given a task whose run finished before its queued event came, and a flush taking its records
     state = fresh()
     apply_runs(state, started(queued_at=1), finished())
@@ -829,11 +831,11 @@ def test_a_finished_task_that_changed_while_its_write_was_on_its_way_leaves_memo
 
     # When the late queued event changes its run while that write is on its way
     apply_runs(state, queued(when=1, scheduled_for=0.5))
-    state.commit_written(writes, {})
+    await state.commit_written(writes, {})
 
     # Then it stays in memory (its newer run is not written yet), and leaves with the next write
     assert TASK in state.tasks
-    assert [key for key, _ in flushed(state).runs] == [f"{TASK}.{RUN}"]
+    assert [key for key, _ in (await flushed(state)).runs] == [f"{TASK}.{RUN}"]
     assert TASK not in state.tasks
 
 
@@ -917,7 +919,7 @@ def test_a_cancel_of_a_run_never_seen_counts_no_run() -> None:
     assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, "run-never-seen")]
 
 
-def test_a_run_queued_after_its_own_cancel_ends_cancelled_and_is_killed() -> None:
+async def test_a_run_queued_after_its_own_cancel_ends_cancelled_and_is_killed() -> None:
     # Given a fire's cancel applied before the fire's RunQueued (that one was redelivered later)
     state = fresh(HOURLY)
     fire = hourly_fire(1, fired=1)
@@ -934,9 +936,9 @@ def test_a_run_queued_after_its_own_cancel_ends_cancelled_and_is_killed() -> Non
     assert [(c.task_id, c.run_id) for c in effects.cancels] == [(TASK, fire.run_id)]
 
     # And the RunQueued applied again changes nothing
-    before = snapshot(state)
+    before = await snapshot(state)
     assert state.apply_run_event(fire).cancels == []
-    assert snapshot(state) == before
+    assert await snapshot(state) == before
 
 
 def test_a_cron_fire_carries_the_schedules_next_fire_and_counters() -> None:

@@ -227,9 +227,9 @@ def _apply(state: StoreState, family: str, event: Any) -> Any:
     return state.apply_run_event(event)
 
 
-def _everything(state: StoreState) -> tuple:
+async def _everything(state: StoreState) -> tuple:
     """All an apply may change, comparable."""
-    state.sync_catalog()
+    await state.sync_catalog()
     return (
         {task_id: codec.encode(task) for task_id, task in state.tasks.items()},
         {t: {r: codec.encode(run) for r, run in rs.items()} for t, rs in state.runs.items()},
@@ -248,7 +248,7 @@ def _everything(state: StoreState) -> tuple:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("reached", list(REACH))
-def test_each_event_moves_each_status_as_the_table_says_and_once_only(reached: str, kind: EventKind) -> None:
+async def test_each_event_moves_each_status_as_the_table_says_and_once_only(reached: str, kind: EventKind) -> None:
     # Given a task in the status
     status, build = REACH[reached]
     state = build()
@@ -279,9 +279,9 @@ def test_each_event_moves_each_status_as_the_table_says_and_once_only(reached: s
         assert not [r for r in state.runs.get(TASK, {}).values() if r.status in ("queued", "retrying")]
 
     # And applying it again (a redelivery, or a replay with its sequence) changes nothing
-    before = _everything(state)
+    before = await _everything(state)
     again = _apply(state, family, event)
-    assert _everything(state) == before
+    assert await _everything(state) == before
     assert (again.cancels, again.wake) == ([], set())
 
 
@@ -316,15 +316,15 @@ def test_a_final_task_never_changes_status_and_only_deletes_and_late_runs_reach_
 
 
 @pytest.mark.parametrize("reached", list(REACH))
-def test_a_repeated_submission_changes_nothing_in_any_status(reached: str) -> None:
+async def test_a_repeated_submission_changes_nothing_in_any_status(reached: str) -> None:
     state = REACH[reached][1]()
-    before = _everything(state)
+    before = await _everything(state)
 
     state.apply_task_event(
         events.TaskSubmitted(event_id=eid(), occurred_at=at(60), task_id=TASK, spec=ONE_SHOT), seq=SEQ_UNDER_TEST
     )
 
-    assert _everything(state) == before
+    assert await _everything(state) == before
 
 
 @pytest.mark.parametrize(("spec", "status"), [(ONE_SHOT, "pending"), (SCHEDULE, "active")])
