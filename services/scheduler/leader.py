@@ -48,6 +48,8 @@ STORE_REQUEST_TIMEOUT_SECONDS = 5.0
 """How long the store has to give a task's spec (a retry or a trigger); then the event is retried."""
 ENDED_REMEMBERED = 100_000
 """Cancelled or deleted tasks remembered, so a submission redelivered after its cancel arms nothing."""
+DUE_FIRST_MAX_WAIT_SECONDS = 0.05
+"""How long a batch of new events waits at most for the fire round of timers already due."""
 _timer_decoder = msgspec.json.Decoder(AnyTimer)
 
 
@@ -77,6 +79,8 @@ class Leader:
         self._locks: dict[str, asyncio.Lock] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._wakeup = asyncio.Event()
+        self._round_taken = asyncio.Event()
+        """Set each time a fire round takes the timers due (``_due_fired_first`` waits for it)."""
         self._slots = asyncio.Semaphore(settings.fire_concurrency)
         self.restarts: Counter[str] = Counter() if restarts is None else restarts
         """Consumer loops that died and were restarted, by consumer name (kept across leadership terms)."""
@@ -172,6 +176,7 @@ class Leader:
         try:
             while not until.is_set():
                 messages = await pull.next_batch()
+                await self._due_fired_first()
                 by_task: dict[str, list[Msg]] = defaultdict(list)
                 for message in messages:
                     by_task[message.subject.split(".")[2]].append(message)
@@ -202,6 +207,22 @@ class Leader:
         except Exception as exc:  # left unacknowledged: redelivered after the ack wait
             log.warning("message on %s not settled (%s); it will be redelivered", message.subject, exc)
 
+    async def _due_fired_first(self) -> None:
+        """Hold a batch of new events while timers are due that no fire round has taken yet: under
+        a flood of submissions (each a timer to save) the runs already due go first. Bounded, so
+        that a stopped fire loop never stops the consumers."""
+        deadline = time.monotonic() + DUE_FIRST_MAX_WAIT_SECONDS
+        while (due := self.heap.next_due()) is not None and due <= time.time():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._round_taken.clear()
+            self._wakeup.set()  # the fire loop may sleep a moment longer than the timer's due time
+            try:
+                await asyncio.wait_for(self._round_taken.wait(), left)
+            except TimeoutError:
+                return
+
     async def _fire_loop(self, until: asyncio.Event) -> None:
         # At ~1,000 fires a second a round held one fire, and every hop downstream (WORK, the
         # runner's verdict and start, the store's writes) then paid its per-message cost per run:
@@ -218,6 +239,7 @@ class Leader:
                         break
                 last_round = time.monotonic()
                 keys = self.heap.pop_due(time.time())
+                self._round_taken.set()
                 await asyncio.gather(*(self._fire(key) for key in keys))
                 continue
             delay = 1.0 if next_due is None else min(1.0, max(0.0, next_due - time.time()))
