@@ -154,13 +154,15 @@ class Catalog:
         self.cache_mb = cache_mb
         self.db = self._open()
         """The connection that writes (from one thread at a time: ``_writing``)."""
-        try:
-            self.reader = self._open_reader() if self.on_disk else self.db
-        except sqlite3.DatabaseError as exc:
-            self.db.close()
-            raise CatalogUnusable(str(exc)) from exc
+        self.reader = self.db
         """The connection every read uses. A file's has its own, so that a read never waits for a
         commit in a worker thread, nor sees one half done: WAL gives it the last committed state."""
+        if self.on_disk:
+            try:
+                self.reader = self._open_reader()
+            except sqlite3.DatabaseError as exc:
+                self.db.close()
+                raise CatalogUnusable(str(exc)) from exc
         self._writing = threading.Lock()
         self._checkpointer: sqlite3.Connection | None = None
         """A connection of ``checkpoint``'s own, used by one thread at a time (``_checkpointing``)."""
@@ -179,7 +181,7 @@ class Catalog:
     def _open(self) -> sqlite3.Connection:
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db = self._connect()
         try:
             db.execute("PRAGMA journal_mode = WAL")
             # NORMAL: a power cut may lose the last transactions, never corrupt; the catalog trails KV anyway.
@@ -206,8 +208,12 @@ class Catalog:
             raise
         return db
 
+    def _connect(self) -> sqlite3.Connection:
+        # autocommit (transactions are explicit); usable from the worker threads that commit and checkpoint
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+
     def _open_reader(self) -> sqlite3.Connection:
-        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader = self._connect()
         reader.execute(f"PRAGMA cache_size = -{self._cache_kib()}")
         reader.execute("PRAGMA temp_store = MEMORY")
         return reader
@@ -251,13 +257,13 @@ class Catalog:
         """Copy what the WAL holds into the database file (SQLite's PASSIVE checkpoint: it waits
         for no reader or writer) on a connection of its own: run it off the event loop, one call
         at a time. Returns the WAL's frames and how many of them are now in the database file."""
-        if not isinstance(self.path, Path):
+        if not self.on_disk:
             return 0, 0
         with self._checkpointing:
             if self._closed:
                 return 0, 0
             if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpointer = self._connect()
             _, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return max(frames, 0), max(copied, 0)
 
