@@ -196,7 +196,7 @@ async def _check_catalog(catalog: Catalog, until: asyncio.Event) -> None:
 
 async def _checkpoint_forever(catalog: Catalog, stop: asyncio.Event) -> None:
     """Copy the catalog's WAL into its file every CHECKPOINT_SECONDS, in a worker thread: SQLite
-    does it inside a commit otherwise, and the commit runs on the event loop."""
+    does it inside a commit otherwise, and the flush waiting for that commit waits for it too."""
     while not await sleep_or_stop(stop, CHECKPOINT_SECONDS):
         try:
             await asyncio.to_thread(catalog.checkpoint)
