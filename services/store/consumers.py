@@ -58,6 +58,8 @@ class Applied:
     """Run events whose task this store does not know yet: offered again a little later."""
     logs: list[LogChunk] = field(default_factory=list)
     """Output carried by outcomes (``RunFinished.log``): filed before the batch is acknowledged."""
+    tasks: set[str] = field(default_factory=set)
+    """Tasks the batch's events are about: acknowledged once no flush holds any of them back."""
 
 
 Apply = Callable[[list[Msg]], Applied]
@@ -164,6 +166,8 @@ class EventConsumers:
         if applied.logs:
             await self.persistence.put_log_chunks(applied.logs)
         await self.persistence.flush(self.state)
+        while self.state.holds_any(applied.tasks):  # not written yet (a task not at its end): a later flush writes it
+            await self.persistence.flush(self.state)
 
         async def settle(message: Msg) -> None:
             failure = applied.failed.get(id(message))
@@ -188,6 +192,7 @@ class EventConsumers:
                 log.warning("undecodable task event on %s dropped: %s", message.subject, exc)
                 applied.unusable.add(id(message))
                 continue
+            applied.tasks.add(event.task_id)
             try:
                 self.after_apply(self.state.apply_task_event(event, message.metadata.sequence.stream))
             except Exception as exc:  # a bug met by this one event: the others still apply
@@ -204,6 +209,7 @@ class EventConsumers:
                 log.warning("undecodable event on %s dropped: %s", message.subject, exc)
                 applied.unusable.add(id(message))
                 continue
+            applied.tasks.add(event.task_id)
             try:
                 known = self._apply_event(event, partial(_may_wait, message))
                 if not known:

@@ -328,6 +328,7 @@ class Persistence:
         self.fence()
         writes = state.take_writes()
         if not writes:
+            state.held_back = writes.held_back
             return 0
         try:
             kv_seq = await self._write(writes)
@@ -346,6 +347,7 @@ class Persistence:
         # The rows and metrics taken with the records, in one commit: a restart neither loses
         # nor recounts what this batch finished (the metrics are a few KB; the sample is bounded).
         await state.commit_written(writes, {KV_SEQ_KEY: str(kv_seq).encode()} if kv_seq else {})
+        state.held_back = writes.held_back
         return len(writes.tasks) + len(writes.runs)
 
     async def _write(self, writes: Writes) -> int:

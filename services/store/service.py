@@ -112,7 +112,10 @@ async def _lead(
         catalog = Catalog.open_or_reset(settings.catalog_path(), settings.catalog_cache_mb)
         stack.callback(catalog.close)
         state = StoreState(
-            run_history_limit=settings.run_history_limit, catalog=catalog, cache_bytes=settings.cache_mb * 1024 * 1024
+            run_history_limit=settings.run_history_limit,
+            catalog=catalog,
+            cache_bytes=settings.cache_mb * 1024 * 1024,
+            hold_seconds=max(0.0, settings.unfinished_write_delay.total_seconds()),
         )
         persistence = Persistence(js, buckets, fence=lease.check)
         try:

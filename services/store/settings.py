@@ -35,6 +35,11 @@ class StoreSettings(LimitSettings, kw_only=True, forbid_unknown_fields=True):
     """SQLite page cache of the catalog (shared by its reading and its writing connection)."""
     cache_mb: int = 32
     """Finished task records kept in memory for fast reads (least recently used go first)."""
+    unfinished_write_delay: timedelta = timedelta(milliseconds=100)
+    """How long a changed one-shot task that is not at its end (pending, queued, running) waits
+    before its record is written to KV. Most end sooner and are written once, at their end. The
+    events that changed it stay unacknowledged meanwhile: a crash replays them. 0: every state is
+    written by the next flush."""
 
     def catalog_path(self) -> Path:
         """The catalog's file."""

@@ -50,6 +50,7 @@ class StoreState:
         ledger_limit: int = 200,
         catalog: Catalog | None = None,
         cache_bytes: int = 32 * 1024 * 1024,
+        hold_seconds: float = 0.0,
     ) -> None:
         self.catalog = catalog if catalog is not None else Catalog(":memory:")
         self.cache = RecordCache(cache_bytes)
@@ -73,7 +74,11 @@ class StoreState:
         self.pending = PendingWrites()
         self.run_book = RunBook(run_history_limit, self.metrics, self.pending)
         self.schedule_ledgers = Ledgers(ledger_limit, self.pending)
-        self.write_back = WriteBack(self.pending, self.tasks, self.run_book, self.schedule_ledgers, self.cache)
+        self.write_back = WriteBack(
+            self.pending, self.tasks, self.run_book, self.schedule_ledgers, self.cache, hold_seconds
+        )
+        self.held_back: set[str] = set()
+        """Tasks whose changes the last completed flush left for a later one (``WriteBack.holds``)."""
         self.lifecycle = TaskLifecycle(self)
 
     @property
@@ -90,6 +95,11 @@ class StoreState:
     def ledgers(self) -> dict[str, list[LedgerEntry]]:
         """Ledgers of the schedules in memory, by task id."""
         return self.schedule_ledgers.entries
+
+    def holds_any(self, task_ids: set[str]) -> bool:
+        """Whether the last completed flush held back a change of any of ``task_ids`` (an event
+        about them is acknowledged only once a flush has written it)."""
+        return not self.held_back.isdisjoint(task_ids)
 
     @property
     def dirty_tasks(self) -> set[str]:

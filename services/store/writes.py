@@ -23,6 +23,8 @@ class Writes:
     take); saved with ``catalog_rows``, so a saved count and a final row always agree."""
     leaving: list[tuple[str, bytes]] = field(default_factory=list)
     """Finished tasks among ``tasks`` (id, encoded record): they leave memory once these are written."""
+    held_back: set[str] = field(default_factory=set)
+    """Tasks changed but not taken (not at their end yet, changed too recently): a later take has them."""
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.runs or self.removed_tasks or self.removed_runs)
