@@ -1,4 +1,4 @@
-"""API tasks: one HTTP request with a pooled httpx client, a wall-clock timeout and an egress policy."""
+"""API tasks: one HTTP request with a pooled aiohttp client, a wall-clock timeout and an egress policy."""
 
 from __future__ import annotations
 
