@@ -9,78 +9,48 @@ import time
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from proto import codec, events, runs, subjects
+from proto import codec, subjects
 from proto.records import TaskRecord
-from proto.tasks import TaskSpec
 from services.common import natsio
-from services.common.clock import utcnow
 from services.store.consumers import EventConsumers
 from services.store.persistence import Persistence
 from services.store.state import StoreState
+from tests.store.test_state import TASK, finished, queued, started, submitted
 
-SPEC = TaskSpec(name="ping", task_type="immediate", api_url="http://127.0.0.1:9/")
 HOLD = 0.5
-
-
-def _submitted(task_id: str) -> events.TaskSubmitted:
-    return events.TaskSubmitted(event_id=f"e-{task_id}", occurred_at=utcnow(), task_id=task_id, spec=SPEC)
-
-
-def _run_to_its_end(state: StoreState, task_id: str) -> None:
-    run_id = runs.run_id_for(task_id, runs.ONCE_SLOT)
-    now = utcnow()
-    state.apply_run_event(
-        runs.RunQueued(
-            event_id="q", occurred_at=now, task_id=task_id, run_id=run_id, slot=runs.ONCE_SLOT, scheduled_for=now
-        )
-    )
-    state.apply_run_event(
-        runs.RunStarted(event_id="s", occurred_at=now, task_id=task_id, run_id=run_id, attempt=1, runner_id="r")
-    )
-    state.apply_run_event(
-        runs.RunFinished(
-            event_id="f",
-            occurred_at=now,
-            task_id=task_id,
-            run_id=run_id,
-            attempt=1,
-            runner_id="r",
-            status="succeeded",
-            result=1,
-        )
-    )
 
 
 def test_a_task_not_at_its_end_is_held_until_it_has_gone_unwritten_for_the_hold() -> None:
     state = StoreState(hold_seconds=HOLD)
-    state.apply_task_event(_submitted("task-1"), 1)
+    state.apply_task_event(submitted(), 1)
 
     first = state.write_back.take(state.catalog_row_due, now=100.0)
-    assert not first.tasks and first.held_back == {"task-1"}
+    assert not first.tasks and first.held_back == {TASK}
     assert not state.write_back.take(state.catalog_row_due, now=100.0 + HOLD / 2).tasks
 
     due = state.write_back.take(state.catalog_row_due, now=100.0 + HOLD)
-    assert [key for key, _ in due.tasks] == ["task-1"] and not due.held_back
+    assert [key for key, _ in due.tasks] == [TASK] and not due.held_back
     assert not state.pending  # nothing left over once written
 
 
 def test_a_task_that_ends_within_the_hold_is_written_once_in_its_final_state() -> None:
     state = StoreState(hold_seconds=HOLD)
-    state.apply_task_event(_submitted("task-1"), 1)
+    state.apply_task_event(submitted(), 1)
     assert not state.write_back.take(state.catalog_row_due, now=100.0).tasks
 
-    _run_to_its_end(state, "task-1")
+    for event in (queued(), started(), finished()):
+        state.apply_run_event(event)
     writes = state.write_back.take(state.catalog_row_due, now=100.0 + HOLD / 10)
 
     [(key, encoded)] = writes.tasks
-    assert key == "task-1" and codec.decode(TaskRecord, encoded).status == "succeeded"
+    assert key == TASK and codec.decode(TaskRecord, encoded).status == "succeeded"
     assert len(writes.runs) == 1 and not writes.held_back
 
 
 def test_without_a_hold_every_state_is_written_by_the_next_take() -> None:
     state = StoreState(hold_seconds=0)
-    state.apply_task_event(_submitted("task-1"), 1)
-    assert [key for key, _ in state.write_back.take(state.catalog_row_due, now=100.0).tasks] == ["task-1"]
+    state.apply_task_event(submitted(), 1)
+    assert [key for key, _ in state.write_back.take(state.catalog_row_due, now=100.0).tasks] == [TASK]
 
 
 async def _task_writes(js: JetStreamContext) -> int:
@@ -100,10 +70,10 @@ async def test_a_submission_is_acknowledged_only_once_its_held_record_is_written
     running = asyncio.create_task(consumers.run(stop))
     try:
         # When a submission arrives and nothing else happens to its task
-        submitted = _submitted("task-1")
-        await js.publish(subjects.task_event("task-1", submitted.subject_kind), codec.encode(submitted))
+        submission = submitted()
+        await js.publish(subjects.task_event(TASK, submission.subject_kind), codec.encode(submission))
         deadline = time.monotonic() + 10
-        while "task-1" not in state.tasks:
+        while TASK not in state.tasks:
             assert time.monotonic() < deadline, "submission not applied"
             await asyncio.sleep(0.01)
 
@@ -116,8 +86,8 @@ async def test_a_submission_is_acknowledged_only_once_its_held_record_is_written
         while (await js.consumer_info(subjects.STREAM_TASKS, subjects.CONSUMER_STORE_TASKS)).num_ack_pending:
             assert time.monotonic() < deadline, "submission never acknowledged"
             await asyncio.sleep(0.05)
-        stored = codec.decode(TaskRecord, (await buckets[subjects.BUCKET_TASKS].get("task-1")).value or b"")
-        assert stored.id == "task-1" and stored.status == "pending"
+        stored = codec.decode(TaskRecord, (await buckets[subjects.BUCKET_TASKS].get(TASK)).value or b"")
+        assert stored.id == TASK and stored.status == "pending"
     finally:
         stop.set()
         await asyncio.wait_for(running, 15)
